@@ -1,0 +1,109 @@
+"""Snapshots as rows: a table for people, JSON (one array) and CSV for programs.
+
+Row fields and their names are the contract of DESIGN.md, shared with the
+collector's SQL views.  A socket held by several processes (a pre-fork server's
+listener) names its lowest pid in ``pid``/``process``/``cmdline`` and counts
+every holder in ``owners``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+from agent.records import Proto, Snapshot, SocketRecord
+
+FIELDS = (
+    "host", "netns", "proto", "family", "type", "state",
+    "local_address", "local_port", "remote_address", "remote_port", "path", "peer_inode",
+    "inode", "uid", "user", "pid", "process", "cmdline", "owners", "rx_queue", "tx_queue",
+)
+FORMATS = ("table", "json", "csv")
+
+
+def rows(snapshot: Snapshot, sockets: list[SocketRecord] | None = None) -> Iterator[tuple[Any, ...]]:
+    """One tuple per socket, in ``FIELDS`` order."""
+    owners = snapshot.owners
+    processes = snapshot.processes
+    users = {process.uid: process.user for process in processes.values()}
+    host = snapshot.host
+    for r in snapshot.sockets if sockets is None else sockets:
+        pids = owners.get(r.inode, ())
+        process = processes.get(pids[0]) if pids else None
+        user = users.get(r.uid) if r.uid is not None else None
+        if process is None:
+            yield (host, r.netns, r.proto.value, r.family.value, r.type.value, r.state.value,
+                   r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
+                   r.inode or None, r.uid, user, None, None, None, len(pids), r.rx_queue, r.tx_queue)
+        else:
+            if user is None and r.uid == process.uid:
+                user = process.user
+            yield (host, r.netns, r.proto.value, r.family.value, r.type.value, r.state.value,
+                   r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
+                   r.inode or None, r.uid, user, process.pid, process.name, process.cmdline, len(pids),
+                   r.rx_queue, r.tx_queue)
+
+
+def write(snapshot: Snapshot, out: IO[str], fmt: str, sockets: list[SocketRecord] | None = None) -> None:
+    if fmt == "json":
+        write_json(rows(snapshot, sockets), out)
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(FIELDS)
+        writer.writerows(rows(snapshot, sockets))
+    else:
+        write_table(snapshot, out, sockets)
+
+
+def write_json(table: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
+    """One JSON array of objects, written in slices so a large host never needs one huge string."""
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    out.write("[")
+    first = True
+    batch: list[dict[str, Any]] = []
+    for row in table:
+        batch.append(dict(zip(FIELDS, row)))
+        if len(batch) == 2048:
+            out.write(("" if first else ",") + encode(batch)[1:-1])
+            first = False
+            batch.clear()
+    if batch:
+        out.write(("" if first else ",") + encode(batch)[1:-1])
+    out.write("]\n")
+
+
+def endpoint(address: str | None, port: int | None) -> str:
+    """``("::1", 80)`` → ``"[::1]:80"``; no address → ``"*"``."""
+    if address is None:
+        return "*"
+    if ":" in address:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
+
+
+TABLE_HEADER = ("PROTO", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER", "USER", "PID", "PROCESS")
+
+
+def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | None = None) -> None:
+    """Columns like ``ss``: a Unix socket's LOCAL is its path, its PEER the peer's inode."""
+    lines: list[tuple[str, ...]] = [TABLE_HEADER]
+    for row in rows(snapshot, sockets):
+        (_, _, proto, _, kind, state, laddr, lport, raddr, rport, path, peer, inode,
+         _, user, pid, process, _, owners, rxq, txq) = row
+        if proto == Proto.UNIX:
+            local = f"{path or '*'} {inode}"
+            remote = f"* {peer}" if peer else "*"
+            proto = f"unix/{kind}"
+        else:
+            local = endpoint(laddr, lport)
+            remote = endpoint(raddr, rport)
+        owner = process or ""
+        if owners > 1:
+            owner = f"{owner} (+{owners - 1})"
+        lines.append((proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER) - 1)]
+    template = "  ".join(f"%-{w}s" for w in widths) + "  %s\n"
+    for start in range(0, len(lines), 4096):
+        out.write("".join(template % line for line in lines[start : start + 4096]))

@@ -1,0 +1,187 @@
+"""Which processes hold each socket: inode → pids, from the links in ``/proc/PID/fd``.
+
+Each descriptor of a socket is a link whose target reads ``socket:[INODE]``.
+Reading a link costs about 5 µs, so a host with 100,000 sockets cannot afford
+to read them all every scan.  ``OwnerIndex`` keeps, per process, the inode each
+descriptor pointed to, and on the next scan reads again only:
+
+* every descriptor of a process that is new (or whose pid was reused: the
+  start time in ``/proc/PID/stat`` differs);
+* descriptors whose number is new in the process's ``fd`` folder;
+* descriptors that pointed to a socket that no longer exists (the number may
+  have been reused).
+
+A socket that still has no owner after that may sit behind a reused number
+that used to point to a file; then the non-socket descriptors are read again,
+once, and inodes still unowned are remembered (kernel sockets, sockets of
+processes we may not read) so that they do not trigger it again.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Collection
+
+from agent.records import Process
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SOCKET = "socket:["
+
+
+class _Holder:
+    """What one process held at the last scan: its start time and each descriptor's socket inode (0: not a socket)."""
+
+    __slots__ = ("start_time", "fds")
+
+    def __init__(self, start_time: int) -> None:
+        self.start_time = start_time
+        self.fds: dict[str, int] = {}
+
+
+def parse_stat(text: str) -> tuple[str, int]:
+    """``/proc/PID/stat`` → (name, start time in clock ticks).
+
+    ``"42 (my (odd) name) S 1 ... 21 fields ..."``: the name is between the first
+    ``(`` and the last ``)``; the start time is field 22 (``man 5 proc``).
+    """
+    head, _, tail = text.rpartition(")")
+    name = head.partition("(")[2]
+    fields = tail.split()
+    return name, int(fields[19])
+
+
+class OwnerIndex:
+    """Socket inode → owning pids, refreshed cheaply between scans."""
+
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self.proc_root = proc_root
+        self._holders: dict[int, _Holder] = {}
+        self._unowned: set[int] = set()
+        self._processes: dict[tuple[int, int], Process] = {}
+        self._users: dict[int, str | None] = {}
+        self.unreadable: list[int] = []
+        self.links_read = 0
+
+    def refresh(self, inodes: Collection[int]) -> dict[int, tuple[int, ...]]:
+        """Owners of the sockets in ``inodes`` (pids sorted, lowest first)."""
+        self.unreadable = []
+        alive = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
+        holders: dict[int, _Holder] = {}
+        for entry in os.listdir(self.proc_root):
+            if entry.isdigit():
+                pid = int(entry)
+                holder = self._walk(pid, alive)
+                if holder is not None:
+                    holders[pid] = holder
+        self._holders = holders
+        owners = self._invert(alive)
+        missing = alive - owners.keys() - self._unowned
+        missing.discard(0)
+        if missing:
+            for pid, holder in holders.items():
+                self._reread_files(pid, holder)
+            owners = self._invert(alive)
+            missing = alive - owners.keys()
+        self._unowned = {inode for inode in missing if inode} | (self._unowned & alive)
+        return owners
+
+    def _walk(self, pid: int, alive: Collection[int]) -> _Holder | None:
+        base = f"{self.proc_root}/{pid}"
+        try:
+            with open(f"{base}/stat", encoding="utf-8", errors="replace") as stat:
+                start_time = parse_stat(stat.read())[1]
+            dirfd = os.open(f"{base}/fd", _DIR_FLAGS)
+        except PermissionError:
+            self.unreadable.append(pid)
+            return None
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            return None  # exited while we looked, or a zombie
+        try:
+            names = os.listdir(dirfd)
+            holder = self._holders.get(pid)
+            if holder is None or holder.start_time != start_time:
+                holder = _Holder(start_time)
+            previous = holder.fds
+            fds: dict[str, int] = {}
+            readlink = os.readlink
+            for name in names:
+                inode = previous.get(name)
+                if inode is None or (inode and inode not in alive):
+                    try:
+                        target = readlink(name, dir_fd=dirfd)
+                    except OSError:
+                        continue  # closed between listdir and readlink
+                    self.links_read += 1
+                    inode = int(target[8:-1]) if target.startswith(_SOCKET) else 0
+                fds[name] = inode
+            holder.fds = fds
+            return holder
+        except PermissionError:
+            self.unreadable.append(pid)
+            return None
+        except OSError:
+            return None  # the process exited while we read its descriptors
+        finally:
+            os.close(dirfd)
+
+    def _reread_files(self, pid: int, holder: _Holder) -> None:
+        """Read again the descriptors last seen pointing at something other than a socket."""
+        base = f"{self.proc_root}/{pid}/fd/"
+        for name, inode in holder.fds.items():
+            if inode == 0:
+                try:
+                    target = os.readlink(base + name)
+                except OSError:
+                    continue  # closed since, or the process exited
+                self.links_read += 1
+                if target.startswith(_SOCKET):
+                    holder.fds[name] = int(target[8:-1])
+
+    def _invert(self, alive: Collection[int]) -> dict[int, tuple[int, ...]]:
+        owners: dict[int, tuple[int, ...]] = {}
+        get = owners.get
+        for pid in sorted(self._holders):
+            for inode in self._holders[pid].fds.values():
+                if inode and inode in alive:
+                    held = get(inode)
+                    if held is None:
+                        owners[inode] = (pid,)
+                    elif held[-1] != pid:  # a process may hold one socket under several descriptors
+                        owners[inode] = (*held, pid)
+        return owners
+
+    def process(self, pid: int) -> Process | None:
+        """Name, command line, user and start time of ``pid`` (cached while the pid lives)."""
+        holder = self._holders.get(pid)
+        start_time = holder.start_time if holder is not None else -1
+        key = (pid, start_time)
+        cached = self._processes.get(key)
+        if cached is not None:
+            return cached
+        base = f"{self.proc_root}/{pid}"
+        try:
+            with open(f"{base}/stat", encoding="utf-8", errors="replace") as stat:
+                name, start_time = parse_stat(stat.read())
+            with open(f"{base}/cmdline", "rb") as cmdline:
+                args = cmdline.read()
+            uid: int | None = os.stat(base).st_uid
+        except (OSError, IndexError, ValueError):
+            return None  # exited since the scan
+        command = args.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+        process = Process(pid, name, command, uid, self.user(uid), start_time)
+        if len(self._processes) > 4 * len(self._holders) + 64:
+            self._processes = {k: v for k, v in self._processes.items() if k[0] in self._holders}
+        self._processes[(pid, start_time)] = process
+        return process
+
+    def user(self, uid: int | None) -> str | None:
+        """The user name of ``uid``, or ``None`` when the system has no name for it."""
+        if uid is None:
+            return None
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]

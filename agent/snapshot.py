@@ -1,0 +1,94 @@
+"""One scan of the host: every namespace, the first source that works in each, owners and coverage."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from agent import netns
+from agent.errors import SourceError
+from agent.owners import OwnerIndex
+from agent.records import Coverage, Namespace, Process, Proto, Snapshot, SocketRecord, SourceStatus
+from agent.sources import SOURCES, Source
+
+ALL_PROTOS = frozenset(Proto)
+
+
+def default_sources() -> tuple[Source, ...]:
+    """Linux: netlink, then /proc; elsewhere psutil alone."""
+    if sys.platform.startswith("linux"):
+        return SOURCES
+    return tuple(source for source in SOURCES if source.NAME == "psutil")
+
+
+def namespaces(scope: str, proc_root: str = "/proc") -> tuple[list[Namespace], list[int]]:
+    """The namespaces to scan (``all`` or ``current``) and the pids whose namespace is unreadable."""
+    if scope == "current" or not sys.platform.startswith("linux"):
+        return [netns.current_namespace(proc_root)], []
+    return netns.discover(proc_root)
+
+
+def scan_namespace(
+    ns: Namespace, sources: Sequence[Source], protos: frozenset[Proto], proc_root: str
+) -> tuple[list[SocketRecord] | None, list[SourceStatus]]:
+    """Try ``sources`` in order in one namespace; the first that works gives the records."""
+    statuses = []
+    for source in sources:
+        started = time.perf_counter()
+        try:
+            records = source.collect(ns, protos, proc_root)
+        except SourceError as exc:
+            statuses.append(SourceStatus(source.NAME, ns.inode, False, time.perf_counter() - started, 0, str(exc)))
+            continue
+        statuses.append(SourceStatus(source.NAME, ns.inode, True, time.perf_counter() - started, len(records)))
+        return records, statuses
+    return None, statuses
+
+
+class Scanner:
+    """Takes snapshots of this host; keeps the owner index warm between them."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        scope: str = "all",
+        protos: frozenset[Proto] = ALL_PROTOS,
+        sources: Sequence[Source] | None = None,
+        proc_root: str = "/proc",
+    ) -> None:
+        self.host = host or socket.gethostname()
+        self.scope = scope
+        self.protos = protos
+        self.sources = tuple(sources) if sources is not None else default_sources()
+        self.proc_root = proc_root
+        self.owners = OwnerIndex(proc_root)
+
+    def snapshot(self) -> Snapshot:
+        taken_at = time.time()
+        spaces, ns_unreadable = namespaces(self.scope, self.proc_root)
+        sockets: list[SocketRecord] = []
+        statuses: list[SourceStatus] = []
+        scanned: list[int] = []
+        unscanned: list[tuple[str, str]] = []
+        for ns in spaces:
+            records, tried = scan_namespace(ns, self.sources, self.protos, self.proc_root)
+            statuses.extend(tried)
+            if records is None:
+                reasons = "; ".join(status.error or "" for status in tried) or "no source available"
+                unscanned.append((str(ns.inode), reasons))
+                continue
+            scanned.append(ns.inode)
+            sockets.extend(records)
+        owners = self.owners.refresh({record.inode for record in sockets})
+        processes: dict[int, Process] = {}
+        for pids in owners.values():
+            for pid in pids:
+                if pid not in processes:
+                    process = self.owners.process(pid)
+                    if process is not None:
+                        processes[pid] = process
+        unreadable = sorted(set(self.owners.unreadable) | set(ns_unreadable))
+        coverage = Coverage(tuple(statuses), tuple(scanned), tuple(unscanned), tuple(unreadable))
+        return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, coverage)

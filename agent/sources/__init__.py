@@ -1,0 +1,31 @@
+"""Socket sources: one module each, exposing ``NAME``, ``DESCRIPTION`` and ``collect``.
+
+``SOURCES`` lists them in order of preference; the ``--source`` flag and the
+README's table of sources are made from it.  ``auto`` tries them in order
+for each namespace and keeps the first that works; a source that fails is
+recorded in the snapshot's coverage, never raised.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.records import Namespace, Proto, SocketRecord
+from agent.sources import netlink, procfs, psutil
+
+
+class Source(Protocol):
+    NAME: str
+    DESCRIPTION: str
+
+    def collect(self, ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> list[SocketRecord]: ...
+
+
+SOURCES: tuple[Source, ...] = (netlink, procfs, psutil)
+
+
+def by_name(name: str) -> Source:
+    for source in SOURCES:
+        if source.NAME == name:
+            return source
+    raise KeyError(name)

@@ -1,0 +1,1 @@
+"""The sockfleet collector: receives agents' snapshots over gRPC and keeps them in SQL."""
