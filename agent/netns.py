@@ -25,7 +25,8 @@ def _ns_inode(path: str) -> int:
 
 def current_namespace(proc_root: str = "/proc") -> Namespace:
     path = f"{proc_root}/self/ns/net"
-    return Namespace(inode=_ns_inode(path), path=path, pid=os.getpid(), current=True)
+    pid = int(os.readlink(f"{proc_root}/self"))  # our pid as this /proc numbers it
+    return Namespace(inode=_ns_inode(path), path=path, pid=pid, current=True)
 
 
 def discover(proc_root: str = "/proc", run_netns: str = "/run/netns") -> tuple[list[Namespace], list[int]]:

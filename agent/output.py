@@ -27,7 +27,7 @@ def rows(snapshot: Snapshot, sockets: list[SocketRecord] | None = None) -> Itera
     """One tuple per socket, in ``FIELDS`` order."""
     owners = snapshot.owners
     processes = snapshot.processes
-    users = {process.uid: process.user for process in processes.values()}
+    users = snapshot.users
     host = snapshot.host
     for r in snapshot.sockets if sockets is None else sockets:
         pids = owners.get(r.inode, ())
@@ -38,8 +38,6 @@ def rows(snapshot: Snapshot, sockets: list[SocketRecord] | None = None) -> Itera
                    r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
                    r.inode or None, r.uid, user, None, None, None, len(pids), r.rx_queue, r.tx_queue)
         else:
-            if user is None and r.uid == process.uid:
-                user = process.user
             yield (host, r.netns, r.proto.value, r.family.value, r.type.value, r.state.value,
                    r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
                    r.inode or None, r.uid, user, process.pid, process.name, process.cmdline, len(pids),

@@ -182,7 +182,8 @@ class Snapshot:
     """Every socket of one host at one moment, with owners and coverage.
 
     ``owners`` maps a socket inode to the pids holding it (lowest first), and
-    ``processes`` maps those pids to their details.  A socket no process holds
+    ``processes`` maps those pids to their details, ``users`` each socket uid to
+    its user name.  A socket no process holds
     (a kernel socket, or one in ``TIME_WAIT``) has no entry in ``owners``.
     """
 
@@ -191,4 +192,5 @@ class Snapshot:
     sockets: tuple[SocketRecord, ...]
     owners: dict[int, tuple[int, ...]] = field(default_factory=dict)
     processes: dict[int, Process] = field(default_factory=dict)
+    users: dict[int, str | None] = field(default_factory=dict)
     coverage: Coverage = field(default_factory=lambda: Coverage(sources=(), namespaces_scanned=()))

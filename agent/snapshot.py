@@ -89,6 +89,7 @@ class Scanner:
                     process = self.owners.process(pid)
                     if process is not None:
                         processes[pid] = process
+        users = {uid: self.owners.user(uid) for uid in {s.uid for s in sockets} if uid is not None}
         unreadable = sorted(set(self.owners.unreadable) | set(ns_unreadable))
         coverage = Coverage(tuple(statuses), tuple(scanned), tuple(unscanned), tuple(unreadable))
-        return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, coverage)
+        return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, users, coverage)
