@@ -7,9 +7,7 @@ Kept on argparse and the standard library so that a one-shot
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict
 
 from agent import __version__
 from agent.errors import AgentError, UsageError
@@ -67,6 +65,9 @@ def coverage_summary(coverage: Coverage) -> str | None:
 
 def write_coverage(coverage: Coverage, fmt: str) -> None:
     if fmt == "json":
+        import json
+        from dataclasses import asdict
+
         json.dump(asdict(coverage), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
@@ -83,7 +84,7 @@ def write_coverage(coverage: Coverage, fmt: str) -> None:
 def snapshot_command(args: argparse.Namespace) -> int:
     protos = parse_protos(args.proto)
     sources = default_sources() if args.source == "auto" else (by_name(args.source),)
-    scanner = Scanner(args.host, args.namespaces, protos if protos else ALL_PROTOS, sources, args.proc_root)
+    scanner = Scanner(args.host, args.namespaces, protos or ALL_PROTOS, sources, args.proc_root, prefetch_owners=True)
     snap = scanner.snapshot()
     if args.coverage:
         write_coverage(snap.coverage, args.format)

@@ -8,11 +8,10 @@ scanning another namespace means: ``setns`` into it, create the socket, and
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from agent.records import Namespace
 
@@ -77,11 +76,15 @@ def _named(run_netns: str) -> dict[str, tuple[int, str]]:
     return named
 
 
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
 def _setns(fd: int) -> None:
+    """``setns(2)`` through libc: Python gains ``os.setns`` only in 3.12."""
     global _libc
+    import ctypes  # only a scan of other namespaces pays for it
+    import ctypes.util
+
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if _libc.setns(fd, CLONE_NEWNET) != 0:

@@ -8,8 +8,6 @@ every holder in ``owners``.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -24,30 +22,29 @@ FORMATS = ("table", "json", "csv")
 
 
 def rows(snapshot: Snapshot, sockets: list[SocketRecord] | None = None) -> Iterator[tuple[Any, ...]]:
-    """One tuple per socket, in ``FIELDS`` order."""
+    """One tuple per socket, in ``FIELDS`` order (enum members are ``str``, so they print as their names)."""
     owners = snapshot.owners
     processes = snapshot.processes
     users = snapshot.users
     host = snapshot.host
+    nobody = (None, None, None)
+    details = {pid: (p.pid, p.name, p.cmdline) for pid, p in processes.items()}
     for r in snapshot.sockets if sockets is None else sockets:
         pids = owners.get(r.inode, ())
-        process = processes.get(pids[0]) if pids else None
-        user = users.get(r.uid) if r.uid is not None else None
-        if process is None:
-            yield (host, r.netns, r.proto.value, r.family.value, r.type.value, r.state.value,
-                   r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
-                   r.inode or None, r.uid, user, None, None, None, len(pids), r.rx_queue, r.tx_queue)
-        else:
-            yield (host, r.netns, r.proto.value, r.family.value, r.type.value, r.state.value,
-                   r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
-                   r.inode or None, r.uid, user, process.pid, process.name, process.cmdline, len(pids),
-                   r.rx_queue, r.tx_queue)
+        pid, process, cmdline = details.get(pids[0], nobody) if pids else nobody
+        uid = r.uid
+        yield (host, r.netns, r.proto, r.family, r.type, r.state,
+               r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
+               r.inode or None, uid, users.get(uid) if uid is not None else None, pid, process, cmdline,
+               len(pids), r.rx_queue, r.tx_queue)
 
 
 def write(snapshot: Snapshot, out: IO[str], fmt: str, sockets: list[SocketRecord] | None = None) -> None:
     if fmt == "json":
         write_json(rows(snapshot, sockets), out)
     elif fmt == "csv":
+        import csv
+
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FIELDS)
         writer.writerows(rows(snapshot, sockets))
@@ -57,6 +54,8 @@ def write(snapshot: Snapshot, out: IO[str], fmt: str, sockets: list[SocketRecord
 
 def write_json(table: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
     """One JSON array of objects, written in slices so a large host never needs one huge string."""
+    import json
+
     encode = json.JSONEncoder(ensure_ascii=False).encode
     out.write("[")
     first = True
@@ -72,36 +71,28 @@ def write_json(table: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
     out.write("]\n")
 
 
-def endpoint(address: str | None, port: int | None) -> str:
-    """``("::1", 80)`` → ``"[::1]:80"``; no address → ``"*"``."""
-    if address is None:
-        return "*"
-    if ":" in address:
-        return f"[{address}]:{port}"
-    return f"{address}:{port}"
-
-
 TABLE_HEADER = ("PROTO", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER", "USER", "PID", "PROCESS")
 
 
 def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | None = None) -> None:
-    """Columns like ``ss``: a Unix socket's LOCAL is its path, its PEER the peer's inode."""
+    """Columns like ``ss``: a Unix socket's LOCAL is its path and inode, its PEER the peer's inode."""
     lines: list[tuple[str, ...]] = [TABLE_HEADER]
+    append = lines.append
     for row in rows(snapshot, sockets):
         (_, _, proto, _, kind, state, laddr, lport, raddr, rport, path, peer, inode,
          _, user, pid, process, _, owners, rxq, txq) = row
-        if proto == Proto.UNIX:
+        if proto is Proto.UNIX:
             local = f"{path or '*'} {inode}"
             remote = f"* {peer}" if peer else "*"
-            proto = f"unix/{kind}"
+            proto = "unix/" + kind
         else:
-            local = endpoint(laddr, lport)
-            remote = endpoint(raddr, rport)
+            local = f"[{laddr}]:{lport}" if ":" in laddr else f"{laddr}:{lport}"
+            remote = "*" if raddr is None else f"[{raddr}]:{rport}" if ":" in raddr else f"{raddr}:{rport}"
         owner = process or ""
         if owners > 1:
             owner = f"{owner} (+{owners - 1})"
-        lines.append((proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER) - 1)]
+        append((proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner))
+    widths = [max(map(len, column)) for column in list(zip(*lines))[:-1]]
     template = "  ".join(f"%-{w}s" for w in widths) + "  %s\n"
     for start in range(0, len(lines), 4096):
-        out.write("".join(template % line for line in lines[start : start + 4096]))
+        out.write("".join([template % line for line in lines[start : start + 4096]]))

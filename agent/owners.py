@@ -11,6 +11,13 @@ descriptor pointed to, and on the next scan reads again only:
 * descriptors that pointed to a socket that no longer exists (the number may
   have been reused).
 
+A one-shot scan has no cache to start from; ``prefetch`` then walks most
+processes' descriptors in a forked child while the caller reads the kernel's
+socket tables, and the caller walks the rest afterwards, so a cold scan keeps
+two cores busy.  The split is balanced by descriptor counts, which ``stat`` of
+``/proc/PID/fd`` reports as its size (Linux 6.2 and later; older kernels
+report 0, and the split falls back to counting processes).
+
 A socket that still has no owner after that may sit behind a reused number
 that used to point to a file; then the non-socket descriptors are read again,
 once, and inodes still unowned are remembered (kernel sockets, sockets of
@@ -19,6 +26,7 @@ processes we may not read) so that they do not trigger it again.
 
 from __future__ import annotations
 
+import marshal
 import os
 import pwd
 from collections.abc import Collection
@@ -62,18 +70,94 @@ class OwnerIndex:
         self._users: dict[int, str | None] = {}
         self.unreadable: list[int] = []
         self.links_read = 0
+        self._pending: tuple[int, int] | None = None
+        self._deferred: list[int] = []
+
+    def _split(self, share: float) -> tuple[list[int], list[int]]:
+        """Pids for the child (about ``share`` of all descriptors) and for the caller."""
+        weighed = []
+        for entry in os.listdir(self.proc_root):
+            if entry.isdigit():
+                try:
+                    size = os.stat(f"{self.proc_root}/{entry}/fd").st_size
+                except OSError:
+                    size = 0  # not ours to read, or gone: the walk will say which
+                weighed.append((size + 1, int(entry)))
+        weighed.sort(reverse=True)
+        total = sum(size for size, _ in weighed)
+        child: list[int] = []
+        caller: list[int] = []
+        child_load = caller_load = 0
+        for size, pid in weighed:
+            if child_load * (1 - share) <= caller_load * share:
+                child.append(pid)
+                child_load += size
+            else:
+                caller.append(pid)
+                caller_load += size
+        assert child_load + caller_load == total
+        return child, caller
+
+    def prefetch(self, share: float = 0.6) -> None:
+        """Start reading every descriptor link in a child process; ``refresh`` collects the result.
+
+        Only for a process that has no other threads (a fork copies just the
+        calling thread); the one-shot ``agent snapshot`` is such a process.
+        """
+        if self._holders or self._pending is not None:
+            return
+        mine, self._deferred = self._split(share)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child, which leaves through os._exit
+            status = 1
+            try:
+                os.close(read_end)
+                holders = self._walk_pids(mine, frozenset())
+                data = marshal.dumps(({pid: (h.start_time, h.fds) for pid, h in holders.items()}, self.unreadable))
+                with os.fdopen(write_end, "wb") as pipe:
+                    pipe.write(data)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._pending = (child, read_end)
+
+    def _collect_prefetch(self, alive: Collection[int]) -> dict[int, _Holder] | None:
+        assert self._pending is not None
+        child, read_end = self._pending
+        self._pending = None
+        self.unreadable = []
+        mine = self._walk_pids(self._deferred, alive)
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(child, 0)
+        if status != 0 or not data:
+            return None  # the child failed: walk here instead
+        walked, unreadable = marshal.loads(data)
+        for pid, (start_time, fds) in walked.items():
+            holder = mine[pid] = _Holder(start_time)
+            holder.fds = fds
+            self.links_read += len(fds)
+        self.unreadable.extend(unreadable)
+        return mine
+
+    def _walk_pids(self, pids: Collection[int], alive: Collection[int]) -> dict[int, _Holder]:
+        holders: dict[int, _Holder] = {}
+        for pid in pids:
+            holder = self._walk(pid, alive)
+            if holder is not None:
+                holders[pid] = holder
+        return holders
 
     def refresh(self, inodes: Collection[int]) -> dict[int, tuple[int, ...]]:
         """Owners of the sockets in ``inodes`` (pids sorted, lowest first)."""
-        self.unreadable = []
         alive = inodes if isinstance(inodes, (set, frozenset)) else set(inodes)
-        holders: dict[int, _Holder] = {}
-        for entry in os.listdir(self.proc_root):
-            if entry.isdigit():
-                pid = int(entry)
-                holder = self._walk(pid, alive)
-                if holder is not None:
-                    holders[pid] = holder
+        holders = self._collect_prefetch(alive) if self._pending is not None else None
+        if holders is None:
+            self.unreadable = []
+            pids = [int(entry) for entry in os.listdir(self.proc_root) if entry.isdigit()]
+            holders = self._walk_pids(pids, alive)
         self._holders = holders
         owners = self._invert(alive)
         missing = alive - owners.keys() - self._unowned

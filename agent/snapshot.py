@@ -48,7 +48,11 @@ def scan_namespace(
 
 
 class Scanner:
-    """Takes snapshots of this host; keeps the owner index warm between them."""
+    """Takes snapshots of this host; keeps the owner index warm between them.
+
+    ``prefetch_owners`` walks the descriptors of a cold scan in a forked child,
+    in parallel with the socket sources: for a single-threaded one-shot process.
+    """
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Scanner:
         protos: frozenset[Proto] = ALL_PROTOS,
         sources: Sequence[Source] | None = None,
         proc_root: str = "/proc",
+        prefetch_owners: bool = False,
     ) -> None:
         self.host = host or socket.gethostname()
         self.scope = scope
@@ -64,9 +69,12 @@ class Scanner:
         self.sources = tuple(sources) if sources is not None else default_sources()
         self.proc_root = proc_root
         self.owners = OwnerIndex(proc_root)
+        self.prefetch_owners = prefetch_owners
 
     def snapshot(self) -> Snapshot:
         taken_at = time.time()
+        if self.prefetch_owners:
+            self.owners.prefetch()
         spaces, ns_unreadable = namespaces(self.scope, self.proc_root)
         sockets: list[SocketRecord] = []
         statuses: list[SourceStatus] = []

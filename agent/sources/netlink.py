@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from agent.errors import ParseError, SourceError
 from agent.netns import entered
@@ -62,6 +62,8 @@ UNIX_TYPES = {1: SockType.STREAM, 2: SockType.DGRAM, 5: SockType.SEQPACKET}
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6}
 _PROTOCOLS = {Proto.TCP: socket.IPPROTO_TCP, Proto.UDP: socket.IPPROTO_UDP}
 _SEQ = 1
+_ZERO = bytes(16)
+_ATTR_SIZES = {UNIX_DIAG_PEER: 4, UNIX_DIAG_RQLEN: 8, UNIX_DIAG_UID: 4}
 
 
 def request(family: int, protocol: int | None = None) -> bytes:
@@ -74,49 +76,40 @@ def request(family: int, protocol: int | None = None) -> bytes:
     return header + body
 
 
-def dump(sock: socket.socket, message: bytes) -> list[bytes]:
-    """Send one dump request and gather the answer's datagrams up to ``NLMSG_DONE``."""
+def dump(sock: socket.socket, message: bytes) -> Iterator[bytes]:
+    """Send one dump request; yield the answer's datagrams as they come.
+
+    The parser that consumes them stops at ``NLMSG_DONE``, so the reads stop there too.
+    """
     sock.send(message)
-    chunks: list[bytes] = []
     while True:
-        chunk = sock.recv(1 << 16)
-        chunks.append(chunk)
-        if _ends_dump(chunk):
-            return chunks
+        yield sock.recv(1 << 16)
 
 
-def _ends_dump(chunk: bytes) -> bool:
-    offset = 0
-    while offset + NLMSGHDR.size <= len(chunk):
-        length, kind, _, _, _ = NLMSGHDR.unpack_from(chunk, offset)
-        if kind == NLMSG_DONE or kind == NLMSG_ERROR:
-            return True
-        if length < NLMSGHDR.size:
-            raise ParseError(NAME, f"netlink message length {length} is shorter than its header")
-        offset += (length + 3) & ~3
-    return False
-
-
-def _messages(chunk: bytes, minimum: int) -> Iterable[tuple[int, int]]:
-    """(offset of payload, end of message) of each sock_diag answer in ``chunk``."""
-    offset = 0
-    size = len(chunk)
-    while offset < size:
-        if offset + NLMSGHDR.size > size:
-            raise ParseError(NAME, f"truncated netlink header at byte {offset} of {size}")
-        length, kind, _, _, _ = NLMSGHDR.unpack_from(chunk, offset)
-        if length < NLMSGHDR.size or offset + length > size:
-            raise ParseError(NAME, f"netlink message of {length} bytes at byte {offset} overruns {size}")
-        if kind == NLMSG_DONE:
-            return
-        if kind == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", chunk, offset + NLMSGHDR.size)
-            raise SourceError(NAME, f"kernel refused the dump: errno {-code}")
-        if kind == SOCK_DIAG_BY_FAMILY:
-            if length - NLMSGHDR.size < minimum:
-                raise ParseError(NAME, f"sock_diag answer of {length} bytes is shorter than {minimum}")
-            yield offset + NLMSGHDR.size, offset + length
-        offset += (length + 3) & ~3
+def _messages(chunks: Iterable[bytes], minimum: int) -> Iterator[tuple[bytes, int, int]]:
+    """(datagram, offset of payload, end of message) of each sock_diag answer, up to ``NLMSG_DONE``."""
+    unpack_header = NLMSGHDR.unpack_from
+    header = NLMSGHDR.size
+    for chunk in chunks:
+        offset = 0
+        size = len(chunk)
+        while offset < size:
+            if offset + header > size:
+                raise ParseError(NAME, f"truncated netlink header at byte {offset} of {size}")
+            length, kind, _, _, _ = unpack_header(chunk, offset)
+            if length < header or offset + length > size:
+                raise ParseError(NAME, f"netlink message of {length} bytes at byte {offset} overruns {size}")
+            if kind == SOCK_DIAG_BY_FAMILY:
+                if length - header < minimum:
+                    raise ParseError(NAME, f"sock_diag answer of {length} bytes is shorter than {minimum}")
+                yield chunk, offset + header, offset + length
+            elif kind == NLMSG_DONE:
+                return
+            elif kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", chunk, offset + header)
+                raise SourceError(NAME, f"kernel refused the dump: errno {-code}")
+            offset += (length + 3) & ~3
+    raise ParseError(NAME, "the dump ended without NLMSG_DONE")
 
 
 def parse_inet(chunks: Iterable[bytes], netns: int, proto: Proto) -> list[SocketRecord]:
@@ -132,28 +125,27 @@ def parse_inet(chunks: Iterable[bytes], netns: int, proto: Proto) -> list[Socket
     names: dict[tuple[int, bytes], str] = {}
     kind = SockType.STREAM if proto is Proto.TCP else SockType.DGRAM
     tcp = proto is Proto.TCP
-    for chunk in chunks:
-        for start, _ in _messages(chunk, INET_MSG.size):
-            family, kstate, _, src, dst, rqueue, wqueue, uid, inode = unpack_msg(chunk, start)
-            sport, dport = unpack_ports(chunk, start + 4)
-            local = names.get((family, src))
-            if local is None:
-                local = names[(family, src)] = _address(family, src)
-            if dport == 0 and not any(dst):
-                remote: str | None = None
-                rport: int | None = None
-            else:
-                remote = names.get((family, dst))
-                if remote is None:
-                    remote = names[(family, dst)] = _address(family, dst)
-                rport = dport
-            state = TCP_STATES.get(kstate, State.CLOSE) if tcp else datagram_state(kstate)
-            append(
-                SocketRecord(
-                    netns, proto, _FAMILIES[family], kind, state,
-                    local, sport, remote, rport, None, None, inode, uid, rqueue, wqueue,
-                )
+    for chunk, start, _ in _messages(chunks, INET_MSG.size):
+        family, kstate, _, src, dst, rqueue, wqueue, uid, inode = unpack_msg(chunk, start)
+        sport, dport = unpack_ports(chunk, start + 4)
+        local = names.get((family, src))
+        if local is None:
+            local = names[(family, src)] = _address(family, src)
+        if dport == 0 and dst == _ZERO:
+            remote: str | None = None
+            rport: int | None = None
+        else:
+            remote = names.get((family, dst))
+            if remote is None:
+                remote = names[(family, dst)] = _address(family, dst)
+            rport = dport
+        state = TCP_STATES.get(kstate, State.CLOSE) if tcp else datagram_state(kstate)
+        append(
+            SocketRecord(
+                netns, proto, _FAMILIES[family], kind, state,
+                local, sport, remote, rport, None, None, inode, uid, rqueue, wqueue,
             )
+        )
     return records
 
 
@@ -169,37 +161,38 @@ def parse_unix(chunks: Iterable[bytes], netns: int) -> list[SocketRecord]:
     """Records from unix_diag answers; an abstract name ``b"\\0name"`` becomes ``"@name"``."""
     records: list[SocketRecord] = []
     unpack_msg = UNIX_MSG.unpack_from
-    for chunk in chunks:
-        for start, end in _messages(chunk, UNIX_MSG.size):
-            _, ktype, kstate, inode = unpack_msg(chunk, start)
-            path: str | None = None
-            peer: int | None = None
-            uid: int | None = None
-            rqueue = wqueue = 0
-            offset = start + UNIX_MSG.size
-            while offset + RTATTR.size <= end:
-                length, attr = RTATTR.unpack_from(chunk, offset)
-                if length < RTATTR.size or offset + length > end:
-                    raise ParseError(NAME, f"unix_diag attribute of {length} bytes overruns its message")
-                value = offset + RTATTR.size
-                if attr == UNIX_DIAG_NAME:
-                    path = unix_path(chunk[value : offset + length])
-                elif attr == UNIX_DIAG_PEER:
-                    peer = U32.unpack_from(chunk, value)[0]
-                elif attr == UNIX_DIAG_RQLEN:
-                    rqueue, wqueue = U32X2.unpack_from(chunk, value)
-                elif attr == UNIX_DIAG_UID:
-                    uid = U32.unpack_from(chunk, value)[0]
-                offset += (length + 3) & ~3
-            kind = UNIX_TYPES.get(ktype)
-            if kind is None:
-                raise ParseError(NAME, f"unknown unix socket type {ktype} for inode {inode}")
-            records.append(
-                SocketRecord(
-                    netns, Proto.UNIX, Family.UNIX, kind, datagram_state(kstate),
-                    None, None, None, None, path, peer or None, inode, uid, rqueue, wqueue,
-                )
+    for chunk, start, end in _messages(chunks, UNIX_MSG.size):
+        _, ktype, kstate, inode = unpack_msg(chunk, start)
+        path: str | None = None
+        peer: int | None = None
+        uid: int | None = None
+        rqueue = wqueue = 0
+        offset = start + UNIX_MSG.size
+        while offset + RTATTR.size <= end:
+            length, attr = RTATTR.unpack_from(chunk, offset)
+            if length < RTATTR.size or offset + length > end:
+                raise ParseError(NAME, f"unix_diag attribute of {length} bytes overruns its message")
+            value = offset + RTATTR.size
+            if length - RTATTR.size < _ATTR_SIZES.get(attr, 0):
+                raise ParseError(NAME, f"unix_diag attribute {attr} of {length} bytes is too short")
+            if attr == UNIX_DIAG_NAME:
+                path = unix_path(chunk[value : offset + length])
+            elif attr == UNIX_DIAG_PEER:
+                peer = U32.unpack_from(chunk, value)[0]
+            elif attr == UNIX_DIAG_RQLEN:
+                rqueue, wqueue = U32X2.unpack_from(chunk, value)
+            elif attr == UNIX_DIAG_UID:
+                uid = U32.unpack_from(chunk, value)[0]
+            offset += (length + 3) & ~3
+        kind = UNIX_TYPES.get(ktype)
+        if kind is None:
+            raise ParseError(NAME, f"unknown unix socket type {ktype} for inode {inode}")
+        records.append(
+            SocketRecord(
+                netns, Proto.UNIX, Family.UNIX, kind, datagram_state(kstate),
+                None, None, None, None, path, peer or None, inode, uid, rqueue, wqueue,
             )
+        )
     return records
 
 

@@ -197,3 +197,18 @@ def test_every_namespace_is_scanned(namespace_host: tuple[str, int, int]) -> Non
         assert empty_inode in via_netlink.namespaces_scanned
     finally:
         subprocess.run(["ip", "netns", "del", empty], check=True)
+
+
+def test_prefetched_owners_equal_a_plain_walk(zoo: Zoo) -> None:
+    plain = Scanner(scope="current").snapshot()
+    scanner = Scanner(scope="current", prefetch_owners=True)
+    prefetched = scanner.snapshot()
+    stable = {s.inode for s in plain.sockets} & {s.inode for s in prefetched.sockets}
+    for inode in stable:
+        assert plain.owners.get(inode) == prefetched.owners.get(inode), inode
+    inode = zoo.sockets["tcp_prefork_listen"]["inode"]
+    assert prefetched.owners[inode] == (zoo.pid, zoo.worker)
+    # The next scan of the same scanner is warm: it reads links in-process, few of them.
+    before = scanner.owners.links_read
+    scanner.snapshot()
+    assert scanner.owners.links_read - before < 50
