@@ -112,4 +112,4 @@ def main(argv: list[str]) -> int:
     return 2
 
 
-__all__ = ["main", "__version__"]
+__all__ = ["__version__", "main"]

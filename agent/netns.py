@@ -81,7 +81,7 @@ _libc: Any = None
 
 def _setns(fd: int) -> None:
     """``setns(2)`` through libc: Python gains ``os.setns`` only in 3.12."""
-    global _libc
+    global _libc  # noqa: PLW0603 - libc is loaded once, on first use
     import ctypes  # only a scan of other namespaces pays for it
     import ctypes.util
 

@@ -61,7 +61,7 @@ def write_json(table: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
     first = True
     batch: list[dict[str, Any]] = []
     for row in table:
-        batch.append(dict(zip(FIELDS, row)))
+        batch.append(dict(zip(FIELDS, row, strict=False)))
         if len(batch) == 2048:
             out.write(("" if first else ",") + encode(batch)[1:-1])
             first = False
@@ -92,7 +92,7 @@ def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | 
         if owners > 1:
             owner = f"{owner} (+{owners - 1})"
         append((proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner))
-    widths = [max(map(len, column)) for column in list(zip(*lines))[:-1]]
+    widths = [max(map(len, column)) for column in list(zip(*lines, strict=False))[:-1]]
     template = "  ".join(f"%-{w}s" for w in widths) + "  %s\n"
     for start in range(0, len(lines), 4096):
         out.write("".join([template % line for line in lines[start : start + 4096]]))

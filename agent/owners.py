@@ -40,7 +40,7 @@ _SOCKET = "socket:["
 class _Holder:
     """What one process held at the last scan: its start time and each descriptor's socket inode (0: not a socket)."""
 
-    __slots__ = ("start_time", "fds")
+    __slots__ = ("fds", "start_time")
 
     def __init__(self, start_time: int) -> None:
         self.start_time = start_time
@@ -134,7 +134,7 @@ class OwnerIndex:
         _, status = os.waitpid(child, 0)
         if status != 0 or not data:
             return None  # the child failed: walk here instead
-        walked, unreadable = marshal.loads(data)
+        walked, unreadable = marshal.loads(data)  # noqa: S302 - written by our own child
         for pid, (start_time, fds) in walked.items():
             holder = mine[pid] = _Holder(start_time)
             holder.fds = fds
@@ -160,14 +160,13 @@ class OwnerIndex:
             holders = self._walk_pids(pids, alive)
         self._holders = holders
         owners = self._invert(alive)
-        missing = alive - owners.keys() - self._unowned
-        missing.discard(0)
+        missing = set(alive) - owners.keys() - self._unowned - {0}
         if missing:
             for pid, holder in holders.items():
                 self._reread_files(pid, holder)
             owners = self._invert(alive)
-            missing = alive - owners.keys()
-        self._unowned = {inode for inode in missing if inode} | (self._unowned & alive)
+            missing = set(alive) - owners.keys()
+        self._unowned = {inode for inode in missing if inode} | (self._unowned & set(alive))
         return owners
 
     def _walk(self, pid: int, alive: Collection[int]) -> _Holder | None:

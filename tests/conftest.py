@@ -50,7 +50,7 @@ def run_sockfleet(*args: str, check: bool = True, user: int | None = None) -> su
     if user is not None:
         command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     if check and result.returncode != 0:
         pytest.fail(f"sockfleet {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result

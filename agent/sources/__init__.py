@@ -26,6 +26,6 @@ SOURCES: tuple[Source, ...] = (netlink, procfs, psutil)
 
 def by_name(name: str) -> Source:
     for source in SOURCES:
-        if source.NAME == name:
+        if name == source.NAME:
             return source
     raise KeyError(name)

@@ -197,7 +197,10 @@ def parse_unix(chunks: Iterable[bytes], netns: int) -> list[SocketRecord]:
 
 
 def unix_path(raw: bytes) -> str | None:
-    """``sun_path`` bytes as ``ss`` shows them: ``b"\\0x\\0y"`` → ``"@x@y"``, ``b"/run/a.sock\\0"`` → ``"/run/a.sock"``."""
+    """``sun_path`` bytes as ``ss`` shows them.
+
+    ``b"\\0x\\0y"`` → ``"@x@y"`` (abstract), ``b"/run/a.sock\\0"`` → ``"/run/a.sock"``.
+    """
     if not raw:
         return None
     if raw[0] == 0:

@@ -16,7 +16,9 @@ NAME = "psutil"
 DESCRIPTION = "psutil.net_connections (other systems; current namespace, no inodes)"
 
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6, socket.AF_UNIX: Family.UNIX}
-_TYPES = {socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM, socket.SOCK_SEQPACKET: SockType.SEQPACKET}
+_TYPES = {
+    socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM, socket.SOCK_SEQPACKET: SockType.SEQPACKET,
+}
 _STATES = {
     "ESTABLISHED": State.ESTABLISHED, "SYN_SENT": State.SYN_SENT, "SYN_RECV": State.SYN_RECV,
     "FIN_WAIT1": State.FIN_WAIT1, "FIN_WAIT2": State.FIN_WAIT2, "TIME_WAIT": State.TIME_WAIT,
@@ -47,7 +49,7 @@ def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -
             continue
         if family is Family.UNIX:
             local, lport, remote, rport = None, None, None, None
-            path = conn.laddr or None
+            path = str(conn.laddr) or None
             state = State.UNCONN if conn.status == "NONE" else _STATES.get(conn.status, State.UNCONN)
         else:
             local, lport = conn.laddr if conn.laddr else ("0.0.0.0", 0)

@@ -89,7 +89,7 @@ class Refused:
 
 def test_failed_source_falls_back_and_is_recorded(tmp_path: Path) -> None:
     proc = make_proc(tmp_path)
-    snap = Scanner(scope="current", sources=(Refused, procfs), proc_root=str(proc)).snapshot()  # type: ignore[arg-type]
+    snap = Scanner(scope="current", sources=(Refused, procfs), proc_root=str(proc)).snapshot()
     assert len(snap.sockets) == 7
     refused, used = snap.coverage.sources
     assert (refused.source, refused.ok, refused.error) == ("refused", False, "refused: Operation not permitted")
@@ -103,7 +103,7 @@ def test_namespace_no_source_can_read_is_unscanned(tmp_path: Path) -> None:
     (proc / "123" / "net" / "unix").unlink()
     snap = Scanner(scope="current", sources=(procfs,), proc_root=str(proc)).snapshot()
     assert snap.sockets == ()
-    [(ns, reason)] = snap.coverage.namespaces_unscanned
+    [(_ns, reason)] = snap.coverage.namespaces_unscanned
     assert reason.startswith("procfs: cannot read ") and reason.endswith("unix: No such file or directory")
 
 

@@ -36,7 +36,7 @@ EXTRA_UNIX = 50
 
 
 def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 
@@ -154,7 +154,8 @@ def report(connections: int, results: dict[str, dict[str, float]]) -> str:
              f"  {'':16} {'wall ms':>9} {'cpu ms':>9} {'peak MB':>8} {'wall / ss':>10}"]
     for name in ("sockfleet cold", "sockfleet warm", "ss -tuanxp", "psutil"):
         r = results[name]
-        lines.append(f"  {name:16} {r['wall'] * 1000:9.1f} {r['cpu'] * 1000:9.1f} {r['mem']:8.1f} {r['wall'] / ss:9.2f}x")
+        wall, cpu = r["wall"] * 1000, r["cpu"] * 1000
+        lines.append(f"  {name:16} {wall:9.1f} {cpu:9.1f} {r['mem']:8.1f} {r['wall'] / ss:9.2f}x")
     return "\n".join(lines)
 
 
