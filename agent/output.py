@@ -9,6 +9,7 @@ every holder in ``owners``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import IO, Any
 
 from agent.records import Proto, Snapshot, SocketRecord
@@ -74,10 +75,7 @@ def write_json(table: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
 TABLE_HEADER = ("PROTO", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER", "USER", "PID", "PROCESS")
 
 
-def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | None = None) -> None:
-    """Columns like ``ss``: a Unix socket's LOCAL is its path and inode, its PEER the peer's inode."""
-    lines: list[tuple[str, ...]] = [TABLE_HEADER]
-    append = lines.append
+def _cells(snapshot: Snapshot, sockets: list[SocketRecord] | None) -> Iterator[tuple[str, ...]]:
     for row in rows(snapshot, sockets):
         (_, _, proto, _, kind, state, laddr, lport, raddr, rport, path, peer, inode,
          _, user, pid, process, _, owners, rxq, txq) = row
@@ -91,8 +89,22 @@ def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | 
         owner = process or ""
         if owners > 1:
             owner = f"{owner} (+{owners - 1})"
-        append((proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner))
-    widths = [max(map(len, column)) for column in list(zip(*lines, strict=False))[:-1]]
+        yield (proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner)
+
+
+def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | None = None) -> None:
+    """Columns like ``ss``: a Unix socket's LOCAL is its path and inode, its PEER the peer's inode.
+
+    Two passes over the sockets, one for the column widths and one to print, so that a
+    host with 200,000 sockets never holds all its lines in memory at once.
+    """
+    widths = [len(title) for title in TABLE_HEADER[:-1]]
+    cells = _cells(snapshot, sockets)
+    while chunk := list(islice(cells, 4096)):
+        for index, column in enumerate(list(zip(*chunk, strict=True))[:-1]):
+            widths[index] = max(widths[index], *map(len, column))
     template = "  ".join(f"%-{w}s" for w in widths) + "  %s\n"
-    for start in range(0, len(lines), 4096):
-        out.write("".join([template % line for line in lines[start : start + 4096]]))
+    out.write(template % TABLE_HEADER)
+    cells = _cells(snapshot, sockets)
+    while chunk := list(islice(cells, 4096)):
+        out.write("".join([template % line for line in chunk]))
