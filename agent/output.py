@@ -76,34 +76,68 @@ TABLE_HEADER = ("PROTO", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER", "USER", "
 
 
 def _cells(snapshot: Snapshot, sockets: list[SocketRecord] | None) -> Iterator[tuple[str, ...]]:
-    for row in rows(snapshot, sockets):
-        (_, _, proto, _, kind, state, laddr, lport, raddr, rport, path, peer, inode,
-         _, user, pid, process, _, owners, rxq, txq) = row
-        if proto is Proto.UNIX:
-            local = f"{path or '*'} {inode}"
-            remote = f"* {peer}" if peer else "*"
-            proto = "unix/" + kind
+    """The table's cells of each socket, straight from the records (the hot path of a one-shot snapshot)."""
+    owners = snapshot.owners
+    users = snapshot.users
+    names = {pid: (str(pid), p.name) for pid, p in snapshot.processes.items()}
+    nobody = ("", "")
+    for r in snapshot.sockets if sockets is None else sockets:
+        if r.proto is Proto.UNIX:
+            local = f"{r.path or '*'} {r.inode}"
+            remote = f"* {r.peer_inode}" if r.peer_inode else "*"
+            proto = "unix/" + r.type
         else:
-            local = f"[{laddr}]:{lport}" if ":" in laddr else f"{laddr}:{lport}"
-            remote = "*" if raddr is None else f"[{raddr}]:{rport}" if ":" in raddr else f"{raddr}:{rport}"
-        owner = process or ""
-        if owners > 1:
-            owner = f"{owner} (+{owners - 1})"
-        yield (proto, state, str(rxq), str(txq), local, remote, user or "", str(pid or ""), owner)
+            laddr, raddr = r.local_address or "", r.remote_address
+            local = f"[{laddr}]:{r.local_port}" if ":" in laddr else f"{laddr}:{r.local_port}"
+            if raddr is None:
+                remote = "*"
+            else:
+                remote = f"[{raddr}]:{r.remote_port}" if ":" in raddr else f"{raddr}:{r.remote_port}"
+            proto = r.proto
+        pids = owners.get(r.inode)
+        if pids:
+            pid, owner = names.get(pids[0], nobody)
+            if len(pids) > 1:
+                owner = f"{owner} (+{len(pids) - 1})"
+        else:
+            pid, owner = nobody
+        user = users.get(r.uid) if r.uid is not None else None
+        yield (proto, r.state, str(r.rx_queue), str(r.tx_queue), local, remote, user or "", pid, owner)
+
+
+def _widths(snapshot: Snapshot, sockets: list[SocketRecord] | tuple[SocketRecord, ...]) -> list[int]:
+    """Column widths from the distinct values, without formatting every row.
+
+    Endpoint widths are upper bounds (a port is counted as five digits), so a
+    column may be a few characters wider than its widest cell, never narrower.
+    """
+    inet = [s for s in sockets if s.proto is not Proto.UNIX]
+    unix = [s for s in sockets if s.proto is Proto.UNIX]
+    addresses = {s.local_address for s in inet} | {s.remote_address for s in inet if s.remote_address}
+    endpoint = max((len(a) + (8 if ":" in a else 6) for a in addresses if a), default=1)
+    inode_digits = len(str(max((s.inode for s in unix), default=0)))
+    paths = {s.path for s in unix}
+    unix_local = max((len(p or "*") + 1 + inode_digits for p in paths), default=0)
+    kinds = {("unix/" + s.type) if s.proto is Proto.UNIX else s.proto for s in sockets}
+    queues = max((max(s.rx_queue, s.tx_queue) for s in sockets), default=0)
+    users = [u for u in snapshot.users.values() if u] + [p.user for p in snapshot.processes.values() if p.user]
+    pids = [len(str(pid)) for pid in snapshot.processes]
+    cells = (
+        max(map(len, kinds), default=0), max(map(len, {s.state for s in sockets}), default=0),
+        len(str(queues)), len(str(queues)), max(endpoint, unix_local), max(endpoint, 2 + inode_digits),
+        max(map(len, users), default=0), max(pids, default=0),
+    )
+    return [max(len(title), cell) for title, cell in zip(TABLE_HEADER, cells, strict=False)]
 
 
 def write_table(snapshot: Snapshot, out: IO[str], sockets: list[SocketRecord] | None = None) -> None:
     """Columns like ``ss``: a Unix socket's LOCAL is its path and inode, its PEER the peer's inode.
 
-    Two passes over the sockets, one for the column widths and one to print, so that a
-    host with 200,000 sockets never holds all its lines in memory at once.
+    Lines are formatted and written in slices, so that a host with 200,000
+    sockets never holds all its lines in memory at once.
     """
-    widths = [len(title) for title in TABLE_HEADER[:-1]]
-    cells = _cells(snapshot, sockets)
-    while chunk := list(islice(cells, 4096)):
-        for index, column in enumerate(list(zip(*chunk, strict=True))[:-1]):
-            widths[index] = max(widths[index], *map(len, column))
-    template = "  ".join(f"%-{w}s" for w in widths) + "  %s\n"
+    template = "  ".join(f"%-{w}s" for w in _widths(snapshot, snapshot.sockets if sockets is None else sockets))
+    template += "  %s\n"
     out.write(template % TABLE_HEADER)
     cells = _cells(snapshot, sockets)
     while chunk := list(islice(cells, 4096)):

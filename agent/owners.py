@@ -98,7 +98,7 @@ class OwnerIndex:
         assert child_load + caller_load == total
         return child, caller
 
-    def prefetch(self, share: float = 0.6) -> None:
+    def prefetch(self, share: float = 0.7) -> None:
         """Start reading every descriptor link in a child process; ``refresh`` collects the result.
 
         Only for a process that has no other threads (a fork copies just the
@@ -160,13 +160,13 @@ class OwnerIndex:
             holders = self._walk_pids(pids, alive)
         self._holders = holders
         owners = self._invert(alive)
-        missing = set(alive) - owners.keys() - self._unowned - {0}
+        unowned = self._unowned
+        missing = [inode for inode in alive if inode and inode not in owners and inode not in unowned]
         if missing:
             for pid, holder in holders.items():
                 self._reread_files(pid, holder)
             owners = self._invert(alive)
-            missing = set(alive) - owners.keys()
-        self._unowned = {inode for inode in missing if inode} | (self._unowned & set(alive))
+        self._unowned = {inode for inode in alive if inode and inode not in owners}
         return owners
 
     def _walk(self, pid: int, alive: Collection[int]) -> _Holder | None:
@@ -225,11 +225,12 @@ class OwnerIndex:
         owners: dict[int, tuple[int, ...]] = {}
         get = owners.get
         for pid in sorted(self._holders):
+            alone = (pid,)  # shared by every socket this process alone holds: one tuple, not thousands
             for inode in self._holders[pid].fds.values():
                 if inode and inode in alive:
                     held = get(inode)
                     if held is None:
-                        owners[inode] = (pid,)
+                        owners[inode] = alone
                     elif held[-1] != pid:  # a process may hold one socket under several descriptors
                         owners[inode] = (*held, pid)
         return owners
