@@ -47,7 +47,57 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--coverage", action="store_true",
                       help="print what the scan could and could not see instead of the sockets")
     snap.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    run = commands.add_parser("run", help="scan every interval and stream to a collector")
+    run.add_argument("--collector", required=True, help="the collector's HOST:PORT")
+    run.add_argument("--interval", default="15s", help="time between scans (default 15s)")
+    run.add_argument("--host", help="host name and id to report (default: hostname and /etc/machine-id)")
+    run.add_argument("--namespaces", choices=("all", "current"), default="all",
+                     help="scan every network namespace (default) or only the current one")
+    run.add_argument("--ca", help="PEM file of the CA that signed the collector's certificate")
+    run.add_argument("--insecure", action="store_true", help="plain text, without TLS (local trials only)")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def parse_interval(text: str) -> float:
+    """``"15s"`` → 15.0, ``"2m"`` → 120.0, ``"500ms"`` → 0.5; a bare number is seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    value = text.strip()
+    unit = next((u for u in ("ms", "s", "m", "h") if value.endswith(u)), "")
+    try:
+        seconds = float(value[: len(value) - len(unit)]) * units.get(unit, 1.0)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise UsageError(f"--interval: {text!r} is not a duration (like 15s, 2m, 500ms)")
+    return seconds
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from agent.stream import Streamer, identity
+
+    interval = parse_interval(args.interval)
+    if ":" not in args.collector:
+        raise UsageError(f"--collector: {args.collector!r} is not HOST:PORT")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ident = identity(args.host)
+    scanner = Scanner(ident.host_name, args.namespaces)
+    streamer = Streamer(args.collector, scanner, ident, interval, insecure=args.insecure, ca_file=args.ca)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await streamer.run(stop)
+
+    asyncio.run(main())
+    return 0
 
 
 def coverage_summary(coverage: Coverage) -> str | None:
@@ -103,6 +153,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.command == "snapshot":
             return snapshot_command(args)
+        if args.command == "run":
+            return run_command(args)
     except AgentError as exc:
         if args.debug:
             raise

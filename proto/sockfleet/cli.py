@@ -12,7 +12,16 @@ from importlib import import_module
 USAGE = """usage: sockfleet COMMAND ...
 
 commands:
-  agent snapshot   print every socket of this host with its owning process and user
+  agent snapshot     print every socket of this host with its owning process and user
+  agent run          scan every interval and stream to a collector
+  collector serve    receive agents' snapshots over gRPC and store them in SQL
+  collector migrate  create or upgrade the database schema
+  hosts              hosts, their addresses and whether they report
+  sockets            every socket on the fleet's hosts (--at TIME for the past)
+  ports              listening sockets (--at TIME for the past)
+  demo               a collector and an agent on this machine, then the open ports
+
+`sockfleet COMMAND --help` tells more.
 """
 
 

@@ -1,0 +1,166 @@
+"""``sockfleet agent run``: scan every interval and stream to the collector.
+
+One gRPC stream per connection.  Stop-and-wait: each Snapshot or Delta waits
+for its Ack before the next scan's message, so the agent always knows exactly
+which state the collector holds, and every Delta is relative to it.  A new
+connection, a Resync, or any doubt starts again with a full Snapshot.  While
+the collector is away the agent retries with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
+
+import grpc
+from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
+
+from agent import __version__, addresses, convert
+from agent.delta import diff
+from agent.errors import AgentError, SourceError
+from agent.snapshot import Scanner, namespaces
+
+log = logging.getLogger("sockfleet.agent")
+ACK_TIMEOUT = 60.0
+MAX_BACKOFF = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    host_id: str
+    host_name: str
+    boot_id: str
+
+
+def identity(host: str | None, proc_root: str = "/proc") -> Identity:
+    """``--host NAME`` names the host and fixes its id; else the hostname and /etc/machine-id."""
+    boot_id = _read(f"{proc_root}/sys/kernel/random/boot_id")
+    if host:
+        return Identity(host_id=host, host_name=host, boot_id=boot_id)
+    machine_id = _read("/etc/machine-id") or socket.gethostname()
+    return Identity(host_id=machine_id, host_name=socket.gethostname(), boot_id=boot_id)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage:
+    spaces, _ = namespaces(scanner.scope, scanner.proc_root)
+    found: list[pb.InterfaceAddress] = []
+    for ns in spaces:
+        try:
+            pairs = addresses.collect(ns)
+        except SourceError as exc:
+            log.warning("%s", exc)
+            continue
+        found.extend(pb.InterfaceAddress(netns=ns.inode, interface=name, address=addr) for name, addr in pairs)
+    return pb.AgentMessage(hello=pb.Hello(
+        host_id=ident.host_id, host_name=ident.host_name, agent_version=__version__, boot_id=ident.boot_id,
+        addresses=found, interval_seconds=max(1, round(interval)),
+    ))
+
+
+def channel(target: str, insecure: bool, ca_file: str | None) -> grpc.aio.Channel:
+    if insecure:
+        return grpc.aio.insecure_channel(target)
+    roots = None
+    if ca_file:
+        try:
+            with open(ca_file, "rb") as file:
+                roots = file.read()
+        except OSError as exc:
+            raise AgentError(f"cannot read --ca {ca_file}: {exc.strerror}") from exc
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+
+
+class Streamer:
+    """Keeps one host's stream to the collector going until ``stop`` is set."""
+
+    def __init__(self, target: str, scanner: Scanner, ident: Identity, interval: float,
+                 insecure: bool = False, ca_file: str | None = None) -> None:
+        self.target = target
+        self.scanner = scanner
+        self.ident = ident
+        self.interval = interval
+        self.insecure = insecure
+        self.ca_file = ca_file
+        self.epoch = time.time_ns() // 1000
+        self.seq = 0
+        self.acked = 0  # messages acknowledged, for tests and logs
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                await self._connected(stop)
+                backoff = 1.0
+            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
+                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
+                log.warning("collector %s: %s; retrying in %.1fs", self.target, detail, delay)
+                await _sleep_or_stop(stop, delay)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _connected(self, stop: asyncio.Event) -> None:
+        async with channel(self.target, self.insecure, self.ca_file) as chan:
+            call = pb_grpc.CollectorStub(chan).Stream()  # type: ignore[no-untyped-call]
+            await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
+            acked: dict[convert.Key, convert.Entry] | None = None
+            acked_coverage: tuple[object, ...] | None = None
+            acked_seq = 0
+            try:
+                while not stop.is_set():
+                    snap = await asyncio.to_thread(self.scanner.snapshot)
+                    current = convert.entries(snap)
+                    coverage = convert.comparable_coverage(snap.coverage)
+                    self.seq += 1
+                    taken_at_us = int(snap.taken_at * 1e6)
+                    if acked is None:
+                        message = pb.AgentMessage(snapshot=pb.Snapshot(
+                            epoch=self.epoch, seq=self.seq, taken_at_us=taken_at_us,
+                            sockets=[convert.socket(k, e) for k, e in current.items()],
+                            coverage=convert.coverage(snap.coverage),
+                        ))
+                    else:
+                        changes = diff(acked, current)
+                        delta = pb.Delta(
+                            epoch=self.epoch, seq=self.seq, base_seq=acked_seq, taken_at_us=taken_at_us,
+                            added=[convert.socket(k, e) for k, e in changes.added],
+                            removed=[convert.socket_key(k) for k in changes.removed],
+                            changed=[convert.socket(k, e) for k, e in changes.changed],
+                        )
+                        if coverage != acked_coverage:
+                            delta.coverage.CopyFrom(convert.coverage(snap.coverage))
+                        message = pb.AgentMessage(delta=delta)
+                    await call.write(message)
+                    reply = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
+                    if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                        raise ConnectionError("the collector closed the stream")
+                    if reply.HasField("resync"):
+                        log.info("collector asks for a full snapshot: %s", reply.resync.reason)
+                        acked = None
+                        continue
+                    if (reply.ack.epoch, reply.ack.seq) != (self.epoch, self.seq):
+                        raise ConnectionError(f"acknowledgement for ({reply.ack.epoch}, {reply.ack.seq}) "
+                                              f"while waiting for ({self.epoch}, {self.seq})")
+                    acked, acked_coverage, acked_seq = current, coverage, self.seq
+                    self.acked += 1
+                    await _sleep_or_stop(stop, self.interval)
+            finally:
+                call.cancel()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,241 @@
+"""``sockfleet collector ...``, the questions (``hosts``, ``sockets``, ``ports``) and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from collector import db, output, queries
+from collector.errors import CollectorError, UsageError
+from collector.schema import observations
+from collector.server import credentials, start
+from collector.store import Store
+from collector.times import now, parse_duration, parse_time, rfc3339
+
+PROTOS = ("tcp", "udp", "unix")
+SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help=f"database URL (default: {db.default_url()}, or $SOCKFLEET_DB)")
+
+
+def _question_options(parser: argparse.ArgumentParser, filters: bool = True) -> None:
+    _db_option(parser)
+    parser.add_argument("--at", help="as of this time: RFC 3339 (2026-11-25T10:00:00Z) or relative (-15m, -2h)")
+    parser.add_argument("--format", choices=output.FORMATS, default="table")
+    if filters:
+        parser.add_argument("--host", help="only this host (its name)")
+        parser.add_argument("--port", type=_port, help="only this local port")
+        parser.add_argument("--proto", choices=PROTOS, help="only this protocol")
+        parser.add_argument("--process", help="only sockets owned by a process of this name")
+        parser.add_argument("--exposed", action="store_true", help="only inet sockets bound beyond loopback")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sockfleet", description="Questions to a sockfleet collector.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collector = commands.add_parser("collector", help="run or manage the collector")
+    actions = collector.add_subparsers(dest="action", required=True, metavar="ACTION")
+    serve = actions.add_parser("serve", help="receive agents' snapshots over gRPC and store them")
+    serve.add_argument("--listen", default="[::]:50051", help="HOST:PORT to listen on (default [::]:50051)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain to serve with")
+    serve.add_argument("--tls-key", help="PEM private key of the certificate")
+    serve.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
+    _db_option(serve)
+    migrate = actions.add_parser("migrate", help="create or upgrade the database schema")
+    _db_option(migrate)
+
+    hosts = commands.add_parser("hosts", help="hosts, their addresses and whether they report")
+    _question_options(hosts, filters=False)
+    sockets = commands.add_parser("sockets", help="every socket on the fleet's hosts")
+    _question_options(sockets)
+    ports = commands.add_parser("ports", help="listening sockets: TCP LISTEN, unconnected UDP, Unix listeners")
+    _question_options(ports)
+
+    demo = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports")
+    _db_option(demo)
+    demo.add_argument("--interval", default="5s", help="the agent's scan interval (default 5s)")
+    demo.add_argument("--once", action="store_true", help="stop after showing the ports once")
+    return parser
+
+
+def open_db(url: str | None) -> Engine:
+    engine = db.engine(url)
+    db.require_current(engine)
+    return engine
+
+
+def question(args: argparse.Namespace) -> int:
+    at = parse_time(args.at) if args.at else None
+    if at is not None and at > now():
+        raise UsageError(f"--at {args.at}: that is in the future")
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.command == "hosts":
+            rows = queries.host_rows(conn, at)
+            output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
+                         ("host", "status", "addresses", "sockets", "last_seen", "agent_version"))
+            return 0
+        if args.host is not None and args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        seen = queries.observed(conn, at)
+        filters = queries.Filters(args.host, args.port, args.proto, args.process, args.exposed)
+        rows = queries.sockets_at(conn, at, filters, only_listening=args.command == "ports", hosts_known=seen)
+    if args.format == "table":
+        for row in rows:
+            row["local"] = output.endpoint(row)
+            row["remote"] = _remote(row)
+    output.write(rows, queries.SOCKET_FIELDS, sys.stdout, args.format, SOCKET_TABLE)
+    _warn_unknown(seen, at, args.host)
+    return 0
+
+
+def _remote(row: dict[str, Any]) -> str:
+    if row["proto"] == "unix":
+        return f"peer {row['peer_inode']}" if row.get("peer_inode") else ""
+    address = row.get("remote_address")
+    if address is None:
+        return "*"
+    return f"[{address}]:{row['remote_port']}" if ":" in address else f"{address}:{row['remote_port']}"
+
+
+def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None) -> None:
+    names = sorted(name for name in seen.unknown.values() if host is None or name == host)
+    if not names:
+        return
+    if at is None:
+        print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=sys.stderr)
+    else:
+        print(f"unknown at {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    creds = credentials(args.tls_cert, args.tls_key)
+    if creds is None and not args.insecure:
+        raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
+    engine = db.engine(args.db)
+    db.migrate(engine)
+    server, port = await start(Store(engine), args.listen, creds)
+    mode = "TLS" if creds else "plain text (--insecure)"
+    print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
+          f"database {engine.url.render_as_string(hide_password=True)}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=5)
+    return 0
+
+
+async def demo(args: argparse.Namespace) -> int:
+    """Collector on loopback (plain text, which is safe there), one agent of this machine, the open ports."""
+    interval = parse_duration(args.interval)
+    engine = db.engine(args.db)
+    db.migrate(engine)
+    server, port = await start(Store(engine), "127.0.0.1:0", None)
+    print(f"demo: collector on 127.0.0.1:{port} (plain text on loopback), database {engine.url}", file=sys.stderr)
+    agent = subprocess.Popen([
+        sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector", f"127.0.0.1:{port}",
+        "--insecure", "--interval", args.interval,
+    ])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        started = now()
+        while not stop.is_set():
+            with engine.connect() as conn:
+                seen = conn.execute(
+                    select(func.count()).select_from(observations).where(observations.c.received_at >= started)
+                ).scalar_one()
+            if seen:
+                break
+            if agent.poll() is not None:
+                raise CollectorError(f"the agent exited with status {agent.returncode}")
+            await asyncio.sleep(0.2)
+        if not stop.is_set():
+            print(f"demo: first snapshot stored; open ports (sockfleet ports --db {engine.url}):", file=sys.stderr)
+            with engine.connect() as conn:
+                rows = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
+            for row in rows:
+                row["local"], row["remote"] = output.endpoint(row), _remote(row)
+            output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", SOCKET_TABLE)
+            sys.stdout.flush()
+            if not args.once:
+                print(f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {engine.url}` "
+                      "in another terminal; Ctrl-C stops", file=sys.stderr, flush=True)
+                await stop.wait()
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+        await server.stop(grace=2)
+    return 0
+
+
+TIME_OPTIONS = ("--at", "--since", "--until", "--from", "--to")
+
+
+def _join_relative_times(argv: list[str]) -> list[str]:
+    """``--at -15m`` → ``--at=-15m``: argparse would take ``-15m`` for an option."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in TIME_OPTIONS and arg.startswith("-") and arg[1:2].isdigit():
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_join_relative_times(argv))
+    logging.basicConfig(level=logging.INFO if os.environ.get("SOCKFLEET_VERBOSE") else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    try:
+        if args.command == "collector":
+            if args.action == "migrate":
+                engine = db.engine(args.db)
+                db.migrate(engine)
+                print(f"database at revision {db.current(engine)}: {engine.url}", file=sys.stderr)
+                return 0
+            return asyncio.run(serve(args))
+        if args.command == "demo":
+            return asyncio.run(demo(args))
+        return question(args)
+    except CollectorError as exc:
+        if args.debug:
+            raise
+        print(f"sockfleet: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["main"]

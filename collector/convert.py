@@ -1,0 +1,174 @@
+"""Wire messages to plain rows: the one place the collector touches protobuf types.
+
+Every field is checked here, so that nothing malformed reaches the store: an
+enum out of range, a port above 65535, an address that does not parse for its
+family, an oversized string, a timestamp that is not plausible.  A bad field
+raises ``RejectedMessage`` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sockfleet.v1 import fleet_pb2 as pb
+
+from collector.errors import RejectedMessage
+
+PROTOS: dict[int, str] = {pb.PROTO_TCP: "tcp", pb.PROTO_UDP: "udp", pb.PROTO_UNIX: "unix"}
+FAMILIES: dict[int, str] = {pb.FAMILY_INET: "inet", pb.FAMILY_INET6: "inet6", pb.FAMILY_UNIX: "unix"}
+TYPES: dict[int, str] = {
+    pb.SOCK_TYPE_STREAM: "stream", pb.SOCK_TYPE_DGRAM: "dgram", pb.SOCK_TYPE_SEQPACKET: "seqpacket",
+}
+STATES = {number: name.removeprefix("STATE_") for name, number in pb.State.items() if number}
+MAX_TEXT = 4096  # cmdline and path; names are shorter
+MAX_NAME = 255
+EARLIEST = datetime(2000, 1, 1)
+
+
+def utc(us: int) -> datetime:
+    """Microseconds since the epoch → naive UTC datetime, as stored."""
+    return datetime(1970, 1, 1) + timedelta(microseconds=us)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def taken_at(us: int, field: str) -> datetime:
+    try:
+        moment = utc(us)
+    except OverflowError:
+        moment = EARLIEST - timedelta(days=1)
+    if moment < EARLIEST or moment > now() + timedelta(days=1):
+        raise RejectedMessage(f"{field}: {us} µs since the epoch is not a plausible time")
+    return moment
+
+
+@dataclass(frozen=True, slots=True)
+class SocketRow:
+    """One socket as stored: identity, digest ``key``, versioned and volatile attributes."""
+
+    key: str
+    identity: dict[str, Any]
+    versioned: tuple[Any, ...]
+    volatile: dict[str, int]
+
+    def columns(self) -> dict[str, Any]:
+        state, peer_inode, uid, user, pid, process, cmdline, owners = self.versioned
+        return {
+            "key": self.key, **self.identity, "state": state, "peer_inode": peer_inode, "uid": uid,
+            "user": user, "pid": pid, "process": process, "cmdline": cmdline, "owners": owners, **self.volatile,
+        }
+
+
+def _text(value: str, field: str, limit: int = MAX_NAME) -> str | None:
+    if len(value) > limit:
+        raise RejectedMessage(f"{field}: {len(value)} characters, more than {limit}")
+    return value or None
+
+
+def _enum(table: dict[int, str], value: int, field: str) -> str:
+    name = table.get(value)
+    if name is None:
+        raise RejectedMessage(f"{field}: {value} is not a known value")
+    return name
+
+
+def _address(value: str, family: str, field: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parsed = ipaddress.ip_address(value)
+    except ValueError:
+        raise RejectedMessage(f"{field}: {value!r} is not an IP address") from None
+    if (family == "inet") != (parsed.version == 4):
+        raise RejectedMessage(f"{field}: {value!r} is not an {family} address")
+    return value
+
+
+def _port(value: int, field: str) -> int:
+    if not 0 <= value <= 65535:
+        raise RejectedMessage(f"{field}: {value} is not a port (0-65535)")
+    return value
+
+
+def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, dict[str, Any]]:
+    """The digest and identity columns of one socket key."""
+    proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
+    family = _enum(FAMILIES, key.family, f"{where}.key.family")
+    kind = _enum(TYPES, key.type, f"{where}.key.type")
+    if (proto == "unix") != (family == "unix"):
+        raise RejectedMessage(f"{where}.key: proto {proto} does not go with family {family}")
+    if proto == "unix":
+        if key.local_address or key.remote_address or key.local_port or key.remote_port:
+            raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
+        identity = {
+            "netns": key.netns, "proto": proto, "family": family, "type": kind, "inode": key.inode or None,
+            "local_address": None, "local_port": None, "remote_address": None, "remote_port": None,
+            "path": _text(key.path, f"{where}.key.path", MAX_TEXT),
+        }
+    else:
+        if key.path:
+            raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
+        remote = _address(key.remote_address, family, f"{where}.key.remote_address")
+        identity = {
+            "netns": key.netns, "proto": proto, "family": family, "type": kind, "inode": key.inode or None,
+            "local_address": _address(key.local_address, family, f"{where}.key.local_address"),
+            "local_port": _port(key.local_port, f"{where}.key.local_port"),
+            "remote_address": remote,
+            "remote_port": _port(key.remote_port, f"{where}.key.remote_port") if remote else None,
+            "path": None,
+        }
+    canonical = (key.netns, key.proto, key.family, key.type, key.inode, key.local_address,
+                 key.local_port, key.remote_address, key.remote_port, key.path)
+    digest = hashlib.blake2b(repr(canonical).encode(), digest_size=16).hexdigest()
+    return digest, identity
+
+
+def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
+    key, identity = key_row(sock.key, where)
+    state = _enum(STATES, sock.state, f"{where}.state")
+    versioned = (
+        state, sock.peer_inode or None, sock.uid if sock.HasField("uid") else None,
+        _text(sock.user, f"{where}.user"), sock.pid if sock.HasField("pid") else None,
+        _text(sock.process, f"{where}.process"), _text(sock.cmdline, f"{where}.cmdline", MAX_TEXT), sock.owners,
+    )
+    return SocketRow(key, identity, versioned, {"rx_queue": sock.rx_queue, "tx_queue": sock.tx_queue})
+
+
+def coverage_json(cov: pb.Coverage) -> tuple[str, bool]:
+    """Coverage as stored (JSON) and whether the scan saw everything."""
+    sources = [
+        {"source": _text(s.source, "coverage.source"), "netns": s.netns, "ok": s.ok,
+         "seconds": s.duration_us / 1e6, "records": s.records, "error": s.error or None}
+        for s in cov.sources
+    ]
+    unscanned = [[u.netns, u.reason] for u in cov.namespaces_unscanned]
+    document = {
+        "sources": sources, "namespaces_scanned": list(cov.namespaces_scanned),
+        "namespaces_unscanned": unscanned, "processes_unreadable": list(cov.processes_unreadable),
+    }
+    complete = all(s["ok"] for s in sources) and not unscanned and not cov.processes_unreadable
+    return json.dumps(document), complete
+
+
+def hello_fields(hello: pb.Hello) -> dict[str, Any]:
+    if not hello.host_id:
+        raise RejectedMessage("hello.host_id: empty")
+    addresses = []
+    for index, item in enumerate(hello.addresses):
+        address = _address(item.address, "inet6" if ":" in item.address else "inet", f"hello.addresses[{index}]")
+        addresses.append((item.netns, _text(item.interface, f"hello.addresses[{index}].interface") or "", address))
+    return {
+        "host_id": _text(hello.host_id, "hello.host_id"),
+        "name": _text(hello.host_name, "hello.host_name") or hello.host_id,
+        "agent_version": _text(hello.agent_version, "hello.agent_version", 64) or "",
+        "boot_id": _text(hello.boot_id, "hello.boot_id", 64) or "",
+        "interval_seconds": min(max(hello.interval_seconds, 1), 86400),
+        "addresses": sorted(set(addresses)),
+    }

@@ -1,0 +1,28 @@
+"""The collector's exceptions.
+
+::
+
+    CollectorError              one clear line on the CLI, exit status 1
+    ├── UsageError              a bad command-line value (exit status 2)
+    └── RejectedMessage         an agent's message refused; carries the gRPC status
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CollectorError(Exception):
+    exit_status = 1
+
+
+class UsageError(CollectorError):
+    exit_status = 2
+
+
+class RejectedMessage(CollectorError):
+    """A message that is not stored; ``code`` is the gRPC status the agent receives."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,43 @@
+"""Rows as a table for people, JSON (one array) or CSV; field names are the SQL views' column names."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import IO, Any
+
+from collector.times import rfc3339
+
+FORMATS = ("table", "json", "csv")
+
+
+def _plain(value: Any) -> Any:
+    return rfc3339(value) if isinstance(value, datetime) else value
+
+
+def write(rows: Sequence[dict[str, Any]], fields: Sequence[str], out: IO[str], fmt: str,
+          table_fields: Sequence[str] | None = None) -> None:
+    if fmt == "json":
+        json.dump([{f: _plain(row.get(f)) for f in fields} for row in rows], out, ensure_ascii=False)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(fields)
+        writer.writerows([["" if row.get(f) is None else _plain(row.get(f)) for f in fields] for row in rows])
+    else:
+        columns = list(table_fields or fields)
+        cells = [[str(_plain(row.get(f))) if row.get(f) is not None else "" for f in columns] for row in rows]
+        header = [c.upper() for c in columns]
+        widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(header)]
+        for line in [header, *cells]:
+            out.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n")
+
+
+def endpoint(row: dict[str, Any]) -> str:
+    """A socket's local side for the table: ``"[::1]:80"``, ``"0.0.0.0:22"`` or a Unix path."""
+    if row["proto"] == "unix":
+        return str(row.get("path") or "*")
+    address = row.get("local_address") or "*"
+    return f"[{address}]:{row['local_port']}" if ":" in address else f"{address}:{row['local_port']}"

@@ -1,0 +1,161 @@
+"""Reads: one function per question, each returning plain rows (dicts with the documented field names).
+
+"As of T" is ``valid_from <= T AND (valid_to IS NULL OR valid_to > T)``, limited
+to hosts observed around T: a host whose last message before T is older than
+three of its scan intervals is *unknown* at T, and its sockets are not
+reported as open or closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, func, not_, or_, select
+
+from collector.schema import host_addresses, hosts, observations, sockets
+from collector.times import now
+
+STALE_INTERVALS = 3
+SOCKET_FIELDS = (
+    "host", "netns", "proto", "family", "type", "state", "local_address", "local_port", "remote_address",
+    "remote_port", "path", "peer_inode", "inode", "uid", "user", "pid", "process", "cmdline", "owners",
+    "rx_queue", "tx_queue",
+)
+HOST_FIELDS = ("host", "host_id", "addresses", "agent_version", "first_seen", "last_seen", "status", "sockets")
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    host: str | None = None
+    port: int | None = None
+    proto: str | None = None
+    process: str | None = None
+    exposed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Which hosts were observed around a moment, and which were not (by name)."""
+
+    known: dict[int, str]
+    unknown: dict[int, str]
+
+
+def observed(conn: Connection, at: datetime | None) -> Observed:
+    """Hosts whose last message at or before ``at`` (default now) is at most three intervals old."""
+    moment = at or now()
+    last = (
+        select(observations.c.host_ref, func.max(observations.c.taken_at).label("taken_at"))
+        .where(observations.c.taken_at <= moment)
+        .group_by(observations.c.host_ref)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(hosts.c.id, hosts.c.name, hosts.c.interval_seconds, last.c.taken_at)
+        .select_from(hosts.outerjoin(last, last.c.host_ref == hosts.c.id))
+    ).all()
+    known, unknown = {}, {}
+    for row in rows:
+        window = timedelta(seconds=STALE_INTERVALS * row.interval_seconds)
+        if row.taken_at is not None and moment - row.taken_at <= window:
+            known[row.id] = row.name
+        else:
+            unknown[row.id] = row.name
+    return Observed(known, unknown)
+
+
+def _alive_at(at: datetime | None) -> ColumnElement[bool]:
+    if at is None:
+        return sockets.c.valid_to.is_(None)
+    return and_(sockets.c.valid_from <= at, or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > at))
+
+
+def listening() -> ColumnElement[bool]:
+    """TCP and Unix LISTEN, unconnected UDP, bound unconnected Unix datagram sockets."""
+    return or_(
+        sockets.c.state == "LISTEN",
+        and_(sockets.c.proto == "udp", sockets.c.state == "UNCONN"),
+        and_(sockets.c.proto == "unix", sockets.c.type == "dgram", sockets.c.state == "UNCONN",
+             sockets.c.path.is_not(None)),
+    )
+
+
+def exposed() -> ColumnElement[bool]:
+    """Bound beyond loopback: an inet socket whose local address is not 127/8, ::1 or ::ffff:127/104."""
+    return and_(
+        sockets.c.proto != "unix",
+        not_(sockets.c.local_address.like("127.%")),
+        sockets.c.local_address != "::1",
+        not_(sockets.c.local_address.like("::ffff:127.%")),
+    )
+
+
+def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_listening: bool = False,
+               hosts_known: Observed | None = None) -> list[dict[str, Any]]:
+    """Sockets open at ``at`` (default: now) on hosts observed then, with the documented fields."""
+    seen = hosts_known or observed(conn, at)
+    # Now: every host's last known state (the caller flags stale hosts); at T: hosts observed then.
+    refs = list(seen.known) + list(seen.unknown) if at is None else list(seen.known)
+    conditions: list[ColumnElement[bool]] = [_alive_at(at), sockets.c.host_ref.in_(refs)]
+    if only_listening:
+        conditions.append(listening())
+    if filters.host is not None:
+        conditions.append(hosts.c.name == filters.host)
+    if filters.port is not None:
+        conditions.append(sockets.c.local_port == filters.port)
+    if filters.proto is not None:
+        conditions.append(sockets.c.proto == filters.proto)
+    if filters.process is not None:
+        conditions.append(sockets.c.process == filters.process)
+    if filters.exposed:
+        conditions.append(exposed())
+    columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in SOCKET_FIELDS[1:])]
+    query = (
+        select(*columns)
+        .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
+        .where(*conditions)
+        .order_by(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path, sockets.c.inode)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def host_names(conn: Connection) -> set[str]:
+    return set(conn.execute(select(hosts.c.name)).scalars())
+
+
+def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
+    """Every host with its addresses and socket count at ``at``, and whether it was observed then."""
+    seen = observed(conn, at)
+    moment = at or now()
+    address_rows = conn.execute(
+        select(host_addresses.c.host_ref, host_addresses.c.address)
+        .where(host_addresses.c.valid_from <= moment,
+               or_(host_addresses.c.valid_to.is_(None), host_addresses.c.valid_to > moment))
+        .order_by(host_addresses.c.address)
+    ).all()
+    addresses: dict[int, list[str]] = {}
+    for row in address_rows:
+        if row.address not in addresses.setdefault(row.host_ref, []):
+            addresses[row.host_ref].append(row.address)
+    counts: dict[int, int] = {
+        row[0]: row[1]
+        for row in conn.execute(
+            select(sockets.c.host_ref, func.count()).where(_alive_at(at)).group_by(sockets.c.host_ref)
+        )
+    }
+    out = []
+    for row in conn.execute(select(hosts).order_by(hosts.c.name)):
+        if at is None:
+            status = "live" if row.id in seen.known else "stale"
+        else:
+            status = "observed" if row.id in seen.known else "unknown"
+        if at is not None and row.first_seen > at:
+            continue
+        out.append({
+            "host": row.name, "host_id": row.host_id, "addresses": " ".join(addresses.get(row.id, [])),
+            "agent_version": row.agent_version, "first_seen": row.first_seen, "last_seen": row.last_seen,
+            "status": status, "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
+        })
+    return out

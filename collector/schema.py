@@ -1,0 +1,121 @@
+"""The collector's tables, in SQLAlchemy Core; the database itself is made only by the Alembic revisions.
+
+History is kept as intervals: a socket is one row from ``valid_from`` to
+``valid_to`` (null while it lives).  A change of state or owner closes the row
+and opens a new one; queue lengths are stored as first read and never make
+rows.  Host addresses are kept the same way.  Every applied message leaves one
+``observations`` row, so a query knows when each host was seen.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+hosts = Table(
+    "hosts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_id", String(255), nullable=False, unique=True),  # /etc/machine-id or --host
+    Column("name", String(255), nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("boot_id", String(64), nullable=False),
+    Column("interval_seconds", Integer, nullable=False),
+    # The last applied message: a Delta must be based on it.
+    Column("epoch", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("first_seen", DateTime, nullable=False),
+    Column("last_seen", DateTime, nullable=False),
+)
+
+host_addresses = Table(
+    "host_addresses", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("netns", BigInteger, nullable=False),
+    Column("interface", String(64), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("valid_from", DateTime, nullable=False),
+    Column("valid_to", DateTime),
+    Index(None, "host_ref", "valid_to"),
+    Index(None, "address"),
+)
+
+sockets = Table(
+    "sockets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    # Digest of the identity below: finds a host's open row for a key in one index probe.
+    Column("key", String(32), nullable=False),
+    Column("netns", BigInteger, nullable=False),
+    Column("proto", String(8), nullable=False),
+    Column("family", String(8), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("inode", BigInteger),
+    Column("local_address", String(64)),
+    Column("local_port", Integer),
+    Column("remote_address", String(64)),
+    Column("remote_port", Integer),
+    Column("path", Text),
+    Column("state", String(16), nullable=False),
+    Column("peer_inode", BigInteger),
+    Column("uid", BigInteger),
+    Column("user", String(255)),
+    Column("pid", Integer),
+    Column("process", String(255)),
+    Column("cmdline", Text),
+    Column("owners", Integer, nullable=False),
+    Column("rx_queue", BigInteger, nullable=False),
+    Column("tx_queue", BigInteger, nullable=False),
+    Column("valid_from", DateTime, nullable=False),
+    Column("valid_to", DateTime),
+    Index(None, "host_ref", "key", "valid_to"),
+    Index(None, "valid_from"),
+    Index(None, "valid_to"),
+    Index(None, "local_port"),
+)
+
+observations = Table(
+    "observations", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # snapshot, delta, heartbeat
+    Column("taken_at", DateTime, nullable=False),
+    Column("received_at", DateTime, nullable=False),
+    Column("added", Integer, nullable=False),
+    Column("removed", Integer, nullable=False),
+    Column("changed", Integer, nullable=False),
+    Column("complete", Boolean, nullable=False),  # the scan saw everything
+    Column("coverage", Text),  # JSON; null when unchanged since the previous message
+    UniqueConstraint("host_ref", "epoch", "seq"),
+    Index(None, "host_ref", "taken_at"),
+)
+
+# The documented views (current_sockets, listeners, socket_history) are made by the
+# migrations, which state their SQL; see migrations/versions.
+LISTENING = (
+    "(state = 'LISTEN' OR (proto = 'udp' AND state = 'UNCONN') "
+    "OR (proto = 'unix' AND type = 'dgram' AND state = 'UNCONN' AND path IS NOT NULL))"
+)

@@ -1,0 +1,87 @@
+"""The collector's gRPC service: one stream per agent, each message committed before it is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from collector.errors import CollectorError, RejectedMessage
+from collector.store import Store
+
+Context = grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
+log = logging.getLogger("sockfleet.collector")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a host with 500,000 sockets fits
+
+
+class Collector(pb_grpc.CollectorServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.applied = 0
+
+    async def Stream(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.CollectorMessage]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be a hello")
+        ref = await self._call(context, self.store.hello, first.hello)
+        log.info("host %s (%s) connected from %s", first.hello.host_name, first.hello.host_id, context.peer())
+        async for message in request_iterator:
+            body = message.WhichOneof("body")
+            if body not in ("snapshot", "delta"):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
+            payload = getattr(message, body)
+            outcome = await self._call(context, self.store.apply, ref, payload)
+            if outcome.acked:
+                self.applied += 0 if outcome.replay else 1
+                yield pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
+            else:
+                log.info("asking %s for a full snapshot: %s", first.hello.host_name, outcome.resync_reason)
+                yield pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
+
+    async def _call(  # type: ignore[no-untyped-def]
+        self, context: Context, function, *args
+    ):
+        """Run a store call in a worker thread; its errors become gRPC statuses, and nothing is acknowledged."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except RejectedMessage as exc:
+            await context.abort(exc.code, str(exc))
+        except (OperationalError, DBAPIError) as exc:
+            log.warning("database unavailable: %s", exc.orig if hasattr(exc, "orig") else exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector's database is unavailable; retry")
+
+
+def credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerCredentials | None:
+    if not cert_file and not key_file:
+        return None
+    if not (cert_file and key_file):
+        raise CollectorError("--tls-cert and --tls-key go together")
+    try:
+        with open(cert_file, "rb") as cert, open(key_file, "rb") as key:
+            return grpc.ssl_server_credentials([(key.read(), cert.read())])
+    except OSError as exc:
+        raise CollectorError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
+async def start(store: Store, listen: str, creds: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
+    """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one); returns the server and its port."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_CollectorServicer_to_server(Collector(store), server)  # type: ignore[no-untyped-call]
+    try:
+        port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise CollectorError(f"cannot listen on {listen}: {exc}") from exc
+    await server.start()
+    return server, port
