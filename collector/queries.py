@@ -116,7 +116,8 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
         select(*columns)
         .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
         .where(*conditions)
-        .order_by(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path, sockets.c.inode)
+        .order_by(hosts.c.name, sockets.c.proto, sockets.c.local_port.asc().nulls_first(),
+                  sockets.c.path.asc().nulls_first(), sockets.c.inode.asc().nulls_first())
     )
     return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -85,11 +85,16 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 host = conn.execute(
-                    select(hosts.c.epoch, hosts.c.seq, hosts.c.last_seen).where(hosts.c.id == ref).with_for_update()
+                    select(hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen)
+                    .where(hosts.c.id == ref).with_for_update()
                 ).one()
                 if message.epoch == host.epoch and message.seq <= host.seq:
                     return Outcome(acked=True, replay=True)
-                moment = max(moment, host.last_seen)  # history never runs backwards on a skewed clock
+                previous = conn.execute(
+                    select(func.max(observations.c.taken_at)).where(observations.c.host_ref == ref)
+                ).scalar()
+                if previous is not None and moment < previous:
+                    moment = previous  # history never runs backwards, even when the agent's clock does
                 if isinstance(message, pb.Snapshot):
                     counts = self._snapshot(conn, ref, message, moment)
                     kind = "snapshot"
@@ -105,7 +110,8 @@ class Store:
                 elif kind != "snapshot":
                     complete = self._last_complete(conn, ref)
                 conn.execute(update(hosts).where(hosts.c.id == ref).values(
-                    epoch=message.epoch, seq=message.seq, last_seen=moment))
+                    epoch=message.epoch, seq=message.seq,
+                    first_seen=min(host.first_seen, moment), last_seen=max(host.last_seen, moment)))
                 conn.execute(insert(observations).values(
                     host_ref=ref, epoch=message.epoch, seq=message.seq, kind=kind, taken_at=moment,
                     received_at=convert.now(), added=counts[0], removed=counts[1], changed=counts[2],

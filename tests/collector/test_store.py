@@ -1,0 +1,189 @@
+"""The store and the queries, one contract, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import DateTime, Engine, String, func, select, text
+
+from collector import queries
+from collector.errors import RejectedMessage
+from collector.schema import observations, sockets
+from collector.store import Store
+from sockfleet.v1 import fleet_pb2 as pb
+from tests.collector import fleet
+from tests.collector.fleet import at
+
+
+def ports_at(engine: Engine, minutes: float | None, **filters: Any) -> set[tuple[str, str, int | None, str | None]]:
+    moment = None if minutes is None else at(minutes)
+    with engine.connect() as conn:
+        rows = queries.sockets_at(conn, moment, queries.Filters(**filters), only_listening=True)
+    return {(r["host"], r["proto"], r["local_port"], r["process"]) for r in rows}
+
+
+def socket_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(sockets)).scalar_one()
+
+
+@pytest.fixture
+def store(engine: Engine) -> Store:
+    return Store(engine)
+
+
+def test_snapshot_then_deltas_answer_as_of(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello("web-1"))
+    nginx, ssh, dns = fleet.tcp_listener(80), fleet.tcp_listener(22, "sshd", 50), fleet.udp_bound(53)
+    assert store.apply(web, fleet.snapshot(1, at(0), [nginx, ssh])).acked
+    assert store.apply(web, fleet.delta(2, at(1), added=[dns])).acked
+    assert store.apply(web, fleet.delta(3, at(2), removed=[nginx])).acked
+    assert ports_at(engine, 0.5) == {("web-1", "tcp", 80, "nginx"), ("web-1", "tcp", 22, "sshd")}
+    assert ports_at(engine, 1.5) == {("web-1", "tcp", 80, "nginx"), ("web-1", "tcp", 22, "sshd"),
+                                     ("web-1", "udp", 53, "dnsd")}
+    assert ports_at(engine, 2.5) == {("web-1", "tcp", 22, "sshd"), ("web-1", "udp", 53, "dnsd")}
+    assert ports_at(engine, 2.5, port=53) == {("web-1", "udp", 53, "dnsd")}
+    assert ports_at(engine, 2.5, proto="tcp", process="sshd") == {("web-1", "tcp", 22, "sshd")}
+
+
+def test_host_not_observed_is_unknown_not_empty(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello("web-1", interval=60))
+    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))
+    assert ports_at(engine, -1) == set()  # before its first report
+    assert ports_at(engine, 2) == {("web-1", "tcp", 80, "nginx")}  # within three intervals
+    with engine.connect() as conn:
+        later = queries.observed(conn, at(10))
+        before = queries.observed(conn, at(-1))
+    assert later.unknown == {web: "web-1"}
+    assert before.unknown == {web: "web-1"}
+    assert ports_at(engine, 10) == set()
+
+
+def test_replayed_message_changes_nothing(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    first = fleet.snapshot(1, at(0), [fleet.tcp_listener(80)])
+    assert store.apply(web, first).acked
+    again = store.apply(web, first)
+    assert again.acked and again.replay
+    assert store.apply(web, fleet.delta(2, at(1), added=[fleet.tcp_listener(81)])).acked
+    assert store.apply(web, fleet.delta(2, at(1), added=[fleet.tcp_listener(81)])).replay
+    assert socket_rows(engine) == 2
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(observations)).scalar_one() == 2
+
+
+def test_delta_on_an_unknown_base_asks_for_a_snapshot(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))
+    outcome = store.apply(web, fleet.delta(5, at(1), added=[fleet.tcp_listener(81)], base=4))
+    assert not outcome.acked
+    assert outcome.resync_reason == "delta is based on (1, 4), the collector holds (1, 1)"
+    other_epoch = store.apply(web, fleet.delta(2, at(1), epoch=2, base=1))
+    assert not other_epoch.acked
+    removes_unknown = store.apply(web, fleet.delta(2, at(1), removed=[fleet.tcp_listener(99)]))
+    assert removes_unknown.resync_reason == "delta removes or changes a socket the collector does not hold"
+    assert socket_rows(engine) == 1  # nothing of the refused deltas was written
+
+
+def test_snapshot_reconciles_after_a_gap(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), fleet.tcp_listener(22, "sshd", 50)]))
+    # The agent restarted (new epoch): port 80 closed and 8080 opened while nobody was looking.
+    assert store.apply(web, fleet.snapshot(1, at(5), [fleet.tcp_listener(22, "sshd", 50),
+                                                      fleet.tcp_listener(8080, "java", 70)], epoch=2)).acked
+    assert ports_at(engine, 6) == {("web-1", "tcp", 22, "sshd"), ("web-1", "tcp", 8080, "java")}
+    assert socket_rows(engine) == 3  # sshd's row was kept, not rewritten
+
+
+def test_owner_change_versions_the_row_and_queues_do_not(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    listener = fleet.tcp_listener(80, "nginx", 100)
+    store.apply(web, fleet.snapshot(1, at(0), [listener]))
+    busier = pb.Socket()
+    busier.CopyFrom(listener)
+    busier.rx_queue = 1000
+    assert store.apply(web, fleet.snapshot(2, at(1), [busier])).rows_written == 0
+    assert socket_rows(engine) == 1
+    store.apply(web, fleet.delta(3, at(2), changed=[fleet.tcp_listener(80, "caddy", 120)]))
+    assert ports_at(engine, 1.5) == {("web-1", "tcp", 80, "nginx")}
+    assert ports_at(engine, 2.5) == {("web-1", "tcp", 80, "caddy")}
+    with engine.connect() as conn:
+        history = conn.execute(
+            text("SELECT process, valid_from, valid_to FROM socket_history ORDER BY valid_from")
+            .columns(process=String, valid_from=DateTime, valid_to=DateTime)  # SQLite returns text otherwise
+        ).all()
+    assert [(h.process, h.valid_from, h.valid_to) for h in history] == [
+        ("nginx", at(0), at(2)), ("caddy", at(2), None)]
+
+
+def test_unchanged_host_writes_no_socket_rows(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(p) for p in range(1000, 1500)]))
+    before = socket_rows(engine)
+    for seq in range(2, 12):
+        outcome = store.apply(web, fleet.delta(seq, at(seq)))
+        assert outcome.acked
+        assert outcome.rows_written == 0
+    assert socket_rows(engine) == before == 500
+    with engine.connect() as conn:
+        kinds = conn.execute(select(observations.c.kind, func.count()).group_by(observations.c.kind)).all()
+    assert dict(kinds) == {"snapshot": 1, "heartbeat": 10}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: setattr(s.key, "local_port", 70000), "snapshot.sockets[1].key.local_port: 70000 is not a port"),
+        (lambda s: setattr(s.key, "proto", 9), "snapshot.sockets[1].key.proto: 9 is not a known value"),
+        (lambda s: setattr(s.key, "local_address", "10.0.0.300"), "is not an IP address"),
+        (lambda s: setattr(s.key, "local_address", "::1"), "'::1' is not an inet address"),
+        (lambda s: setattr(s, "state", 99), "snapshot.sockets[1].state: 99 is not a known value"),
+        (lambda s: setattr(s, "cmdline", "x" * 5000), "snapshot.sockets[1].cmdline: 5000 characters"),
+        (lambda s: setattr(s.key, "path", "/tmp/x"), "an tcp socket has no path"),
+    ],
+)
+def test_malformed_snapshot_is_refused_and_nothing_is_stored(store: Store, engine: Engine, mutate: Any,
+                                                             message: str) -> None:
+    web = store.hello(fleet.hello())
+    bad = fleet.tcp_listener(81)
+    mutate(bad)
+    with pytest.raises(RejectedMessage, match="^" + message.replace("[", r"\[").replace("]", r"\]").replace(
+            "(", r"\(").replace(")", r"\)") if message.startswith("snapshot") else message):
+        store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad]))
+    assert socket_rows(engine) == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(observations)).scalar_one() == 0
+
+
+def test_absurd_time_is_refused(store: Store) -> None:
+    web = store.hello(fleet.hello())
+    message = fleet.snapshot(1, at(0), [])
+    message.taken_at_us = 1
+    with pytest.raises(RejectedMessage, match="snapshot.taken_at_us: 1 µs since the epoch is not a plausible time"):
+        store.apply(web, message)
+
+
+def test_views_and_filters(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello("web-1"))
+    db_host = store.hello(fleet.hello("db-1", addresses=("10.0.0.2",)))
+    store.apply(web, fleet.snapshot(1, at(0), [
+        fleet.tcp_listener(80), fleet.tcp_listener(8081, "admin", 101, address="127.0.0.1"),
+        fleet.unix_listener("/run/docker.sock", 77), fleet.connection(40000, "10.0.0.2", 5432, 555),
+    ]))
+    store.apply(db_host, fleet.snapshot(1, at(0), [fleet.tcp_listener(5432, "postgres", 900)]))
+    assert ports_at(engine, 1, exposed=True) == {("web-1", "tcp", 80, "nginx"), ("db-1", "tcp", 5432, "postgres")}
+    assert ports_at(engine, 1, host="db-1") == {("db-1", "tcp", 5432, "postgres")}
+    assert ("web-1", "unix", None, "dockerd") in ports_at(engine, 1, proto="unix")
+    with engine.connect() as conn:
+        listeners = conn.execute(text("SELECT host, local_port FROM listeners ORDER BY host, local_port")).all()
+        current = conn.execute(text("SELECT count(*) FROM current_sockets WHERE state = 'ESTABLISHED'")).scalar()
+        hosts = {h["host"]: h for h in queries.host_rows(conn, at(1))}
+        now = {h["host"]: h for h in queries.host_rows(conn, None)}  # addresses count from the hello, today
+    assert sorted((tuple(r) for r in listeners), key=str) == sorted(
+        [("db-1", 5432), ("web-1", None), ("web-1", 80), ("web-1", 8081)], key=str)
+    assert current == 1
+    assert now["web-1"]["addresses"] == "10.0.0.1"
+    assert now["db-1"]["status"] == "stale"  # its last report is days old
+    assert hosts["web-1"]["sockets"] == 4
+    assert hosts["db-1"]["status"] == "observed"
