@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sockfleet.v1 import fleet_pb2 as pb
-
 from agent.records import Coverage, Family, Proto, Snapshot, SockType, State
+from sockfleet.v1 import fleet_pb2 as pb
 
 PROTOS = {Proto.TCP: pb.PROTO_TCP, Proto.UDP: pb.PROTO_UDP, Proto.UNIX: pb.PROTO_UNIX}
 FAMILIES = {Family.INET: pb.FAMILY_INET, Family.INET6: pb.FAMILY_INET6, Family.UNIX: pb.FAMILY_UNIX}

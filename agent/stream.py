@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from sockfleet.v1 import fleet_pb2 as pb
-from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 
 from agent import __version__, addresses, convert
 from agent.delta import diff
 from agent.errors import AgentError, SourceError
 from agent.snapshot import Scanner, namespaces
+from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sockfleet.agent")
 ACK_TIMEOUT = 60.0
@@ -105,8 +105,9 @@ class Streamer:
             try:
                 await self._connected(stop)
                 backoff = 1.0
-            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as exc:
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError, asyncio.InvalidStateError) as exc:
+                # InvalidStateError: a write after the collector ended the call (it went away mid-stream).
+                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
                 delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
                 log.warning("collector %s: %s; retrying in %.1fs", self.target, detail, delay)
                 await _sleep_or_stop(stop, delay)

@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from sockfleet.v1 import fleet_pb2 as pb
-from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from collector.errors import CollectorError, RejectedMessage
 from collector.store import Store
+from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
 log = logging.getLogger("sockfleet.collector")

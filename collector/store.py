@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sockfleet.v1 import fleet_pb2 as pb
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
 from collector import convert
 from collector.errors import RejectedMessage
 from collector.schema import host_addresses, hosts, observations, sockets
+from sockfleet.v1 import fleet_pb2 as pb
 
 CHUNK = 500  # keys per IN (...) list
 VERSIONED = (sockets.c.state, sockets.c.peer_inode, sockets.c.uid, sockets.c.user, sockets.c.pid,

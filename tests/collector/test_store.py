@@ -148,9 +148,9 @@ def test_malformed_snapshot_is_refused_and_nothing_is_stored(store: Store, engin
     web = store.hello(fleet.hello())
     bad = fleet.tcp_listener(81)
     mutate(bad)
-    with pytest.raises(RejectedMessage, match="^" + message.replace("[", r"\[").replace("]", r"\]").replace(
-            "(", r"\(").replace(")", r"\)") if message.startswith("snapshot") else message):
+    with pytest.raises(RejectedMessage) as caught:
         store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad]))
+    assert message in str(caught.value)
     assert socket_rows(engine) == 0
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(observations)).scalar_one() == 0
@@ -160,7 +160,7 @@ def test_absurd_time_is_refused(store: Store) -> None:
     web = store.hello(fleet.hello())
     message = fleet.snapshot(1, at(0), [])
     message.taken_at_us = 1
-    with pytest.raises(RejectedMessage, match="snapshot.taken_at_us: 1 µs since the epoch is not a plausible time"):
+    with pytest.raises(RejectedMessage, match=r"^snapshot\.taken_at_us: 1 µs since the epoch is not a plausible time$"):
         store.apply(web, message)
 
 

@@ -1,0 +1,197 @@
+"""A real collector and a real agent, as processes, with sockets the test opens and closes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+
+from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
+from tests.collector import fleet
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
+
+
+def sockfleet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sockfleet.cli", *args]
+
+
+class Collector:
+    """``sockfleet collector serve`` on a free loopback port."""
+
+    def __init__(self, db_url: str, port: int = 0) -> None:
+        self.db_url = db_url
+        self.proc = subprocess.Popen(
+            sockfleet("collector", "serve", "--insecure", "--listen", f"127.0.0.1:{port}", "--db", db_url),
+            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, f"collector did not start: {line}{self.proc.stderr.read()}"
+        self.port = int(match.group(1))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=20)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+class Agent:
+    def __init__(self, port: int, host: str) -> None:
+        self.proc = subprocess.Popen(
+            sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", "0.5s",
+                      "--namespaces", "current", "--host", host),
+            stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+
+
+def ask(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(sockfleet(*args, "--db", db_url), capture_output=True, text=True, env=ENV, cwd=ROOT,
+                            timeout=60, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def ports(db_url: str, *args: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(ask(db_url, "ports", "--format", "json", *args).stdout)
+    return rows
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def stamp() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+def collector(db_url: str) -> Iterator[Collector]:
+    running = Collector(db_url)
+    yield running
+    if running.proc.poll() is None:
+        running.stop()
+
+
+def test_ports_before_between_and_after(collector: Collector) -> None:
+    db_url = collector.db_url
+    agent = Agent(collector.port, "e2e-host")
+    try:
+        wait_for(lambda: bool(ports(collector.db_url, "--host", "e2e-host")), "the first snapshot")
+        before = stamp()
+        time.sleep(1)
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp_port = udp.getsockname()[1]
+        wait_for(lambda: bool(ports(db_url, "--port", str(port))), f"port {port} to be stored")
+        wait_for(lambda: bool(ports(db_url, "--port", str(udp_port))), f"udp port {udp_port} to be stored")
+        time.sleep(1)
+        between = stamp()
+        time.sleep(1)
+        listener.close()
+        wait_for(lambda: not ports(db_url, "--port", str(port)), f"port {port} to close")
+        time.sleep(1)
+        after = stamp()
+        [row] = ports(db_url, "--port", str(port), "--at", between)
+        assert (row["host"], row["proto"], row["state"], row["local_address"]) == ("e2e-host", "tcp", "LISTEN",
+                                                                                 "127.0.0.1")
+        assert row["pid"] == os.getpid()
+        assert ports(db_url, "--port", str(port), "--at", before) == []
+        assert ports(db_url, "--port", str(port), "--at", after) == []
+        assert [r["proto"] for r in ports(db_url, "--port", str(udp_port), "--at", after)] == ["udp"]
+        sockets = json.loads(ask(db_url, "sockets", "--format", "json", "--proto", "tcp", "--at", between).stdout)
+        assert any(s["local_port"] == port and s["state"] == "LISTEN" for s in sockets)
+        hosts = json.loads(ask(db_url, "hosts", "--format", "json").stdout)
+        assert [(h["host"], h["status"]) for h in hosts] == [("e2e-host", "live")]
+        assert "127.0.0.1" in hosts[0]["addresses"].split()
+        udp.close()
+    finally:
+        agent.stop()
+
+
+def test_collector_restart_loses_nothing(collector: Collector) -> None:
+    db_url, port = collector.db_url, collector.port
+    agent = Agent(port, "restart-host")
+    try:
+        listener = socket.create_server(("127.0.0.1", 0))
+        wait_for(lambda: bool(ports(db_url, "--port", str(listener.getsockname()[1]))), "the listener")
+        collector.stop(signal.SIGKILL)
+        second = socket.create_server(("127.0.0.1", 0))
+        time.sleep(1.5)  # the agent keeps scanning while the collector is down
+        restarted = Collector(db_url, port)
+        try:
+            wait_for(lambda: bool(ports(db_url, "--port", str(second.getsockname()[1]))), "reconnection")
+            rows = ports(db_url, "--port", str(listener.getsockname()[1]))
+            assert len(rows) == 1  # the reconnection's full snapshot did not duplicate it
+        finally:
+            restarted.stop()
+        listener.close()
+        second.close()
+    finally:
+        agent.stop()
+
+
+def stream(port: int, messages: list[pb.AgentMessage]) -> list[pb.CollectorMessage]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return list(pb_grpc.CollectorStub(channel).Stream(iter(messages), timeout=20))  # type: ignore[no-untyped-call]
+
+
+def test_malformed_message_gets_invalid_argument_and_nothing_is_stored(collector: Collector) -> None:
+    hello = pb.AgentMessage(hello=fleet.hello("bad-host"))
+    bad = fleet.tcp_listener(80)
+    bad.key.local_port = 70000
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with pytest.raises(grpc.RpcError) as caught:
+        stream(collector.port, [hello, pb.AgentMessage(snapshot=fleet.snapshot(1, now, [bad]))])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "snapshot.sockets[0].key.local_port: 70000 is not a port" in str(caught.value.details())
+    with pytest.raises(grpc.RpcError) as no_hello:
+        stream(collector.port, [pb.AgentMessage(snapshot=fleet.snapshot(1, now, []))])
+    assert no_hello.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    good = stream(collector.port, [hello, pb.AgentMessage(snapshot=fleet.snapshot(1, now, [fleet.tcp_listener(80)]))])
+    assert [m.WhichOneof("body") for m in good] == ["ack"]
+    rows = ports(collector.db_url, "--host", "bad-host")
+    assert [(r["local_port"], r["process"]) for r in rows] == [(80, "nginx")]
+
+
+def test_cli_errors_are_one_line(collector: Collector) -> None:
+    for args, message in [
+        (("ports", "--at", "yesterday"), "sockfleet: error: --at: 'yesterday' is not a time"),
+        (("ports", "--host", "nowhere"), "sockfleet: error: --host nowhere: no such host"),
+        (("ports", "--at", "2999-01-01T00:00:00Z"), "sockfleet: error: --at 2999-01-01T00:00:00Z: that is in the future"),
+        (("ports", "--at", "2026-01-01T00:00:00"), "has no time zone"),
+    ]:
+        result = ask(collector.db_url, *args, check=False)
+        assert result.returncode == 2, args
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr
+    bad_port = ask(collector.db_url, "ports", "--port", "70000", check=False)
+    assert bad_port.returncode == 2
+    assert "70000 is not a port" in bad_port.stderr
