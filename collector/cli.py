@@ -137,7 +137,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
     engine = db.engine(args.db)
     db.migrate(engine)
-    server, port = await start(Store(engine), args.listen, creds)
+    server, port, service = await start(Store(engine), args.listen, creds)
     mode = "TLS" if creds else "plain text (--insecure)"
     print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
           f"database {engine.url.render_as_string(hide_password=True)}", file=sys.stderr, flush=True)
@@ -146,7 +146,8 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop(grace=5)
+    await server.stop(grace=5)  # streams get 5 s to finish the message they are applying
+    print(f"sockfleet collector: stopped; {service.summary()}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -155,7 +156,7 @@ async def demo(args: argparse.Namespace) -> int:
     interval = parse_duration(args.interval)
     engine = db.engine(args.db)
     db.migrate(engine)
-    server, port = await start(Store(engine), "127.0.0.1:0", None)
+    server, port, _ = await start(Store(engine), "127.0.0.1:0", None)
     print(f"demo: collector on 127.0.0.1:{port} (plain text on loopback), database {engine.url}", file=sys.stderr)
     agent = subprocess.Popen([
         sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector", f"127.0.0.1:{port}",

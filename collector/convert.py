@@ -48,21 +48,25 @@ def taken_at(us: int, field: str) -> datetime:
     return moment
 
 
+# Column order of ``SocketRow.values``: identity, versioned, volatile (see collector.schema.sockets).
+IDENTITY_COLUMNS = ("netns", "proto", "family", "type", "inode", "local_address", "local_port",
+                    "remote_address", "remote_port", "path")
+VERSIONED_COLUMNS = ("state", "peer_inode", "uid", "user", "pid", "process", "cmdline", "owners")
+VOLATILE_COLUMNS = ("rx_queue", "tx_queue")
+ROW_COLUMNS = ("key", *IDENTITY_COLUMNS, *VERSIONED_COLUMNS, *VOLATILE_COLUMNS)
+
+
 @dataclass(frozen=True, slots=True)
 class SocketRow:
-    """One socket as stored: identity, digest ``key``, versioned and volatile attributes."""
+    """One socket as stored: digest ``key``, identity, versioned and volatile attributes, in ``ROW_COLUMNS`` order."""
 
     key: str
-    identity: dict[str, Any]
+    identity: tuple[Any, ...]
     versioned: tuple[Any, ...]
-    volatile: dict[str, int]
+    volatile: tuple[int, int]
 
-    def columns(self) -> dict[str, Any]:
-        state, peer_inode, uid, user, pid, process, cmdline, owners = self.versioned
-        return {
-            "key": self.key, **self.identity, "state": state, "peer_inode": peer_inode, "uid": uid,
-            "user": user, "pid": pid, "process": process, "cmdline": cmdline, "owners": owners, **self.volatile,
-        }
+    def values(self) -> tuple[Any, ...]:
+        return (self.key, *self.identity, *self.versioned, *self.volatile)
 
 
 def _text(value: str, field: str, limit: int = MAX_NAME) -> str | None:
@@ -78,14 +82,24 @@ def _enum(table: dict[int, str], value: int, field: str) -> str:
     return name
 
 
+_VERSIONS: dict[str, int] = {}  # address text -> IP version, for addresses already seen valid
+
+
 def _address(value: str, family: str, field: str) -> str | None:
     if not value:
         return None
-    try:
-        parsed = ipaddress.ip_address(value)
-    except ValueError:
-        raise RejectedMessage(f"{field}: {value!r} is not an IP address") from None
-    if (family == "inet") != (parsed.version == 4):
+    version = _VERSIONS.get(value)
+    if version is None:
+        if len(value) > 45:
+            raise RejectedMessage(f"{field}: {len(value)} characters is too long for an IP address")
+        try:
+            version = ipaddress.ip_address(value).version
+        except ValueError:
+            raise RejectedMessage(f"{field}: {value!r} is not an IP address") from None
+        if len(_VERSIONS) > 100_000:
+            _VERSIONS.clear()
+        _VERSIONS[value] = version
+    if (family == "inet") != (version == 4):
         raise RejectedMessage(f"{field}: {value!r} is not an {family} address")
     return value
 
@@ -96,8 +110,8 @@ def _port(value: int, field: str) -> int:
     return value
 
 
-def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, dict[str, Any]]:
-    """The digest and identity columns of one socket key."""
+def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, ...]]:
+    """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key."""
     proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
     family = _enum(FAMILIES, key.family, f"{where}.key.family")
     kind = _enum(TYPES, key.type, f"{where}.key.type")
@@ -106,26 +120,22 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, dict[str, An
     if proto == "unix":
         if key.local_address or key.remote_address or key.local_port or key.remote_port:
             raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
-        identity = {
-            "netns": key.netns, "proto": proto, "family": family, "type": kind, "inode": key.inode or None,
-            "local_address": None, "local_port": None, "remote_address": None, "remote_port": None,
-            "path": _text(key.path, f"{where}.key.path", MAX_TEXT),
-        }
+        identity: tuple[Any, ...] = (
+            key.netns, proto, family, kind, key.inode or None, None, None, None, None,
+            _text(key.path, f"{where}.key.path", MAX_TEXT),
+        )
     else:
         if key.path:
             raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
         remote = _address(key.remote_address, family, f"{where}.key.remote_address")
-        identity = {
-            "netns": key.netns, "proto": proto, "family": family, "type": kind, "inode": key.inode or None,
-            "local_address": _address(key.local_address, family, f"{where}.key.local_address"),
-            "local_port": _port(key.local_port, f"{where}.key.local_port"),
-            "remote_address": remote,
-            "remote_port": _port(key.remote_port, f"{where}.key.remote_port") if remote else None,
-            "path": None,
-        }
-    canonical = (key.netns, key.proto, key.family, key.type, key.inode, key.local_address,
-                 key.local_port, key.remote_address, key.remote_port, key.path)
-    digest = hashlib.blake2b(repr(canonical).encode(), digest_size=16).hexdigest()
+        identity = (
+            key.netns, proto, family, kind, key.inode or None,
+            _address(key.local_address, family, f"{where}.key.local_address"),
+            _port(key.local_port, f"{where}.key.local_port"),
+            remote, _port(key.remote_port, f"{where}.key.remote_port") if remote else None, None,
+        )
+    # Deterministic serialization of the key: the same socket always gets the same digest.
+    digest = hashlib.blake2b(key.SerializeToString(deterministic=True), digest_size=16).hexdigest()
     return digest, identity
 
 
@@ -137,7 +147,7 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
         _text(sock.user, f"{where}.user"), sock.pid if sock.HasField("pid") else None,
         _text(sock.process, f"{where}.process"), _text(sock.cmdline, f"{where}.cmdline", MAX_TEXT), sock.owners,
     )
-    return SocketRow(key, identity, versioned, {"rx_queue": sock.rx_queue, "tx_queue": sock.tx_queue})
+    return SocketRow(key, identity, versioned, (sock.rx_queue, sock.tx_queue))
 
 
 def coverage_json(cov: pb.Coverage) -> tuple[str, bool]:

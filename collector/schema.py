@@ -44,6 +44,9 @@ hosts = Table(
     # The last applied message: a Delta must be based on it.
     Column("epoch", BigInteger, nullable=False),
     Column("seq", BigInteger, nullable=False),
+    # Scan time of the last applied message, and whether that scan saw everything.
+    Column("last_taken_at", DateTime),
+    Column("complete", Boolean, nullable=False),
     Column("first_seen", DateTime, nullable=False),
     Column("last_seen", DateTime, nullable=False),
 )

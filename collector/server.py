@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -23,6 +26,19 @@ class Collector(pb_grpc.CollectorServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
         self.applied = 0
+        # SQLite takes one writer at a time: one thread avoids lock contention.  PostgreSQL takes many.
+        workers = 1 if store.engine.dialect.name == "sqlite" else 8
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
+        self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
+
+    def summary(self) -> str:
+        """One line on recent messages: how many, and the median and 95th percentile from receipt to Ack."""
+        times = sorted(self.apply_seconds)
+        if not times:
+            return "no messages applied"
+        p50, p95 = times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.95))]
+        return (f"{self.applied} messages applied; receipt to ack p50 {p50 * 1000:.2f} ms, "
+                f"p95 {p95 * 1000:.2f} ms over the last {len(times)}")
 
     async def Stream(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
@@ -39,7 +55,9 @@ class Collector(pb_grpc.CollectorServicer):
             if body not in ("snapshot", "delta"):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
             payload = getattr(message, body)
+            received = time.perf_counter()
             outcome = await self._call(context, self.store.apply, ref, payload)
+            self.apply_seconds.append(time.perf_counter() - received)
             if outcome.acked:
                 self.applied += 0 if outcome.replay else 1
                 yield pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
@@ -52,7 +70,7 @@ class Collector(pb_grpc.CollectorServicer):
     ):
         """Run a store call in a worker thread; its errors become gRPC statuses, and nothing is acknowledged."""
         try:
-            return await asyncio.to_thread(function, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
         except RejectedMessage as exc:
             await context.abort(exc.code, str(exc))
         except (OperationalError, DBAPIError) as exc:
@@ -72,16 +90,19 @@ def credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerCrede
         raise CollectorError(f"cannot read {exc.filename}: {exc.strerror}") from exc
 
 
-async def start(store: Store, listen: str, creds: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
-    """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one); returns the server and its port."""
+async def start(
+    store: Store, listen: str, creds: grpc.ServerCredentials | None
+) -> tuple[grpc.aio.Server, int, Collector]:
+    """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one): the server, its port, the service."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_CollectorServicer_to_server(Collector(store), server)  # type: ignore[no-untyped-call]
+    service = Collector(store)
+    pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     try:
         port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
     except RuntimeError as exc:
         raise CollectorError(f"cannot listen on {listen}: {exc}") from exc
     await server.start()
-    return server, port
+    return server, port, service

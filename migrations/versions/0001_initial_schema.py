@@ -44,6 +44,8 @@ def upgrade() -> None:
     sa.Column('interval_seconds', sa.Integer(), nullable=False),
     sa.Column('epoch', sa.BigInteger(), nullable=False),
     sa.Column('seq', sa.BigInteger(), nullable=False),
+    sa.Column('last_taken_at', sa.DateTime(), nullable=True),
+    sa.Column('complete', sa.Boolean(), nullable=False),
     sa.Column('first_seen', sa.DateTime(), nullable=False),
     sa.Column('last_seen', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_hosts')),

@@ -1,0 +1,32 @@
+"""The README's first command runs `sockfleet demo`: it must store a snapshot and show the open ports."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.collector.test_e2e import ENV
+from tests.conftest import ROOT
+
+
+def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sockfleet.cli", "demo", "--once", "--interval", "1s"],
+            capture_output=True, text=True, env={**ENV, "XDG_DATA_HOME": str(tmp_path)}, cwd=ROOT, timeout=120,
+            check=False,
+        )
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stderr
+    assert "first snapshot stored" in result.stderr
+    assert (tmp_path / "sockfleet" / "sockfleet.db").exists()
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["HOST", "PROTO", "STATE"]
+    assert any(f"127.0.0.1:{port}" in line and "LISTEN" in line for line in lines)
+    agents = subprocess.run(["pgrep", "-f", "agent run --collector 127.0.0.1"], capture_output=True, check=False)
+    assert agents.stdout == b""  # the demo stopped its agent
