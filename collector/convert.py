@@ -140,12 +140,19 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
 
 
 def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
+    """One socket's row; the common case (known state, short names) takes no function calls."""
     key, identity = key_row(sock.key, where)
-    state = _enum(STATES, sock.state, f"{where}.state")
+    state = STATES.get(sock.state)
+    if state is None:
+        raise RejectedMessage(f"{where}.state: {sock.state} is not a known value")
+    user, process, cmdline = sock.user, sock.process, sock.cmdline
+    if len(user) > MAX_NAME or len(process) > MAX_NAME or len(cmdline) > MAX_TEXT:
+        _text(user, f"{where}.user")
+        _text(process, f"{where}.process")
+        _text(cmdline, f"{where}.cmdline", MAX_TEXT)
     versioned = (
-        state, sock.peer_inode or None, sock.uid if sock.HasField("uid") else None,
-        _text(sock.user, f"{where}.user"), sock.pid if sock.HasField("pid") else None,
-        _text(sock.process, f"{where}.process"), _text(sock.cmdline, f"{where}.cmdline", MAX_TEXT), sock.owners,
+        state, sock.peer_inode or None, sock.uid if sock.HasField("uid") else None, user or None,
+        sock.pid if sock.HasField("pid") else None, process or None, cmdline or None, sock.owners,
     )
     return SocketRow(key, identity, versioned, (sock.rx_queue, sock.tx_queue))
 
