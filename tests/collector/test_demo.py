@@ -30,3 +30,26 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     assert any(f"127.0.0.1:{port}" in line and "LISTEN" in line for line in lines)
     agents = subprocess.run(["pgrep", "-f", "agent run --collector 127.0.0.1"], capture_output=True, check=False)
     assert agents.stdout == b""  # the demo stopped its agent
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockfleet.cli", "demo", "--interval", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**ENV, "XDG_DATA_HOME": str(tmp_path)}, cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    seen = ""
+    while "Ctrl-C stops" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "Ctrl-C stops" in seen
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "LISTEN" in stdout
+    agents = subprocess.run(["pgrep", "-f", "agent run --collector 127.0.0.1"], capture_output=True, check=False)
+    assert agents.stdout == b""
