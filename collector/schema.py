@@ -92,10 +92,14 @@ sockets = Table(
     Column("tx_queue", BigInteger, nullable=False),
     Column("valid_from", DateTime, nullable=False),
     Column("valid_to", DateTime),
-    Index(None, "host_ref", "key", "valid_to"),
     Index(None, "valid_from"),
     Index(None, "valid_to"),
     Index(None, "local_port"),
+)
+# At most one open row per socket of a host: the database itself refuses a duplicate.
+Index(
+    "uq_sockets_open_key", sockets.c.host_ref, sockets.c.key, unique=True,
+    sqlite_where=sockets.c.valid_to.is_(None), postgresql_where=sockets.c.valid_to.is_(None),
 )
 
 observations = Table(

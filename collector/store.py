@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from collector import convert
 from collector.errors import RejectedMessage
@@ -43,9 +44,6 @@ HOST_APPLIED = update(hosts).where(hosts.c.id == bindparam("ref")).values(
 OBSERVED = insert(observations)
 OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
     sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None))
-OPEN_COUNT = select(func.count()).select_from(sockets).where(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.key.in_(bindparam("keys", expanding=True)),
-    sockets.c.valid_to.is_(None))
 CLOSE_KEYS = update(sockets).where(and_(
     sockets.c.host_ref == bindparam("ref"), sockets.c.key.in_(bindparam("keys", expanding=True)),
     sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"))
@@ -172,9 +170,6 @@ class Store:
         keys = [row.key for row in added] + [row.key for row in changed] + removed
         if len(set(keys)) != len(keys):
             raise RejectedMessage("delta: a socket appears twice among added, changed and removed")
-        for chunk in _chunks([row.key for row in added]):
-            if conn.execute(OPEN_COUNT, {"ref": ref, "keys": list(chunk)}).scalar_one():
-                raise _Resync("delta adds a socket the collector already holds")
         closing = removed + [row.key for row in changed]
         closed = 0
         for chunk in _chunks(closing):
@@ -188,13 +183,19 @@ class Store:
         if not rows:
             return
         values = [(ref, moment, *row.values()) for row in rows]
-        if self.postgres:
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor.copy(PG_COPY) as copy:
-                for value in values:
-                    copy.write_row(value)
-        else:
-            conn.exec_driver_sql(SQLITE_INSERT, values)
+        try:
+            if self.postgres:
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                with cursor.copy(PG_COPY) as copy:
+                    for value in values:
+                        copy.write_row(value)
+            else:
+                conn.exec_driver_sql(SQLITE_INSERT, values)
+        except Exception as exc:
+            # uq_sockets_open_key: the message opens a socket the collector already holds open.
+            if isinstance(exc, IntegrityError) or getattr(exc, "sqlstate", None) == "23505":
+                raise _Resync("a message opens a socket the collector already holds") from exc
+            raise
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:

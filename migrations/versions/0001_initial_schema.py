@@ -116,7 +116,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sockets'))
     )
     with op.batch_alter_table('sockets', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_sockets_host_ref_key_valid_to'), ['host_ref', 'key', 'valid_to'], unique=False)
+        batch_op.create_index('uq_sockets_open_key', ['host_ref', 'key'], unique=True,
+                              sqlite_where=sa.text('valid_to IS NULL'), postgresql_where=sa.text('valid_to IS NULL'))
         batch_op.create_index(batch_op.f('ix_sockets_local_port'), ['local_port'], unique=False)
         batch_op.create_index(batch_op.f('ix_sockets_valid_from'), ['valid_from'], unique=False)
         batch_op.create_index(batch_op.f('ix_sockets_valid_to'), ['valid_to'], unique=False)
@@ -132,7 +133,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_sockets_valid_to'))
         batch_op.drop_index(batch_op.f('ix_sockets_valid_from'))
         batch_op.drop_index(batch_op.f('ix_sockets_local_port'))
-        batch_op.drop_index(batch_op.f('ix_sockets_host_ref_key_valid_to'))
+        batch_op.drop_index('uq_sockets_open_key')
 
     op.drop_table('sockets')
     with op.batch_alter_table('observations', schema=None) as batch_op:

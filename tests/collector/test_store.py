@@ -83,6 +83,8 @@ def test_delta_on_an_unknown_base_asks_for_a_snapshot(store: Store, engine: Engi
     assert not other_epoch.acked
     removes_unknown = store.apply(web, fleet.delta(2, at(1), removed=[fleet.tcp_listener(99)]))
     assert removes_unknown.resync_reason == "delta removes or changes a socket the collector does not hold"
+    adds_held = store.apply(web, fleet.delta(2, at(1), added=[fleet.tcp_listener(80)]))
+    assert adds_held.resync_reason == "a message opens a socket the collector already holds"
     assert socket_rows(engine) == 1  # nothing of the refused deltas was written
 
 
