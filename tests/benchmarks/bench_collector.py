@@ -7,6 +7,7 @@ collector is a real ``sockfleet collector serve`` process.  Phases:
 
 1. every agent sends a hello and a full snapshot of ``--snapshot-sockets`` sockets
    (full snapshots per second);
+   then the same snapshot again, as after a reconnection (nothing to write);
 2. ``--rounds`` deltas per agent, each with 1% churn of ``--sockets`` sockets
    (deltas per second);
 3. ``--rounds`` heartbeats per agent on an unchanged host (socket rows written
@@ -166,7 +167,12 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, db_url: str) 
     cpu = cpu_seconds(pid)
     wall, lat = await phase(agents, "snapshot", 1, args.snapshot_sockets)
     used = cpu_seconds(pid) - cpu
-    lines.append(f"  full snapshots ({args.snapshot_sockets} sockets): {len(agents) / wall:8.1f}/s   "
+    lines.append(f"  full snapshots ({args.snapshot_sockets} sockets), new hosts: {len(agents) / wall:8.1f}/s   "
+                 f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms")
+    cpu = cpu_seconds(pid)
+    wall, lat = await phase(agents, "snapshot", 1, args.snapshot_sockets)  # as after a reconnection: unchanged
+    used = cpu_seconds(pid) - cpu
+    lines.append(f"  full snapshots ({args.snapshot_sockets} sockets), known hosts: {len(agents) / wall:6.1f}/s   "
                  f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms")
     await phase(agents, "snapshot", 1, args.sockets)  # back to the delta-phase size
     cpu = cpu_seconds(pid)
