@@ -80,15 +80,21 @@ class Store:
         addresses = fields.pop("addresses")
         moment = convert.now()
         with self.engine.begin() as conn:
-            row = conn.execute(select(hosts.c.id).where(hosts.c.host_id == fields["host_id"])).first()
+            row = conn.execute(
+                select(hosts.c.id, hosts.c.last_taken_at).where(hosts.c.host_id == fields["host_id"])
+            ).first()
             if row is None:
                 ref = conn.execute(insert(hosts).values(
                     **fields, epoch=0, seq=0, complete=True, first_seen=moment, last_seen=moment,
                 )).inserted_primary_key[0]  # type: ignore[index]
+                since = convert.EARLIEST  # the host's addresses hold for its whole observed history
             else:
                 ref = row.id
                 conn.execute(update(hosts).where(hosts.c.id == ref).values(**fields))
-            self._addresses(conn, ref, addresses, moment)
+                # A change of address happened after the last scan the collector applied: date it there, so
+                # that scans replayed with their own (earlier) times still resolve to the new addresses.
+                since = row.last_taken_at or convert.EARLIEST
+            self._addresses(conn, ref, addresses, since)
         return int(ref)
 
     def _addresses(self, conn: Connection, ref: int, found: list[tuple[int, str, str]], moment: datetime) -> None:
@@ -96,7 +102,7 @@ class Store:
             select(host_addresses.c.id, host_addresses.c.netns, host_addresses.c.interface, host_addresses.c.address)
             .where(host_addresses.c.host_ref == ref, host_addresses.c.valid_to.is_(None))
         ).all()
-        held = {(r.netns, r.interface, r.address): r.id for r in open_rows}
+        held = {(r.netns, r.interface, r.address): r.id for r in open_rows}  # closed and opened at ``moment``
         wanted = set(found)
         gone = [row_id for key, row_id in held.items() if key not in wanted]
         for chunk in _chunks(gone):

@@ -72,3 +72,27 @@ def delta(seq: int, moment: datetime, added: list[pb.Socket] | None = None, remo
         epoch=epoch, seq=seq, base_seq=seq - 1 if base is None else base, taken_at_us=us(moment),
         added=added or [], removed=[s.key for s in removed or []], changed=changed or [],
     )
+
+
+def inet(proto: str, local: str, local_port: int, remote: str | None, remote_port: int, inode: int, process: str,
+         state: int | None = None, pid: int = 1000) -> pb.Socket:
+    """Any TCP or UDP socket; with no ``remote`` it waits for peers (TCP LISTEN, UDP UNCONN)."""
+    family = pb.FAMILY_INET6 if ":" in local else pb.FAMILY_INET
+    tcp = proto == "tcp"
+    if state is None:
+        state = pb.STATE_ESTABLISHED if remote else (pb.STATE_LISTEN if tcp else pb.STATE_UNCONN)
+    return pb.Socket(
+        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_TCP if tcp else pb.PROTO_UDP, family=family,
+                         type=pb.SOCK_TYPE_STREAM if tcp else pb.SOCK_TYPE_DGRAM, inode=inode,
+                         local_address=local, local_port=local_port, remote_address=remote or "",
+                         remote_port=remote_port if remote else 0),
+        state=state, uid=0, user="root", pid=pid, process=process, owners=1,
+    )
+
+
+def unix(path: str | None, inode: int, peer: int, process: str, pid: int = 2000) -> pb.Socket:
+    return pb.Socket(
+        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_STREAM,
+                         inode=inode, path=path or ""),
+        state=pb.STATE_ESTABLISHED, peer_inode=peer, uid=0, user="root", pid=pid, process=process, owners=1,
+    )

@@ -1,0 +1,101 @@
+"""Who talks to whom, on SQLite and PostgreSQL: direction by evidence, folding, external endpoints, Unix pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from collector.store import Store
+from collector.talks import Window, edges
+from tests.collector import fleet
+from tests.collector.fleet import at, inet, unix
+
+WEB, APP1, APP2 = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+
+
+@pytest.fixture
+def fleet_store(engine: Engine) -> Store:
+    """web-1 serves HTTP, DNS and (on loopback) redis; app-1 and app-2 call it; outsiders call in and out."""
+    store = Store(engine)
+    web = store.hello(fleet.hello("web-1", addresses=(WEB,)))
+    app1 = store.hello(fleet.hello("app-1", addresses=(APP1,)))
+    app2 = store.hello(fleet.hello("app-2", addresses=(APP2,)))
+    store.apply(web, fleet.snapshot(1, at(0), [
+        inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
+        inet("tcp", WEB, 80, APP1, 40001, 2, "nginx"),
+        inet("tcp", WEB, 80, APP1, 40002, 3, "nginx"),
+        inet("tcp", WEB, 80, APP2, 40003, 4, "nginx"),
+        inet("tcp", WEB, 80, "203.0.113.5", 51000, 5, "nginx"),
+        inet("udp", "0.0.0.0", 53, None, 0, 6, "dnsd"),
+        inet("tcp", "127.0.0.1", 6379, None, 0, 7, "redis"),
+        inet("tcp", "127.0.0.1", 6379, "127.0.0.1", 45000, 8, "redis"),
+        inet("tcp", "127.0.0.1", 45000, "127.0.0.1", 6379, 9, "worker"),
+        unix("/run/app.sock", 10, 11, "app"),
+        unix(None, 11, 10, "worker"),
+    ]))
+    store.apply(app1, fleet.snapshot(1, at(0), [
+        inet("tcp", APP1, 40001, WEB, 80, 21, "curl"),
+        inet("tcp", APP1, 40002, WEB, 80, 22, "curl"),
+        inet("tcp", APP1, 40100, "93.184.216.34", 443, 23, "curl"),
+        inet("udp", APP1, 41000, WEB, 53, 24, "dig"),
+    ]))
+    store.apply(app2, fleet.snapshot(1, at(0), [inet("tcp", APP2, 40003, WEB, 80, 31, "wget")]))
+    return store
+
+
+def brief(rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    return {(r["proto"], r["client_host"] or r["client_address"], r["client_process"],
+             r["server_host"] or r["server_address"], r["server_port"], r["server_process"], r["connections"],
+             r["direction"]) for r in rows}
+
+
+def test_edges_across_hosts(fleet_store: Store, engine: Engine) -> None:
+    with engine.connect() as conn:
+        rows = edges(conn, Window(at(1)))
+    assert brief(rows) == {
+        ("tcp", "app-1", "curl", "web-1", 80, "nginx", 2, "listener"),
+        ("tcp", "app-2", "wget", "web-1", 80, "nginx", 1, "listener"),
+        ("tcp", "203.0.113.5", None, "web-1", 80, "nginx", 1, "listener"),
+        ("tcp", "app-1", "curl", "93.184.216.34", 443, None, 1, "ephemeral port"),
+        ("udp", "app-1", "dig", "web-1", 53, "dnsd", 1, "listener"),
+        ("tcp", "web-1", "worker", "web-1", 6379, "redis", 1, "listener"),
+        ("unix", "web-1", "worker", "web-1", None, "app", 1, "unix path"),
+    }
+    external = next(r for r in rows if r["server_host"] is None)
+    assert external["server_address"] == "93.184.216.34"
+    unix_edge = next(r for r in rows if r["proto"] == "unix")
+    assert unix_edge["server_address"] == "/run/app.sock"
+    assert all(r["first_seen"] == at(0) for r in rows)
+
+
+def test_edges_change_with_time(fleet_store: Store, engine: Engine) -> None:
+    with engine.connect() as conn:
+        web = conn.exec_driver_sql("SELECT id FROM hosts WHERE name = 'web-1'").scalar_one()
+    # app-2's connection ends at minute 2: gone from the picture at minute 3, still there at minute 1.
+    app2 = fleet_store.hello(fleet.hello("app-2", addresses=(APP2,)))
+    fleet_store.apply(app2, fleet.delta(2, at(2), removed=[inet("tcp", APP2, 40003, WEB, 80, 31, "wget")]))
+    fleet_store.apply(web, fleet.delta(2, at(2), removed=[inet("tcp", WEB, 80, APP2, 40003, 4, "nginx")]))
+    with engine.connect() as conn:
+        before, after = edges(conn, Window(at(1))), edges(conn, Window(at(3)))
+        during = edges(conn, Window(at(0), at(3)))
+    assert ("tcp", "app-2", "wget", "web-1", 80, "nginx", 1, "listener") in brief(before)
+    assert not [r for r in after if r["client_host"] == "app-2"]
+    [gone] = [r for r in during if r["client_host"] == "app-2"]
+    assert gone["last_seen"] == at(2)
+
+
+def test_heuristic_without_listeners(engine: Engine) -> None:
+    store = Store(engine)
+    lone = store.hello(fleet.hello("lone", addresses=("10.0.0.9",)))
+    store.apply(lone, fleet.snapshot(1, at(0), [
+        inet("tcp", "10.0.0.9", 5000, "198.51.100.7", 6000, 1, "peer"),   # neither ephemeral: the lower port serves
+        inet("tcp", "10.0.0.9", 8443, "198.51.100.8", 50000, 2, "api"),   # the remote port is ephemeral
+    ]))
+    with engine.connect() as conn:
+        rows = brief(edges(conn, Window(at(1))))
+    assert rows == {
+        ("tcp", "198.51.100.7", None, "lone", 5000, "peer", 1, "lower port"),
+        ("tcp", "198.51.100.8", None, "lone", 8443, "api", 1, "ephemeral port"),
+    }
