@@ -86,7 +86,7 @@ def inet(proto: str, local: str, local_port: int, remote: str | None, remote_por
                          type=pb.SOCK_TYPE_STREAM if tcp else pb.SOCK_TYPE_DGRAM, inode=inode,
                          local_address=local, local_port=local_port, remote_address=remote or "",
                          remote_port=remote_port if remote else 0),
-        state=state, uid=0, user="root", pid=pid, process=process, owners=1,
+        state=state, uid=0, user="root", pid=pid, process=process, owners=1,  # type: ignore[arg-type]
     )
 
 
