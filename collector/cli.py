@@ -14,11 +14,12 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from collector import db, output, queries
+from collector import changes, db, output, queries
 from collector.errors import CollectorError, UsageError
 from collector.schema import observations
 from collector.server import credentials, start
 from collector.store import Store
+from collector.talks import EDGE_FIELDS, Window, edges
 from collector.times import now, parse_duration, parse_time, rfc3339
 
 PROTOS = ("tcp", "udp", "unix")
@@ -74,6 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     ports = commands.add_parser("ports", help="listening sockets: TCP LISTEN, unconnected UDP, Unix listeners")
     _question_options(ports)
 
+    talks = commands.add_parser("talks", help="who talks to whom: edges between processes on hosts")
+    _db_option(talks)
+    talks.add_argument("--at", help="as of this time (default now)")
+    talks.add_argument("--since", help="edges alive at any time from this time ...")
+    talks.add_argument("--until", help="... to this time (default now)")
+    talks.add_argument("--host", help="only edges with this host at either end")
+    talks.add_argument("--port", type=_port, help="only edges to this server port")
+    talks.add_argument("--process", help="only edges with a process of this name at either end")
+    talks.add_argument("--format", choices=(*output.FORMATS, "dot"), default="table")
+
+    history = commands.add_parser("history", help="a host's socket timeline: when each opened and closed")
+    _db_option(history)
+    history.add_argument("--host", required=True, help="the host (its name)")
+    where = history.add_mutually_exclusive_group()
+    where.add_argument("--port", type=_port, help="only sockets on this local port")
+    where.add_argument("--path", help="only Unix sockets on this path")
+    history.add_argument("--since", help="only sockets alive at or after this time")
+    history.add_argument("--format", choices=output.FORMATS, default="table")
+
+    diff = commands.add_parser("diff", help="listeners and edges opened and closed between two moments")
+    _db_option(diff)
+    diff.add_argument("--from", dest="start", required=True, help="the earlier moment")
+    diff.add_argument("--to", dest="end", required=True, help="the later moment")
+    diff.add_argument("--host", help="only this host")
+    diff.add_argument("--format", choices=output.FORMATS, default="table")
+
     demo = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports")
     _db_option(demo)
     demo.add_argument("--interval", default="5s", help="the agent's scan interval (default 5s)")
@@ -85,6 +112,91 @@ def open_db(url: str | None) -> Engine:
     engine = db.engine(url)
     db.require_current(engine)
     return engine
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    moment = parse_time(text, option)
+    if moment > now():
+        raise UsageError(f"{option} {text}: that is in the future")
+    return moment
+
+
+def talks_command(args: argparse.Namespace) -> int:
+    at = _moment(args.at, "--at")
+    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
+    if at is not None and (since or until):
+        raise UsageError("--at goes alone; --since and --until give a window")
+    if until is not None and since is None:
+        raise UsageError("--until needs --since")
+    if since is not None and until is not None and until < since:
+        raise UsageError("--until is earlier than --since")
+    window = Window(since, until or now()) if since is not None else Window(at)
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.host is not None and args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        rows = edges(conn, window)
+        seen = queries.observed(conn, window.end or window.start)
+    if args.host is not None:
+        rows = [r for r in rows if args.host in (r["client_host"], r["server_host"])]
+    if args.port is not None:
+        rows = [r for r in rows if r["server_port"] == args.port]
+    if args.process is not None:
+        rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
+    if args.format == "dot":
+        sys.stdout.write(output.dot(rows))
+    else:
+        for row in rows:
+            row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
+            row["server"] = _end(row["server_host"], row["server_address"], row["server_process"])
+        output.write(rows, EDGE_FIELDS, sys.stdout, args.format,
+                     ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"))
+    _warn_unknown(seen, window.end or window.start, args.host)
+    return 0
+
+
+def _end(host: str | None, address: str | None, process: str | None) -> str:
+    place = host or f"{address} (external)"
+    return f"{place} {process}" if process else place
+
+
+def history_command(args: argparse.Namespace) -> int:
+    since = _moment(args.since, "--since")
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        rows = changes.history(conn, args.host, args.port, args.path, since)
+    for row in rows:
+        row["local"], row["remote"] = output.endpoint(row), _remote(row)
+    output.write(rows, changes.HISTORY_FIELDS, sys.stdout, args.format,
+                 ("valid_from", "valid_to", "proto", "state", "local", "remote", "pid", "process"))
+    return 0
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    start, end = _moment(args.start, "--from"), _moment(args.end, "--to")
+    assert start is not None and end is not None
+    if end < start:
+        raise UsageError("--to is earlier than --from")
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.host is not None and args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        rows, left_out = changes.diff(conn, start, end, args.host)
+    for row in rows:
+        if row["kind"] == "listener":
+            row["what"] = f"{row['host']} {output.endpoint(row)} {row.get('process') or ''}".rstrip()
+        else:
+            client = _end(row["client_host"], row["client_address"], row["client_process"])
+            server = _end(row["server_host"], row["server_address"], row["server_process"])
+            row["what"] = f"{client} -> {server} {row['proto']}/{row['server_port'] or row['server_address']}"
+    output.write(rows, changes.DIFF_FIELDS, sys.stdout, args.format, ("change", "kind", "what"))
+    if left_out:
+        print(f"left out (not observed at both moments): {', '.join(left_out)}", file=sys.stderr)
+    return 0
 
 
 def question(args: argparse.Namespace) -> int:
@@ -214,22 +326,24 @@ def _join_relative_times(argv: list[str]) -> list[str]:
     return joined
 
 
+def collector_command(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        engine = db.engine(args.db)
+        db.migrate(engine)
+        print(f"database at revision {db.current(engine)}: {engine.url}", file=sys.stderr)
+        return 0
+    return asyncio.run(serve(args))
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_relative_times(argv))
     logging.basicConfig(level=logging.INFO if os.environ.get("SOCKFLEET_VERBOSE") else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
+    commands = {"talks": talks_command, "history": history_command, "diff": diff_command,
+                "demo": lambda a: asyncio.run(demo(a)), "collector": collector_command}
     try:
-        if args.command == "collector":
-            if args.action == "migrate":
-                engine = db.engine(args.db)
-                db.migrate(engine)
-                print(f"database at revision {db.current(engine)}: {engine.url}", file=sys.stderr)
-                return 0
-            return asyncio.run(serve(args))
-        if args.command == "demo":
-            return asyncio.run(demo(args))
-        return question(args)
+        return commands.get(args.command, question)(args)
     except CollectorError as exc:
         if args.debug:
             raise

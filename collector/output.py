@@ -41,3 +41,34 @@ def endpoint(row: dict[str, Any]) -> str:
         return str(row.get("path") or "*")
     address = row.get("local_address") or "*"
     return f"[{address}]:{row['local_port']}" if ":" in address else f"{address}:{row['local_port']}"
+
+
+def dot(rows: list[dict[str, Any]]) -> str:
+    """Graphviz: a cluster per host, a node per process, an edge per fleet edge labelled port and count."""
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    clusters: dict[str, set[str]] = {}
+    external: set[str] = set()
+    lines = ["digraph sockfleet {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
+    links = []
+    for row in rows:
+        ends = []
+        for side in ("client", "server"):
+            host, process = row[f"{side}_host"], row[f"{side}_process"] or "?"
+            if host is None:
+                node = row[f"{side}_address"] or "?"
+                external.add(node)
+            else:
+                node = f"{host}/{process}"
+                clusters.setdefault(host, set()).add(process)
+            ends.append(node)
+        port = row["server_port"] if row["server_port"] is not None else row["server_address"]
+        label = quote(f"{row['proto']}/{port} x{row['connections']}")
+        links.append(f"  {quote(ends[0])} -> {quote(ends[1])} [label={label}];")
+    for index, (host, processes) in enumerate(sorted(clusters.items())):
+        lines.append(f"  subgraph cluster_{index} {{ label={quote(host)};")
+        lines += [f"    {quote(f'{host}/{p}')} [label={quote(p)}];" for p in sorted(processes)]
+        lines.append("  }")
+    lines += [f"  {quote(node)} [shape=ellipse, style=dashed];" for node in sorted(external)]
+    return "\n".join([*lines, *links, "}"]) + "\n"

@@ -15,7 +15,7 @@ edge per (proto, client host, client process, server host, server address and
 port, server process), with the number of connections and when they were first
 and last seen.  Connected Unix sockets pair processes on one host: the side
 bound to a path (the accepted socket) is the server, and the path is the
-server address.
+server address.  A pair whose two ends belong to one process is left out.
 """
 
 from __future__ import annotations
@@ -199,6 +199,8 @@ def _unix(rows: Iterable[Any], names: dict[int, str], folded: dict[tuple[Any, ..
         if peer is None or peer.peer_inode != r.inode or (r.host_ref, r.inode) in done:
             continue
         done.update({(r.host_ref, r.inode), (r.host_ref, peer.inode)})
+        if r.pid is not None and r.pid == peer.pid:
+            continue  # a socketpair inside one process (an event loop's wake-up pipe): not a conversation
         if r.path and not peer.path:
             server, client, direction = r, peer, "unix path"
         elif peer.path and not r.path:

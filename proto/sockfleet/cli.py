@@ -19,6 +19,9 @@ commands:
   hosts              hosts, their addresses and whether they report
   sockets            every socket on the fleet's hosts (--at TIME for the past)
   ports              listening sockets (--at TIME for the past)
+  talks              who talks to whom: edges between processes on hosts
+  history            a host's socket timeline
+  diff               listeners and edges opened and closed between two moments
   demo               a collector and an agent on this machine, then the open ports
 
 `sockfleet COMMAND --help` tells more.

@@ -1,0 +1,73 @@
+"""What changed: a host's socket timeline, and listeners and edges opened or closed between two moments."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, or_, select
+
+from collector.queries import SOCKET_FIELDS, Filters, observed, sockets_at
+from collector.schema import hosts, sockets
+from collector.talks import EDGE_FIELDS, Window, edges
+
+HISTORY_FIELDS = (*SOCKET_FIELDS, "valid_from", "valid_to")
+LISTENER_KEY = ("host", "netns", "proto", "type", "local_address", "local_port", "path", "process")
+EDGE_KEY = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
+            "server_port", "server_process")
+DIFF_FIELDS = ("change", "kind", *SOCKET_FIELDS, *[f for f in EDGE_FIELDS if f not in SOCKET_FIELDS])
+
+
+def history(conn: Connection, host: str, port: int | None = None, path: str | None = None,
+            since: datetime | None = None) -> list[dict[str, Any]]:
+    """Every socket interval of ``host`` (optionally on one local port or path) alive at or after ``since``."""
+    conditions = [hosts.c.name == host]
+    if port is not None:
+        conditions.append(sockets.c.local_port == port)
+    if path is not None:
+        conditions.append(sockets.c.path == path)
+    if since is not None:
+        conditions.append(or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > since))
+    columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in HISTORY_FIELDS[1:])]
+    query = (select(*columns).select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
+             .where(*conditions).order_by(sockets.c.valid_from, sockets.c.id))
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def diff(conn: Connection, start: datetime, end: datetime, host: str | None = None) -> tuple[list[dict[str, Any]],
+                                                                                          list[str]]:
+    """Listeners and edges opened or closed between ``start`` and ``end``, on hosts observed at both.
+
+    Returns the rows and the names of hosts left out because they were not observed at one of the moments.
+    """
+    before, after = observed(conn, start), observed(conn, end)
+    both = {ref: name for ref, name in before.known.items() if ref in after.known}
+    left_out = sorted({*before.unknown.values(), *after.unknown.values()} - set(both.values()))
+    if host is not None:
+        left_out = [name for name in left_out if name == host]
+    names = set(both.values())
+    filters = Filters(host=host)
+    rows: list[dict[str, Any]] = []
+    then = {_key(r, LISTENER_KEY): r for r in sockets_at(conn, start, filters, True, before) if r["host"] in names}
+    now = {_key(r, LISTENER_KEY): r for r in sockets_at(conn, end, filters, True, after) if r["host"] in names}
+    rows += [{"change": "closed", "kind": "listener", **then[k]} for k in then.keys() - now.keys()]
+    rows += [{"change": "opened", "kind": "listener", **now[k]} for k in now.keys() - then.keys()]
+
+    def fleet_edges(moment: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
+        found = {}
+        for edge in edges(conn, Window(moment)):
+            ends = {edge["client_host"], edge["server_host"]} - {None}
+            if ends <= names and (host is None or host in ends):
+                found[_key(edge, EDGE_KEY)] = edge
+        return found
+
+    edges_then, edges_now = fleet_edges(start), fleet_edges(end)
+    rows += [{"change": "closed", "kind": "edge", **edges_then[k]} for k in edges_then.keys() - edges_now.keys()]
+    rows += [{"change": "opened", "kind": "edge", **edges_now[k]} for k in edges_now.keys() - edges_then.keys()]
+    rows.sort(key=lambda r: (r["kind"], r.get("host") or r.get("server_host") or "", str(r.get("local_port")),
+                             r["change"]))
+    return rows, left_out
+
+
+def _key(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(row.get(name) for name in fields)
