@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from collector import changes, db, output, queries
+from collector import audit, changes, db, output, queries
 from collector.errors import CollectorError, UsageError
 from collector.schema import observations
 from collector.server import credentials, start
@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--to", dest="end", required=True, help="the later moment")
     diff.add_argument("--host", help="only this host")
     diff.add_argument("--format", choices=output.FORMATS, default="table")
+
+    audit_cmd = commands.add_parser("audit", help="audit listeners: exposed, new, and a policy's rules")
+    _db_option(audit_cmd)
+    audit_cmd.add_argument("--policy", help="TOML policy file (see the README)")
+    audit_cmd.add_argument("--at", help="as of this time (default now)")
+    audit_cmd.add_argument("--new-within", default="24h", help="a listener first seen this recently is new (24h)")
+    audit_cmd.add_argument("--format", choices=("table", "json"), default="table")
 
     demo = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports")
     _db_option(demo)
@@ -197,6 +204,27 @@ def diff_command(args: argparse.Namespace) -> int:
     if left_out:
         print(f"left out (not observed at both moments): {', '.join(left_out)}", file=sys.stderr)
     return 0
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    at = _moment(args.at, "--at")
+    rules = audit.load_policy(args.policy) if args.policy else []
+    window = timedelta(seconds=parse_duration(args.new_within, "--new-within"))
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        findings, unknown = audit.audit(conn, at, rules, window, at or now())
+    violations = [f for f in findings if f["severity"] == "violation"]
+    if args.format == "json":
+        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "json")
+    else:
+        for finding in findings:
+            finding["listener"] = f"{finding['host']} {output.endpoint(finding)}"
+        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "table",
+                     ("severity", "finding", "listener", "process", "detail"))
+        print(f"{len(violations)} violation(s), {len(findings) - len(violations)} notice(s)")
+    if unknown:
+        print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=sys.stderr)
+    return 1 if violations else 0
 
 
 def question(args: argparse.Namespace) -> int:
@@ -340,7 +368,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(_join_relative_times(argv))
     logging.basicConfig(level=logging.INFO if os.environ.get("SOCKFLEET_VERBOSE") else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    commands = {"talks": talks_command, "history": history_command, "diff": diff_command,
+    commands = {"talks": talks_command, "history": history_command, "diff": diff_command, "audit": audit_command,
                 "demo": lambda a: asyncio.run(demo(a)), "collector": collector_command}
     try:
         return commands.get(args.command, question)(args)

@@ -22,6 +22,7 @@ commands:
   talks              who talks to whom: edges between processes on hosts
   history            a host's socket timeline
   diff               listeners and edges opened and closed between two moments
+  audit              audit listeners: exposed, new, and a policy's rules (exit 1 on violations)
   demo               a collector and an agent on this machine, then the open ports
 
 `sockfleet COMMAND --help` tells more.

@@ -1,0 +1,148 @@
+"""The open-port audit: listeners exposed beyond loopback, listeners new on their host, and policy rules.
+
+A policy is a TOML file of rules; each applies to the hosts whose name matches its glob::
+
+    [[rule]]
+    hosts = "web-*"           # fnmatch glob on the host name (default "*")
+    allow = [22, 80, 443]     # exposed inet listeners may use only these ports
+    forbid = [23, 3306]       # these ports must not listen at all, on any address
+    [rule.owners]             # a port's listener must belong to one of these processes
+    22 = ["sshd"]
+
+Exposed and new listeners are notices; a broken rule is a violation, and
+``sockfleet audit`` exits with status 1 when there is one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from collector.errors import UsageError
+from collector.queries import Filters, observed, sockets_at
+from collector.schema import hosts, sockets
+
+FINDING_FIELDS = ("severity", "finding", "host", "proto", "local_address", "local_port", "path", "process", "pid",
+                  "rule", "detail")
+LOOPBACK_PREFIXES = ("127.", "::ffff:127.")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    hosts: str = "*"
+    allow: frozenset[int] | None = None
+    forbid: frozenset[int] = frozenset()
+    owners: dict[int, frozenset[str]] = field(default_factory=dict)
+    index: int = 0
+
+
+def load_policy(path: str) -> list[Rule]:
+    """Rules from a TOML policy file; any mistake is a one-line ``UsageError`` naming the place."""
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--policy {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--policy {path}: not valid TOML: {exc}") from exc
+    unknown = set(document) - {"rule"}
+    if unknown:
+        raise UsageError(f"--policy {path}: unknown key {sorted(unknown)[0]!r} (expected [[rule]] tables)")
+    rules = document.get("rule", [])
+    if not isinstance(rules, list):
+        raise UsageError(f"--policy {path}: 'rule' must be an array of tables ([[rule]])")
+    return [_rule(path, index, raw) for index, raw in enumerate(rules, start=1)]
+
+
+def _ports(path: str, where: str, value: Any) -> frozenset[int]:
+    if not isinstance(value, list) or not all(isinstance(p, int) and 0 <= p <= 65535 for p in value):
+        raise UsageError(f"--policy {path}: {where} must be a list of port numbers (0-65535)")
+    return frozenset(value)
+
+
+def _rule(path: str, index: int, raw: Any) -> Rule:
+    where = f"rule {index}"
+    if not isinstance(raw, dict):
+        raise UsageError(f"--policy {path}: {where} is not a table")
+    unknown = set(raw) - {"hosts", "allow", "forbid", "owners"}
+    if unknown:
+        raise UsageError(f"--policy {path}: {where} has unknown key {sorted(unknown)[0]!r}")
+    pattern = raw.get("hosts", "*")
+    if not isinstance(pattern, str) or not pattern:
+        raise UsageError(f"--policy {path}: {where}.hosts must be a host name glob")
+    owners: dict[int, frozenset[str]] = {}
+    for port, value in (raw.get("owners") or {}).items():
+        if not port.isdigit() or int(port) > 65535:
+            raise UsageError(f"--policy {path}: {where}.owners key {port!r} is not a port")
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UsageError(f"--policy {path}: {where}.owners.{port} must be a process name or a list of them")
+        owners[int(port)] = frozenset(names)
+    allow = _ports(path, f"{where}.allow", raw["allow"]) if "allow" in raw else None
+    forbid = _ports(path, f"{where}.forbid", raw.get("forbid", []))
+    return Rule(pattern, allow, forbid, owners, index)
+
+
+def exposed(row: dict[str, Any]) -> bool:
+    address = row.get("local_address") or ""
+    return row["proto"] != "unix" and address != "::1" and not address.startswith(LOOPBACK_PREFIXES)
+
+
+def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: timedelta,
+          moment: datetime) -> tuple[list[dict[str, Any]], list[str]]:
+    """Findings on the listeners at ``at`` (default now), and the hosts not observed then."""
+    seen = observed(conn, at)
+    listeners = sockets_at(conn, at, Filters(), only_listening=True, hosts_known=seen)
+    if at is None:
+        listeners = [row for row in listeners if row["host"] in seen.known.values()]
+    first = _first_seen(conn)
+    findings = []
+    for row in listeners:
+        if exposed(row):
+            findings.append(_finding(row, "notice", "exposed", None, "bound beyond loopback"))
+        started = first.get((row["host"], row["proto"], row["local_port"], row["path"]))
+        if started is not None and started >= moment - new_within:
+            since = f"first seen on this host at {started:%Y-%m-%d %H:%M:%S}Z"
+            findings.append(_finding(row, "notice", "new", None, since))
+        for rule in rules:
+            if fnmatchcase(row["host"], rule.hosts):
+                findings.extend(_check(row, rule))
+    findings.sort(key=lambda f: (f["severity"] != "violation", f["host"], f["local_port"] or 0, f["finding"]))
+    return findings, sorted(seen.unknown.values())
+
+
+def _check(row: dict[str, Any], rule: Rule) -> list[dict[str, Any]]:
+    port = row["local_port"]
+    out = []
+    if port in rule.forbid:
+        out.append(_finding(row, "violation", "forbidden port", rule, f"port {port} must not listen"))
+    if rule.allow is not None and exposed(row) and port not in rule.allow:
+        allowed = ", ".join(map(str, sorted(rule.allow))) or "none"
+        out.append(_finding(row, "violation", "port not allowed", rule, f"exposed ports allowed: {allowed}"))
+    owners = rule.owners.get(port) if port is not None else None
+    if owners is not None and row["process"] not in owners:
+        held = row["process"] or "no process"
+        out.append(_finding(row, "violation", "wrong owner", rule,
+                            f"port {port} must belong to {' or '.join(sorted(owners))}, not {held}"))
+    return out
+
+
+def _finding(row: dict[str, Any], severity: str, finding: str, rule: Rule | None, detail: str) -> dict[str, Any]:
+    return {"severity": severity, "finding": finding, **{k: row.get(k) for k in FINDING_FIELDS[2:9]},
+            "rule": f"rule {rule.index} ({rule.hosts})" if rule else None, "detail": detail}
+
+
+def _first_seen(conn: Connection) -> dict[tuple[Any, ...], datetime]:
+    """When each (host, proto, port or path) first listened."""
+    query = (
+        select(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path, func.min(sockets.c.valid_from))
+        .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
+        .where(sockets.c.state.in_(("LISTEN", "UNCONN")))
+        .group_by(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path)
+    )
+    return {(r[0], r[1], r[2], r[3]): r[4] for r in conn.execute(query)}
