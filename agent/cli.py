@@ -7,6 +7,7 @@ Kept on argparse and the standard library so that a one-shot
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from agent import __version__
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scan every network namespace (default) or only the current one")
     run.add_argument("--ca", help="PEM file of the CA that signed the collector's certificate")
     run.add_argument("--insecure", action="store_true", help="plain text, without TLS (local trials only)")
+    run.add_argument("--token-file", help="file holding this host's token from `sockfleet collector enroll` "
+                                          "(default: $SOCKFLEET_TOKEN)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -87,7 +90,15 @@ def run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ident = identity(args.host)
     scanner = Scanner(ident.host_name, args.namespaces)
-    streamer = Streamer(args.collector, scanner, ident, interval, insecure=args.insecure, ca_file=args.ca)
+    token = os.environ.get("SOCKFLEET_TOKEN")
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="ascii") as file:
+                token = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc})") from exc
+    streamer = Streamer(args.collector, scanner, ident, interval, insecure=args.insecure, ca_file=args.ca,
+                        token=token)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -88,13 +88,14 @@ class Streamer:
     """Keeps one host's stream to the collector going until ``stop`` is set."""
 
     def __init__(self, target: str, scanner: Scanner, ident: Identity, interval: float,
-                 insecure: bool = False, ca_file: str | None = None) -> None:
+                 insecure: bool = False, ca_file: str | None = None, token: str | None = None) -> None:
         self.target = target
         self.scanner = scanner
         self.ident = ident
         self.interval = interval
         self.insecure = insecure
         self.ca_file = ca_file
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.epoch = time.time_ns() // 1000
         self.seq = 0
         self.acked = 0  # messages acknowledged, for tests and logs
@@ -115,7 +116,7 @@ class Streamer:
 
     async def _connected(self, stop: asyncio.Event) -> None:
         async with channel(self.target, self.insecure, self.ca_file) as chan:
-            call = pb_grpc.CollectorStub(chan).Stream()  # type: ignore[no-untyped-call]
+            call = pb_grpc.CollectorStub(chan).Stream(metadata=self.metadata)  # type: ignore[no-untyped-call]
             await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
             acked: dict[convert.Key, convert.Entry] | None = None
             acked_coverage: tuple[object, ...] | None = None

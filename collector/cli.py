@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from collector import audit, changes, db, output, queries
+from collector import store as store_module
 from collector.errors import CollectorError, UsageError
 from collector.schema import observations
 from collector.server import credentials, start
@@ -64,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate chain to serve with")
     serve.add_argument("--tls-key", help="PEM private key of the certificate")
     serve.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
+    serve.add_argument("--allow-anonymous", action="store_true",
+                       help="accept agents without an enrolled token (local trials only)")
     _db_option(serve)
+    enroll = actions.add_parser("enroll", help="issue a host's agent token (printed once; only its hash is kept)")
+    enroll.add_argument("--host", required=True, help="the host's id: its agent's --host, or its /etc/machine-id")
+    _db_option(enroll)
+    revoke = actions.add_parser("revoke", help="revoke a host's agent token")
+    revoke.add_argument("--host", required=True, help="the host's id")
+    _db_option(revoke)
     migrate = actions.add_parser("migrate", help="create or upgrade the database schema")
     _db_option(migrate)
 
@@ -277,8 +286,9 @@ async def serve(args: argparse.Namespace) -> int:
         raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
     engine = db.engine(args.db)
     db.migrate(engine)
-    server, port, service = await start(Store(engine), args.listen, creds)
+    server, port, service = await start(Store(engine), args.listen, creds, anonymous=args.allow_anonymous)
     mode = "TLS" if creds else "plain text (--insecure)"
+    mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
     print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
           f"database {engine.url.render_as_string(hide_password=True)}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -296,8 +306,9 @@ async def demo(args: argparse.Namespace) -> int:
     interval = parse_duration(args.interval)
     engine = db.engine(args.db)
     db.migrate(engine)
-    server, port, _ = await start(Store(engine), "127.0.0.1:0", None)
-    print(f"demo: collector on 127.0.0.1:{port} (plain text on loopback), database {engine.url}", file=sys.stderr)
+    server, port, _ = await start(Store(engine), "127.0.0.1:0", None, anonymous=True)
+    print(f"demo: collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), "
+          f"database {engine.url}", file=sys.stderr)
     agent = subprocess.Popen([
         sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector", f"127.0.0.1:{port}",
         "--insecure", "--interval", args.interval,
@@ -355,6 +366,19 @@ def _join_relative_times(argv: list[str]) -> list[str]:
 
 
 def collector_command(args: argparse.Namespace) -> int:
+    if args.action in ("enroll", "revoke"):
+        engine = db.engine(args.db)
+        db.migrate(engine)
+        if args.action == "enroll":
+            token = store_module.enroll(engine, args.host)
+            print(token)
+            print(f"token for host {args.host!r}: give it to its agent (--token-file); it is not shown again",
+                  file=sys.stderr)
+            return 0
+        if not store_module.revoke(engine, args.host):
+            raise UsageError(f"--host {args.host}: no active token")
+        print(f"revoked the token of host {args.host!r}", file=sys.stderr)
+        return 0
     if args.action == "migrate":
         engine = db.engine(args.db)
         db.migrate(engine)

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, func, not_, or_, select
 
-from collector.schema import host_addresses, hosts, observations, sockets
+from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from collector.times import now
 
 STALE_INTERVALS = 3
@@ -120,6 +120,14 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
                   sockets.c.path.asc().nulls_first(), sockets.c.inode.asc().nulls_first())
     )
     return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def token_host(conn: Connection, digest: str) -> str | None:
+    """The host id an active token (by its hash) may report for, or ``None``."""
+    row = conn.execute(
+        select(credentials.c.host_id).where(credentials.c.token_hash == digest, credentials.c.revoked_at.is_(None))
+    ).first()
+    return None if row is None else str(row.host_id)
 
 
 def host_names(conn: Connection) -> set[str]:

@@ -120,6 +120,16 @@ observations = Table(
     Index(None, "host_ref", "taken_at"),
 )
 
+credentials = Table(
+    "credentials", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_id", String(255), nullable=False),  # the host the token may report for (its --host or machine id)
+    Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256 of the token; the token is not kept
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime),
+    Index(None, "host_id"),
+)
+
 # The documented views (current_sockets, listeners, socket_history) are made by the
 # migrations, which state their SQL; see migrations/versions.
 LISTENING = (

@@ -13,7 +13,8 @@ import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from collector.errors import CollectorError, RejectedMessage
-from collector.store import Store
+from collector.queries import token_host
+from collector.store import Store, token_hash
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -23,8 +24,12 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a host with 500,000 sockets fits
 
 
 class Collector(pb_grpc.CollectorServicer):
-    def __init__(self, store: Store) -> None:
+    """The agents' service.  Unless ``anonymous``, a stream must carry an enrolled host's token
+    (``authorization: Bearer TOKEN`` metadata), and its hello must name that host."""
+
+    def __init__(self, store: Store, anonymous: bool = False) -> None:
         self.store = store
+        self.anonymous = anonymous
         self.applied = 0
         # SQLite takes one writer at a time, and a message costs it a fraction of a millisecond of CPU:
         # applying it in the event loop's thread saves the hand-off to a worker, which costs more.
@@ -50,6 +55,8 @@ class Collector(pb_grpc.CollectorServicer):
             return
         if not first.HasField("hello"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be a hello")
+        if not self.anonymous:
+            await self._authenticate(context, first.hello.host_id)
         ref = await self._call(context, self.store.hello, first.hello)
         log.info("host %s (%s) connected from %s", first.hello.host_name, first.hello.host_id, context.peer())
         async for message in request_iterator:
@@ -66,6 +73,25 @@ class Collector(pb_grpc.CollectorServicer):
             else:
                 log.info("asking %s for a full snapshot: %s", first.hello.host_name, outcome.resync_reason)
                 yield pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
+
+    async def _authenticate(self, context: Context, host_id: str) -> None:
+        """The stream's token must be active and belong to the host its hello names."""
+        metadata = dict(context.invocation_metadata() or ())
+        header = str(metadata.get("authorization", ""))
+        if not header.startswith("Bearer ") or len(header) > 512:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "no agent token: enroll the host with `sockfleet collector enroll`")
+        digest = token_hash(header.removeprefix("Bearer "))
+        owner = await self._call(context, self._token_host, digest)
+        if owner is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
+        if owner != host_id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this token reports for host {owner!r}, not {host_id!r}")
+
+    def _token_host(self, digest: str) -> str | None:
+        with self.store.engine.connect() as conn:
+            return token_host(conn, digest)
 
     async def _call(  # type: ignore[no-untyped-def]
         self, context: Context, function, *args
@@ -95,14 +121,14 @@ def credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerCrede
 
 
 async def start(
-    store: Store, listen: str, creds: grpc.ServerCredentials | None
+    store: Store, listen: str, creds: grpc.ServerCredentials | None, anonymous: bool = False
 ) -> tuple[grpc.aio.Server, int, Collector]:
     """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one): the server, its port, the service."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    service = Collector(store)
+    service = Collector(store, anonymous)
     pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     try:
         port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)

@@ -15,6 +15,8 @@ of one constant INSERT on SQLite, ``COPY`` on PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from collector import convert
 from collector.errors import RejectedMessage
-from collector.schema import host_addresses, hosts, observations, sockets
+from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from sockfleet.v1 import fleet_pb2 as pb
 
 CHUNK = 500  # keys per IN (...) list
@@ -202,6 +204,31 @@ class Store:
             if isinstance(exc, IntegrityError) or getattr(exc, "sqlstate", None) == "23505":
                 raise _Resync("a message opens a socket the collector already holds") from exc
             raise
+
+
+def token_hash(token: str) -> str:
+    """Tokens are random and long, so a plain SHA-256 is enough to keep them out of the database."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def enroll(engine: Engine, host_id: str) -> str:
+    """A new token for ``host_id``; any earlier token of that host is revoked.  Only the hash is stored."""
+    token = secrets.token_urlsafe(32)
+    moment = convert.now()
+    with engine.begin() as conn:
+        conn.execute(update(credentials).where(credentials.c.host_id == host_id, credentials.c.revoked_at.is_(None))
+                     .values(revoked_at=moment))
+        conn.execute(insert(credentials).values(host_id=host_id, token_hash=token_hash(token), created_at=moment))
+    return token
+
+
+def revoke(engine: Engine, host_id: str) -> int:
+    """Revoke every token of ``host_id``; returns how many were active."""
+    with engine.begin() as conn:
+        return conn.execute(
+            update(credentials).where(credentials.c.host_id == host_id, credentials.c.revoked_at.is_(None))
+            .values(revoked_at=convert.now())
+        ).rowcount
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:

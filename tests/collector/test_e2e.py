@@ -35,7 +35,8 @@ class Collector:
     def __init__(self, db_url: str, port: int = 0) -> None:
         self.db_url = db_url
         self.proc = subprocess.Popen(
-            sockfleet("collector", "serve", "--insecure", "--listen", f"127.0.0.1:{port}", "--db", db_url),
+            sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"127.0.0.1:{port}",
+                      "--db", db_url),
             stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
         )
         assert self.proc.stderr is not None

@@ -33,6 +33,8 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
 
 def test_agent_streams_over_tls(tmp_path: Path, db_url: str) -> None:
     ca, cert, key = make_certificates(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text(ask(db_url, "collector", "enroll", "--host", "tls-host").stdout)
     collector = subprocess.Popen(
         sockfleet("collector", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
                   "--db", db_url),
@@ -40,11 +42,11 @@ def test_agent_streams_over_tls(tmp_path: Path, db_url: str) -> None:
     )
     assert collector.stderr is not None
     line = collector.stderr.readline()
-    assert "(TLS)" in line, line
+    assert "(TLS, enrolled agents only)" in line, line
     port = int(line.split("127.0.0.1:")[1].split()[0])
     agent = subprocess.Popen(
         sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--ca", str(ca), "--interval", "0.5s",
-                  "--namespaces", "current", "--host", "tls-host"),
+                  "--namespaces", "current", "--host", "tls-host", "--token-file", str(token_file)),
         stderr=subprocess.DEVNULL, env=E2E_ENV, cwd=ROOT,
     )
     untrusting = Agent(port, "plain-host")  # speaks plain text to a TLS port: never gets in
