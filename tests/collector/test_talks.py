@@ -32,8 +32,8 @@ def fleet_store(engine: Engine) -> Store:
         inet("tcp", "127.0.0.1", 6379, None, 0, 7, "redis"),
         inet("tcp", "127.0.0.1", 6379, "127.0.0.1", 45000, 8, "redis"),
         inet("tcp", "127.0.0.1", 45000, "127.0.0.1", 6379, 9, "worker"),
-        unix("/run/app.sock", 10, 11, "app"),
-        unix(None, 11, 10, "worker"),
+        unix("/run/app.sock", 10, 11, "app", pid=2001),
+        unix(None, 11, 10, "worker", pid=2002),
     ]))
     store.apply(app1, fleet.snapshot(1, at(0), [
         inet("tcp", APP1, 40001, WEB, 80, 21, "curl"),
@@ -99,3 +99,12 @@ def test_heuristic_without_listeners(engine: Engine) -> None:
         ("tcp", "198.51.100.7", None, "lone", 5000, "peer", 1, "lower port"),
         ("tcp", "198.51.100.8", None, "lone", 8443, "api", 1, "ephemeral port"),
     }
+
+
+def test_socketpair_inside_one_process_is_not_an_edge(engine: Engine) -> None:
+    store = Store(engine)
+    host = store.hello(fleet.hello("solo"))
+    store.apply(host, fleet.snapshot(1, at(0), [unix(None, 1, 2, "loop", pid=7), unix(None, 2, 1, "loop", pid=7),
+                                               unix(None, 3, 4, "parent", pid=8), unix(None, 4, 3, "child", pid=9)]))
+    with engine.connect() as conn:
+        assert brief(edges(conn, Window(at(1)))) == {("unix", "solo", "child", "solo", None, "parent", 1, "unix pair")}
