@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="accept agents without an enrolled token (local trials only)")
+    serve.add_argument("--rate-limit", type=float, default=20.0,
+                       help="messages per second one agent may send, burst twice that (default 20; 0: no limit)")
+    serve.add_argument("--max-message-mb", type=float, default=64.0,
+                       help="largest message accepted, in MiB (default 64: about 500,000 sockets)")
     _db_option(serve)
     enroll = actions.add_parser("enroll", help="issue a host's agent token (printed once; only its hash is kept)")
     enroll.add_argument("--host", required=True, help="the host's id: its agent's --host, or its /etc/machine-id")
@@ -286,7 +290,11 @@ async def serve(args: argparse.Namespace) -> int:
         raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
     engine = db.engine(args.db)
     db.migrate(engine)
-    server, port, service = await start(Store(engine), args.listen, creds, anonymous=args.allow_anonymous)
+    if args.rate_limit < 0 or args.max_message_mb <= 0:
+        raise UsageError("--rate-limit must be 0 or more, --max-message-mb more than 0")
+    server, port, service = await start(Store(engine), args.listen, creds, anonymous=args.allow_anonymous,
+                                        rate_limit=args.rate_limit,
+                                        max_message_bytes=int(args.max_message_mb * 1024 * 1024))
     mode = "TLS" if creds else "plain text (--insecure)"
     mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
     print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "

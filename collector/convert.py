@@ -104,6 +104,15 @@ def _address(value: str, family: str, field: str) -> str | None:
     return value
 
 
+MAX_BIGINT = 2**63 - 1  # the largest value the database's BIGINT columns hold
+
+
+def _bigint(value: int, field: str) -> int:
+    if value > MAX_BIGINT:
+        raise RejectedMessage(f"{field}: {value} is larger than {MAX_BIGINT}")
+    return value
+
+
 def _port(value: int, field: str) -> int:
     if not 0 <= value <= 65535:
         raise RejectedMessage(f"{field}: {value} is not a port (0-65535)")
@@ -112,6 +121,9 @@ def _port(value: int, field: str) -> int:
 
 def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, ...]]:
     """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key."""
+    if key.netns > MAX_BIGINT or key.inode > MAX_BIGINT:
+        _bigint(key.netns, f"{where}.key.netns")
+        _bigint(key.inode, f"{where}.key.inode")
     proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
     family = _enum(FAMILIES, key.family, f"{where}.key.family")
     kind = _enum(TYPES, key.type, f"{where}.key.type")
@@ -145,6 +157,8 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
     state = STATES.get(sock.state)
     if state is None:
         raise RejectedMessage(f"{where}.state: {sock.state} is not a known value")
+    if sock.peer_inode > MAX_BIGINT:
+        _bigint(sock.peer_inode, f"{where}.peer_inode")
     user, process, cmdline = sock.user, sock.process, sock.cmdline
     if len(user) > MAX_NAME or len(process) > MAX_NAME or len(cmdline) > MAX_TEXT:
         _text(user, f"{where}.user")
@@ -179,7 +193,9 @@ def hello_fields(hello: pb.Hello) -> dict[str, Any]:
     addresses = []
     for index, item in enumerate(hello.addresses):
         address = _address(item.address, "inet6" if ":" in item.address else "inet", f"hello.addresses[{index}]")
-        addresses.append((item.netns, _text(item.interface, f"hello.addresses[{index}].interface") or "", address))
+        netns = _bigint(item.netns, f"hello.addresses[{index}].netns")
+        interface = _text(item.interface, f"hello.addresses[{index}].interface") or ""
+        addresses.append((netns, interface, address))
     return {
         "host_id": _text(hello.host_id, "hello.host_id"),
         "name": _text(hello.host_name, "hello.host_name") or hello.host_id,

@@ -27,9 +27,10 @@ class Collector(pb_grpc.CollectorServicer):
     """The agents' service.  Unless ``anonymous``, a stream must carry an enrolled host's token
     (``authorization: Bearer TOKEN`` metadata), and its hello must name that host."""
 
-    def __init__(self, store: Store, anonymous: bool = False) -> None:
+    def __init__(self, store: Store, anonymous: bool = False, rate_limit: float = 20.0) -> None:
         self.store = store
         self.anonymous = anonymous
+        self.rate_limit = rate_limit  # messages per second per stream, with a burst of twice that; 0: no limit
         self.applied = 0
         # SQLite takes one writer at a time, and a message costs it a fraction of a millisecond of CPU:
         # applying it in the event loop's thread saves the hand-off to a worker, which costs more.
@@ -59,7 +60,11 @@ class Collector(pb_grpc.CollectorServicer):
             await self._authenticate(context, first.hello.host_id)
         ref = await self._call(context, self.store.hello, first.hello)
         log.info("host %s (%s) connected from %s", first.hello.host_name, first.hello.host_id, context.peer())
+        bucket = TokenBucket(self.rate_limit)
         async for message in request_iterator:
+            if not bucket.take():
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"more than {self.rate_limit:g} messages per second from this agent")
             body = message.WhichOneof("body")
             if body not in ("snapshot", "delta"):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
@@ -108,6 +113,26 @@ class Collector(pb_grpc.CollectorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector's database is unavailable; retry")
 
 
+class TokenBucket:
+    """``rate`` tokens a second, up to a burst of ``2 * rate``; a rate of 0 never refuses."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = 2 * rate
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        moment = time.monotonic()
+        self.tokens = min(2 * self.rate, self.tokens + (moment - self.stamp) * self.rate)
+        self.stamp = moment
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 def credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerCredentials | None:
     if not cert_file and not key_file:
         return None
@@ -121,14 +146,15 @@ def credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerCrede
 
 
 async def start(
-    store: Store, listen: str, creds: grpc.ServerCredentials | None, anonymous: bool = False
+    store: Store, listen: str, creds: grpc.ServerCredentials | None, anonymous: bool = False,
+    rate_limit: float = 20.0, max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> tuple[grpc.aio.Server, int, Collector]:
     """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one): the server, its port, the service."""
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ])
-    service = Collector(store, anonymous)
+    service = Collector(store, anonymous, rate_limit)
     pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     try:
         port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)

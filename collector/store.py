@@ -121,6 +121,8 @@ class Store:
         moment = convert.taken_at(message.taken_at_us, f"{where}.taken_at_us")
         if message.epoch == 0 or message.seq == 0:
             raise RejectedMessage(f"{where}: epoch and seq start at 1")
+        if max(message.epoch, message.seq, getattr(message, "base_seq", 0)) > convert.MAX_BIGINT:
+            raise RejectedMessage(f"{where}: epoch and seq must be below 2**63")
         coverage, complete = (None, None)
         if message.HasField("coverage"):
             coverage, complete = convert.coverage_json(message.coverage)

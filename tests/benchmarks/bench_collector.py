@@ -125,7 +125,7 @@ def collector(db_url: str, summary: list[str]) -> Iterator[tuple[int, int]]:
     """A ``sockfleet collector serve`` process: yields (pid, port); its closing summary goes to ``summary``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sockfleet.cli", "collector", "serve", "--insecure", "--allow-anonymous",
-         "--listen", "127.0.0.1:0",
+         "--rate-limit", "0", "--listen", "127.0.0.1:0",
          "--db", db_url], stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     assert proc.stderr is not None
     line = proc.stderr.readline()

@@ -143,6 +143,8 @@ def test_unchanged_host_writes_no_socket_rows(store: Store, engine: Engine) -> N
         (lambda s: setattr(s, "state", 99), "snapshot.sockets[1].state: 99 is not a known value"),
         (lambda s: setattr(s, "cmdline", "x" * 5000), "snapshot.sockets[1].cmdline: 5000 characters"),
         (lambda s: setattr(s.key, "path", "/tmp/x"), "an tcp socket has no path"),
+        (lambda s: setattr(s.key, "netns", 2**64 - 1), "snapshot.sockets[1].key.netns: 18446744073709551615 is larger"),
+        (lambda s: setattr(s, "peer_inode", 2**63), "snapshot.sockets[1].peer_inode: 9223372036854775808 is larger"),
     ],
 )
 def test_malformed_snapshot_is_refused_and_nothing_is_stored(store: Store, engine: Engine, mutate: Any,
