@@ -41,9 +41,11 @@ def _free_port() -> int:
 class Cluster:
     """A running server; ``database()`` makes a fresh empty database and returns its URL."""
 
-    def __init__(self, admin_url: str, stop: list[str] | None = None, user: str | None = None) -> None:
+    def __init__(self, admin_url: str, stop: list[str] | None = None, user: str | None = None,
+                 start: list[str] | None = None) -> None:
         self.admin_url = admin_url
         self._stop = stop
+        self._start = start
         self._user = user
 
     def database(self) -> str:
@@ -62,6 +64,11 @@ class Cluster:
     def stop(self) -> None:
         if self._stop:
             self.run_as_owner(self._stop)
+
+    def start(self) -> None:
+        """Start the server again after ``stop`` (only for a server this module started)."""
+        if self._start:
+            self.run_as_owner(self._start)
 
 
 @contextmanager
@@ -87,10 +94,11 @@ def cluster() -> Iterator[Cluster]:
         owner.run_as_owner([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                             "--no-sync", "-E", "UTF8"])
         options = f"-k {sockets_dir} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=200"
-        owner.run_as_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"),
-                            "-w", "start"])
+        start = [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start"]
+        owner.run_as_owner(start)
         url = f"postgresql+psycopg://postgres@/postgres?host={sockets_dir}&port={port}"
-        running = Cluster(url, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user)
+        running = Cluster(url, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user,
+                          start)
         yield running
         running.stop()
     finally:
