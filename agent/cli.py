@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scan every network namespace (default) or only the current one")
     run.add_argument("--ca", help="PEM file of the CA that signed the collector's certificate")
     run.add_argument("--insecure", action="store_true", help="plain text, without TLS (local trials only)")
+    run.add_argument("--spool", help="folder where scans wait while the collector is away (kept across restarts; "
+                                     "default: in memory only)")
+    run.add_argument("--spool-max-bytes", type=int, default=64 * 1024 * 1024,
+                     help="bound of the spool; beyond it the oldest scans are dropped and the gap recorded (64 MiB)")
     run.add_argument("--token-file", help="file holding this host's token from `sockfleet collector enroll` "
                                           "(default: $SOCKFLEET_TOKEN)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -97,8 +101,16 @@ def run_command(args: argparse.Namespace) -> int:
                 token = file.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc})") from exc
+    from agent.spool import Spool
+
+    if args.spool_max_bytes <= 0:
+        raise UsageError("--spool-max-bytes must be more than 0")
+    try:
+        spool = Spool(args.spool, args.spool_max_bytes)
+    except OSError as exc:
+        raise UsageError(f"--spool {args.spool}: {exc.strerror}") from exc
     streamer = Streamer(args.collector, scanner, ident, interval, insecure=args.insecure, ca_file=args.ca,
-                        token=token)
+                        token=token, spool=spool)
 
     async def main() -> None:
         stop = asyncio.Event()

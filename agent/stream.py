@@ -1,10 +1,12 @@
 """``sockfleet agent run``: scan every interval and stream to the collector.
 
 One gRPC stream per connection.  Stop-and-wait: each Snapshot or Delta waits
-for its Ack before the next scan's message, so the agent always knows exactly
-which state the collector holds, and every Delta is relative to it.  A new
+for its Ack before the next message, so the agent always knows exactly which
+state the collector holds, and every Delta is relative to it.  A new
 connection, a Resync, or any doubt starts again with a full Snapshot.  While
-the collector is away the agent retries with exponential backoff and jitter.
+the collector is away the agent keeps scanning into its spool, retries with
+exponential backoff and jitter, and on reconnection sends the spooled scans in
+order with their own times, so the history has no hole for the outage.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from agent import __version__, addresses, convert
 from agent.delta import diff
 from agent.errors import AgentError, SourceError
 from agent.snapshot import Scanner, namespaces
+from agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -85,10 +88,15 @@ def channel(target: str, insecure: bool, ca_file: str | None) -> grpc.aio.Channe
 
 
 class Streamer:
-    """Keeps one host's stream to the collector going until ``stop`` is set."""
+    """Keeps one host's stream to the collector going until ``stop`` is set.
+
+    Two tasks: the scanner queues a record per interval in the spool, whatever the collector is
+    doing; the sender sends the oldest record, waits for its acknowledgement, and removes it.
+    """
 
     def __init__(self, target: str, scanner: Scanner, ident: Identity, interval: float,
-                 insecure: bool = False, ca_file: str | None = None, token: str | None = None) -> None:
+                 insecure: bool = False, ca_file: str | None = None, token: str | None = None,
+                 spool: Spool | None = None) -> None:
         self.target = target
         self.scanner = scanner
         self.ident = ident
@@ -96,54 +104,80 @@ class Streamer:
         self.insecure = insecure
         self.ca_file = ca_file
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.spool = spool if spool is not None else Spool()
         self.epoch = time.time_ns() // 1000
         self.seq = 0
         self.acked = 0  # messages acknowledged, for tests and logs
+        self.queued: asyncio.Event | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.queued = asyncio.Event()
+        scanning = asyncio.create_task(self._scan(stop))
         backoff = 1.0
+        try:
+            while not stop.is_set():
+                try:
+                    await self._connected(stop)
+                    backoff = 1.0
+                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError, asyncio.InvalidStateError) as exc:
+                    # InvalidStateError: a write after the collector ended the call (it went away mid-stream).
+                    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
+                    if len(self.spool):
+                        self.spool.persist()
+                    delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
+                    log.warning("collector %s: %s; %d scans waiting; retrying in %.1fs",
+                                self.target, detail, len(self.spool), delay)
+                    await _sleep_or_stop(stop, delay)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            scanning.cancel()
+            await asyncio.gather(scanning, return_exceptions=True)
+            if len(self.spool):
+                self.spool.persist()  # stopping: what was not acknowledged waits on disk for the next run
+
+    async def _scan(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                await self._connected(stop)
-                backoff = 1.0
-            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError, asyncio.InvalidStateError) as exc:
-                # InvalidStateError: a write after the collector ended the call (it went away mid-stream).
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
-                delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
-                log.warning("collector %s: %s; retrying in %.1fs", self.target, detail, delay)
-                await _sleep_or_stop(stop, delay)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+            snap = await asyncio.to_thread(self.scanner.snapshot)
+            current = convert.entries(snap)
+            changes = diff(self.spool.tail, current) if self.spool.tail is not None else None
+            self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage))
+            assert self.queued is not None
+            self.queued.set()
+            await _sleep_or_stop(stop, self.interval)
+
+    async def _next(self, stop: asyncio.Event) -> pb.Delta | None:
+        """The oldest waiting record, waiting for the scanner when there is none."""
+        assert self.queued is not None
+        while not stop.is_set():
+            head = self.spool.head()
+            if head is not None:
+                return head
+            self.queued.clear()
+            waiters = [asyncio.ensure_future(self.queued.wait()), asyncio.ensure_future(stop.wait())]
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in pending:
+                waiter.cancel()
+        return None
 
     async def _connected(self, stop: asyncio.Event) -> None:
         async with channel(self.target, self.insecure, self.ca_file) as chan:
             call = pb_grpc.CollectorStub(chan).Stream(metadata=self.metadata)  # type: ignore[no-untyped-call]
             await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
-            acked: dict[convert.Key, convert.Entry] | None = None
-            acked_coverage: tuple[object, ...] | None = None
-            acked_seq = 0
+            full, acked_seq, sent_coverage = True, 0, b""
             try:
-                while not stop.is_set():
-                    snap = await asyncio.to_thread(self.scanner.snapshot)
-                    current = convert.entries(snap)
-                    coverage = convert.comparable_coverage(snap.coverage)
+                while (head := await self._next(stop)) is not None:
                     self.seq += 1
-                    taken_at_us = int(snap.taken_at * 1e6)
-                    if acked is None:
-                        message = pb.AgentMessage(snapshot=pb.Snapshot(
-                            epoch=self.epoch, seq=self.seq, taken_at_us=taken_at_us,
-                            sockets=[convert.socket(k, e) for k, e in current.items()],
-                            coverage=convert.coverage(snap.coverage),
-                        ))
+                    coverage = head.coverage.SerializeToString(deterministic=True)
+                    if full:
+                        snapshot = self.spool.head_snapshot()
+                        snapshot.epoch, snapshot.seq = self.epoch, self.seq
+                        message = pb.AgentMessage(snapshot=snapshot)
                     else:
-                        changes = diff(acked, current)
-                        delta = pb.Delta(
-                            epoch=self.epoch, seq=self.seq, base_seq=acked_seq, taken_at_us=taken_at_us,
-                            added=[convert.socket(k, e) for k, e in changes.added],
-                            removed=[convert.socket_key(k) for k in changes.removed],
-                            changed=[convert.socket(k, e) for k, e in changes.changed],
-                        )
-                        if coverage != acked_coverage:
-                            delta.coverage.CopyFrom(convert.coverage(snap.coverage))
+                        delta = pb.Delta()
+                        delta.CopyFrom(head)
+                        delta.epoch, delta.seq, delta.base_seq = self.epoch, self.seq, acked_seq
+                        if coverage == sent_coverage:
+                            delta.ClearField("coverage")  # unchanged: a heartbeat stays a few bytes
                         message = pb.AgentMessage(delta=delta)
                     await call.write(message)
                     reply = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
@@ -151,14 +185,14 @@ class Streamer:
                         raise ConnectionError("the collector closed the stream")
                     if reply.HasField("resync"):
                         log.info("collector asks for a full snapshot: %s", reply.resync.reason)
-                        acked = None
+                        full = True
                         continue
                     if (reply.ack.epoch, reply.ack.seq) != (self.epoch, self.seq):
                         raise ConnectionError(f"acknowledgement for ({reply.ack.epoch}, {reply.ack.seq}) "
                                               f"while waiting for ({self.epoch}, {self.seq})")
-                    acked, acked_coverage, acked_seq = current, coverage, self.seq
+                    self.spool.pop()
+                    full, acked_seq, sent_coverage = False, self.seq, coverage
                     self.acked += 1
-                    await _sleep_or_stop(stop, self.interval)
             finally:
                 call.cancel()
 

@@ -34,6 +34,14 @@ def utc(us: int) -> datetime:
     return datetime(1970, 1, 1) + timedelta(microseconds=us)
 
 
+def convert_time(us: int) -> str:
+    """A gap's bound for the coverage document: RFC 3339, or the raw number when it is not a plausible time."""
+    try:
+        return utc(us).isoformat() + "Z"
+    except OverflowError:
+        return str(us)
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -179,11 +187,13 @@ def coverage_json(cov: pb.Coverage) -> tuple[str, bool]:
         for s in cov.sources
     ]
     unscanned = [[u.netns, u.reason] for u in cov.namespaces_unscanned]
+    gaps = [{"from": convert_time(g.from_us), "to": convert_time(g.to_us), "reason": _text(g.reason, "coverage.gap")}
+            for g in cov.gaps]
     document = {
         "sources": sources, "namespaces_scanned": list(cov.namespaces_scanned),
-        "namespaces_unscanned": unscanned, "processes_unreadable": list(cov.processes_unreadable),
+        "namespaces_unscanned": unscanned, "processes_unreadable": list(cov.processes_unreadable), "gaps": gaps,
     }
-    complete = all(s["ok"] for s in sources) and not unscanned and not cov.processes_unreadable
+    complete = all(s["ok"] for s in sources) and not unscanned and not cov.processes_unreadable and not gaps
     return json.dumps(document), complete
 
 

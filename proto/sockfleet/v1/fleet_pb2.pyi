@@ -164,16 +164,28 @@ class Socket(_message.Message):
     def __init__(self, key: _Optional[_Union[SocketKey, _Mapping]] = ..., state: _Optional[_Union[State, str]] = ..., peer_inode: _Optional[int] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., process: _Optional[str] = ..., cmdline: _Optional[str] = ..., owners: _Optional[int] = ..., rx_queue: _Optional[int] = ..., tx_queue: _Optional[int] = ...) -> None: ...
 
 class Coverage(_message.Message):
-    __slots__ = ("sources", "namespaces_scanned", "namespaces_unscanned", "processes_unreadable")
+    __slots__ = ("sources", "namespaces_scanned", "namespaces_unscanned", "processes_unreadable", "gaps")
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_SCANNED_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_UNSCANNED_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_UNREADABLE_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
     sources: _containers.RepeatedCompositeFieldContainer[SourceStatus]
     namespaces_scanned: _containers.RepeatedScalarFieldContainer[int]
     namespaces_unscanned: _containers.RepeatedCompositeFieldContainer[UnscannedNamespace]
     processes_unreadable: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., namespaces_scanned: _Optional[_Iterable[int]] = ..., namespaces_unscanned: _Optional[_Iterable[_Union[UnscannedNamespace, _Mapping]]] = ..., processes_unreadable: _Optional[_Iterable[int]] = ...) -> None: ...
+    gaps: _containers.RepeatedCompositeFieldContainer[Gap]
+    def __init__(self, sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., namespaces_scanned: _Optional[_Iterable[int]] = ..., namespaces_unscanned: _Optional[_Iterable[_Union[UnscannedNamespace, _Mapping]]] = ..., processes_unreadable: _Optional[_Iterable[int]] = ..., gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ...) -> None: ...
+
+class Gap(_message.Message):
+    __slots__ = ("from_us", "to_us", "reason")
+    FROM_US_FIELD_NUMBER: _ClassVar[int]
+    TO_US_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    from_us: int
+    to_us: int
+    reason: str
+    def __init__(self, from_us: _Optional[int] = ..., to_us: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
     __slots__ = ("source", "netns", "ok", "duration_us", "records", "error")

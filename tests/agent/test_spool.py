@@ -1,0 +1,103 @@
+"""The spool: records in order, composed over its bound with the gap recorded, safe across a kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent import convert
+from agent.delta import diff
+from agent.spool import Spool, compose, key_bytes
+from sockfleet.v1 import fleet_pb2 as pb
+
+
+def entry(port: int, process: str = "svc") -> tuple[convert.Key, convert.Entry]:
+    key: convert.Key = (1, pb.PROTO_TCP, pb.FAMILY_INET, pb.SOCK_TYPE_STREAM, port, "0.0.0.0", port, "", 0, "")
+    comparable = convert.Comparable(pb.STATE_LISTEN, 0, 0, "root", 100, process, process, 1)
+    return key, convert.Entry(comparable, 0, 0)
+
+
+def scan(*ports: int, owner: str = "svc") -> dict[convert.Key, convert.Entry]:
+    return dict(entry(port, owner) for port in ports)
+
+
+def add(spool: Spool, current: dict[convert.Key, convert.Entry], at: int) -> None:
+    changes = diff(spool.tail, current) if spool.tail is not None else None
+    spool.add(current, changes, at, pb.Coverage(namespaces_scanned=[1]))
+
+
+def ports(state: dict[bytes, pb.Socket]) -> set[int]:
+    return {sock.key.local_port for sock in state.values()}
+
+
+def test_records_in_order_and_full_snapshot_of_the_head() -> None:
+    spool = Spool()
+    add(spool, scan(22, 80), 1)
+    add(spool, scan(22, 80, 443), 2)
+    add(spool, scan(22, 443), 3)
+    assert [r.taken_at_us for r in spool.records] == [1, 2, 3]
+    assert {s.key.local_port for s in spool.head_snapshot().sockets} == {22, 80}
+    spool.pop()
+    head = spool.head()
+    assert head is not None
+    assert [s.key.local_port for s in head.added] == [443]
+    assert {s.key.local_port for s in spool.head_snapshot().sockets} == {22, 80, 443}
+    spool.pop()
+    spool.pop()
+    assert ports(spool.base) == {22, 443}
+    assert spool.head() is None
+
+
+def test_compose() -> None:
+    a = pb.Delta(added=[convert.socket(*entry(1))], changed=[convert.socket(*entry(2))], taken_at_us=1)
+    b = pb.Delta(removed=[convert.socket_key(entry(1)[0]), convert.socket_key(entry(2)[0])],
+                 added=[convert.socket(*entry(3))], taken_at_us=2)
+    merged = compose(a, b)
+    assert merged.taken_at_us == 2
+    assert [s.key.local_port for s in merged.added] == [3]
+    assert [k.local_port for k in merged.removed] == [2]  # 1 came and went within the two scans
+    assert not merged.changed
+
+
+def test_bound_composes_the_oldest_and_records_the_gap() -> None:
+    spool = Spool(max_bytes=1)
+    add(spool, scan(22), 1)
+    add(spool, scan(22, 80), 2)
+    add(spool, scan(22, 80, 443), 3)
+    assert len(spool) == 2
+    first = spool.head()
+    assert first is not None
+    assert first.taken_at_us == 2
+    assert [(g.from_us, g.to_us, g.reason) for g in first.coverage.gaps] == [(1, 1, "agent spool full")]
+    assert {s.key.local_port for s in spool.head_snapshot().sockets} == {22, 80}
+
+
+def test_survives_a_kill_and_a_torn_write(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    add(spool, scan(22), 1)
+    add(spool, scan(22, 80), 2)  # two waiting: now on disk
+    spool.pop()  # the first was acknowledged
+    add(spool, scan(80), 3)
+    with open(tmp_path / "spool.log", "ab") as log:
+        log.write(b"\x40\x00\x00\x00\x01\x02")  # the agent was killed while writing a record
+    again = Spool(str(tmp_path))
+    assert [r.taken_at_us for r in again.records] == [2, 3]
+    assert ports(again.base) == {22}
+    assert {s.key.local_port for s in again.head_snapshot().sockets} == {22, 80}
+    add(again, scan(80, 443), 4)  # after a restart the next scan is diffed against the spool
+    last = again.records[-1]
+    assert [s.key.local_port for s in last.added] == [443]
+    for _ in range(3):
+        again.pop()
+    assert not (tmp_path / "spool.log").exists()  # all acknowledged: nothing left on disk
+
+
+def test_spool_that_does_not_start_with_a_snapshot_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "spool.log").write_bytes(b"garbage that is not a spool")
+    spool = Spool(str(tmp_path))
+    assert len(spool) == 0
+    assert (tmp_path / "spool.log.bad").exists()
+
+
+def test_key_bytes_are_stable() -> None:
+    key = convert.socket_key(entry(22)[0])
+    assert key_bytes(key) == key_bytes(pb.SocketKey.FromString(key.SerializeToString()))
