@@ -65,6 +65,9 @@ def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
                     ops[key] = ("added", item) if before == "added" else ("changed", item)
     merged = pb.Delta(taken_at_us=second.taken_at_us)
     merged.coverage.CopyFrom(second.coverage)
+    earlier = [*first.coverage.gaps, *second.coverage.gaps]
+    del merged.coverage.gaps[:]
+    merged.coverage.gaps.extend(earlier)
     for op, item in ops.values():
         if op == "removed":
             merged.removed.append(item if isinstance(item, pb.SocketKey) else item.key)
@@ -135,8 +138,10 @@ class Spool:
             self.sizes.popleft()
             self.sizes.popleft()
             merged = compose(first, second)
-            gap = merged.coverage.gaps.add()
-            gap.from_us, gap.to_us, gap.reason = first.taken_at_us, first.taken_at_us, "agent spool full"
+            # One range covers every scan dropped so far: from the earliest to this one.
+            start = min([first.taken_at_us, *(g.from_us for g in merged.coverage.gaps)])
+            del merged.coverage.gaps[:]
+            merged.coverage.gaps.add(from_us=start, to_us=first.taken_at_us, reason="agent spool full")
             self.records.appendleft(merged)
             self.sizes.appendleft(merged.ByteSize())
             log.warning("spool over %d bytes: dropped the scan taken at %d µs", self.max_bytes, first.taken_at_us)

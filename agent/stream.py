@@ -74,9 +74,14 @@ def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage
     ))
 
 
+# Keepalive pings notice a silent network (a cut link drops packets without any reset) within seconds.
+CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                   ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+
+
 def channel(target: str, insecure: bool, ca_file: str | None) -> grpc.aio.Channel:
     if insecure:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     roots = None
     if ca_file:
         try:
@@ -84,7 +89,8 @@ def channel(target: str, insecure: bool, ca_file: str | None) -> grpc.aio.Channe
                 roots = file.read()
         except OSError as exc:
             raise AgentError(f"cannot read --ca {ca_file}: {exc.strerror}") from exc
-    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots),
+                                   options=CHANNEL_OPTIONS)
 
 
 class Streamer:

@@ -23,7 +23,8 @@ SOCKET_FIELDS = (
     "remote_port", "path", "peer_inode", "inode", "uid", "user", "pid", "process", "cmdline", "owners",
     "rx_queue", "tx_queue",
 )
-HOST_FIELDS = ("host", "host_id", "addresses", "agent_version", "first_seen", "last_seen", "status", "sockets")
+HOST_FIELDS = ("host", "host_id", "addresses", "agent_version", "first_seen", "last_seen", "status", "sockets",
+               "gaps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,11 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
             select(sockets.c.host_ref, func.count()).where(_alive_at(at)).group_by(sockets.c.host_ref)
         )
     }
+    gaps: dict[int, int] = {
+        row[0]: int(row[1] or 0)
+        for row in conn.execute(select(observations.c.host_ref, func.sum(observations.c.gaps))
+                                .where(observations.c.taken_at <= moment).group_by(observations.c.host_ref))
+    }
     out = []
     for row in conn.execute(select(hosts).order_by(hosts.c.name)):
         if at is None:
@@ -166,5 +172,6 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
             "host": row.name, "host_id": row.host_id, "addresses": " ".join(addresses.get(row.id, [])),
             "agent_version": row.agent_version, "first_seen": row.first_seen, "last_seen": row.last_seen,
             "status": status, "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
+            "gaps": gaps.get(row.id, 0),
         })
     return out

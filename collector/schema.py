@@ -115,6 +115,7 @@ observations = Table(
     Column("removed", Integer, nullable=False),
     Column("changed", Integer, nullable=False),
     Column("complete", Boolean, nullable=False),  # the scan saw everything
+    Column("gaps", Integer, nullable=False, server_default="0"),  # scans before it the agent had to drop
     Column("coverage", Text),  # JSON; null when unchanged since the previous message
     UniqueConstraint("host_ref", "epoch", "seq"),
     Index(None, "host_ref", "taken_at"),

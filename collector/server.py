@@ -153,6 +153,10 @@ async def start(
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Agents ping every 10 s to notice a cut network; allow it.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
     ])
     service = Collector(store, anonymous, rate_limit)
     pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]

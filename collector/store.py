@@ -153,6 +153,7 @@ class Store:
                     "host_ref": ref, "epoch": message.epoch, "seq": message.seq, "kind": kind, "taken_at": moment,
                     "received_at": convert.now(), "added": counts[0], "removed": counts[1], "changed": counts[2],
                     "complete": complete, "coverage": coverage,
+                    "gaps": len(message.coverage.gaps) if message.HasField("coverage") else 0,
                 })
         except _Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))

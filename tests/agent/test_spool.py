@@ -69,6 +69,11 @@ def test_bound_composes_the_oldest_and_records_the_gap() -> None:
     assert first.taken_at_us == 2
     assert [(g.from_us, g.to_us, g.reason) for g in first.coverage.gaps] == [(1, 1, "agent spool full")]
     assert {s.key.local_port for s in spool.head_snapshot().sockets} == {22, 80}
+    add(spool, scan(443), 4)  # a second composition: one gap covers every dropped scan
+    first = spool.head()
+    assert first is not None
+    assert [(g.from_us, g.to_us) for g in first.coverage.gaps] == [(1, 2)]
+    assert {s.key.local_port for s in spool.head_snapshot().sockets} == {22, 80, 443}
 
 
 def test_survives_a_kill_and_a_torn_write(tmp_path: Path) -> None:
