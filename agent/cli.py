@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scan every network namespace (default) or only the current one")
     run.add_argument("--ca", help="PEM file of the CA that signed the collector's certificate")
     run.add_argument("--insecure", action="store_true", help="plain text, without TLS (local trials only)")
+    run.add_argument("--tls-cert", help="mutual TLS: this host's certificate (its common name is the host id)")
+    run.add_argument("--tls-key", help="mutual TLS: the certificate's private key")
     run.add_argument("--spool", help="folder where scans wait while the collector is away (kept across restarts; "
                                      "default: in memory only)")
     run.add_argument("--spool-max-bytes", type=int, default=64 * 1024 * 1024,
@@ -109,8 +111,11 @@ def run_command(args: argparse.Namespace) -> int:
         spool = Spool(args.spool, args.spool_max_bytes)
     except OSError as exc:
         raise UsageError(f"--spool {args.spool}: {exc.strerror}") from exc
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    client_cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
     streamer = Streamer(args.collector, scanner, ident, interval, insecure=args.insecure, ca_file=args.ca,
-                        token=token, spool=spool)
+                        token=token, spool=spool, client_cert=client_cert)
 
     async def main() -> None:
         stop = asyncio.Event()

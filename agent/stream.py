@@ -79,18 +79,27 @@ CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_
                    ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
 
 
-def channel(target: str, insecure: bool, ca_file: str | None) -> grpc.aio.Channel:
+def _read_pem(option: str, path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise AgentError(f"cannot read {option} {path}: {exc.strerror}") from exc
+
+
+def channel(target: str, insecure: bool, ca_file: str | None,
+            client_cert: tuple[str, str] | None = None) -> grpc.aio.Channel:
+    """Plain text only when asked; else TLS, verifying the collector, with a client certificate if given."""
     if insecure:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    roots = None
-    if ca_file:
-        try:
-            with open(ca_file, "rb") as file:
-                roots = file.read()
-        except OSError as exc:
-            raise AgentError(f"cannot read --ca {ca_file}: {exc.strerror}") from exc
-    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots),
-                                   options=CHANNEL_OPTIONS)
+    cert_file, key_file = client_cert or (None, None)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem("--ca", ca_file), private_key=_read_pem("--tls-key", key_file),
+        certificate_chain=_read_pem("--tls-cert", cert_file),
+    )
+    return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
 
 class Streamer:
@@ -102,13 +111,14 @@ class Streamer:
 
     def __init__(self, target: str, scanner: Scanner, ident: Identity, interval: float,
                  insecure: bool = False, ca_file: str | None = None, token: str | None = None,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, client_cert: tuple[str, str] | None = None) -> None:
         self.target = target
         self.scanner = scanner
         self.ident = ident
         self.interval = interval
         self.insecure = insecure
         self.ca_file = ca_file
+        self.client_cert = client_cert
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.spool = spool if spool is not None else Spool()
         self.epoch = time.time_ns() // 1000
@@ -166,7 +176,7 @@ class Streamer:
         return None
 
     async def _connected(self, stop: asyncio.Event) -> None:
-        async with channel(self.target, self.insecure, self.ca_file) as chan:
+        async with channel(self.target, self.insecure, self.ca_file, self.client_cert) as chan:
             call = pb_grpc.CollectorStub(chan).Stream(metadata=self.metadata)  # type: ignore[no-untyped-call]
             await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
             full, acked_seq, sent_coverage = True, 0, b""

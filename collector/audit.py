@@ -49,7 +49,7 @@ def load_policy(path: str) -> list[Rule]:
     except OSError as exc:
         raise UsageError(f"--policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--policy {path}: not valid TOML: {exc}") from exc
+        raise UsageError(f"--policy {path}: not valid TOML: {' '.join(str(exc).split())}") from exc
     unknown = set(document) - {"rule"}
     if unknown:
         raise UsageError(f"--policy {path}: unknown key {sorted(unknown)[0]!r} (expected [[rule]] tables)")

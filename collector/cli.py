@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="[::]:50051", help="HOST:PORT to listen on (default [::]:50051)")
     serve.add_argument("--tls-cert", help="PEM certificate chain to serve with")
     serve.add_argument("--tls-key", help="PEM private key of the certificate")
+    serve.add_argument("--tls-client-ca", help="mutual TLS: agents must show a certificate this CA signed, "
+                                               "whose common name is their host id")
     serve.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="accept agents without an enrolled token (local trials only)")
@@ -285,7 +287,7 @@ def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None)
 
 
 async def serve(args: argparse.Namespace) -> int:
-    creds = credentials(args.tls_cert, args.tls_key)
+    creds = credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     if creds is None and not args.insecure:
         raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
     engine = db.engine(args.db)

@@ -83,13 +83,17 @@ class Collector(pb_grpc.CollectorServicer):
         """The stream's token must be active and belong to the host its hello names."""
         metadata = dict(context.invocation_metadata() or ())
         header = str(metadata.get("authorization", ""))
-        if not header.startswith("Bearer ") or len(header) > 512:
+        names = list((context.auth_context() or {}).get("x509_common_name") or [])
+        if header.startswith("Bearer ") and len(header) <= 512:
+            owner = await self._call(context, self._token_host, token_hash(header.removeprefix("Bearer ")))
+            if owner is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
+        elif names:  # mutual TLS: the client certificate, verified by gRPC, names the host
+            owner = names[0].decode("utf-8", "replace")
+        else:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "no agent token: enroll the host with `sockfleet collector enroll`")
-        digest = token_hash(header.removeprefix("Bearer "))
-        owner = await self._call(context, self._token_host, digest)
-        if owner is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
+                                "no agent token or client certificate: enroll the host with "
+                                "`sockfleet collector enroll`")
         if owner != host_id:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"this token reports for host {owner!r}, not {host_id!r}")
@@ -133,16 +137,25 @@ class TokenBucket:
         return True
 
 
-def credentials(cert_file: str | None, key_file: str | None) -> grpc.ServerCredentials | None:
+def credentials(cert_file: str | None, key_file: str | None,
+                client_ca_file: str | None = None) -> grpc.ServerCredentials | None:
+    """TLS from a certificate and key; with ``client_ca_file``, agents must show a certificate it signed."""
     if not cert_file and not key_file:
+        if client_ca_file:
+            raise CollectorError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if not (cert_file and key_file):
         raise CollectorError("--tls-cert and --tls-key go together")
     try:
         with open(cert_file, "rb") as cert, open(key_file, "rb") as key:
-            return grpc.ssl_server_credentials([(key.read(), cert.read())])
+            pair = (key.read(), cert.read())
+        client_ca = None
+        if client_ca_file:
+            with open(client_ca_file, "rb") as ca:
+                client_ca = ca.read()
     except OSError as exc:
         raise CollectorError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 async def start(

@@ -26,7 +26,10 @@ def parse_time(text: str, option: str = "--at") -> datetime:
         return now()
     match = RELATIVE.match(value)
     if match:
-        return now() - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+        try:
+            return now() - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+        except OverflowError:
+            raise UsageError(f"{option}: {text!r} reaches before the year 1") from None
     try:
         moment = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
@@ -43,7 +46,10 @@ def parse_duration(text: str, option: str = "--interval") -> float:
     match = DURATION.match(text.strip())
     if not match or float(match.group(1)) <= 0:
         raise UsageError(f"{option}: {text!r} is not a duration (like 15s, 2m, 500ms)")
-    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+    seconds = float(match.group(1)) * UNITS[match.group(2) or "s"]
+    if seconds > 100 * 365 * 86400:
+        raise UsageError(f"{option}: {text!r} is longer than a century")
+    return seconds
 
 
 def rfc3339(moment: datetime | None) -> str | None:

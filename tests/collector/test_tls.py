@@ -72,3 +72,52 @@ def test_serve_refuses_plain_text_unless_asked(db_url: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == ("sockfleet: error: collector serve needs --tls-cert and --tls-key, "
                                      "or --insecure for plain text")
+
+
+def client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A client certificate whose common name is ``name``, signed by the test CA."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1")
+    return folder / f"{name}.pem", folder / f"{name}.key"
+
+
+def test_mutual_tls_names_the_host(tmp_path: Path, db_url: str) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    mine = client_certificate(tmp_path, "mtls-host")
+    other = client_certificate(tmp_path, "someone-else")
+    collector = subprocess.Popen(
+        sockfleet("collector", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+                  "--tls-client-ca", str(ca), "--db", db_url),
+        stderr=subprocess.PIPE, text=True, env=E2E_ENV, cwd=ROOT,
+    )
+    assert collector.stderr is not None
+    port = int(collector.stderr.readline().split("127.0.0.1:")[1].split()[0])
+
+    def agent(host: str, pair: tuple[Path, Path]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--ca", str(ca), "--interval", "0.5s",
+                      "--namespaces", "current", "--host", host, "--tls-cert", str(pair[0]),
+                      "--tls-key", str(pair[1])),
+            stderr=subprocess.DEVNULL, env=E2E_ENV, cwd=ROOT,
+        )
+
+    good, impostor = agent("mtls-host", mine), agent("victim-host", other)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "mtls-host" not in ask(db_url, "hosts").stdout:
+            time.sleep(0.3)
+        hosts = ask(db_url, "hosts").stdout
+        assert "mtls-host" in hosts
+        assert "victim-host" not in hosts  # a certificate for someone else may not report for this host
+    finally:
+        for proc in (good, impostor):
+            proc.terminate()
+            proc.wait(timeout=20)
+        collector.terminate()
+        collector.wait(timeout=20)
+        collector.stderr.close()
