@@ -138,25 +138,30 @@ def test_ports_before_between_and_after(collector: Collector) -> None:
 
 
 def test_collector_restart_loses_nothing(collector: Collector) -> None:
+    from tests.collector.truth import Truth
+
     db_url, port = collector.db_url, collector.port
     agent = Agent(port, "restart-host")
+    truth = Truth()
     try:
-        listener = socket.create_server(("127.0.0.1", 0))
-        wait_for(lambda: bool(ports(db_url, "--port", str(listener.getsockname()[1]))), "the listener")
-        collector.stop(signal.SIGKILL)
-        second = socket.create_server(("127.0.0.1", 0))
-        time.sleep(1.5)  # the agent keeps scanning while the collector is down
+        wait_for(lambda: "restart-host" in ask(db_url, "hosts").stdout, "the first snapshot")
+        listener = truth.open()
+        wait_for(lambda: bool(ports(db_url, "--port", str(listener))), "the listener")
+        collector.stop(signal.SIGKILL)  # killed while the agent streams every half second
+        second = truth.open()
+        time.sleep(1)
+        truth.close(listener)
+        time.sleep(0.5)  # the agent keeps scanning while the collector is down
         restarted = Collector(db_url, port)
         try:
-            wait_for(lambda: bool(ports(db_url, "--port", str(second.getsockname()[1]))), "reconnection")
-            rows = ports(db_url, "--port", str(listener.getsockname()[1]))
-            assert len(rows) == 1  # the reconnection's full snapshot did not duplicate it
+            wait_for(lambda: bool(ports(db_url, "--port", str(second))), "reconnection")
+            wait_for(lambda: not ports(db_url, "--port", str(listener)), "the closed listener")
+            truth.check(db_url, "restart-host", interval=0.5)  # one life each: nothing lost, nothing doubled
         finally:
             restarted.stop()
-        listener.close()
-        second.close()
     finally:
         agent.stop()
+        truth.close_all()
 
 
 def stream(port: int, messages: list[pb.AgentMessage]) -> list[pb.CollectorMessage]:

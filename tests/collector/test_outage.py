@@ -1,15 +1,15 @@
-"""PostgreSQL stopped and started while an agent streams: nothing acknowledged is lost, nothing doubled."""
+"""PostgreSQL stopped and started while an agent streams: the stored history equals the ground truth."""
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
 
 from tests import postgres
-from tests.collector.test_e2e import Agent, Collector, ports, wait_for
+from tests.collector.test_e2e import Agent, Collector, ask, ports, wait_for
+from tests.collector.truth import Truth
 
 
 @pytest.mark.skipif(bool(os.environ.get("SOCKFLEET_TEST_PG_URL")), reason="stops a server it started itself")
@@ -18,22 +18,23 @@ def test_database_outage_costs_nothing() -> None:
         db_url = cluster.database()
         collector = Collector(db_url)
         agent = Agent(collector.port, "outage-host")
-        first = socket.create_server(("127.0.0.1", 0))
-        second: socket.socket | None = None
+        truth = Truth()
         try:
-            wait_for(lambda: bool(ports(db_url, "--port", str(first.getsockname()[1]))), "the first listener")
+            wait_for(lambda: "outage-host" in ask(db_url, "hosts").stdout, "the first snapshot")
+            first = truth.open()
+            wait_for(lambda: bool(ports(db_url, "--port", str(first))), "the first listener")
             cluster.stop()  # immediate stop: like a crash of the database server
-            second = socket.create_server(("127.0.0.1", 0))
-            wait_for(lambda: collector.proc.poll() is None, "the collector to stay up", timeout=3)
-            time.sleep(2)  # the agent keeps scanning; the collector answers UNAVAILABLE and it backs off
+            second = truth.open()
+            time.sleep(1)
+            truth.close(first)
+            time.sleep(1)  # the agent keeps scanning; the collector answers UNAVAILABLE and it backs off
+            assert collector.proc.poll() is None
             cluster.start()
-            port = second.getsockname()[1]
-            wait_for(lambda: bool(ports(db_url, "--port", str(port))), "the listener opened during the outage",
+            wait_for(lambda: bool(ports(db_url, "--port", str(second))), "the listener opened during the outage",
                      timeout=90)
-            assert len(ports(db_url, "--port", str(first.getsockname()[1]))) == 1
+            time.sleep(1)
+            truth.check(db_url, "outage-host", interval=0.5)
         finally:
             agent.stop()
             collector.stop()
-            first.close()
-            if second is not None:
-                second.close()
+            truth.close_all()

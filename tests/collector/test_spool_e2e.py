@@ -88,3 +88,16 @@ def test_outage_and_agent_kill_leave_no_hole(tmp_path: Path) -> None:
     assert len(during) >= 6
     steps = [(b - a).total_seconds() for a, b in itertools.pairwise(taken)]
     assert max(steps) < 3 * INTERVAL + 2.5  # the agent's own restart is the longest pause
+
+
+def test_sigterm_writes_what_waits(tmp_path: Path) -> None:
+    """An agent stopped while the collector is away keeps its scans on disk for the next run."""
+    proc = agent(1, tmp_path / "spool")  # port 1: nothing listens there
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    from agent.spool import Spool
+
+    waiting = Spool(str(tmp_path / "spool"))
+    assert len(waiting) >= 2
+    assert waiting.head_snapshot().sockets  # the first waiting scan, in full
