@@ -154,9 +154,21 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
             _port(key.local_port, f"{where}.key.local_port"),
             remote, _port(key.remote_port, f"{where}.key.remote_port") if remote else None, None,
         )
-    # Deterministic serialization of the key: the same socket always gets the same digest.
-    digest = hashlib.blake2b(key.SerializeToString(deterministic=True), digest_size=16).hexdigest()
-    return digest, identity
+    return key_digest(key), identity
+
+
+def key_digest(key: pb.SocketKey) -> str:
+    """Deterministic serialization of the key: the same socket always gets the same digest."""
+    return hashlib.blake2b(key.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+
+
+def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
+    """The versioned attributes as ``socket_row`` stores them, unchecked: equal to a stored row means valid."""
+    return (
+        STATES.get(sock.state), sock.peer_inode or None, sock.uid if sock.HasField("uid") else None,
+        sock.user or None, sock.pid if sock.HasField("pid") else None, sock.process or None, sock.cmdline or None,
+        sock.owners,
+    )
 
 
 def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:

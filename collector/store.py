@@ -160,14 +160,20 @@ class Store:
         return Outcome(acked=True, rows_written=counts[0] + counts[2])
 
     def _snapshot(self, conn: Connection, ref: int, message: pb.Snapshot, moment: datetime) -> tuple[int, int, int]:
-        rows = [convert.socket_row(sock, f"snapshot.sockets[{i}]") for i, sock in enumerate(message.sockets)]
-        listed = {row.key: row for row in rows}
-        if len(listed) != len(rows):
-            raise RejectedMessage("snapshot.sockets: the same socket is listed twice")
         held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(OPEN_ROWS, {"ref": ref})}
-        closing = [row_id for key, (row_id, versioned) in held.items()
-                   if key not in listed or listed[key].versioned != versioned]
-        opening = [row for row in rows if row.key not in held or held[row.key][1] != row.versioned]
+        listed: set[str] = set()
+        opening: list[convert.SocketRow] = []
+        for index, sock in enumerate(message.sockets):
+            digest = convert.key_digest(sock.key)
+            if digest in listed:
+                raise RejectedMessage(f"snapshot.sockets[{index}]: the same socket is listed twice")
+            listed.add(digest)
+            stored = held.get(digest)
+            if stored is not None and stored[1] == convert.stored_versioned(sock):
+                continue  # unchanged: already checked when it was stored, and nothing to write
+            opening.append(convert.socket_row(sock, f"snapshot.sockets[{index}]"))
+        changed_keys = {row.key for row in opening}
+        closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
         for chunk in _chunks(closing):
             conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment})
         self._insert(conn, ref, opening, moment)
