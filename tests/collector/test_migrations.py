@@ -10,7 +10,7 @@ from sqlalchemy import Engine, inspect, text
 from collector import db
 from collector.schema import metadata
 
-VIEWS = {"current_sockets", "listeners", "socket_history"}
+VIEWS = {"current_sockets", "listeners", "socket_history", "edges"}
 
 
 def test_one_head() -> None:

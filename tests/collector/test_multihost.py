@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.collector.test_e2e import ENV, ask
 from tests.conftest import ROOT
@@ -154,6 +155,15 @@ def test_three_hosts_and_the_outside(network: Network, tmp_path: Path) -> None:
     expected = {WEB_B, WEB_C, DNS_B, CALL_OUT, CALL_IN, UNIX_A}
     wait_until(lambda: expected <= talks(db_url), "every edge", show=lambda: talks(db_url))
     assert talks(db_url) == expected
+
+    engine = create_engine(db_url)  # the SQL view says the same as the command
+    with engine.connect() as conn:
+        viewed = {(r.proto, r.client_host or r.client_address, r.client_process, r.server_host or r.server_address,
+                   r.server_port, r.server_process, r.connections, r.direction)
+                  for r in conn.execute(text("SELECT * FROM edges"))
+                  if r.server_address != SWITCH and r.client_process != "python"}
+    engine.dispose()
+    assert viewed == expected
 
     hosts = {h["host"]: h for h in json.loads(ask(db_url, "hosts", "--format", "json").stdout)}
     assert set(hosts) == {"host-a", "host-b", "host-c"}

@@ -108,3 +108,13 @@ def test_socketpair_inside_one_process_is_not_an_edge(engine: Engine) -> None:
                                                unix(None, 3, 4, "parent", pid=8), unix(None, 4, 3, "child", pid=9)]))
     with engine.connect() as conn:
         assert brief(edges(conn, Window(at(1)))) == {("unix", "solo", "child", "solo", None, "parent", 1, "unix pair")}
+
+
+def test_edges_view_agrees_with_talks(fleet_store: Store, engine: Engine) -> None:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM edges"))]
+        now = edges(conn, Window(None))
+    assert brief(rows) == brief(now)
+    assert len(rows) == len(now) == 7
