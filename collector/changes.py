@@ -21,7 +21,9 @@ DIFF_FIELDS = ("change", "kind", *SOCKET_FIELDS, *[f for f in EDGE_FIELDS if f n
 def history(conn: Connection, host: str, port: int | None = None, path: str | None = None,
             since: datetime | None = None) -> list[dict[str, Any]]:
     """Every socket interval of ``host`` (optionally on one local port or path) alive at or after ``since``."""
-    conditions = [hosts.c.name == host]
+    ref = conn.execute(select(hosts.c.id).where(hosts.c.name == host)).scalar()
+    # By the host's row id, so that the planner walks ix_sockets_host_ref_valid_from in order.
+    conditions = [sockets.c.host_ref == ref]
     if port is not None:
         conditions.append(sockets.c.local_port == port)
     if path is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, not_, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, literal_column, not_, or_, select
 
 from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from collector.times import now
@@ -101,7 +101,9 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     refs = list(seen.known) + list(seen.unknown) if at is None else list(seen.known)
     conditions: list[ColumnElement[bool]] = [_alive_at(at), sockets.c.host_ref.in_(refs)]
     if only_listening:
-        conditions.append(listening())
+        # The IN term repeats what listening() implies, in the form the partial index ix_sockets_listening
+        # names: with literal values, which SQLite needs to see that the index applies.
+        conditions += [sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]), listening()]
     if filters.host is not None:
         conditions.append(hosts.c.name == filters.host)
     if filters.port is not None:

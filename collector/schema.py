@@ -92,9 +92,15 @@ sockets = Table(
     Column("tx_queue", BigInteger, nullable=False),
     Column("valid_from", DateTime, nullable=False),
     Column("valid_to", DateTime),
+    Index(None, "host_ref", "valid_from"),
     Index(None, "valid_from"),
     Index(None, "valid_to"),
     Index(None, "local_port"),
+)
+# Listeners are a few rows among many connections: "what listened at T" reads only them.
+Index(
+    "ix_sockets_listening", sockets.c.host_ref, sockets.c.valid_from,
+    sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")), postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
 )
 # At most one open row per socket of a host: the database itself refuses a duplicate.
 Index(

@@ -20,6 +20,7 @@ server address.  A pair whose two ends belong to one process is left out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ def plain(address: str | None) -> str | None:
     return address
 
 
+@functools.lru_cache(maxsize=65536)
 def loopback(address: str) -> bool:
+    """Whether ``address`` is a loopback address (cached: a fleet has few distinct peers)."""
     try:
         return ipaddress.ip_address(plain(address) or "").is_loopback
     except ValueError:
