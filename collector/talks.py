@@ -164,12 +164,16 @@ def _inet(r: Any, names: dict[int, str], holders: dict[str, tuple[int, int]],
     if server_side:
         connection = (r.proto, remote, r.remote_port, local, r.local_port)
         end = ends.setdefault(connection, {"client_host": them})
-        end.update(server_host=me, server_process=local_process or r.process)
+        end["server_host"] = me
+        # Over a window one connection may be seen in several rows, some after its process let go
+        # (FIN_WAIT2, TIME_WAIT): a process once seen stays the end's process.
+        end["server_process"] = local_process or r.process or end.get("server_process")
     else:
         connection = (r.proto, local, r.local_port, remote, r.remote_port)
         end = ends.setdefault(connection, {"server_host": them, "server_process": remote_process})
-        end.update(client_host=me, client_process=r.process)
-        end.setdefault("server_process", remote_process)
+        end["client_host"] = me
+        end["client_process"] = r.process or end.get("client_process")
+        end["server_process"] = end.get("server_process") or remote_process
     if direction == "listener" or "direction" not in end:
         end["direction"] = direction
     end["first_seen"] = min(filter(None, (end.get("first_seen"), r.valid_from)), default=None)

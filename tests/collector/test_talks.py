@@ -118,3 +118,22 @@ def test_edges_view_agrees_with_talks(fleet_store: Store, engine: Engine) -> Non
         now = edges(conn, Window(None))
     assert brief(rows) == brief(now)
     assert len(rows) == len(now) == 7
+
+
+def test_window_keeps_the_process_of_a_connection_that_lingered(engine: Engine) -> None:
+    """A client exits: its socket lingers in FIN_WAIT2 without an owner before it goes."""
+    store = Store(engine)
+    web = store.hello(fleet.hello("web-1", addresses=(WEB,)))
+    app = store.hello(fleet.hello("app-1", addresses=(APP1,)))
+    store.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
+                                               inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")]))
+    client = inet("tcp", APP1, 40001, WEB, 80, 21, "curl")
+    store.apply(app, fleet.snapshot(1, at(0), [client]))
+    orphan = inet("tcp", APP1, 40001, WEB, 80, 0, "", state=5)  # FIN_WAIT2, inode 0, no process
+    orphan.ClearField("pid")
+    store.apply(app, fleet.delta(2, at(1), added=[orphan], removed=[client]))
+    store.apply(app, fleet.delta(3, at(2), removed=[orphan]))
+    store.apply(web, fleet.delta(2, at(2), removed=[inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")]))
+    with engine.connect() as conn:
+        rows = brief(edges(conn, Window(at(0), at(3))))
+    assert rows == {("tcp", "app-1", "curl", "web-1", 80, "nginx", 1, "listener")}
