@@ -74,7 +74,7 @@ def test_network_cut_then_restored(network: Network, tmp_path: Path) -> None:
     wait_for(lambda: bool(ports(db_url, "--port", str(during))), "the scans taken during the cut", timeout=60)
     time.sleep(1.5)
     truth.check(db_url, "host-a", INTERVAL)
-    assert max(observation_steps(db_url, "host-a")) < 3 * INTERVAL  # no hole
+    assert max(observation_steps(db_url, "host-a")) < 3 * INTERVAL + 1.5  # no hole: the cut lasted 4 s
     assert before in {r["local_port"] for r in ports(db_url, "--host", "host-a")}
     truth.close_all()
 
