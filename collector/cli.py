@@ -1,4 +1,5 @@
-"""``sockfleet collector ...``, the questions (``hosts``, ``sockets``, ``ports``) and ``demo``."""
+"""``sockfleet collector ...``, ``demo``, and the parser of every collector-side command (handlers of
+the questions are in ``collector.questions``)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,18 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
-from collector import audit, changes, db, output, queries
+from collector import db, output, queries, questions
 from collector import store as store_module
 from collector.errors import CollectorError, UsageError
 from collector.schema import observations
 from collector.server import credentials, start
 from collector.store import Store
-from collector.talks import EDGE_FIELDS, Window, edges
-from collector.times import now, parse_duration, parse_time, rfc3339
+from collector.times import now, parse_duration
 
 PROTOS = ("tcp", "udp", "unix")
-SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
@@ -130,162 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_db(url: str | None) -> Engine:
-    engine = db.engine(url)
-    db.require_current(engine)
-    return engine
-
-
-def _moment(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    moment = parse_time(text, option)
-    if moment > now():
-        raise UsageError(f"{option} {text}: that is in the future")
-    return moment
-
-
-def talks_command(args: argparse.Namespace) -> int:
-    at = _moment(args.at, "--at")
-    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
-    if at is not None and (since or until):
-        raise UsageError("--at goes alone; --since and --until give a window")
-    if until is not None and since is None:
-        raise UsageError("--until needs --since")
-    if since is not None and until is not None and until < since:
-        raise UsageError("--until is earlier than --since")
-    window = Window(since, until or now()) if since is not None else Window(at)
-    engine = open_db(args.db)
-    with engine.connect() as conn:
-        if args.host is not None and args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
-        rows = edges(conn, window)
-        seen = queries.observed(conn, window.end or window.start)
-    if args.host is not None:
-        rows = [r for r in rows if args.host in (r["client_host"], r["server_host"])]
-    if args.port is not None:
-        rows = [r for r in rows if r["server_port"] == args.port]
-    if args.process is not None:
-        rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
-    if args.format == "dot":
-        sys.stdout.write(output.dot(rows))
-    else:
-        for row in rows:
-            row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
-            row["server"] = _end(row["server_host"], row["server_address"], row["server_process"])
-        output.write(rows, EDGE_FIELDS, sys.stdout, args.format,
-                     ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"))
-    _warn_unknown(seen, window.end or window.start, args.host)
-    return 0
-
-
-def _end(host: str | None, address: str | None, process: str | None) -> str:
-    place = host or f"{address} (external)"
-    return f"{place} {process}" if process else place
-
-
-def history_command(args: argparse.Namespace) -> int:
-    since = _moment(args.since, "--since")
-    engine = open_db(args.db)
-    with engine.connect() as conn:
-        if args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
-        rows = changes.history(conn, args.host, args.port, args.path, since)
-    for row in rows:
-        row["local"], row["remote"] = output.endpoint(row), _remote(row)
-    output.write(rows, changes.HISTORY_FIELDS, sys.stdout, args.format,
-                 ("valid_from", "valid_to", "proto", "state", "local", "remote", "pid", "process"))
-    return 0
-
-
-def diff_command(args: argparse.Namespace) -> int:
-    start, end = _moment(args.start, "--from"), _moment(args.end, "--to")
-    assert start is not None and end is not None
-    if end < start:
-        raise UsageError("--to is earlier than --from")
-    engine = open_db(args.db)
-    with engine.connect() as conn:
-        if args.host is not None and args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
-        rows, left_out = changes.diff(conn, start, end, args.host)
-    for row in rows:
-        if row["kind"] == "listener":
-            row["what"] = f"{row['host']} {output.endpoint(row)} {row.get('process') or ''}".rstrip()
-        else:
-            client = _end(row["client_host"], row["client_address"], row["client_process"])
-            server = _end(row["server_host"], row["server_address"], row["server_process"])
-            row["what"] = f"{client} -> {server} {row['proto']}/{row['server_port'] or row['server_address']}"
-    output.write(rows, changes.DIFF_FIELDS, sys.stdout, args.format, ("change", "kind", "what"))
-    if left_out:
-        print(f"left out (not observed at both moments): {', '.join(left_out)}", file=sys.stderr)
-    return 0
-
-
-def audit_command(args: argparse.Namespace) -> int:
-    at = _moment(args.at, "--at")
-    rules = audit.load_policy(args.policy) if args.policy else []
-    window = timedelta(seconds=parse_duration(args.new_within, "--new-within"))
-    engine = open_db(args.db)
-    with engine.connect() as conn:
-        findings, unknown = audit.audit(conn, at, rules, window, at or now())
-    violations = [f for f in findings if f["severity"] == "violation"]
-    if args.format == "json":
-        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "json")
-    else:
-        for finding in findings:
-            finding["listener"] = f"{finding['host']} {output.endpoint(finding)}"
-        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "table",
-                     ("severity", "finding", "listener", "process", "detail"))
-        print(f"{len(violations)} violation(s), {len(findings) - len(violations)} notice(s)")
-    if unknown:
-        print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=sys.stderr)
-    return 1 if violations else 0
-
-
-def question(args: argparse.Namespace) -> int:
-    at = parse_time(args.at) if args.at else None
-    if at is not None and at > now():
-        raise UsageError(f"--at {args.at}: that is in the future")
-    engine = open_db(args.db)
-    with engine.connect() as conn:
-        if args.command == "hosts":
-            rows = queries.host_rows(conn, at)
-            output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
-                         ("host", "status", "addresses", "sockets", "last_seen", "agent_version"))
-            return 0
-        if args.host is not None and args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
-        seen = queries.observed(conn, at)
-        filters = queries.Filters(args.host, args.port, args.proto, args.process, args.exposed)
-        rows = queries.sockets_at(conn, at, filters, only_listening=args.command == "ports", hosts_known=seen)
-    if args.format == "table":
-        for row in rows:
-            row["local"] = output.endpoint(row)
-            row["remote"] = _remote(row)
-    output.write(rows, queries.SOCKET_FIELDS, sys.stdout, args.format, SOCKET_TABLE)
-    _warn_unknown(seen, at, args.host)
-    return 0
-
-
-def _remote(row: dict[str, Any]) -> str:
-    if row["proto"] == "unix":
-        return f"peer {row['peer_inode']}" if row.get("peer_inode") else ""
-    address = row.get("remote_address")
-    if address is None:
-        return "*"
-    return f"[{address}]:{row['remote_port']}" if ":" in address else f"{address}:{row['remote_port']}"
-
-
-def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None) -> None:
-    names = sorted(name for name in seen.unknown.values() if host is None or name == host)
-    if not names:
-        return
-    if at is None:
-        print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=sys.stderr)
-    else:
-        print(f"unknown at {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr)
-
-
 async def serve(args: argparse.Namespace) -> int:
     creds = credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     if creds is None and not args.insecure:
@@ -344,8 +185,8 @@ async def demo(args: argparse.Namespace) -> int:
             with engine.connect() as conn:
                 rows = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
             for row in rows:
-                row["local"], row["remote"] = output.endpoint(row), _remote(row)
-            output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", SOCKET_TABLE)
+                row["local"], row["remote"] = output.endpoint(row), questions.remote(row)
+            output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", questions.SOCKET_TABLE)
             sys.stdout.flush()
             if not args.once:
                 print(f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {engine.url}` "
@@ -402,10 +243,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(_join_relative_times(argv))
     logging.basicConfig(level=logging.INFO if os.environ.get("SOCKFLEET_VERBOSE") else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    commands = {"talks": talks_command, "history": history_command, "diff": diff_command, "audit": audit_command,
+    commands = {"talks": questions.talks_command, "history": questions.history_command,
+                "diff": questions.diff_command, "audit": questions.audit_command,
                 "demo": lambda a: asyncio.run(demo(a)), "collector": collector_command}
     try:
-        return commands.get(args.command, question)(args)
+        return commands.get(args.command, questions.question)(args)
     except CollectorError as exc:
         if args.debug:
             raise

@@ -1,0 +1,177 @@
+"""The questions: ``hosts``, ``sockets``, ``ports``, ``talks``, ``history``, ``diff`` and ``audit``.
+
+Each handler takes the parsed arguments, asks the database through ``collector.queries`` (and its
+siblings), prints rows in the chosen format and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from collector import audit, changes, db, output, queries
+from collector.errors import UsageError
+from collector.talks import EDGE_FIELDS, Window, edges
+from collector.times import now, parse_duration, parse_time, rfc3339
+
+SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
+
+
+def open_db(url: str | None) -> Engine:
+    engine = db.engine(url)
+    db.require_current(engine)
+    return engine
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    moment = parse_time(text, option)
+    if moment > now():
+        raise UsageError(f"{option} {text}: that is in the future")
+    return moment
+
+
+def talks_command(args: argparse.Namespace) -> int:
+    at = _moment(args.at, "--at")
+    since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
+    if at is not None and (since or until):
+        raise UsageError("--at goes alone; --since and --until give a window")
+    if until is not None and since is None:
+        raise UsageError("--until needs --since")
+    if since is not None and until is not None and until < since:
+        raise UsageError("--until is earlier than --since")
+    window = Window(since, until or now()) if since is not None else Window(at)
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.host is not None and args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        rows = edges(conn, window)
+        seen = queries.observed(conn, window.end or window.start)
+    if args.host is not None:
+        rows = [r for r in rows if args.host in (r["client_host"], r["server_host"])]
+    if args.port is not None:
+        rows = [r for r in rows if r["server_port"] == args.port]
+    if args.process is not None:
+        rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
+    if args.format == "dot":
+        sys.stdout.write(output.dot(rows))
+    else:
+        for row in rows:
+            row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
+            row["server"] = _end(row["server_host"], row["server_address"], row["server_process"])
+        output.write(rows, EDGE_FIELDS, sys.stdout, args.format,
+                     ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"))
+    _warn_unknown(seen, window.end or window.start, args.host)
+    return 0
+
+
+def _end(host: str | None, address: str | None, process: str | None) -> str:
+    place = host or f"{address} (external)"
+    return f"{place} {process}" if process else place
+
+
+def history_command(args: argparse.Namespace) -> int:
+    since = _moment(args.since, "--since")
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        rows = changes.history(conn, args.host, args.port, args.path, since)
+    for row in rows:
+        row["local"], row["remote"] = output.endpoint(row), remote(row)
+    output.write(rows, changes.HISTORY_FIELDS, sys.stdout, args.format,
+                 ("valid_from", "valid_to", "proto", "state", "local", "remote", "pid", "process"))
+    return 0
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    start, end = _moment(args.start, "--from"), _moment(args.end, "--to")
+    assert start is not None and end is not None
+    if end < start:
+        raise UsageError("--to is earlier than --from")
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.host is not None and args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        rows, left_out = changes.diff(conn, start, end, args.host)
+    for row in rows:
+        if row["kind"] == "listener":
+            row["what"] = f"{row['host']} {output.endpoint(row)} {row.get('process') or ''}".rstrip()
+        else:
+            client = _end(row["client_host"], row["client_address"], row["client_process"])
+            server = _end(row["server_host"], row["server_address"], row["server_process"])
+            row["what"] = f"{client} -> {server} {row['proto']}/{row['server_port'] or row['server_address']}"
+    output.write(rows, changes.DIFF_FIELDS, sys.stdout, args.format, ("change", "kind", "what"))
+    if left_out:
+        print(f"left out (not observed at both moments): {', '.join(left_out)}", file=sys.stderr)
+    return 0
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    at = _moment(args.at, "--at")
+    rules = audit.load_policy(args.policy) if args.policy else []
+    window = timedelta(seconds=parse_duration(args.new_within, "--new-within"))
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        findings, unknown = audit.audit(conn, at, rules, window, at or now())
+    violations = [f for f in findings if f["severity"] == "violation"]
+    if args.format == "json":
+        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "json")
+    else:
+        for finding in findings:
+            finding["listener"] = f"{finding['host']} {output.endpoint(finding)}"
+        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "table",
+                     ("severity", "finding", "listener", "process", "detail"))
+        print(f"{len(violations)} violation(s), {len(findings) - len(violations)} notice(s)")
+    if unknown:
+        print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=sys.stderr)
+    return 1 if violations else 0
+
+
+def question(args: argparse.Namespace) -> int:
+    at = parse_time(args.at) if args.at else None
+    if at is not None and at > now():
+        raise UsageError(f"--at {args.at}: that is in the future")
+    engine = open_db(args.db)
+    with engine.connect() as conn:
+        if args.command == "hosts":
+            rows = queries.host_rows(conn, at)
+            output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
+                         ("host", "status", "addresses", "sockets", "last_seen", "agent_version"))
+            return 0
+        if args.host is not None and args.host not in queries.host_names(conn):
+            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        seen = queries.observed(conn, at)
+        filters = queries.Filters(args.host, args.port, args.proto, args.process, args.exposed)
+        rows = queries.sockets_at(conn, at, filters, only_listening=args.command == "ports", hosts_known=seen)
+    if args.format == "table":
+        for row in rows:
+            row["local"] = output.endpoint(row)
+            row["remote"] = remote(row)
+    output.write(rows, queries.SOCKET_FIELDS, sys.stdout, args.format, SOCKET_TABLE)
+    _warn_unknown(seen, at, args.host)
+    return 0
+
+
+def remote(row: dict[str, Any]) -> str:
+    if row["proto"] == "unix":
+        return f"peer {row['peer_inode']}" if row.get("peer_inode") else ""
+    address = row.get("remote_address")
+    if address is None:
+        return "*"
+    return f"[{address}]:{row['remote_port']}" if ":" in address else f"{address}:{row['remote_port']}"
+
+
+def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None) -> None:
+    names = sorted(name for name in seen.unknown.values() if host is None or name == host)
+    if not names:
+        return
+    if at is None:
+        print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=sys.stderr)
+    else:
+        print(f"unknown at {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr)
