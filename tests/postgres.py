@@ -103,3 +103,16 @@ def cluster() -> Iterator[Cluster]:
         running.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    """A fresh empty database URL: ``sqlite`` in a temporary folder, or ``postgresql`` on a throwaway server."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite:///{folder}/sockfleet.db"
+    elif backend == "postgresql":
+        with cluster() as running:
+            yield running.database()
+    else:
+        raise ValueError(f"unknown backend {backend!r} (sqlite, postgresql)")

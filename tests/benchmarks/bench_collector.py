@@ -27,7 +27,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -238,12 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args(argv)
     for backend in args.backends.split(","):
-        if backend == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                bench("sqlite", f"sqlite:///{tmp}/bench.db", args)
-        else:
-            with postgres.cluster() as cluster:
-                bench("postgresql", cluster.database(), args)
+        with postgres.database(backend) as url:
+            bench(backend, url, args)
     return 0
 
 

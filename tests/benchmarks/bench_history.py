@@ -17,7 +17,6 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -162,12 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args(argv)
     for backend in args.backends.split(","):
-        if backend == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                bench("sqlite", f"sqlite:///{tmp}/history.db", args)
-        else:
-            with postgres.cluster() as cluster:
-                bench("postgresql", cluster.database(), args)
+        with postgres.database(backend) as url:
+            bench(backend, url, args)
     return 0
 
 
