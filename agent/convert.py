@@ -94,11 +94,3 @@ def coverage(cov: Coverage) -> pb.Coverage:
         namespaces_unscanned=[pb.UnscannedNamespace(netns=ns, reason=why) for ns, why in cov.namespaces_unscanned],
         processes_unreadable=cov.processes_unreadable,
     )
-
-
-def comparable_coverage(cov: Coverage) -> tuple[object, ...]:
-    """Coverage without timings: what must be resent when it changes."""
-    return (
-        tuple((s.source, s.netns, s.ok, s.error) for s in cov.sources),
-        cov.namespaces_scanned, cov.namespaces_unscanned, cov.processes_unreadable,
-    )

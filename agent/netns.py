@@ -8,7 +8,6 @@ scanning another namespace means: ``setns`` into it, create the socket, and
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -111,7 +110,3 @@ def entered(ns: Namespace) -> Iterator[None]:
             _setns(home)
     finally:
         os.close(home)
-
-
-def is_permission_error(exc: OSError) -> bool:
-    return exc.errno in (errno.EPERM, errno.EACCES)

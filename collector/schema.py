@@ -137,9 +137,5 @@ credentials = Table(
     Index(None, "host_id"),
 )
 
-# The documented views (current_sockets, listeners, socket_history) are made by the
+# The documented views (current_sockets, listeners, socket_history, edges) are made by the
 # migrations, which state their SQL; see migrations/versions.
-LISTENING = (
-    "(state = 'LISTEN' OR (proto = 'udp' AND state = 'UNCONN') "
-    "OR (proto = 'unix' AND type = 'dgram' AND state = 'UNCONN' AND path IS NOT NULL))"
-)
