@@ -183,7 +183,7 @@ class Streamer:
             try:
                 while (head := await self._next(stop)) is not None:
                     self.seq += 1
-                    coverage = head.coverage.SerializeToString(deterministic=True)
+                    coverage = _coverage_key(head.coverage)
                     if full:
                         snapshot = self.spool.head_snapshot()
                         snapshot.epoch, snapshot.seq = self.epoch, self.seq
@@ -211,6 +211,15 @@ class Streamer:
                     self.acked += 1
             finally:
                 call.cancel()
+
+
+def _coverage_key(coverage: pb.Coverage) -> bytes:
+    """What must be resent when it changes: the coverage without its timings, which differ every scan."""
+    steady = pb.Coverage()
+    steady.CopyFrom(coverage)
+    for source in steady.sources:
+        source.duration_us = 0
+    return steady.SerializeToString(deterministic=True)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import create_engine, text
 
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -131,6 +132,11 @@ def test_ports_before_between_and_after(collector: Collector) -> None:
         assert any(s["local_port"] == port and s["state"] == "LISTEN" for s in sockets)
         hosts = json.loads(ask(db_url, "hosts", "--format", "json").stdout)
         assert [(h["host"], h["status"]) for h in hosts] == [("e2e-host", "live")]
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            kinds = [k for (k,) in conn.execute(text("SELECT kind FROM observations ORDER BY id"))]
+        engine.dispose()
+        assert kinds.count("heartbeat") >= 3  # quiet scans send no coverage and store nothing but the log line
         assert "127.0.0.1" in hosts[0]["addresses"].split()
         udp.close()
     finally:
