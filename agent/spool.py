@@ -84,6 +84,7 @@ class Spool:
         self.base_taken_at_us = 0
         self.records: deque[pb.Delta] = deque()
         self.sizes: deque[int] = deque()
+        self.size = 0  # bytes of the waiting records, kept as they come and go
         self.tail: dict[convert.Key, convert.Entry] | None = None  # the last scan, to diff the next one
         self.persisting = False
         self.acknowledged_on_disk = 0
@@ -93,10 +94,6 @@ class Spool:
 
     def __len__(self) -> int:
         return len(self.records)
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes)
 
     # The producer: one record per scan.
 
@@ -114,10 +111,13 @@ class Spool:
         self.tail = current
         self.records.append(delta)
         self.sizes.append(delta.ByteSize())
-        self._bound()
-        if self.persisting:
+        self.size += self.sizes[-1]
+        if self._bound():
+            if self.persisting:
+                self.persist()  # the oldest records were composed: rewrite, the new record included
+        elif self.persisting:
             self._append_to_disk(delta)
-        elif len(self.records) > 1:
+        if not self.persisting and len(self.records) > 1:
             self.persist()  # the collector has not taken the previous scan: keep what waits on disk
 
     def _full_diff(self, current: dict[convert.Key, convert.Entry], delta: pb.Delta) -> None:
@@ -132,11 +132,13 @@ class Spool:
                 delta.changed.append(sock)
         delta.removed.extend(sock.key for key, sock in known.items() if key not in fresh)
 
-    def _bound(self) -> None:
+    def _bound(self) -> bool:
+        """Compose the oldest waiting records while over the bound; whether any were."""
+        composed = False
         while self.size > self.max_bytes and len(self.records) > 2:
+            composed = True
             first, second = self.records.popleft(), self.records.popleft()
-            self.sizes.popleft()
-            self.sizes.popleft()
+            self.size -= self.sizes.popleft() + self.sizes.popleft()
             merged = compose(first, second)
             # One range covers every scan dropped so far: from the earliest to this one.
             start = min([first.taken_at_us, *(g.from_us for g in merged.coverage.gaps)])
@@ -144,9 +146,9 @@ class Spool:
             merged.coverage.gaps.add(from_us=start, to_us=first.taken_at_us, reason="agent spool full")
             self.records.appendleft(merged)
             self.sizes.appendleft(merged.ByteSize())
+            self.size += self.sizes[0]
             log.warning("spool over %d bytes: dropped the scan taken at %d µs", self.max_bytes, first.taken_at_us)
-            if self.persisting:
-                self.persist()
+        return composed
 
     # The sender: the oldest waiting record, as a Delta on the base or as a full Snapshot.
 
@@ -163,7 +165,7 @@ class Spool:
     def pop(self) -> None:
         """The collector acknowledged the head: it becomes part of the base."""
         head = self.records.popleft()
-        self.sizes.popleft()
+        self.size -= self.sizes.popleft()
         apply(self.base, head)
         self.base_taken_at_us = head.taken_at_us
         if self.persisting:
@@ -242,6 +244,7 @@ class Spool:
             else:
                 self.records.append(message.delta)
                 self.sizes.append(message.delta.ByteSize())
+                self.size += self.sizes[-1]
         log.info("spool: %d scans waiting from an earlier run", len(self.records))
         self.persist()  # rewrite without the acknowledged and torn records
 

@@ -106,3 +106,12 @@ def test_spool_that_does_not_start_with_a_snapshot_is_set_aside(tmp_path: Path) 
 def test_key_bytes_are_stable() -> None:
     key = convert.socket_key(entry(22)[0])
     assert key_bytes(key) == key_bytes(pb.SocketKey.FromString(key.SerializeToString()))
+
+
+def test_bound_on_disk_writes_each_record_once(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=1)
+    for at, ports_open in enumerate([(22,), (22, 80), (80,), (80, 443), (443,)], start=1):
+        add(spool, scan(*ports_open), at)
+    again = Spool(str(tmp_path))
+    assert [r.taken_at_us for r in again.records] == [r.taken_at_us for r in spool.records]
+    assert ports(again.state()) == ports(spool.state()) == {443}
