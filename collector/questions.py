@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from collector import audit, changes, db, output, queries
 from collector.errors import UsageError
@@ -25,6 +25,12 @@ def open_db(url: str | None) -> Engine:
     engine = db.engine(url)
     db.require_current(engine)
     return engine
+
+
+def _require_host(conn: Connection, host: str | None) -> None:
+    """A ``--host`` that names no host is a usage error, not an empty answer."""
+    if host is not None and host not in queries.host_names(conn):
+        raise UsageError(f"--host {host}: no such host (see `sockfleet hosts`)")
 
 
 def _moment(text: str | None, option: str) -> datetime | None:
@@ -48,8 +54,7 @@ def talks_command(args: argparse.Namespace) -> int:
     window = Window(since, until or now()) if since is not None else Window(at)
     engine = open_db(args.db)
     with engine.connect() as conn:
-        if args.host is not None and args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        _require_host(conn, args.host)
         rows = edges(conn, window)
         seen = queries.observed(conn, window.end or window.start)
     if args.host is not None:
@@ -79,8 +84,7 @@ def history_command(args: argparse.Namespace) -> int:
     since = _moment(args.since, "--since")
     engine = open_db(args.db)
     with engine.connect() as conn:
-        if args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        _require_host(conn, args.host)
         rows = changes.history(conn, args.host, args.port, args.path, since)
     for row in rows:
         row["local"], row["remote"] = output.endpoint(row), remote(row)
@@ -96,8 +100,7 @@ def diff_command(args: argparse.Namespace) -> int:
         raise UsageError("--to is earlier than --from")
     engine = open_db(args.db)
     with engine.connect() as conn:
-        if args.host is not None and args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        _require_host(conn, args.host)
         rows, left_out = changes.diff(conn, start, end, args.host)
     for row in rows:
         if row["kind"] == "listener":
@@ -134,9 +137,7 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def question(args: argparse.Namespace) -> int:
-    at = parse_time(args.at) if args.at else None
-    if at is not None and at > now():
-        raise UsageError(f"--at {args.at}: that is in the future")
+    at = _moment(args.at, "--at")
     engine = open_db(args.db)
     with engine.connect() as conn:
         if args.command == "hosts":
@@ -144,8 +145,7 @@ def question(args: argparse.Namespace) -> int:
             output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
                          ("host", "status", "addresses", "sockets", "last_seen", "agent_version"))
             return 0
-        if args.host is not None and args.host not in queries.host_names(conn):
-            raise UsageError(f"--host {args.host}: no such host (see `sockfleet hosts`)")
+        _require_host(conn, args.host)
         seen = queries.observed(conn, at)
         filters = queries.Filters(args.host, args.port, args.proto, args.process, args.exposed)
         rows = queries.sockets_at(conn, at, filters, only_listening=args.command == "ports", hosts_known=seen)

@@ -96,7 +96,7 @@ class Collector(pb_grpc.CollectorServicer):
                                 "`sockfleet collector enroll`")
         if owner != host_id:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"this token reports for host {owner!r}, not {host_id!r}")
+                                f"this agent's credential reports for host {owner!r}, not {host_id!r}")
 
     def _token_host(self, digest: str) -> str | None:
         with self.store.engine.connect() as conn:
