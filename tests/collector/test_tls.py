@@ -16,17 +16,18 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
 
 
+def openssl(folder: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A CA, and a certificate for 127.0.0.1 and localhost signed by it."""
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+    openssl(folder, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
             "-subj", "/CN=sockfleet test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "collector.key", "-out", "collector.csr",
+    openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "collector.key", "-out", "collector.csr",
             "-subj", "/CN=localhost")
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "collector.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+    openssl(folder, "x509", "-req", "-in", "collector.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "collector.pem", "-days", "1", "-extfile", "san.ext")
     return folder / "ca.pem", folder / "collector.pem", folder / "collector.key"
 
@@ -76,12 +77,9 @@ def test_serve_refuses_plain_text_unless_asked(db_url: str) -> None:
 
 def client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
     """A client certificate whose common name is ``name``, signed by the test CA."""
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+    openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
             "-subj", f"/CN={name}")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+    openssl(folder, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.pem", "-days", "1")
     return folder / f"{name}.pem", folder / f"{name}.key"
 
