@@ -57,7 +57,7 @@ def diff(conn: Connection, start: datetime, end: datetime, host: str | None = No
 
     def fleet_edges(moment: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
         found = {}
-        for edge in edges(conn, Window(moment)):
+        for edge in edges(conn, Window(moment), host):
             ends = {edge["client_host"], edge["server_host"]} - {None}
             if ends <= names and (host is None or host in ends):
                 found[_key(edge, EDGE_KEY)] = edge

@@ -45,7 +45,9 @@ def engine(url: str | None = None) -> Engine:
         event.listen(eng, "connect", _sqlite_pragmas)
         return eng
     try:
-        return create_engine(parsed, pool_pre_ping=True)
+        # No JIT: sockfleet's queries are short, and PostgreSQL's JIT compiles a large question's plan for
+        # seconds before it runs for a fraction of one.
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c jit=off"})
     except (NoSuchModuleError, ImportError) as exc:
         raise UsageError(f"no driver for {parsed.drivername}: {exc}") from exc
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, func, literal_column, not_, or_, select
 
+from collector import spans
 from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from collector.times import now
 
@@ -47,16 +48,15 @@ class Observed:
 def observed(conn: Connection, at: datetime | None) -> Observed:
     """Hosts whose last message at or before ``at`` (default now) is at most three intervals old."""
     moment = at or now()
+    # One index probe per host (observations by host_ref, taken_at), however long the history.
     last = (
-        select(observations.c.host_ref, func.max(observations.c.taken_at).label("taken_at"))
-        .where(observations.c.taken_at <= moment)
-        .group_by(observations.c.host_ref)
-        .subquery()
+        select(observations.c.taken_at)
+        .where(observations.c.host_ref == hosts.c.id, observations.c.taken_at <= moment)
+        .order_by(observations.c.taken_at.desc())
+        .limit(1)
+        .scalar_subquery()
     )
-    rows = conn.execute(
-        select(hosts.c.id, hosts.c.name, hosts.c.interval_seconds, last.c.taken_at)
-        .select_from(hosts.outerjoin(last, last.c.host_ref == hosts.c.id))
-    ).all()
+    rows = conn.execute(select(hosts.c.id, hosts.c.name, hosts.c.interval_seconds, last.label("taken_at"))).all()
     known, unknown = {}, {}
     for row in rows:
         window = timedelta(seconds=STALE_INTERVALS * row.interval_seconds)
@@ -65,12 +65,6 @@ def observed(conn: Connection, at: datetime | None) -> Observed:
         else:
             unknown[row.id] = row.name
     return Observed(known, unknown)
-
-
-def _alive_at(at: datetime | None) -> ColumnElement[bool]:
-    if at is None:
-        return sockets.c.valid_to.is_(None)
-    return and_(sockets.c.valid_from <= at, or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > at))
 
 
 def listening() -> ColumnElement[bool]:
@@ -99,7 +93,7 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     seen = hosts_known or observed(conn, at)
     # Now: every host's last known state (the caller flags stale hosts); at T: hosts observed then.
     refs = list(seen.known) + list(seen.unknown) if at is None else list(seen.known)
-    conditions: list[ColumnElement[bool]] = [_alive_at(at), sockets.c.host_ref.in_(refs)]
+    conditions: list[ColumnElement[bool]] = [spans.alive(at), sockets.c.host_ref.in_(refs)]
     if only_listening:
         # The IN term repeats what listening() implies, in the form the partial index ix_sockets_listening
         # names: with literal values, which SQLite needs to see that the index applies.
@@ -154,7 +148,7 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
     counts: dict[int, int] = {
         row[0]: row[1]
         for row in conn.execute(
-            select(sockets.c.host_ref, func.count()).where(_alive_at(at)).group_by(sockets.c.host_ref)
+            select(sockets.c.host_ref, func.count()).where(spans.alive(at)).group_by(sockets.c.host_ref)
         )
     }
     gaps: dict[int, int] = {

@@ -55,12 +55,8 @@ def talks_command(args: argparse.Namespace) -> int:
     engine = open_db(args.db)
     with engine.connect() as conn:
         _require_host(conn, args.host)
-        rows = edges(conn, window)
+        rows = edges(conn, window, args.host, args.port)
         seen = queries.observed(conn, window.end or window.start)
-    if args.host is not None:
-        rows = [r for r in rows if args.host in (r["client_host"], r["server_host"])]
-    if args.port is not None:
-        rows = [r for r in rows if r["server_port"] == args.port]
     if args.process is not None:
         rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
     if args.format == "dot":

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -92,7 +93,10 @@ sockets = Table(
     Column("tx_queue", BigInteger, nullable=False),
     Column("valid_from", DateTime, nullable=False),
     Column("valid_to", DateTime),
+    # Lifetime class of a closed row (collector/spans.py); null while the row is open.
+    Column("span", SmallInteger),
     Index(None, "host_ref", "valid_from"),
+    Index(None, "span", "valid_from", "valid_to"),
     Index(None, "valid_from"),
     Index(None, "valid_to"),
     Index(None, "local_port"),

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from collector import convert
+from collector import convert, spans
 from collector.errors import RejectedMessage
 from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from sockfleet.v1 import fleet_pb2 as pb
@@ -48,9 +48,9 @@ OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
     sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None))
 CLOSE_KEYS = update(sockets).where(and_(
     sockets.c.host_ref == bindparam("ref"), sockets.c.key.in_(bindparam("keys", expanding=True)),
-    sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"))
+    sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"), span=spans.closing_span())
 CLOSE_IDS = update(sockets).where(sockets.c.id.in_(bindparam("ids", expanding=True))).values(
-    valid_to=bindparam("moment"))
+    valid_to=bindparam("moment"), span=spans.closing_span())
 # Constant text made from the table's own column names; values are always bound.
 _QUOTED = ", ".join(f'"{column}"' for column in INSERT_COLUMNS)
 SQLITE_INSERT = f"INSERT INTO sockets ({_QUOTED}) VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})"  # noqa: S608
@@ -175,7 +175,7 @@ class Store:
         changed_keys = {row.key for row in opening}
         closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
         for chunk in _chunks(closing):
-            conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment})
+            conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
         self._insert(conn, ref, opening, moment)
         changed = sum(1 for row in opening if row.key in held)
         return len(opening) - changed, len(closing) - changed, changed
@@ -190,7 +190,8 @@ class Store:
         closing = removed + [row.key for row in changed]
         closed = 0
         for chunk in _chunks(closing):
-            closed += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment}).rowcount
+            closed += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
+                                                      **spans.cutoffs(moment)}).rowcount
         if closed != len(closing):
             raise _Resync("delta removes or changes a socket the collector does not hold")
         self._insert(conn, ref, added + changed, moment)

@@ -20,208 +20,323 @@ server address.  A pair whose two ends belong to one process is left out.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Select,
+    Subquery,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    not_,
+    null,
+    or_,
+    select,
+    union_all,
+)
 
+from collector import spans
 from collector.queries import observed
 from collector.schema import host_addresses, hosts, sockets
 from collector.times import now
 
-EPHEMERAL = range(32768, 61000)
-WILDCARDS = {"0.0.0.0", "::"}
+EPHEMERAL = (32768, 60999)
+WILDCARDS = ("0.0.0.0", "::")
 EDGE_FIELDS = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
                "server_port", "server_process", "connections", "first_seen", "last_seen", "direction")
-COLUMNS = (sockets.c.host_ref, sockets.c.netns, sockets.c.proto, sockets.c.type, sockets.c.state,
-           sockets.c.local_address, sockets.c.local_port, sockets.c.remote_address, sockets.c.remote_port,
-           sockets.c.path, sockets.c.inode, sockets.c.peer_inode, sockets.c.process, sockets.c.pid,
-           sockets.c.valid_from, sockets.c.valid_to)
-
-
-def plain(address: str | None) -> str | None:
-    """``"::ffff:10.0.0.5"`` → ``"10.0.0.5"``: an IPv4 peer of an IPv6 socket is that IPv4 address."""
-    if address is not None and address.startswith("::ffff:") and "." in address:
-        return address[7:]
-    return address
-
-
-@functools.lru_cache(maxsize=65536)
-def loopback(address: str) -> bool:
-    """Whether ``address`` is a loopback address (cached: a fleet has few distinct peers)."""
-    try:
-        return ipaddress.ip_address(plain(address) or "").is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class Edge:
-    proto: str
-    client_host: str | None
-    client_address: str | None
-    client_process: str | None
-    server_host: str | None
-    server_address: str | None
-    server_port: int | None
-    server_process: str | None
-    direction: str
-    connections: set[tuple[Any, ...]] = field(default_factory=set)
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
-
-    def row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in EDGE_FIELDS if name != "connections"} | {
-            "connections": len(self.connections)}
+# How an edge's direction was decided, weakest first; an edge takes its strongest connection's.
+LOWER_PORT, EPHEMERAL_PORT, LISTENER, UNIX_PAIR, UNIX_PATH = 1, 2, 3, 4, 5
+DIRECTIONS = {LOWER_PORT: "lower port", EPHEMERAL_PORT: "ephemeral port", LISTENER: "listener",
+              UNIX_PAIR: "unix pair", UNIX_PATH: "unix path"}
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """The sockets alive at ``start`` (``end`` None), or at any time within [start, end]."""
+    """The sockets alive at ``start`` (``end`` None), or at any time within [start, end]; now if start is None."""
 
     start: datetime | None
     end: datetime | None = None
 
-    def alive(self) -> Any:
-        if self.start is None:
-            return sockets.c.valid_to.is_(None)
-        end = self.end or self.start
-        return and_(sockets.c.valid_from <= end, or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > self.start))
 
+def edges(conn: Connection, window: Window, host: str | None = None, port: int | None = None) -> list[dict[str, Any]]:
+    """Every edge alive in ``window`` between hosts observed then (and external endpoints).
 
-def edges(conn: Connection, window: Window) -> list[dict[str, Any]]:
-    """Every edge alive in ``window`` between hosts observed then (and external endpoints)."""
+    With ``host``, only the edges with that host at one end; with ``port``, only those to that server
+    port.  The folding runs in the database, and reads only the sockets that can make such edges.
+    """
     seen = observed(conn, window.end or window.start)
     refs = set(seen.known) if window.start is not None else set(seen.known) | set(seen.unknown)
+    if not refs:
+        return []
     names = {row.id: row.name for row in conn.execute(select(hosts.c.id, hosts.c.name))}
     moment = window.end or window.start or now()
-    holders: dict[str, tuple[int, int]] = {}
-    for row in conn.execute(
-        select(host_addresses.c.address, host_addresses.c.host_ref, host_addresses.c.netns)
-        .where(host_addresses.c.valid_from <= moment,
-               or_(host_addresses.c.valid_to.is_(None), host_addresses.c.valid_to > moment))
-    ):
-        if row.host_ref in refs and not loopback(row.address):
-            holders.setdefault(plain(row.address) or "", (row.host_ref, row.netns))
-    rows = [r for r in conn.execute(select(*COLUMNS).where(window.alive(), sockets.c.host_ref.in_(refs)))]
-    listeners: dict[tuple[int, int, str, int], list[tuple[str | None, str | None]]] = {}
-    for r in rows:
-        if r.proto != "unix" and (r.state == "LISTEN" or (r.proto == "udp" and r.state == "UNCONN")):
-            listeners.setdefault((r.host_ref, r.netns, r.proto, r.local_port), []).append(
-                (plain(r.local_address), r.process))
-    ends: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in rows:
-        if r.proto == "unix" or r.remote_address is None or r.state in ("TIME_WAIT", "LISTEN"):
+    narrow = Narrow(port=port)
+    if host is not None:
+        mine = [ref for ref, name in names.items() if name == host and ref in refs]
+        narrow = Narrow(mine, _addresses(conn, mine, moment), port)
+    out = []
+    every_host = len(refs) == len(names)
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        # The planner cannot estimate how many rows "alive at T" keeps, and a guess of one row makes it pair
+        # sockets in nested loops; hash joins are right for every size here.
+        conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+        # Grouping half a million sockets by connection is done in memory, by hashing, not by sorting.
+        conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+    try:
+        rows = conn.execute(_query(window, sorted(refs), every_host, moment, narrow)).all()
+    finally:
+        if postgres:
+            conn.exec_driver_sql("RESET enable_nestloop")
+            conn.exec_driver_sql("RESET work_mem")
+    for row in rows:
+        edge = dict(row._mapping)
+        edge["client_host"] = names.get(edge.pop("client_ref"))
+        edge["server_host"] = names.get(edge.pop("server_ref"))
+        edge["direction"] = DIRECTIONS[edge.pop("evidence")]
+        if host is not None and host not in (edge["client_host"], edge["server_host"]):
             continue
-        _inet(r, names, holders, listeners, ends, moment)
-    folded: dict[tuple[Any, ...], Edge] = {}
-    for connection, end in ends.items():
-        _fold(folded, connection, end)
-    _unix([r for r in rows if r.proto == "unix" and r.peer_inode], names, folded, moment)
-    return sorted((edge.row() for edge in folded.values()),
-                  key=lambda e: (e["server_host"] or "~", e["server_port"] or 0, e["client_host"] or "~",
-                                 e["client_process"] or "", e["proto"]))
-
-
-def _listening(listeners: dict[tuple[int, int, str, int], list[tuple[str | None, str | None]]],
-               host: int | None, netns: int | None, proto: str, address: str | None,
-               port: int | None) -> tuple[bool, str | None]:
-    """Whether host's namespace listens on address:port (exactly or on a wildcard), and the process."""
-    if host is None or port is None:
-        return False, None
-    for bound, process in listeners.get((host, netns or 0, proto, port), ()):
-        if bound == address or bound in WILDCARDS:
-            return True, process
-    return False, None
-
-
-def _inet(r: Any, names: dict[int, str], holders: dict[str, tuple[int, int]],
-          listeners: dict[tuple[int, int, str, int], list[tuple[str | None, str | None]]],
-          ends: dict[tuple[Any, ...], dict[str, Any]], moment: datetime) -> None:
-    """Record what this socket tells of its connection: which end it is, its host and process."""
-    local, remote = plain(r.local_address), plain(r.remote_address)
-    if loopback(remote or ""):
-        peer: tuple[int, int] | None = (r.host_ref, r.netns)
-    else:
-        peer = holders.get(remote or "")
-    peer_host, peer_netns = peer if peer else (None, None)
-    local_listens, local_process = _listening(listeners, r.host_ref, r.netns, r.proto, local, r.local_port)
-    remote_listens, remote_process = _listening(listeners, peer_host, peer_netns, r.proto, remote, r.remote_port)
-    if local_listens and not remote_listens:
-        server_side, direction = True, "listener"
-    elif remote_listens and not local_listens:
-        server_side, direction = False, "listener"
-    elif (r.local_port in EPHEMERAL) != (r.remote_port in EPHEMERAL):
-        server_side, direction = r.remote_port in EPHEMERAL, "ephemeral port"
-    else:
-        server_side, direction = r.local_port < r.remote_port, "lower port"
-    me = names.get(r.host_ref)
-    them = names.get(peer_host) if peer_host is not None else None
-    if server_side:
-        connection = (r.proto, remote, r.remote_port, local, r.local_port)
-        end = ends.setdefault(connection, {"client_host": them})
-        end["server_host"] = me
-        # Over a window one connection may be seen in several rows, some after its process let go
-        # (FIN_WAIT2, TIME_WAIT): a process once seen stays the end's process.
-        end["server_process"] = local_process or r.process or end.get("server_process")
-    else:
-        connection = (r.proto, local, r.local_port, remote, r.remote_port)
-        end = ends.setdefault(connection, {"server_host": them, "server_process": remote_process})
-        end["client_host"] = me
-        end["client_process"] = r.process or end.get("client_process")
-        end["server_process"] = end.get("server_process") or remote_process
-    if direction == "listener" or "direction" not in end:
-        end["direction"] = direction
-    end["first_seen"] = min(filter(None, (end.get("first_seen"), r.valid_from)), default=None)
-    end["last_seen"] = max(filter(None, (end.get("last_seen"), r.valid_to or moment)), default=None)
-
-
-def _fold(folded: dict[tuple[Any, ...], Edge], connection: tuple[Any, ...], end: dict[str, Any]) -> None:
-    """Count one connection (both its ends merged) in its edge; client ports are folded away."""
-    proto, client_address, _, server_address, server_port = connection
-    client_host, server_host = end.get("client_host"), end.get("server_host")
-    key = (proto, client_host, None if client_host else client_address, end.get("client_process"), server_host,
-           None if server_host else server_address, server_port, end.get("server_process"))
-    edge = folded.get(key)
-    if edge is None:
-        edge = folded[key] = Edge(proto, client_host, None if client_host else client_address,
-                                  end.get("client_process"), server_host, server_address, server_port,
-                                  end.get("server_process"), end["direction"])
-    elif end["direction"] == "listener":
-        edge.direction = "listener"
-    edge.connections.add(connection)
-    edge.first_seen = min(filter(None, (edge.first_seen, end["first_seen"])), default=None)
-    edge.last_seen = max(filter(None, (edge.last_seen, end["last_seen"])), default=None)
-
-
-def _unix(rows: Iterable[Any], names: dict[int, str], folded: dict[tuple[Any, ...], Edge], moment: datetime) -> None:
-    by_inode = {(r.host_ref, r.inode): r for r in rows}
-    done: set[tuple[int, int]] = set()
-    for r in rows:
-        peer = by_inode.get((r.host_ref, r.peer_inode))
-        if peer is None or peer.peer_inode != r.inode or (r.host_ref, r.inode) in done:
+        if port is not None and edge["server_port"] != port:
             continue
-        done.update({(r.host_ref, r.inode), (r.host_ref, peer.inode)})
-        if r.pid is not None and r.pid == peer.pid:
-            continue  # a socketpair inside one process (an event loop's wake-up pipe): not a conversation
-        if r.path and not peer.path:
-            server, client, direction = r, peer, "unix path"
-        elif peer.path and not r.path:
-            server, client, direction = peer, r, "unix path"
-        else:
-            server, client = (r, peer) if (r.pid or 0) <= (peer.pid or 0) else (peer, r)
-            direction = "unix pair"
-        host = names.get(r.host_ref)
-        key = ("unix", host, client.process, host, server.path, server.process, direction)
-        edge = folded.get(key)
-        if edge is None:
-            edge = folded[key] = Edge("unix", host, None, client.process, host, server.path, None, server.process,
-                                      direction)
-        edge.connections.add((r.host_ref, min(r.inode, peer.inode)))
-        edge.first_seen = min(filter(None, (edge.first_seen, r.valid_from, peer.valid_from)), default=None)
-        ends = (edge.last_seen, r.valid_to or moment, peer.valid_to or moment)
-        edge.last_seen = max(filter(None, ends), default=None)
+        out.append({name: edge[name] for name in EDGE_FIELDS})
+    return sorted(out, key=lambda e: (e["server_host"] or "~", e["server_port"] or 0, e["client_host"] or "~",
+                                      e["client_process"] or "", e["proto"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Narrow:
+    """Which sockets can make the edges asked for: those of some hosts (or calling their addresses), and
+    those on a port at either end.  None: no limit."""
+
+    refs: list[int] | None = None
+    addresses: list[str] | None = None
+    port: int | None = None
+
+    def inet(self) -> list[ColumnElement[bool]]:
+        s = sockets.c
+        conditions = []
+        if self.refs is not None:
+            conditions.append(or_(s.host_ref.in_(self.refs), s.remote_address.in_(self.addresses or [])))
+        if self.port is not None:
+            conditions.append(or_(s.local_port == self.port, s.remote_port == self.port))
+        return conditions
+
+    def unix(self) -> list[ColumnElement[bool]]:
+        if self.port is not None:
+            return [literal(False)]  # a Unix edge has no server port
+        return [sockets.c.host_ref.in_(self.refs)] if self.refs is not None else []
+
+
+def _addresses(conn: Connection, refs: list[int], moment: datetime) -> list[str]:
+    """The addresses these hosts held at the moment, as a socket may name them (a v4 one also v4-mapped)."""
+    ha = host_addresses.c
+    held = conn.execute(select(ha.address).where(
+        ha.host_ref.in_(refs), ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment))).scalars()
+    out = set()
+    for address in held:
+        out.add(address)
+        if "." in address:
+            out.add(f"::ffff:{address}")
+    return sorted(out)
+
+
+def _plain(column: Any) -> ColumnElement[Any]:
+    """``::ffff:10.0.0.5`` → ``10.0.0.5``: an IPv4 peer of an IPv6 socket is that IPv4 address."""
+    return case((column.like("::ffff:%.%"), func.substr(column, 8)), else_=column)
+
+
+def _loopback(column: Any) -> ColumnElement[bool]:
+    return or_(column.like("127.%"), column == "::1")
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, 1), else_=0)
+
+
+def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, narrow: Narrow) -> Select[Any]:
+    at = bindparam("moment", moment, type_=DateTime)
+    s = sockets.c
+    conditions = [spans.alive(window.start, window.end)]
+    if not every_host:
+        conditions.append(s.host_ref.in_(refs))
+    inet = select(
+        s.host_ref, s.netns, s.proto, s.process, s.local_port, s.remote_port, s.valid_from,
+        func.coalesce(s.valid_to, at).label("last"), _plain(s.local_address).label("laddr"),
+        _plain(s.remote_address).label("raddr"),
+    ).where(*conditions, *narrow.inet(), s.proto != "unix", s.remote_address.is_not(None),
+            s.state.not_in(("TIME_WAIT", "LISTEN")))
+    unix = select(
+        s.host_ref, s.process, s.pid, s.path, s.inode, s.peer_inode, s.valid_from,
+        func.coalesce(s.valid_to, at).label("last"),
+    ).where(*conditions, *narrow.unix(), s.proto == "unix", s.peer_inode.is_not(None), s.peer_inode != 0)
+    return union_all(_inet_edges(inet.subquery("inet"), window, conditions, refs, moment),  # type: ignore[return-value]
+                     _unix_edges(unix.cte("unix")))
+
+
+def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
+    """Listeners (TCP LISTEN, unconnected UDP) by host, namespace, protocol, port and address.
+
+    Read from the table (through the listeners' own index) rather than from the sockets already read,
+    so that the planner knows how many there are.
+    """
+    s = sockets.c
+    laddr = _plain(s.local_address)
+    listening = select(s.host_ref, s.netns, s.proto, s.local_port, laddr.label("laddr"), s.process).where(
+        *conditions,
+        # As the partial index ix_sockets_listening is written, for SQLite to see that it applies.
+        s.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]),
+        s.proto != "unix", or_(s.state == "LISTEN", s.proto == "udp"),
+    ).subquery("listening")
+    c = listening.c
+    keys = (c.host_ref, c.netns, c.proto, c.local_port, c.laddr)
+    return select(*keys, func.min(c.process).label("process")).group_by(*keys).cte("listeners")
+
+
+def _inet_edges(alive: Subquery, window: Window, conditions: list[ColumnElement[bool]], refs: list[int],
+                moment: datetime) -> Select[Any]:
+    a = alive.c
+    ha = host_addresses.c
+    address = _plain(ha.address)
+    # The fleet host holding each address at the moment (two hosts may hold one, e.g. docker0: the first).
+    holding = (
+        select(address.label("address"), ha.host_ref, ha.netns)
+        .where(ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment), ha.host_ref.in_(refs),
+               not_(_loopback(address)))
+        .cte("holding")
+    )
+    first = select(holding.c.address, func.min(holding.c.host_ref).label("host_ref")).group_by(holding.c.address)
+    first_cte = first.cte("first_holder")
+    held = (
+        select(first_cte.c.address, first_cte.c.host_ref, func.min(holding.c.netns).label("netns"))
+        .select_from(first_cte.join(holding, and_(holding.c.address == first_cte.c.address,
+                                                  holding.c.host_ref == first_cte.c.host_ref)))
+        .group_by(first_cte.c.address, first_cte.c.host_ref)
+        .cte("held")
+    )
+    # Each connected socket, with the host that holds its remote address (loopback: its own host).
+    ends = (
+        select(a.host_ref, a.netns, a.proto, a.process, a.local_port, a.remote_port, a.laddr, a.raddr,
+               a.valid_from, a.last,
+               case((_loopback(a.raddr), a.host_ref), else_=held.c.host_ref).label("peer_ref"),
+               case((_loopback(a.raddr), a.netns), else_=held.c.netns).label("peer_netns"))
+        .select_from(alive.outerjoin(held, held.c.address == a.raddr))
+        .subquery("ends")
+    )
+    listeners = _listeners(conditions)
+    e = ends.c
+    local, remote = listeners.alias("local_listener"), listeners.alias("remote_listener")
+
+    def on(listener: Any, ref: Any, netns: Any, port: Any, address: Any) -> ColumnElement[bool]:
+        # Exactly on the address, or on a wildcard.  A socket may find two listeners (one of each): the
+        # copies meet again in the grouping by connection below, and count once.
+        return and_(listener.c.host_ref == ref, listener.c.netns == netns, listener.c.proto == e.proto,
+                    listener.c.local_port == port, or_(listener.c.laddr == address, listener.c.laddr.in_(WILDCARDS)))
+
+    local_listens = local.c.host_ref.is_not(None)
+    remote_listens = remote.c.host_ref.is_not(None)
+    local_ephemeral = e.local_port.between(*EPHEMERAL)
+    remote_ephemeral = e.remote_port.between(*EPHEMERAL)
+    # The side with a listener serves; else the side not on an ephemeral port; else the lower port.
+    server_side = case(
+        (and_(local_listens, not_(remote_listens)), 1),
+        (and_(remote_listens, not_(local_listens)), 0),
+        (_flag(local_ephemeral) != _flag(remote_ephemeral), _flag(remote_ephemeral)),
+        (e.local_port < e.remote_port, 1),
+        else_=0,
+    )
+    evidence = case(
+        (or_(and_(local_listens, not_(remote_listens)), and_(remote_listens, not_(local_listens))), LISTENER),
+        (_flag(local_ephemeral) != _flag(remote_ephemeral), EPHEMERAL_PORT),
+        else_=LOWER_PORT,
+    )
+    judged = (
+        select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
+               e.valid_from, e.last, local.c.process.label("local_process"),
+               remote.c.process.label("remote_process"), server_side.label("server_side"),
+               evidence.label("evidence"))
+        .select_from(
+            ends.outerjoin(local, on(local, e.host_ref, e.netns, e.local_port, e.laddr))
+            .outerjoin(remote, on(remote, e.peer_ref, e.peer_netns, e.remote_port, e.raddr))
+        )
+        .subquery("judged")
+    )
+    j = judged.c
+    served = j.server_side == 1
+
+    def side(server: Any, client: Any) -> ColumnElement[Any]:
+        return case((served, server), else_=client)
+
+    # Both ends of a connection meet here (client ports are still apart); the server's own view of its
+    # process wins over what the client's end inferred from the listener.
+    connections = (
+        select(
+            j.proto, side(j.raddr, j.laddr).label("c_addr"), side(j.remote_port, j.local_port).label("c_port"),
+            side(j.laddr, j.raddr).label("s_addr"), side(j.local_port, j.remote_port).label("s_port"),
+            func.max(side(j.peer_ref, j.host_ref)).label("client_ref"),
+            func.max(side(null(), j.process)).label("client_process"),
+            func.max(side(j.host_ref, j.peer_ref)).label("server_ref"),
+            func.coalesce(func.max(side(func.coalesce(j.local_process, j.process), null())),
+                          func.max(j.remote_process)).label("server_process"),
+            func.max(j.evidence).label("evidence"), func.min(j.valid_from).label("first_seen"),
+            func.max(j.last).label("last_seen"),
+        )
+        .group_by(j.proto, side(j.raddr, j.laddr), side(j.remote_port, j.local_port), side(j.laddr, j.raddr),
+                  side(j.local_port, j.remote_port))
+        .cte("connections")
+    )
+    c = connections.c
+    client_address = case((c.client_ref.is_(None), c.c_addr), else_=null())
+    outside_server = case((c.server_ref.is_(None), c.s_addr), else_=null())
+    return (
+        select(c.proto, c.client_ref, client_address.label("client_address"), c.client_process, c.server_ref,
+               func.min(c.s_addr).label("server_address"), c.s_port.label("server_port"), c.server_process,
+               func.count().label("connections"), func.min(c.first_seen).label("first_seen"),
+               func.max(c.last_seen).label("last_seen"), func.max(c.evidence).label("evidence"))
+        .group_by(c.proto, c.client_ref, client_address, c.client_process, c.server_ref, outside_server, c.s_port,
+                  c.server_process)
+    )
+
+
+def _unix_edges(alive: CTE) -> Select[Any]:
+    """Connected Unix sockets paired by inode on one host: the end bound to a path serves, else the lower pid."""
+    u, v = alive.alias("u"), alive.alias("v")
+    paired = and_(v.c.host_ref == u.c.host_ref, v.c.inode == u.c.peer_inode, v.c.peer_inode == u.c.inode)
+    same_kind = (u.c.path.is_(None)) == (v.c.path.is_(None))
+    u_serves = or_(
+        and_(u.c.path.is_not(None), v.c.path.is_(None)),
+        and_(same_kind, or_(func.coalesce(u.c.pid, 0) < func.coalesce(v.c.pid, 0),
+                            and_(func.coalesce(u.c.pid, 0) == func.coalesce(v.c.pid, 0), u.c.inode < v.c.inode))),
+    )
+    direction = case((same_kind, UNIX_PAIR), else_=UNIX_PATH)
+    # A socket seen in several rows over a window is one pair.
+    pairs = (
+        select(u.c.host_ref, func.max(u.c.path).label("path"), func.max(u.c.process).label("server_process"),
+               func.max(v.c.process).label("client_process"), func.max(direction).label("evidence"),
+               func.min(u.c.valid_from).label("u_first"),
+               func.min(v.c.valid_from).label("v_first"), func.max(u.c.last).label("u_last"),
+               func.max(v.c.last).label("v_last"))
+        .select_from(u.join(v, paired))
+        .where(u_serves,
+               not_(and_(u.c.pid.is_not(None), u.c.pid == v.c.pid)))
+        .group_by(u.c.host_ref, u.c.inode, v.c.inode)
+        .cte("pairs")
+    )
+    p = pairs.c
+    first = case((p.u_first < p.v_first, p.u_first), else_=p.v_first)
+    last = case((p.u_last > p.v_last, p.u_last), else_=p.v_last)
+    return (
+        select(literal("unix").label("proto"), p.host_ref.label("client_ref"), null().label("client_address"),
+               p.client_process, p.host_ref.label("server_ref"), func.min(p.path).label("server_address"),
+               null().label("server_port"), p.server_process, func.count().label("connections"),
+               func.min(first).label("first_seen"), func.max(last).label("last_seen"), p.evidence)
+        .group_by(p.host_ref, p.client_process, p.path, p.server_process, p.evidence)
+    )

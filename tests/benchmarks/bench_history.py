@@ -1,19 +1,27 @@
 """Benchmark: fleet questions over a realistic history, on SQLite and PostgreSQL.
 
-    python -m tests.benchmarks.bench_history --hosts 1000 --sockets 500 --hours 6
     python -m tests.benchmarks.bench_history --hosts 1000 --sockets 500 --hours 168   # the full week
+    python -m tests.benchmarks.bench_history --hosts 1000 --sockets 500 --hours 6     # a quicker look
 
-Builds the history a fleet leaves (written in bulk, as the collector's own insert paths write it):
-each host has 10 listeners for the whole period and connections to listeners of other hosts; every
-30 s 1% of its sockets close and as many open; every host reports every 30 s (an observation row).
-Then it times, through the same query functions the CLI uses: ``ports --at`` (middle of the period),
-``talks --at`` (same moment), ``history`` of one host, and ``diff`` between two moments an hour apart.
-Each figure is the median of 3 runs.
+Builds the history a fleet leaves, written in bulk in time order (as the collector would have
+written it, with the same columns, lifetime classes and indexes).  Each host has 9 listeners
+(0.0.0.0:8000-8008) and a Unix socket pair per 25 sockets (20 of 500) for the whole period, and one debug listener that
+moves to another port every four hours on average; the rest of its sockets are TCP
+connections, half of them its own calls to the listeners of 8 other hosts (two client processes,
+pools of connections) and half the accepted ends of other hosts' calls, so each connection is
+stored from both ends.  Connections live a random (geometric) time such that 1% of each host's
+sockets close, and as many open, every 30 s.  Every host reports every 30 s (an observation row).
+
+Then it times, through the same functions the CLI uses: ``ports --at`` (the middle of the period),
+``talks --at`` (same moment; the whole fleet, and one host), ``history`` of one host over the last day, and ``diff`` between two
+moments an hour apart.  Each figure is the median of 3 runs, after one run to warm the caches.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
+import math
 import random
 import statistics
 import sys
@@ -22,10 +30,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, Table, insert, text
 
-from collector import changes, db, queries
-from collector.schema import host_addresses, hosts, observations
+from collector import changes, db, queries, spans
+from collector.schema import host_addresses, hosts, observations, sockets
 from collector.store import INSERT_COLUMNS
 from collector.talks import Window, edges
 from tests import postgres
@@ -33,48 +41,105 @@ from tests import postgres
 START = datetime(2026, 11, 1)
 STEP = timedelta(seconds=30)
 LISTENERS = 10
+UPSTREAMS = 8
+DEBUG_LIFE = 4 * 3600 / 30  # steps: the debug listener lives four hours on average
+SOCKET_COLUMNS = (*INSERT_COLUMNS, "valid_to", "span")
+OBSERVATION_COLUMNS = ("host_ref", "epoch", "seq", "kind", "taken_at", "received_at", "added", "removed", "changed",
+                       "complete", "gaps")
 
 
 def address(host: int) -> str:
     return f"10.{host // 65536 % 256}.{host // 256 % 256}.{host % 256 or 1}"
 
 
-def listener(host: int, n: int, start: datetime) -> tuple[Any, ...]:
-    key = f"l{host}-{n}"
-    return (host + 1, start, key, 1, "tcp", "inet", "stream", n + 1, "0.0.0.0", 8000 + n, None, None, None,
-            "LISTEN", None, 0, "root", 100 + n, f"svc{n}", f"/usr/bin/svc{n}", 1, 0, 0)
+def upstream(host: int, k: int, hosts_count: int) -> int:
+    """The host that ``host``'s k-th service call goes to (for each k, every host is called by one other)."""
+    peer = (host + 1 + k * max(1, hosts_count // UPSTREAMS)) % hosts_count
+    return peer if peer != host or hosts_count == 1 else (host + 1) % hosts_count
 
 
-def connection(host: int, serial: int, peer: int, start: datetime) -> tuple[Any, ...]:
-    key = f"c{host}-{serial}"
-    return (host + 1, start, key, 1, "tcp", "inet", "stream", 1000 + serial, address(host), 32768 + serial % 28000,
-            address(peer), 8000 + serial % LISTENERS, None, "ESTABLISHED", None, 1000, "app", 500, "app",
-            "/usr/bin/app", 1, 0, 0)
+class Fleet:
+    """Socket intervals of the whole fleet, yielded in the order they open."""
+
+    def __init__(self, hosts_count: int, sockets_per_host: int, steps: int, rng: random.Random) -> None:
+        self.hosts, self.steps, self.rng = hosts_count, steps, rng
+        self.unix_pairs = sockets_per_host // 25
+        self.slots = max(UPSTREAMS, (sockets_per_host - LISTENERS - 2 * self.unix_pairs) // 2)
+        # 1% of a host's sockets close per step: its own calls and the accepted ends of others' calls.
+        self.p_close = min(1.0, sockets_per_host * 0.01 / (2 * self.slots))
+        self.serial = 0
+
+    def _row(self, host: int, moment: datetime, end: datetime | None, key: str, proto: str, kind: str,
+             local: tuple[str | None, int | None], remote: tuple[str | None, int | None], path: str | None,
+             state: str, peer: int | None, pid: int, process: str, inode: int | None = None) -> tuple[Any, ...]:
+        self.serial += 1
+        return (host + 1, moment, key, 1, proto, "unix" if proto == "unix" else "inet", kind, inode or self.serial,
+                local[0], local[1], remote[0], remote[1], path, state, peer, 0 if pid < 500 else 1000,
+                "root" if pid < 500 else "app", pid, process, f"/usr/bin/{process}", 1, 0, 0, end,
+                spans.span_of(moment, end))
+
+    def _life(self, step: int, mean: float | None = None) -> int:
+        """The step a socket opened at ``step`` closes at (geometric: a chance each step), maybe past the end."""
+        p_close = 1.0 / mean if mean else self.p_close
+        if p_close >= 1.0:
+            return step + 1
+        return step + 1 + int(math.log(1.0 - self.rng.random()) / math.log(1.0 - p_close))
+
+    def _debug_listener(self, host: int, step: int, closes: int) -> tuple[Any, ...]:
+        """One listener per host that comes and goes: a debug port on a new number each time."""
+        end = START + closes * STEP if closes < self.steps else None
+        return self._row(host, START + step * STEP, end, f"d{self.serial}", "tcp", "stream",
+                         ("0.0.0.0", 9000 + self.serial % 1000), (None, None), None, "LISTEN", None, 300, "debug")
+
+    def _connection(self, host: int, slot: int, step: int, closes: int) -> list[tuple[Any, ...]]:
+        k = slot % UPSTREAMS
+        peer = upstream(host, k, self.hosts)
+        moment = START + step * STEP
+        end = START + closes * STEP if closes < self.steps else None
+        port = 32768 + self.serial % 28000
+        process, pid = ("app", 500) if k < UPSTREAMS // 2 else ("worker", 600)
+        key = f"c{self.serial}"
+        client = self._row(host, moment, end, key, "tcp", "stream", (address(host), port),
+                           (address(peer), 8000 + k), None, "ESTABLISHED", None, pid, process)
+        server = self._row(peer, moment, end, key, "tcp", "stream", (address(peer), 8000 + k),
+                           (address(host), port), None, "ESTABLISHED", None, 100 + k, f"svc{k}")
+        return [client, server]
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        queue: list[tuple[int, int, int]] = []
+        for host in range(self.hosts):
+            for n in range(LISTENERS - 1):
+                yield self._row(host, START, None, f"l{n}", "tcp", "stream", ("0.0.0.0", 8000 + n), (None, None),
+                                None, "LISTEN", None, 100 + n, f"svc{n}")
+            closes = self._life(0, DEBUG_LIFE)
+            yield self._debug_listener(host, 0, closes)
+            heapq.heappush(queue, (closes, host, -1))
+            for pair in range(self.unix_pairs):
+                inode = 10_000_000 + 2 * pair
+                yield self._row(host, START, None, f"u{pair}s", "unix", "stream", (None, None), (None, None),
+                                "/run/svc0.sock", "ESTABLISHED", inode + 1, 100, "svc0", inode)
+                yield self._row(host, START, None, f"u{pair}c", "unix", "stream", (None, None), (None, None),
+                                None, "ESTABLISHED", inode, 500 + pair % 4, "app", inode + 1)
+            for slot in range(self.slots):
+                closes = self._life(0)
+                yield from self._connection(host, slot, 0, closes)
+                heapq.heappush(queue, (closes, host, slot))
+        while queue and queue[0][0] < self.steps:
+            step, host, slot = heapq.heappop(queue)
+            if slot < 0:
+                closes = self._life(step, DEBUG_LIFE)
+                yield self._debug_listener(host, step, closes)
+            else:
+                closes = self._life(step)
+                yield from self._connection(host, slot, step, closes)
+            heapq.heappush(queue, (closes, host, slot))
 
 
-def history_rows(hosts_count: int, sockets: int, steps: int, rng: random.Random) -> Iterator[tuple[Any, ...]]:
-    """Every socket interval: (row without valid_to, valid_to)."""
-    churn = max(1, sockets // 100)
-    for host in range(hosts_count):
-        for n in range(LISTENERS):
-            yield (*listener(host, n, START), None)
-        live = [(serial, START) for serial in range(sockets - LISTENERS)]
-        serial = len(live)
-        for step in range(1, steps):
-            moment = START + step * STEP
-            for _ in range(churn):
-                index = rng.randrange(len(live))
-                old, since = live[index]
-                yield (*connection(host, old, (host + 1 + old) % hosts_count, since), moment)
-                live[index] = (serial, moment)
-                serial += 1
-        for old, since in live:
-            yield (*connection(host, old, (host + 1 + old) % hosts_count, since), None)
-
-
-def load(engine: Engine, hosts_count: int, sockets: int, hours: float) -> int:
+def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) -> int:
+    """Write the history; the secondary indexes are made after the rows, as a restore would."""
     steps = int(hours * 3600 / STEP.total_seconds())
     end = START + steps * STEP
+    postgres_ = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
         conn.execute(insert(hosts), [{
             "id": h + 1, "host_id": f"id-{h}", "name": f"host-{h}", "agent_version": "bench", "boot_id": "",
@@ -83,46 +148,55 @@ def load(engine: Engine, hosts_count: int, sockets: int, hours: float) -> int:
         conn.execute(insert(host_addresses), [{
             "host_ref": h + 1, "netns": 1, "interface": "eth0", "address": address(h), "valid_from": START}
             for h in range(hosts_count)])
-    rows = 0
-    batch: list[tuple[Any, ...]] = []
-    columns = (*INSERT_COLUMNS, "valid_to")
-    postgres_ = engine.dialect.name == "postgresql"
-    quoted = ", ".join(f'"{c}"' for c in columns)
-    sqlite_insert = f"INSERT INTO sockets ({quoted}) VALUES ({', '.join('?' for _ in columns)})"
-    for row in history_rows(hosts_count, sockets, steps, random.Random(7)):
-        batch.append(row)
-        if len(batch) == 50_000:
-            rows += _write(engine, batch, postgres_, columns, sqlite_insert)
-            batch = []
-    rows += _write(engine, batch, postgres_, columns, sqlite_insert)
-    observed = [{"host_ref": h + 1, "epoch": 1, "seq": s + 1, "kind": "heartbeat" if s else "snapshot",
-                 "taken_at": START + s * STEP, "received_at": START + s * STEP, "added": 0, "removed": 0,
-                 "changed": 0, "complete": True, "coverage": None} for h in range(hosts_count) for s in range(steps)]
+        for table in (sockets, observations):
+            for index in table.indexes:
+                index.drop(conn)
+    rows = _bulk(engine, sockets, SOCKET_COLUMNS, Fleet(hosts_count, sockets_per_host, steps,
+                                                        random.Random(7)).rows(), postgres_)
+    heartbeats = ((h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0,
+                   True, 0) for s in range(steps) for h in range(hosts_count))
+    _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
     with engine.begin() as conn:
-        for start in range(0, len(observed), 50_000):
-            conn.execute(insert(observations), observed[start : start + 50_000])
+        for table in (sockets, observations):
+            for index in table.indexes:
+                index.create(conn)
+        # PostgreSQL's autovacuum would gather statistics on its own after such a load; here it is asked to.
+        conn.execute(text("ANALYZE"))
     return rows
 
 
-def _write(engine: Engine, batch: list[tuple[Any, ...]], postgres_: bool, columns: tuple[str, ...],
-           sqlite_insert: str) -> int:
+def _bulk(engine: Engine, table: Table, columns: tuple[str, ...], rows: Iterator[tuple[Any, ...]],
+          postgres_: bool) -> int:
+    count = 0
+    batch: list[tuple[Any, ...]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == 100_000:
+            count += _write(engine, table, columns, batch, postgres_)
+            batch = []
+    return count + _write(engine, table, columns, batch, postgres_)
+
+
+def _write(engine: Engine, table: Table, columns: tuple[str, ...], batch: list[tuple[Any, ...]],
+           postgres_: bool) -> int:
     if not batch:
         return 0
+    quoted = ", ".join(f'"{c}"' for c in columns)  # the table's own column names
     with engine.begin() as conn:
         if postgres_:
-            quoted = ", ".join(f'"{c}"' for c in columns)
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor.copy(f"COPY sockets ({quoted}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {table.name} ({quoted}) FROM STDIN") as copy:
                 for row in batch:
                     copy.write_row(row)
         else:
-            conn.exec_driver_sql(sqlite_insert, batch)
+            marks = ", ".join("?" for _ in columns)
+            conn.exec_driver_sql(f"INSERT INTO {table.name} ({quoted}) VALUES ({marks})", batch)
     return len(batch)
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    result = function()  # warms the caches
     runs = []
-    result = None
     for _ in range(3):
         started = time.perf_counter()
         result = function()
@@ -133,20 +207,29 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 def bench(backend: str, url: str, args: argparse.Namespace) -> None:
     engine = db.engine(url)
     db.migrate(engine)
+    with engine.connect() as conn:
+        loaded_already = conn.execute(text("SELECT count(*) FROM hosts")).scalar()
     started = time.perf_counter()
-    rows = load(engine, args.hosts, args.sockets, args.hours)
+    rows = 0 if loaded_already else load(engine, args.hosts, args.sockets, args.hours)
     loaded = time.perf_counter() - started
     middle = START + timedelta(hours=args.hours / 2)
+    end = START + timedelta(hours=args.hours)
     with engine.connect() as conn:
+        if not rows:
+            rows = conn.execute(text("SELECT count(*) FROM sockets")).scalar() or 0
         questions: dict[str, Callable[[], Any]] = {
             "ports --at": lambda: queries.sockets_at(conn, middle, queries.Filters(), only_listening=True),
             "talks --at": lambda: edges(conn, Window(middle)),
-            "history --host": lambda: changes.history(conn, "host-1"),
+            "talks --host --at": lambda: edges(conn, Window(middle), host="host-1"),
+            "history --host": lambda: changes.history(conn, "host-1", since=max(START, end - timedelta(days=1))),
             "diff": lambda: changes.diff(conn, middle - timedelta(hours=min(1.0, args.hours / 4)), middle),
         }
+        how = f"loaded in {loaded:.0f} s" if not loaded_already else "loaded before"
         print(f"{backend}: {args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h of 1% churn every 30 s: "
-              f"{rows:,} socket rows, loaded in {loaded:.0f} s", flush=True)
+              f"{rows:,} socket rows, {how}", flush=True)
         for name, question in questions.items():
+            if args.only and name not in args.only.split(","):
+                continue
             seconds, result = timed(question)
             size = len(result[0]) if isinstance(result, tuple) else len(result)
             print(f"  {name:16} {seconds * 1000:9.1f} ms   ({size:,} rows)", flush=True)
@@ -159,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--hours", type=float, default=6.0)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--db", help="use this database (loaded if empty, kept afterwards) instead of a new one")
+    parser.add_argument("--only", help="time only these questions (comma-separated)")
     args = parser.parse_args(argv)
+    if args.db:
+        bench(args.db.split(":")[0].split("+")[0], args.db, args)
+        return 0
     for backend in args.backends.split(","):
         with postgres.database(backend) as url:
             bench(backend, url, args)

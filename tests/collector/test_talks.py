@@ -108,6 +108,8 @@ def test_socketpair_inside_one_process_is_not_an_edge(engine: Engine) -> None:
                                                unix(None, 3, 4, "parent", pid=8), unix(None, 4, 3, "child", pid=9)]))
     with engine.connect() as conn:
         assert brief(edges(conn, Window(at(1)))) == {("unix", "solo", "child", "solo", None, "parent", 1, "unix pair")}
+        view = [dict(r._mapping) for r in conn.exec_driver_sql("SELECT * FROM edges")]
+        assert brief(view) == brief(edges(conn, Window(None)))
 
 
 def test_edges_view_agrees_with_talks(fleet_store: Store, engine: Engine) -> None:
@@ -137,3 +139,18 @@ def test_window_keeps_the_process_of_a_connection_that_lingered(engine: Engine) 
     with engine.connect() as conn:
         rows = brief(edges(conn, Window(at(0), at(3))))
     assert rows == {("tcp", "app-1", "curl", "web-1", 80, "nginx", 1, "listener")}
+
+
+def test_asking_for_one_host_or_port_reads_less_and_answers_the_same(fleet_store: Store, engine: Engine) -> None:
+    """`talks --host` and `--port` narrow the sockets read; the edges are those of the whole picture."""
+    with engine.connect() as conn:
+        everything = edges(conn, Window(at(1)))
+        for host in ("web-1", "app-1", "app-2"):
+            expected = [r for r in everything if host in (r["client_host"], r["server_host"])]
+            assert edges(conn, Window(at(1)), host=host) == expected, host
+            assert expected
+        for port in (80, 53, 443, 6379, 8080):
+            expected = [r for r in everything if r["server_port"] == port]
+            assert edges(conn, Window(at(1)), port=port) == expected, port
+        assert len(edges(conn, Window(at(1)), host="web-1", port=80)) == 3
+        assert edges(conn, Window(at(1)), host="nobody") == []
