@@ -72,7 +72,8 @@ class Cluster:
 
 
 @contextmanager
-def cluster() -> Iterator[Cluster]:
+def cluster(settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A throwaway server (or the one SOCKFLEET_TEST_PG_URL names); ``settings`` are extra server settings."""
     external = os.environ.get("SOCKFLEET_TEST_PG_URL")
     if external:
         yield Cluster(external)
@@ -94,6 +95,7 @@ def cluster() -> Iterator[Cluster]:
         owner.run_as_owner([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                             "--no-sync", "-E", "UTF8"])
         options = f"-k {sockets_dir} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         start = [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start"]
         owner.run_as_owner(start)
         url = f"postgresql+psycopg://postgres@/postgres?host={sockets_dir}&port={port}"
@@ -106,13 +108,13 @@ def cluster() -> Iterator[Cluster]:
 
 
 @contextmanager
-def database(backend: str) -> Iterator[str]:
+def database(backend: str, settings: dict[str, str] | None = None) -> Iterator[str]:
     """A fresh empty database URL: ``sqlite`` in a temporary folder, or ``postgresql`` on a throwaway server."""
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as folder:
             yield f"sqlite:///{folder}/sockfleet.db"
     elif backend == "postgresql":
-        with cluster() as running:
+        with cluster(settings) as running:
             yield running.database()
     else:
         raise ValueError(f"unknown backend {backend!r} (sqlite, postgresql)")

@@ -10,6 +10,8 @@ Revises: 0006
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from alembic import op
 
 revision = "0007"
@@ -141,7 +143,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    from importlib import import_module
-
     op.execute("DROP VIEW edges")
     op.execute(f"CREATE VIEW edges AS {import_module('migrations.versions.0004_edges_view').EDGES}")
