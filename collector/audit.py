@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, literal_column, select
 
 from collector.errors import UsageError
 from collector.queries import Filters, observed, sockets_at
@@ -142,7 +142,8 @@ def _first_seen(conn: Connection) -> dict[tuple[Any, ...], datetime]:
     query = (
         select(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path, func.min(sockets.c.valid_from))
         .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
-        .where(sockets.c.state.in_(("LISTEN", "UNCONN")))
+        # Literal values, as the partial index ix_sockets_listening is written, so that SQLite reads only it.
+        .where(sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]))
         .group_by(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path)
     )
     return {(r[0], r[1], r[2], r[3]): r[4] for r in conn.execute(query)}

@@ -97,7 +97,6 @@ sockets = Table(
     Column("span", SmallInteger),
     Index(None, "host_ref", "valid_from"),
     Index(None, "span", "valid_from", "valid_to"),
-    Index(None, "valid_from"),
     Index(None, "valid_to"),
     Index(None, "local_port"),
 )
