@@ -57,9 +57,9 @@ def diff(conn: Connection, start: datetime, end: datetime, host: str | None = No
 
     def fleet_edges(moment: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
         found = {}
-        for edge in edges(conn, Window(moment), host):
+        for edge in edges(conn, Window(moment), host):  # with host: only the edges it is an end of
             ends = {edge["client_host"], edge["server_host"]} - {None}
-            if ends <= names and (host is None or host in ends):
+            if ends <= names:
                 found[_key(edge, EDGE_KEY)] = edge
         return found
 

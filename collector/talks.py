@@ -178,7 +178,7 @@ def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, 
         s.host_ref, s.process, s.pid, s.path, s.inode, s.peer_inode, s.valid_from,
         func.coalesce(s.valid_to, at).label("last"),
     ).where(*conditions, *narrow.unix(), s.proto == "unix", s.peer_inode.is_not(None), s.peer_inode != 0)
-    return union_all(_inet_edges(inet.subquery("inet"), window, conditions, refs, moment),  # type: ignore[return-value]
+    return union_all(_inet_edges(inet.subquery("inet"), conditions, refs, moment),  # type: ignore[return-value]
                      _unix_edges(unix.cte("unix")))
 
 
@@ -201,7 +201,7 @@ def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
     return select(*keys, func.min(c.process).label("process")).group_by(*keys).cte("listeners")
 
 
-def _inet_edges(alive: Subquery, window: Window, conditions: list[ColumnElement[bool]], refs: list[int],
+def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
                 moment: datetime) -> Select[Any]:
     a = alive.c
     ha = host_addresses.c
