@@ -95,6 +95,8 @@ sockets = Table(
     Column("valid_to", DateTime),
     # Lifetime class of a closed row (collector/spans.py); null while the row is open.
     Column("span", SmallInteger),
+    # Key of the host's flow the socket belongs to (collector/flows.py); null for sockets of no flow.
+    Column("flow", String(32)),
     Index(None, "host_ref", "valid_from"),
     Index(None, "span", "valid_from", "valid_to"),
     Index(None, "valid_to"),
@@ -109,6 +111,39 @@ Index(
 Index(
     "uq_sockets_open_key", sockets.c.host_ref, sockets.c.key, unique=True,
     sqlite_where=sockets.c.valid_to.is_(None), postgresql_where=sockets.c.valid_to.is_(None),
+)
+# Unix sockets are paired by inode when asked who talks to whom: "alive at T" among them alone.
+Index(
+    "ix_sockets_unix", sockets.c.span, sockets.c.valid_from, sockets.c.valid_to,
+    sqlite_where=sockets.c.proto == "unix", postgresql_where=sockets.c.proto == "unix",
+)
+
+# A host's connected inet sockets folded into flows (collector/flows.py): per flow, the number of its
+# sockets open, as intervals like the sockets'.
+flows = Table(
+    "flows", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(32), nullable=False),
+    Column("netns", BigInteger, nullable=False),
+    Column("proto", String(8), nullable=False),
+    Column("role", String(1), nullable=False),  # s: served (accepted), c: calling out, n: not folded
+    Column("process", String(255)),
+    Column("local_address", String(64)),
+    Column("local_port", Integer),  # null when folded away (role c)
+    Column("remote_address", String(64)),
+    Column("remote_port", Integer),  # null when folded away (role s)
+    Column("connections", Integer, nullable=False),
+    Column("since", DateTime, nullable=False),  # when the flow last went from no open socket to some
+    Column("valid_from", DateTime, nullable=False),
+    Column("valid_to", DateTime),
+    Column("span", SmallInteger),
+    Index(None, "span", "valid_from", "valid_to"),
+    Index(None, "host_ref", "valid_from"),
+)
+Index(
+    "uq_flows_open_key", flows.c.host_ref, flows.c.key, unique=True,
+    sqlite_where=flows.c.valid_to.is_(None), postgresql_where=flows.c.valid_to.is_(None),
 )
 
 observations = Table(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, or_
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, or_
 
 from collector.schema import sockets
 
@@ -37,9 +37,9 @@ def span_of(valid_from: datetime, valid_to: datetime | None) -> int | None:
     return UNBOUNDED
 
 
-def closing_span() -> ColumnElement[int]:
+def closing_span(table: Table = sockets) -> ColumnElement[int]:
     """The class of a row closed at the bound ``moment``: needs the parameters of ``cutoffs(moment)``."""
-    return case(*((sockets.c.valid_from >= bindparam(f"span_cut{index}"), index) for index in range(len(LIMITS))),
+    return case(*((table.c.valid_from >= bindparam(f"span_cut{index}"), index) for index in range(len(LIMITS))),
                 else_=UNBOUNDED)
 
 
@@ -48,17 +48,21 @@ def cutoffs(moment: datetime) -> dict[str, datetime]:
     return {f"span_cut{index}": moment - limit for index, limit in enumerate(LIMITS)}
 
 
-def alive(start: datetime | None, end: datetime | None = None) -> ColumnElement[bool]:
-    """Rows alive at ``start`` (``end`` None), or at any time within [start, end]; open rows when start is None."""
+def alive(start: datetime | None, end: datetime | None = None, table: Table = sockets,
+          within: tuple[ColumnElement[bool], ...] = ()) -> ColumnElement[bool]:
+    """Rows alive at ``start`` (``end`` None), or at any time within [start, end]; open rows when start is None.
+
+    ``within`` is repeated in every class's term, so that a partial index on those conditions serves each.
+    """
+    c = table.c
     if start is None:
-        return sockets.c.valid_to.is_(None)
+        return and_(*within, c.valid_to.is_(None))
     end = end or start
     terms: list[Any] = [
-        and_(sockets.c.span == index, sockets.c.valid_from > start - limit, sockets.c.valid_from <= end,
-             sockets.c.valid_to > start)
+        and_(*within, c.span == index, c.valid_from > start - limit, c.valid_from <= end, c.valid_to > start)
         for index, limit in enumerate(LIMITS)
     ]
-    terms.append(and_(sockets.c.span == UNBOUNDED, sockets.c.valid_from <= end, sockets.c.valid_to > start))
+    terms.append(and_(*within, c.span == UNBOUNDED, c.valid_from <= end, c.valid_to > start))
     # Open rows are the rows without a class (the store sets both together).
-    terms.append(and_(sockets.c.span.is_(None), sockets.c.valid_from <= end))
+    terms.append(and_(*within, c.span.is_(None), c.valid_from <= end))
     return or_(*terms)

@@ -22,17 +22,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from collector import convert, spans
+from collector import convert, flows, spans
 from collector.errors import RejectedMessage
 from collector.schema import credentials, host_addresses, hosts, observations, sockets
+from collector.schema import flows as flow_rows
 from sockfleet.v1 import fleet_pb2 as pb
 
 CHUNK = 500  # keys per IN (...) list
 VERSIONED = tuple(sockets.c[name] for name in convert.VERSIONED_COLUMNS)
-INSERT_COLUMNS = ("host_ref", "valid_from", *convert.ROW_COLUMNS)
+INSERT_COLUMNS = ("host_ref", "valid_from", *convert.ROW_COLUMNS, "flow")
+# Where a stored row's fields are, in (ref, moment, *row.values()), for its flow.
+_AT = {name: 2 + convert.ROW_COLUMNS.index(name) for name in (
+    "netns", "proto", "state", "process", "local_address", "local_port", "remote_address", "remote_port")}
 
 HOST_FOR_UPDATE = (
     select(hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen, hosts.c.last_taken_at,
@@ -48,9 +52,21 @@ OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
     sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None))
 CLOSE_KEYS = update(sockets).where(and_(
     sockets.c.host_ref == bindparam("ref"), sockets.c.key.in_(bindparam("keys", expanding=True)),
-    sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"), span=spans.closing_span())
+    sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"), span=spans.closing_span()).returning(
+    sockets.c.flow)
 CLOSE_IDS = update(sockets).where(sockets.c.id.in_(bindparam("ids", expanding=True))).values(
-    valid_to=bindparam("moment"), span=spans.closing_span())
+    valid_to=bindparam("moment"), span=spans.closing_span()).returning(sockets.c.flow)
+# The host's open listeners, through the listeners' partial index (its condition written as the index's).
+LISTENING = select(sockets.c.netns, sockets.c.proto, sockets.c.local_address, sockets.c.local_port).where(
+    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None),
+    sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]),
+    or_(sockets.c.state == "LISTEN", sockets.c.proto == "udp"))
+OPEN_FLOWS = select(flow_rows).where(flow_rows.c.host_ref == bindparam("ref"),
+                                     flow_rows.c.key.in_(bindparam("keys", expanding=True)),
+                                     flow_rows.c.valid_to.is_(None))
+CLOSE_FLOWS = update(flow_rows).where(flow_rows.c.id.in_(bindparam("ids", expanding=True))).values(
+    valid_to=bindparam("moment"), span=spans.closing_span(flow_rows))
+OPEN_FLOW = insert(flow_rows)
 # Constant text made from the table's own column names; values are always bound.
 _QUOTED = ", ".join(f'"{column}"' for column in INSERT_COLUMNS)
 SQLITE_INSERT = f"INSERT INTO sockets ({_QUOTED}) VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})"  # noqa: S608
@@ -174,9 +190,10 @@ class Store:
             opening.append(convert.socket_row(sock, f"snapshot.sockets[{index}]"))
         changed_keys = {row.key for row in opening}
         closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
+        left: list[str | None] = []
         for chunk in _chunks(closing):
-            conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
-        self._insert(conn, ref, opening, moment)
+            left += conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)}).scalars()
+        self._insert(conn, ref, opening, moment, left)
         changed = sum(1 for row in opening if row.key in held)
         return len(opening) - changed, len(closing) - changed, changed
 
@@ -188,19 +205,69 @@ class Store:
         if len(set(keys)) != len(keys):
             raise RejectedMessage("delta: a socket appears twice among added, changed and removed")
         closing = removed + [row.key for row in changed]
-        closed = 0
+        left: list[str | None] = []
         for chunk in _chunks(closing):
-            closed += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
-                                                      **spans.cutoffs(moment)}).rowcount
-        if closed != len(closing):
+            left += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
+                                              **spans.cutoffs(moment)}).scalars()
+        if len(left) != len(closing):
             raise _Resync("delta removes or changes a socket the collector does not hold")
-        self._insert(conn, ref, added + changed, moment)
+        self._insert(conn, ref, added + changed, moment, left)
         return len(added), len(removed), len(changed)
 
-    def _insert(self, conn: Connection, ref: int, rows: Sequence[convert.SocketRow], moment: datetime) -> None:
-        if not rows:
-            return
+    def _insert(self, conn: Connection, ref: int, rows: Sequence[convert.SocketRow], moment: datetime,
+                left: list[str | None]) -> None:
+        """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``)."""
         values = [(ref, moment, *row.values()) for row in rows]
+        opened = self._flows(conn, ref, values, moment, left)
+        if values:
+            self._write(conn, [(*value, key) for value, key in zip(values, opened, strict=True)])
+
+    def _flows(self, conn: Connection, ref: int, values: list[tuple[Any, ...]], moment: datetime,
+               left: list[str | None]) -> list[str | None]:
+        """The flow of each socket opening (None: of no flow), after moving the host's flows; see collector.flows."""
+        at = _AT
+        connected = [v for v in values if v[at["remote_address"]] is not None and v[at["proto"]] != "unix"]
+        changes: dict[str, int] = {}
+        for key in left:
+            if key is not None:
+                changes[key] = changes.get(key, 0) - 1
+        if not connected and not changes:
+            return [None] * len(values)
+        listeners = set()
+        if connected:
+            listeners = {flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref})}
+            listeners |= {flows.listener_of(v[at["netns"]], v[at["proto"]], v[at["local_address"]], v[at["local_port"]])
+                          for v in values if flows.is_listener(v[at["proto"]], v[at["state"]])}
+        identities = {}
+        opened: list[str | None] = []
+        for v in values:
+            flow = flows.identity(v[at["netns"]], v[at["proto"]], v[at["state"]], v[at["process"]],
+                                  v[at["local_address"]], v[at["local_port"]], v[at["remote_address"]],
+                                  v[at["remote_port"]], listeners.__contains__)
+            if flow is None:
+                opened.append(None)
+                continue
+            key = flows.digest(flow)
+            identities[key] = flow
+            changes[key] = changes.get(key, 0) + 1
+            opened.append(key)
+        moving = [key for key, change in changes.items() if change]
+        if moving:
+            current = {}
+            for chunk in _chunks(moving):
+                for row in conn.execute(OPEN_FLOWS, {"ref": ref, "keys": list(chunk)}):
+                    flow = tuple(row._mapping[name] for name in flows.IDENTITY_COLUMNS)
+                    current[row.key] = (row.id, flows.Open(flow, row.connections, row.since, row.valid_from))
+            ids = {key: row_id for key, (row_id, _) in current.items()}
+            state = {key: row for key, (_, row) in current.items()}
+            closed, new = flows.advance(state, {key: changes[key] for key in moving}, identities, moment)
+            for chunk in _chunks([ids[key] for key, _ in closed]):
+                conn.execute(CLOSE_FLOWS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
+            if new:
+                conn.execute(OPEN_FLOW, [flows.version(ref, key, row, None) for key, row in new])
+        return opened
+
+    def _write(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
         try:
             if self.postgres:
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]

@@ -46,7 +46,7 @@ from sqlalchemy import (
 
 from collector import spans
 from collector.queries import observed
-from collector.schema import host_addresses, hosts, sockets
+from collector.schema import flows, host_addresses, hosts, sockets
 from collector.times import now
 
 EPHEMERAL = (32768, 60999)
@@ -93,7 +93,8 @@ def edges(conn: Connection, window: Window, host: str | None = None, port: int |
         # Grouping half a million sockets by connection is done in memory, by hashing, not by sorting.
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
     try:
-        rows = conn.execute(_query(window, sorted(refs), every_host, moment, narrow)).all()
+        query = _query if window.end is not None else _at
+        rows = conn.execute(query(window, sorted(refs), every_host, moment, narrow)).all()
     finally:
         if postgres:
             conn.exec_driver_sql("RESET enable_nestloop")
@@ -128,6 +129,15 @@ class Narrow:
             conditions.append(or_(s.host_ref.in_(self.refs), s.remote_address.in_(self.addresses or [])))
         if self.port is not None:
             conditions.append(or_(s.local_port == self.port, s.remote_port == self.port))
+        return conditions
+
+    def flows(self) -> list[ColumnElement[bool]]:
+        f = flows.c
+        conditions = []
+        if self.refs is not None:
+            conditions.append(or_(f.host_ref.in_(self.refs), f.remote_address.in_(self.addresses or [])))
+        if self.port is not None:
+            conditions.append(or_(f.local_port == self.port, f.remote_port == self.port))
         return conditions
 
     def unix(self) -> list[ColumnElement[bool]]:
@@ -174,12 +184,37 @@ def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, 
         _plain(s.remote_address).label("raddr"),
     ).where(*conditions, *narrow.inet(), s.proto != "unix", s.remote_address.is_not(None),
             s.state.not_in(("TIME_WAIT", "LISTEN")))
-    unix = select(
-        s.host_ref, s.process, s.pid, s.path, s.inode, s.peer_inode, s.valid_from,
-        func.coalesce(s.valid_to, at).label("last"),
-    ).where(*conditions, *narrow.unix(), s.proto == "unix", s.peer_inode.is_not(None), s.peer_inode != 0)
     return union_all(_inet_edges(inet.subquery("inet"), conditions, refs, moment),  # type: ignore[return-value]
-                     _unix_edges(unix.cte("unix")))
+                     _unix_edges(_unix(window, refs, every_host, moment, narrow)))
+
+
+def _unix(window: Window, refs: list[int], every_host: bool, moment: datetime, narrow: Narrow) -> CTE:
+    """Connected Unix sockets alive in the window, through their own partial index."""
+    s = sockets.c
+    # As the partial index ix_sockets_unix is written, for SQLite to see that it applies.
+    conditions = [spans.alive(window.start, window.end, within=(s.proto == literal_column("'unix'"),))]
+    if not every_host:
+        conditions.append(s.host_ref.in_(refs))
+    return select(
+        s.host_ref, s.process, s.pid, s.path, s.inode, s.peer_inode, s.valid_from,
+        func.coalesce(s.valid_to, bindparam("moment", moment, type_=DateTime)).label("last"),
+    ).where(*conditions, *narrow.unix(), s.peer_inode.is_not(None), s.peer_inode != 0).cte("unix")
+
+
+def _at(window: Window, refs: list[int], every_host: bool, moment: datetime, narrow: Narrow) -> Select[Any]:
+    """Edges at one moment (or now), from the flows the store folded connected sockets into."""
+    f = flows.c
+    conditions = [spans.alive(window.start, table=flows)]
+    if not every_host:
+        conditions.append(f.host_ref.in_(refs))
+    alive = select(f.host_ref, f.netns, f.proto, f.role, f.process, f.local_port, f.remote_port, f.connections,
+                   f.since, f.local_address.label("laddr"), f.remote_address.label("raddr"),
+                   ).where(*conditions, *narrow.flows()).subquery("alive_flows")
+    socket_conditions = [spans.alive(window.start)]
+    if not every_host:
+        socket_conditions.append(sockets.c.host_ref.in_(refs))
+    return union_all(_flow_edges(alive, socket_conditions, refs, moment),  # type: ignore[return-value]
+                     _unix_edges(_unix(window, refs, every_host, moment, narrow)))
 
 
 def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
@@ -201,12 +236,10 @@ def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
     return select(*keys, func.min(c.process).label("process")).group_by(*keys).cte("listeners")
 
 
-def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
-                moment: datetime) -> Select[Any]:
-    a = alive.c
+def _holders(refs: list[int], moment: datetime) -> CTE:
+    """The fleet host holding each address at the moment (two hosts may hold one, e.g. docker0: the first)."""
     ha = host_addresses.c
     address = _plain(ha.address)
-    # The fleet host holding each address at the moment (two hosts may hold one, e.g. docker0: the first).
     holding = (
         select(address.label("address"), ha.host_ref, ha.netns)
         .where(ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment), ha.host_ref.in_(refs),
@@ -215,13 +248,133 @@ def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: li
     )
     first = select(holding.c.address, func.min(holding.c.host_ref).label("host_ref")).group_by(holding.c.address)
     first_cte = first.cte("first_holder")
-    held = (
+    return (
         select(first_cte.c.address, first_cte.c.host_ref, func.min(holding.c.netns).label("netns"))
         .select_from(first_cte.join(holding, and_(holding.c.address == first_cte.c.address,
                                                   holding.c.host_ref == first_cte.c.host_ref)))
         .group_by(first_cte.c.address, first_cte.c.host_ref)
         .cte("held")
     )
+
+
+def _flow_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
+                moment: datetime) -> Select[Any]:
+    """Flows judged as ``_inet_edges`` judges sockets, then folded: the calling side's flows count the
+    connections, and a served flow counts only those no calling flow in the fleet accounts for."""
+    a = alive.c
+    held = _holders(refs, moment)
+    loop = _loopback(a.raddr)
+    ends = (
+        select(a.host_ref, a.netns, a.proto, a.role, a.process, a.local_port, a.remote_port, a.laddr, a.raddr,
+               a.connections, a.since,
+               case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
+               case((loop, a.netns), else_=held.c.netns).label("peer_netns"))
+        .select_from(alive.outerjoin(held, held.c.address == a.raddr))
+        .subquery("flow_ends")
+    )
+    e = ends.c
+    listeners = _listeners(conditions)
+    # A listener on the exact address, on 0.0.0.0 or on ::, each joined on its own, so that no flow is
+    # counted twice; any of them is evidence, the exact one names the process first.
+    joins: Any = ends
+    found: dict[str, list[Any]] = {"local": [], "remote": []}
+    for side_name, ref, netns, port, address in (("local", e.host_ref, e.netns, e.local_port, e.laddr),
+                                                 ("remote", e.peer_ref, e.peer_netns, e.remote_port, e.raddr)):
+        for n, wanted in enumerate((address, *(literal(w) for w in WILDCARDS))):
+            lst = listeners.alias(f"{side_name}_listener{n}")
+            joins = joins.outerjoin(lst, and_(lst.c.host_ref == ref, lst.c.netns == netns, lst.c.proto == e.proto,
+                                              lst.c.local_port == port, lst.c.laddr == wanted))
+            found[side_name].append(lst.c)
+    local_listens = or_(*(c.host_ref.is_not(None) for c in found["local"]))
+    remote_listens = or_(*(c.host_ref.is_not(None) for c in found["remote"]))
+    local_process = func.coalesce(*(c.process for c in found["local"]))
+    remote_process = func.coalesce(*(c.process for c in found["remote"]))
+    local_ephemeral = e.local_port.between(*EPHEMERAL)
+    remote_ephemeral = e.remote_port.between(*EPHEMERAL)
+    one_listens = or_(and_(local_listens, not_(remote_listens)), and_(remote_listens, not_(local_listens)))
+    server_side = case(
+        (e.role == "s", 1),
+        (e.role == "c", 0),
+        (and_(local_listens, not_(remote_listens)), 1),
+        (and_(remote_listens, not_(local_listens)), 0),
+        (_flag(local_ephemeral) != _flag(remote_ephemeral), _flag(remote_ephemeral)),
+        (e.local_port < e.remote_port, 1),
+        else_=0,
+    )
+    evidence = case(
+        (or_(e.role == "s", one_listens, and_(e.role == "c", remote_listens)), LISTENER),
+        (or_(e.role == "c", _flag(local_ephemeral) != _flag(remote_ephemeral)), EPHEMERAL_PORT),
+        else_=LOWER_PORT,
+    )
+    judged = (
+        select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
+               e.connections, e.since, local_process.label("local_process"),
+               remote_process.label("remote_process"), server_side.label("server_side"),
+               evidence.label("evidence"))
+        .select_from(joins)
+        .subquery("flows_judged")
+    )
+    j = judged.c
+    served = j.server_side == 1
+
+    def side(server: Any, client: Any) -> ColumnElement[Any]:
+        return case((served, server), else_=client)
+
+    views = (
+        select(
+            j.proto, served.label("served"),
+            side(j.raddr, j.laddr).label("c_addr"), side(j.laddr, j.raddr).label("s_addr"),
+            side(j.local_port, j.remote_port).label("s_port"),
+            side(j.peer_ref, j.host_ref).label("client_ref"), side(null(), j.process).label("client_process"),
+            side(j.host_ref, j.peer_ref).label("server_ref"),
+            side(func.coalesce(j.local_process, j.process), j.remote_process).label("server_process"),
+            j.connections, j.since, j.evidence,
+        ).cte("flow_views")
+    )
+    v = views.c
+    keys = (v.proto, v.c_addr, v.s_addr, v.s_port)
+    # What the served side says of its own process, per connection endpoints (client port folded).
+    serving = (select(*keys, func.max(v.server_process).label("process"), func.max(v.server_ref).label("ref"))
+               .where(v.served).group_by(*keys).subquery("serving"))
+    calling = select(*keys).where(not_(v.served)).group_by(*keys).subquery("calling")
+
+    def same(other: Any) -> ColumnElement[bool]:
+        return and_(other.c.proto == v.proto, other.c.c_addr == v.c_addr, other.c.s_addr == v.s_addr,
+                    other.c.s_port == v.s_port)
+
+    columns = (v.proto, v.client_ref, v.c_addr, v.client_process)
+    from_clients = (
+        # The served side's own host wins over the holder of its address (two hosts may hold one).
+        select(*columns, func.coalesce(serving.c.ref, v.server_ref).label("server_ref"), v.s_addr, v.s_port,
+               func.coalesce(serving.c.process, v.server_process).label("server_process"),
+               v.connections, v.since, v.evidence)
+        .select_from(views.outerjoin(serving, same(serving)))
+        .where(not_(v.served))
+    )
+    from_servers = (
+        select(*columns, v.server_ref, v.s_addr, v.s_port, v.server_process, v.connections, v.since, v.evidence)
+        .select_from(views.outerjoin(calling, same(calling)))
+        .where(v.served, calling.c.proto.is_(None))
+    )
+    both = union_all(from_clients, from_servers).subquery("flow_edges")
+    c = both.c
+    client_address = case((c.client_ref.is_(None), c.c_addr), else_=null())
+    outside_server = case((c.server_ref.is_(None), c.s_addr), else_=null())
+    return (
+        select(c.proto, c.client_ref, client_address.label("client_address"), c.client_process, c.server_ref,
+               func.min(c.s_addr).label("server_address"), c.s_port.label("server_port"), c.server_process,
+               func.sum(c.connections).label("connections"), func.min(c.since).label("first_seen"),
+               bindparam("last_moment", moment, type_=DateTime).label("last_seen"),
+               func.max(c.evidence).label("evidence"))
+        .group_by(c.proto, c.client_ref, client_address, c.client_process, c.server_ref, outside_server, c.s_port,
+                  c.server_process)
+    )
+
+
+def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
+                moment: datetime) -> Select[Any]:
+    a = alive.c
+    held = _holders(refs, moment)
     # Each connected socket, with the host that holds its remote address (loopback: its own host).
     ends = (
         select(a.host_ref, a.netns, a.proto, a.process, a.local_port, a.remote_port, a.laddr, a.raddr,

@@ -33,7 +33,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, insert, text
 
-from collector import changes, db, queries, spans
+from collector import changes, db, flows, queries, spans
+from collector.schema import flows as flow_table
 from collector.schema import host_addresses, hosts, observations, sockets
 from collector.store import INSERT_COLUMNS
 from collector.talks import Window, edges
@@ -49,12 +50,14 @@ DEBUG_LIFE = 4 * 3600 / 30  # steps: the debug listener lives four hours on aver
 PG_SETTINGS = {"shared_buffers": "2GB", "work_mem": "64MB", "maintenance_work_mem": "1GB", "max_wal_size": "8GB",
                "effective_cache_size": "16GB", "random_page_cost": "1.1"}
 SOCKET_COLUMNS = (*INSERT_COLUMNS, "valid_to", "span")
+FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from", "valid_to", "span")
 OBSERVATION_COLUMNS = ("host_ref", "epoch", "seq", "kind", "taken_at", "received_at", "added", "removed", "changed",
                        "complete", "gaps")
 
 
 def address(host: int) -> str:
-    return f"10.{host // 65536 % 256}.{host // 256 % 256}.{host % 256 or 1}"
+    serial = host + 1  # 10.0.0.1, 10.0.0.2, ..., 10.0.1.0, ...: one address per host
+    return f"10.{serial // 65536 % 256}.{serial // 256 % 256}.{serial % 256}"
 
 
 def upstream(host: int, k: int, hosts_count: int) -> int:
@@ -66,13 +69,16 @@ def upstream(host: int, k: int, hosts_count: int) -> int:
 class Fleet:
     """Socket intervals of the whole fleet, yielded in the order they open."""
 
-    def __init__(self, hosts_count: int, sockets_per_host: int, steps: int, rng: random.Random) -> None:
+    def __init__(self, hosts_count: int, sockets_per_host: int, steps: int, rng: random.Random,
+                 emit: Callable[[dict[str, Any]], None]) -> None:
         self.hosts, self.steps, self.rng = hosts_count, steps, rng
+        self.flows = flows.Builder(emit)  # the connections' flows, as the store would have kept them
         self.unix_pairs = sockets_per_host // 25
         self.slots = max(UPSTREAMS, (sockets_per_host - LISTENERS - 2 * self.unix_pairs) // 2)
         # 1% of a host's sockets close per step: its own calls and the accepted ends of others' calls.
         self.p_close = min(1.0, sockets_per_host * 0.01 / (2 * self.slots))
         self.serial = 0
+        self.ports = [0] * hosts_count
 
     def _row(self, host: int, moment: datetime, end: datetime | None, key: str, proto: str, kind: str,
              local: tuple[str | None, int | None], remote: tuple[str | None, int | None], path: str | None,
@@ -80,7 +86,7 @@ class Fleet:
         self.serial += 1
         return (host + 1, moment, key, 1, proto, "unix" if proto == "unix" else "inet", kind, inode or self.serial,
                 local[0], local[1], remote[0], remote[1], path, state, peer, 0 if pid < 500 else 1000,
-                "root" if pid < 500 else "app", pid, process, f"/usr/bin/{process}", 1, 0, 0, end,
+                "root" if pid < 500 else "app", pid, process, f"/usr/bin/{process}", 1, 0, 0, None, end,
                 spans.span_of(moment, end))
 
     def _life(self, step: int, mean: float | None = None) -> int:
@@ -101,7 +107,10 @@ class Fleet:
         peer = upstream(host, k, self.hosts)
         moment = START + step * STEP
         end = START + closes * STEP if closes < self.steps else None
-        port = 32768 + self.serial % 28000
+        # The host's next ephemeral port, as the kernel hands them out: a connection lives far shorter than a
+        # round of 28,000 of its host's connections, so no two open ones share a port.
+        self.ports[host] += 1
+        port = 32768 + self.ports[host] % 28000
         process, pid = ("app", 500) if k < UPSTREAMS // 2 else ("worker", 600)
         key = f"c{self.serial}"
         client = self._row(host, moment, end, key, "tcp", "stream", (address(host), port),
@@ -111,6 +120,14 @@ class Fleet:
         return [client, server]
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
+        """Socket rows in the order they open (at one moment, listeners first), each with its flow key."""
+        for row in self._rows():
+            key = self.flows.add(row[0], row[1], row[-2], row[3], row[4], row[13], row[18], row[8], row[9],
+                                 row[10], row[11])
+            yield (*row[:-3], key, *row[-2:])
+        self.flows.finish()
+
+    def _rows(self) -> Iterator[tuple[Any, ...]]:
         queue: list[tuple[int, int, int]] = []
         for host in range(self.hosts):
             for n in range(LISTENERS - 1):
@@ -119,6 +136,7 @@ class Fleet:
             closes = self._life(0, DEBUG_LIFE)
             yield self._debug_listener(host, 0, closes)
             heapq.heappush(queue, (closes, host, -1))
+        for host in range(self.hosts):
             for pair in range(self.unix_pairs):
                 inode = 10_000_000 + 2 * pair
                 yield self._row(host, START, None, f"u{pair}s", "unix", "stream", (None, None), (None, None),
@@ -153,16 +171,25 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
         conn.execute(insert(host_addresses), [{
             "host_ref": h + 1, "netns": 1, "interface": "eth0", "address": address(h), "valid_from": START}
             for h in range(hosts_count)])
-        for table in (sockets, observations):
+        for table in (sockets, observations, flow_table):
             for index in table.indexes:
                 index.drop(conn)
-    rows = _bulk(engine, sockets, SOCKET_COLUMNS, Fleet(hosts_count, sockets_per_host, steps,
-                                                        random.Random(7)).rows(), postgres_)
+    versions: list[tuple[Any, ...]] = []
+
+    def emit(version: dict[str, Any]) -> None:
+        versions.append(tuple(version[c] for c in FLOW_COLUMNS))
+        if len(versions) == 100_000:
+            _write(engine, flow_table, FLOW_COLUMNS, versions, postgres_)
+            versions.clear()
+
+    fleet = Fleet(hosts_count, sockets_per_host, steps, random.Random(7), emit)
+    rows = _bulk(engine, sockets, SOCKET_COLUMNS, fleet.rows(), postgres_)
+    _write(engine, flow_table, FLOW_COLUMNS, versions, postgres_)
     heartbeats = ((h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0,
                    True, 0) for s in range(steps) for h in range(hosts_count))
     _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
     with engine.begin() as conn:
-        for table in (sockets, observations):
+        for table in (sockets, observations, flow_table):
             for index in table.indexes:
                 index.create(conn)
         # PostgreSQL's autovacuum would gather statistics on its own after such a load; here it is asked to.
@@ -209,6 +236,20 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     return statistics.median(runs), result
 
 
+def agree(conn: Any, moment: datetime) -> None:
+    """The edges ``talks --at`` reads from flows are those the socket rows make (a window of no length)."""
+    fields = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
+              "server_port", "server_process", "connections", "direction")
+
+    def brief(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+        return sorted(tuple(str(row[f]) for f in fields) for row in rows)
+
+    from_flows = brief(edges(conn, Window(moment)))
+    if from_flows != brief(edges(conn, Window(moment, moment))):
+        raise SystemExit("talks --at: the edges from flows differ from the edges from socket rows")
+    print(f"  talks --at: {len(from_flows):,} edges from flows, the same as from the socket rows", flush=True)
+
+
 def bench(backend: str, url: str, args: argparse.Namespace) -> None:
     engine = db.engine(url)
     db.migrate(engine)
@@ -229,6 +270,7 @@ def bench(backend: str, url: str, args: argparse.Namespace) -> None:
             "history --host": lambda: changes.history(conn, "host-1", since=max(START, end - timedelta(days=1))),
             "diff": lambda: changes.diff(conn, middle - timedelta(hours=min(1.0, args.hours / 4)), middle),
         }
+        agree(conn, middle)
         how = f"loaded in {loaded:.0f} s" if not loaded_already else "loaded before"
         print(f"{backend}: {args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h of 1% churn every 30 s: "
               f"{rows:,} socket rows, {how}", flush=True)
