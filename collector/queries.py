@@ -87,17 +87,22 @@ def exposed() -> ColumnElement[bool]:
     )
 
 
+LISTENING_STATES = sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")])
+
+
 def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_listening: bool = False,
                hosts_known: Observed | None = None) -> list[dict[str, Any]]:
     """Sockets open at ``at`` (default: now) on hosts observed then, with the documented fields."""
     seen = hosts_known or observed(conn, at)
     # Now: every host's last known state (the caller flags stale hosts); at T: hosts observed then.
     refs = list(seen.known) + list(seen.unknown) if at is None else list(seen.known)
-    conditions: list[ColumnElement[bool]] = [spans.alive(at), sockets.c.host_ref.in_(refs)]
+    conditions: list[ColumnElement[bool]] = [sockets.c.host_ref.in_(refs)]
     if only_listening:
-        # The IN term repeats what listening() implies, in the form the partial index ix_sockets_listening
-        # names: with literal values, which SQLite needs to see that the index applies.
-        conditions += [sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]), listening()]
+        # The IN term repeats what listening() implies, in the form the partial listener indexes name: with
+        # literal values, which SQLite needs to see that they apply (in every lifetime class's term).
+        conditions += [spans.alive(at, within=(LISTENING_STATES,)), listening()]
+    else:
+        conditions.append(spans.alive(at))
     if filters.host is not None:
         conditions.append(hosts.c.name == filters.host)
     if filters.port is not None:

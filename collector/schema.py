@@ -112,6 +112,11 @@ Index(
     "uq_sockets_open_key", sockets.c.host_ref, sockets.c.key, unique=True,
     sqlite_where=sockets.c.valid_to.is_(None), postgresql_where=sockets.c.valid_to.is_(None),
 )
+# "Which listeners were open at T" by lifetime class, among listeners alone.
+Index(
+    "ix_sockets_listening_span", sockets.c.span, sockets.c.valid_from, sockets.c.valid_to,
+    sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")), postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
+)
 # Unix sockets are paired by inode when asked who talks to whom: "alive at T" among them alone.
 Index(
     "ix_sockets_unix", sockets.c.span, sockets.c.valid_from, sockets.c.valid_to,

@@ -30,10 +30,12 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Select,
+    String,
     Subquery,
     and_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     literal_column,
@@ -45,7 +47,7 @@ from sqlalchemy import (
 )
 
 from collector import spans
-from collector.queries import observed
+from collector.queries import LISTENING_STATES, observed
 from collector.schema import flows, host_addresses, hosts, sockets
 from collector.times import now
 
@@ -184,7 +186,8 @@ def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, 
         _plain(s.remote_address).label("raddr"),
     ).where(*conditions, *narrow.inet(), s.proto != "unix", s.remote_address.is_not(None),
             s.state.not_in(("TIME_WAIT", "LISTEN")))
-    return union_all(_inet_edges(inet.subquery("inet"), conditions, refs, moment),  # type: ignore[return-value]
+    return union_all(_inet_edges(inet.subquery("inet"), _listening(window, refs, every_host), refs,  # type: ignore[return-value]
+                                 moment),
                      _unix_edges(_unix(window, refs, every_host, moment, narrow)))
 
 
@@ -209,12 +212,17 @@ def _at(window: Window, refs: list[int], every_host: bool, moment: datetime, nar
         conditions.append(f.host_ref.in_(refs))
     alive = select(f.host_ref, f.netns, f.proto, f.role, f.process, f.local_port, f.remote_port, f.connections,
                    f.since, f.local_address.label("laddr"), f.remote_address.label("raddr"),
-                   ).where(*conditions, *narrow.flows()).subquery("alive_flows")
-    socket_conditions = [spans.alive(window.start)]
-    if not every_host:
-        socket_conditions.append(sockets.c.host_ref.in_(refs))
-    return union_all(_flow_edges(alive, socket_conditions, refs, moment),  # type: ignore[return-value]
+                   ).where(*conditions, *narrow.flows()).cte("alive_flows").prefix_with("MATERIALIZED")
+    return union_all(_flow_edges(alive, _listening(window, refs, every_host), refs, moment),  # type: ignore[return-value]
                      _unix_edges(_unix(window, refs, every_host, moment, narrow)))
+
+
+def _listening(window: Window, refs: list[int], every_host: bool) -> list[ColumnElement[bool]]:
+    """Listener rows alive in the window, through the listeners' partial indexes."""
+    conditions = [spans.alive(window.start, window.end, within=(LISTENING_STATES,))]
+    if not every_host:
+        conditions.append(sockets.c.host_ref.in_(refs))
+    return conditions
 
 
 def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
@@ -226,10 +234,7 @@ def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
     s = sockets.c
     laddr = _plain(s.local_address)
     listening = select(s.host_ref, s.netns, s.proto, s.local_port, laddr.label("laddr"), s.process).where(
-        *conditions,
-        # As the partial index ix_sockets_listening is written, for SQLite to see that it applies.
-        s.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]),
-        s.proto != "unix", or_(s.state == "LISTEN", s.proto == "udp"),
+        *conditions, s.proto != "unix", or_(s.state == "LISTEN", s.proto == "udp"),
     ).subquery("listening")
     c = listening.c
     keys = (c.host_ref, c.netns, c.proto, c.local_port, c.laddr)
@@ -239,7 +244,8 @@ def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
 def _holders(refs: list[int], moment: datetime) -> CTE:
     """The fleet host holding each address at the moment (two hosts may hold one, e.g. docker0: the first)."""
     ha = host_addresses.c
-    address = _plain(ha.address)
+    # Cast: an expression has no type affinity in SQLite, and then cannot be looked up by an index.
+    address = cast(_plain(ha.address), String)
     holding = (
         select(address.label("address"), ha.host_ref, ha.netns)
         .where(ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment), ha.host_ref.in_(refs),
@@ -257,7 +263,7 @@ def _holders(refs: list[int], moment: datetime) -> CTE:
     )
 
 
-def _flow_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
+def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[int],
                 moment: datetime) -> Select[Any]:
     """Flows judged as ``_inet_edges`` judges sockets, then folded: the calling side's flows count the
     connections, and a served flow counts only those no calling flow in the fleet accounts for."""
@@ -329,7 +335,7 @@ def _flow_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: li
             side(j.host_ref, j.peer_ref).label("server_ref"),
             side(func.coalesce(j.local_process, j.process), j.remote_process).label("server_process"),
             j.connections, j.since, j.evidence,
-        ).cte("flow_views")
+        ).cte("flow_views").prefix_with("MATERIALIZED")
     )
     v = views.c
     keys = (v.proto, v.c_addr, v.s_addr, v.s_port)

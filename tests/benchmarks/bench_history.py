@@ -103,7 +103,9 @@ class Fleet:
                          ("0.0.0.0", 9000 + self.serial % 1000), (None, None), None, "LISTEN", None, 300, "debug")
 
     def _connection(self, host: int, slot: int, step: int, closes: int) -> list[tuple[Any, ...]]:
-        k = slot % UPSTREAMS
+        # Each new connection goes to one of the 8 upstreams at random: a pool grows and shrinks as
+        # connections come and go, so that every change moves the flows of both ends.
+        k = self.rng.randrange(UPSTREAMS) if step else slot % UPSTREAMS
         peer = upstream(host, k, self.hosts)
         moment = START + step * STEP
         end = START + closes * STEP if closes < self.steps else None
