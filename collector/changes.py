@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
-from collector.queries import SOCKET_FIELDS, Filters, observed, sockets_at
+from collector.queries import SOCKET_FIELDS, Filters, Observed, observed, sockets_at
 from collector.schema import hosts, sockets
 from collector.talks import EDGE_FIELDS, Window, edges
 
@@ -50,8 +50,14 @@ def diff(conn: Connection, start: datetime, end: datetime, host: str | None = No
     names = set(both.values())
     filters = Filters(host=host)
     rows: list[dict[str, Any]] = []
-    then = {_key(r, LISTENER_KEY): r for r in sockets_at(conn, start, filters, True, before) if r["host"] in names}
-    now = {_key(r, LISTENER_KEY): r for r in sockets_at(conn, end, filters, True, after) if r["host"] in names}
+    # The listeners open at either moment, read once: those open from start to end.
+    then, now = {}, {}
+    for row in sockets_at(conn, start, filters, True, Observed(both, {}), until=end):
+        valid_from, valid_to = row.pop("valid_from"), row.pop("valid_to")
+        if valid_from <= start and (valid_to is None or valid_to > start):
+            then[_key(row, LISTENER_KEY)] = row
+        if valid_from <= end and (valid_to is None or valid_to > end):
+            now[_key(row, LISTENER_KEY)] = row
     rows += [{"change": "closed", "kind": "listener", **then[k]} for k in then.keys() - now.keys()]
     rows += [{"change": "opened", "kind": "listener", **now[k]} for k in now.keys() - then.keys()]
 

@@ -91,8 +91,11 @@ LISTENING_STATES = sockets.c.state.in_([literal_column("'LISTEN'"), literal_colu
 
 
 def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_listening: bool = False,
-               hosts_known: Observed | None = None) -> list[dict[str, Any]]:
-    """Sockets open at ``at`` (default: now) on hosts observed then, with the documented fields."""
+               hosts_known: Observed | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+    """Sockets open at ``at`` (default: now) on hosts observed then, with the documented fields.
+
+    With ``until``: those open at any time from ``at`` to ``until``, with ``valid_from`` and ``valid_to``.
+    """
     seen = hosts_known or observed(conn, at)
     # Now: every host's last known state (the caller flags stale hosts); at T: hosts observed then.
     refs = list(seen.known) + list(seen.unknown) if at is None else list(seen.known)
@@ -100,9 +103,9 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     if only_listening:
         # The IN term repeats what listening() implies, in the form the partial listener indexes name: with
         # literal values, which SQLite needs to see that they apply (in every lifetime class's term).
-        conditions += [spans.alive(at, within=(LISTENING_STATES,)), listening()]
+        conditions += [spans.alive(at, until, within=(LISTENING_STATES,)), listening()]
     else:
-        conditions.append(spans.alive(at))
+        conditions.append(spans.alive(at, until))
     if filters.host is not None:
         conditions.append(hosts.c.name == filters.host)
     if filters.port is not None:
@@ -114,6 +117,8 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     if filters.exposed:
         conditions.append(exposed())
     columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in SOCKET_FIELDS[1:])]
+    if until is not None:
+        columns += [sockets.c.valid_from, sockets.c.valid_to]
     query = (
         select(*columns)
         .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
