@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -48,28 +49,37 @@ def diff(conn: Connection, start: datetime, end: datetime, host: str | None = No
     if host is not None:
         left_out = [name for name in left_out if name == host]
     names = set(both.values())
-    filters = Filters(host=host)
-    rows: list[dict[str, Any]] = []
-    # The listeners open at either moment, read once: those open from start to end.
-    then, now = {}, {}
-    for row in sockets_at(conn, start, filters, True, Observed(both, {}), until=end):
-        valid_from, valid_to = row.pop("valid_from"), row.pop("valid_to")
-        if valid_from <= start and (valid_to is None or valid_to > start):
-            then[_key(row, LISTENER_KEY)] = row
-        if valid_from <= end and (valid_to is None or valid_to > end):
-            now[_key(row, LISTENER_KEY)] = row
-    rows += [{"change": "closed", "kind": "listener", **then[k]} for k in then.keys() - now.keys()]
-    rows += [{"change": "opened", "kind": "listener", **now[k]} for k in now.keys() - then.keys()]
 
-    def fleet_edges(moment: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
+    def fleet_edges(connection: Connection, moment: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
         found = {}
-        for edge in edges(conn, Window(moment), host):  # with host: only the edges it is an end of
+        for edge in edges(connection, Window(moment), host):  # with host: only the edges it is an end of
             ends = {edge["client_host"], edge["server_host"]} - {None}
             if ends <= names:
                 found[_key(edge, EDGE_KEY)] = edge
         return found
 
-    edges_then, edges_now = fleet_edges(start), fleet_edges(end)
+    def earlier_edges() -> dict[tuple[Any, ...], dict[str, Any]]:
+        with conn.engine.connect() as other:
+            return fleet_edges(other, start)
+
+    # The edges at the first moment are asked on a connection of their own, alongside the rest.
+    separate = conn.engine.url.database not in (None, "", ":memory:")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        edges_then_later = pool.submit(earlier_edges) if separate else None
+        filters = Filters(host=host)
+        rows: list[dict[str, Any]] = []
+        # The listeners open at either moment, read once: those open from start to end.
+        then, now = {}, {}
+        for row in sockets_at(conn, start, filters, True, Observed(both, {}), until=end):
+            valid_from, valid_to = row.pop("valid_from"), row.pop("valid_to")
+            if valid_from <= start and (valid_to is None or valid_to > start):
+                then[_key(row, LISTENER_KEY)] = row
+            if valid_from <= end and (valid_to is None or valid_to > end):
+                now[_key(row, LISTENER_KEY)] = row
+        rows += [{"change": "closed", "kind": "listener", **then[k]} for k in then.keys() - now.keys()]
+        rows += [{"change": "opened", "kind": "listener", **now[k]} for k in now.keys() - then.keys()]
+        edges_now = fleet_edges(conn, end)
+        edges_then = edges_then_later.result() if edges_then_later else fleet_edges(conn, start)
     rows += [{"change": "closed", "kind": "edge", **edges_then[k]} for k in edges_then.keys() - edges_now.keys()]
     rows += [{"change": "opened", "kind": "edge", **edges_now[k]} for k in edges_now.keys() - edges_then.keys()]
     rows.sort(key=lambda r: (r["kind"], r.get("host") or r.get("server_host") or "", str(r.get("local_port")),
