@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
 )
 
 metadata = MetaData(
@@ -116,6 +117,12 @@ Index(
 Index(
     "ix_sockets_listening_span", sockets.c.span, sockets.c.valid_from, sockets.c.valid_to,
     sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")), postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
+)
+# A host's open listeners, read when the store files new connections under flows.
+Index(
+    "ix_sockets_open_listeners", sockets.c.host_ref,
+    sqlite_where=and_(sockets.c.valid_to.is_(None), sockets.c.state.in_(("LISTEN", "UNCONN"))),
+    postgresql_where=and_(sockets.c.valid_to.is_(None), sockets.c.state.in_(("LISTEN", "UNCONN"))),
 )
 # Unix sockets are paired by inode when asked who talks to whom: "alive at T" among them alone.
 Index(

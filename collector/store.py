@@ -56,21 +56,33 @@ CLOSE_KEYS = update(sockets).where(and_(
     sockets.c.flow)
 CLOSE_IDS = update(sockets).where(sockets.c.id.in_(bindparam("ids", expanding=True))).values(
     valid_to=bindparam("moment"), span=spans.closing_span()).returning(sockets.c.flow)
-# The host's open listeners, through the listeners' partial index (its condition written as the index's).
+# The host's open listeners, through their partial index (its condition written as the index's, and named
+# for SQLite, whose planner would otherwise walk the host's whole history).
 LISTENING = select(sockets.c.netns, sockets.c.proto, sockets.c.local_address, sockets.c.local_port).where(
     sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None),
     sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]),
-    or_(sockets.c.state == "LISTEN", sockets.c.proto == "udp"))
-OPEN_FLOWS = select(flow_rows).where(flow_rows.c.host_ref == bindparam("ref"),
-                                     flow_rows.c.key.in_(bindparam("keys", expanding=True)),
-                                     flow_rows.c.valid_to.is_(None))
-CLOSE_FLOWS = update(flow_rows).where(flow_rows.c.id.in_(bindparam("ids", expanding=True))).values(
-    valid_to=bindparam("moment"), span=spans.closing_span(flow_rows))
-OPEN_FLOW = insert(flow_rows)
-# Constant text made from the table's own column names; values are always bound.
-_QUOTED = ", ".join(f'"{column}"' for column in INSERT_COLUMNS)
-SQLITE_INSERT = f"INSERT INTO sockets ({_QUOTED}) VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})"  # noqa: S608
-PG_COPY = f"COPY sockets ({_QUOTED}) FROM STDIN"
+    or_(sockets.c.state == "LISTEN", sockets.c.proto == "udp"),
+).with_hint(sockets, "INDEXED BY ix_sockets_open_listeners", "sqlite")
+# Closes the open rows of the flows a message moves, and returns what they held.
+CLOSE_FLOWS = update(flow_rows).where(
+    flow_rows.c.host_ref == bindparam("ref"), flow_rows.c.key.in_(bindparam("keys", expanding=True)),
+    flow_rows.c.valid_to.is_(None),
+).values(valid_to=bindparam("moment"), span=spans.closing_span(flow_rows)).returning(
+    flow_rows.c.key, *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS), flow_rows.c.connections,
+    flow_rows.c.since, flow_rows.c.valid_from)
+FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from")
+
+
+def _bulk_statements(table: str, columns: tuple[str, ...]) -> tuple[str, str]:
+    """INSERT (SQLite) and COPY (PostgreSQL) text for new rows: constant text made from the table's own
+    column names; values are always bound."""
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    return (f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' for _ in columns)})",  # noqa: S608
+            f"COPY {table} ({quoted}) FROM STDIN")
+
+
+SOCKETS_BULK = _bulk_statements("sockets", INSERT_COLUMNS)
+FLOWS_BULK = _bulk_statements("flows", FLOW_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +229,11 @@ class Store:
     def _insert(self, conn: Connection, ref: int, rows: Sequence[convert.SocketRow], moment: datetime,
                 left: list[str | None]) -> None:
         """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``)."""
-        values = [(ref, moment, *row.values()) for row in rows]
+        stamp = self._stamp(moment)
+        values = [(ref, stamp, *row.values()) for row in rows]
         opened = self._flows(conn, ref, values, moment, left)
         if values:
-            self._write(conn, [(*value, key) for value, key in zip(values, opened, strict=True)])
+            self._write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, opened, strict=True)])
 
     def _flows(self, conn: Connection, ref: int, values: list[tuple[Any, ...]], moment: datetime,
                left: list[str | None]) -> list[str | None]:
@@ -255,27 +268,30 @@ class Store:
         if moving:
             current = {}
             for chunk in _chunks(moving):
-                for row in conn.execute(OPEN_FLOWS, {"ref": ref, "keys": list(chunk)}):
-                    flow = tuple(row._mapping[name] for name in flows.IDENTITY_COLUMNS)
-                    current[row.key] = (row.id, flows.Open(flow, row.connections, row.since, row.valid_from))
-            ids = {key: row_id for key, (row_id, _) in current.items()}
-            state = {key: row for key, (_, row) in current.items()}
-            closed, new = flows.advance(state, {key: changes[key] for key in moving}, identities, moment)
-            for chunk in _chunks([ids[key] for key, _ in closed]):
-                conn.execute(CLOSE_FLOWS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
+                params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
+                for row in conn.execute(CLOSE_FLOWS, params):
+                    current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
+            _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
             if new:
-                conn.execute(OPEN_FLOW, [flows.version(ref, key, row, None) for key, row in new])
+                self._write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self._stamp(row.since),
+                                                self._stamp(row.valid_from)) for key, row in new])
         return opened
 
-    def _write(self, conn: Connection, values: list[tuple[Any, ...]]) -> None:
+    def _stamp(self, moment: datetime) -> datetime | str:
+        """A time for the bulk statements, which bypass SQLAlchemy's types: on SQLite, written as SQLAlchemy
+        writes (and binds) times, so that text comparisons in queries hold at equal times too."""
+        return moment if self.postgres else moment.isoformat(" ", timespec="microseconds")
+
+    def _write(self, conn: Connection, statements: tuple[str, str], values: list[tuple[Any, ...]]) -> None:
+        """New rows in bulk: ``executemany`` of one constant INSERT on SQLite, ``COPY`` on PostgreSQL."""
         try:
             if self.postgres:
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                with cursor.copy(PG_COPY) as copy:
+                with cursor.copy(statements[1]) as copy:
                     for value in values:
                         copy.write_row(value)
             else:
-                conn.exec_driver_sql(SQLITE_INSERT, values)
+                conn.exec_driver_sql(statements[0], values)
         except Exception as exc:
             # uq_sockets_open_key: the message opens a socket the collector already holds open.
             if isinstance(exc, IntegrityError) or getattr(exc, "sqlstate", None) == "23505":
