@@ -137,7 +137,8 @@ class Builder:
 
     def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self.emit = emit
-        self.listeners: dict[int, list[tuple[Listener, datetime, datetime | None]]] = defaultdict(list)
+        # Per host, the times each listener (namespace, protocol, port, address) was open.
+        self.listeners: dict[int, dict[Listener, list[tuple[datetime, datetime | None]]]] = defaultdict(dict)
         self.open: dict[int, dict[str, Open]] = defaultdict(dict)
         self.identities: dict[tuple[int, str], tuple[Any, ...]] = {}
         self.closing: list[tuple[datetime, int, str]] = []
@@ -151,14 +152,14 @@ class Builder:
             self._settle(valid_from)
             self.moment = valid_from
         if is_listener(proto, state):
-            self.listeners[host_ref].append((listener_of(netns, proto, local_address, local_port), valid_from,
-                                             valid_to))
+            held = self.listeners[host_ref].setdefault(listener_of(netns, proto, local_address, local_port), [])
+            held.append((valid_from, valid_to))
             return None
-        held = self.listeners.get(host_ref, [])
+        listeners = self.listeners.get(host_ref, {})
 
         def listening(wanted: Listener) -> bool:
-            return any(lst == wanted and start <= valid_from and (end is None or end > valid_from)
-                       for lst, start, end in held)
+            return any(start <= valid_from and (end is None or end > valid_from)
+                       for start, end in listeners.get(wanted, ()))
 
         flow = identity(netns, proto, state, process, local_address, local_port, remote_address, remote_port,
                         listening)
