@@ -32,6 +32,7 @@ from sqlalchemy import (
     Select,
     String,
     Subquery,
+    Table,
     and_,
     bindparam,
     case,
@@ -124,22 +125,14 @@ class Narrow:
     addresses: list[str] | None = None
     port: int | None = None
 
-    def inet(self) -> list[ColumnElement[bool]]:
-        s = sockets.c
+    def inet(self, table: Table = sockets) -> list[ColumnElement[bool]]:
+        """For inet socket rows, or (``table`` flows) for flow rows, which have the same endpoint columns."""
+        c = table.c
         conditions = []
         if self.refs is not None:
-            conditions.append(or_(s.host_ref.in_(self.refs), s.remote_address.in_(self.addresses or [])))
+            conditions.append(or_(c.host_ref.in_(self.refs), c.remote_address.in_(self.addresses or [])))
         if self.port is not None:
-            conditions.append(or_(s.local_port == self.port, s.remote_port == self.port))
-        return conditions
-
-    def flows(self) -> list[ColumnElement[bool]]:
-        f = flows.c
-        conditions = []
-        if self.refs is not None:
-            conditions.append(or_(f.host_ref.in_(self.refs), f.remote_address.in_(self.addresses or [])))
-        if self.port is not None:
-            conditions.append(or_(f.local_port == self.port, f.remote_port == self.port))
+            conditions.append(or_(c.local_port == self.port, c.remote_port == self.port))
         return conditions
 
     def unix(self) -> list[ColumnElement[bool]]:
@@ -212,7 +205,7 @@ def _at(window: Window, refs: list[int], every_host: bool, moment: datetime, nar
         conditions.append(f.host_ref.in_(refs))
     alive = select(f.host_ref, f.netns, f.proto, f.role, f.process, f.local_port, f.remote_port, f.connections,
                    f.since, f.local_address.label("laddr"), f.remote_address.label("raddr"),
-                   ).where(*conditions, *narrow.flows()).cte("alive_flows").prefix_with("MATERIALIZED")
+                   ).where(*conditions, *narrow.inet(flows)).cte("alive_flows").prefix_with("MATERIALIZED")
     return union_all(_flow_edges(alive, _listening(window, refs, every_host), refs, moment),  # type: ignore[return-value]
                      _unix_edges(_unix(window, refs, every_host, moment, narrow)))
 
@@ -263,21 +256,48 @@ def _holders(refs: list[int], moment: datetime) -> CTE:
     )
 
 
+def _with_peers(alive: Subquery | CTE, refs: list[int], moment: datetime, name: str) -> Subquery:
+    """Rows with a far end (``raddr``), and the fleet host and namespace holding it (loopback: their own)."""
+    a = alive.c
+    held = _holders(refs, moment)
+    loop = _loopback(a.raddr)
+    return (
+        select(alive, case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
+               case((loop, a.netns), else_=held.c.netns).label("peer_netns"))
+        .select_from(alive.outerjoin(held, held.c.address == a.raddr))
+        .subquery(name)
+    )
+
+
+def _judgement(local_listens: ColumnElement[bool], remote_listens: ColumnElement[bool], local_port: Any,
+               remote_port: Any, role: Any = None) -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """Which side serves (1: the local one) and how that was decided.
+
+    The side with a listener serves; else the side not on an ephemeral port; else the lower port.  A
+    flow's role, decided when its sockets opened (collector/flows.py), comes first.
+    """
+    local_ephemeral = _flag(local_port.between(*EPHEMERAL))
+    remote_ephemeral = _flag(remote_port.between(*EPHEMERAL))
+    one_listens = or_(and_(local_listens, not_(remote_listens)), and_(remote_listens, not_(local_listens)))
+    serving: list[Any] = [
+        (and_(local_listens, not_(remote_listens)), 1),
+        (and_(remote_listens, not_(local_listens)), 0),
+        (local_ephemeral != remote_ephemeral, remote_ephemeral),
+        (local_port < remote_port, 1),
+    ]
+    deciding: list[Any] = [(one_listens, LISTENER), (local_ephemeral != remote_ephemeral, EPHEMERAL_PORT)]
+    if role is not None:
+        serving = [(role == "s", 1), (role == "c", 0), *serving]
+        deciding = [(or_(role == "s", and_(role == "c", remote_listens)), LISTENER), (role == "c", EPHEMERAL_PORT),
+                    *deciding]
+    return case(*serving, else_=0), case(*deciding, else_=LOWER_PORT)
+
+
 def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[int],
                 moment: datetime) -> Select[Any]:
     """Flows judged as ``_inet_edges`` judges sockets, then folded: the calling side's flows count the
     connections, and a served flow counts only those no calling flow in the fleet accounts for."""
-    a = alive.c
-    held = _holders(refs, moment)
-    loop = _loopback(a.raddr)
-    ends = (
-        select(a.host_ref, a.netns, a.proto, a.role, a.process, a.local_port, a.remote_port, a.laddr, a.raddr,
-               a.connections, a.since,
-               case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
-               case((loop, a.netns), else_=held.c.netns).label("peer_netns"))
-        .select_from(alive.outerjoin(held, held.c.address == a.raddr))
-        .subquery("flow_ends")
-    )
+    ends = _with_peers(alive, refs, moment, "flow_ends")
     e = ends.c
     listeners = _listeners(conditions)
     # A listener on the exact address, on 0.0.0.0 or on ::, each joined on its own, so that no flow is
@@ -295,23 +315,7 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
     remote_listens = or_(*(c.host_ref.is_not(None) for c in found["remote"]))
     local_process = func.coalesce(*(c.process for c in found["local"]))
     remote_process = func.coalesce(*(c.process for c in found["remote"]))
-    local_ephemeral = e.local_port.between(*EPHEMERAL)
-    remote_ephemeral = e.remote_port.between(*EPHEMERAL)
-    one_listens = or_(and_(local_listens, not_(remote_listens)), and_(remote_listens, not_(local_listens)))
-    server_side = case(
-        (e.role == "s", 1),
-        (e.role == "c", 0),
-        (and_(local_listens, not_(remote_listens)), 1),
-        (and_(remote_listens, not_(local_listens)), 0),
-        (_flag(local_ephemeral) != _flag(remote_ephemeral), _flag(remote_ephemeral)),
-        (e.local_port < e.remote_port, 1),
-        else_=0,
-    )
-    evidence = case(
-        (or_(e.role == "s", one_listens, and_(e.role == "c", remote_listens)), LISTENER),
-        (or_(e.role == "c", _flag(local_ephemeral) != _flag(remote_ephemeral)), EPHEMERAL_PORT),
-        else_=LOWER_PORT,
-    )
+    server_side, evidence = _judgement(local_listens, remote_listens, e.local_port, e.remote_port, e.role)
     judged = (
         select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
                e.connections, e.since, local_process.label("local_process"),
@@ -379,17 +383,8 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
 
 def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
                 moment: datetime) -> Select[Any]:
-    a = alive.c
-    held = _holders(refs, moment)
     # Each connected socket, with the host that holds its remote address (loopback: its own host).
-    ends = (
-        select(a.host_ref, a.netns, a.proto, a.process, a.local_port, a.remote_port, a.laddr, a.raddr,
-               a.valid_from, a.last,
-               case((_loopback(a.raddr), a.host_ref), else_=held.c.host_ref).label("peer_ref"),
-               case((_loopback(a.raddr), a.netns), else_=held.c.netns).label("peer_netns"))
-        .select_from(alive.outerjoin(held, held.c.address == a.raddr))
-        .subquery("ends")
-    )
+    ends = _with_peers(alive, refs, moment, "ends")
     listeners = _listeners(conditions)
     e = ends.c
     local, remote = listeners.alias("local_listener"), listeners.alias("remote_listener")
@@ -402,21 +397,7 @@ def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: li
 
     local_listens = local.c.host_ref.is_not(None)
     remote_listens = remote.c.host_ref.is_not(None)
-    local_ephemeral = e.local_port.between(*EPHEMERAL)
-    remote_ephemeral = e.remote_port.between(*EPHEMERAL)
-    # The side with a listener serves; else the side not on an ephemeral port; else the lower port.
-    server_side = case(
-        (and_(local_listens, not_(remote_listens)), 1),
-        (and_(remote_listens, not_(local_listens)), 0),
-        (_flag(local_ephemeral) != _flag(remote_ephemeral), _flag(remote_ephemeral)),
-        (e.local_port < e.remote_port, 1),
-        else_=0,
-    )
-    evidence = case(
-        (or_(and_(local_listens, not_(remote_listens)), and_(remote_listens, not_(local_listens))), LISTENER),
-        (_flag(local_ephemeral) != _flag(remote_ephemeral), EPHEMERAL_PORT),
-        else_=LOWER_PORT,
-    )
+    server_side, evidence = _judgement(local_listens, remote_listens, e.local_port, e.remote_port)
     judged = (
         select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
                e.valid_from, e.last, local.c.process.label("local_process"),
