@@ -11,6 +11,11 @@ Every statement is built once, here, with bound parameters: a collector applies
 thousands of messages a second, and building SQLAlchemy statements per message
 would cost more than running them.  New socket rows go in bulk: ``executemany``
 of one constant INSERT on SQLite, ``COPY`` on PostgreSQL.
+
+A store keeps in memory the open listeners of each host it wrote last, which
+decide the role of the host's new connections (``collector.flows``), tagged with
+the message that left them so; another collector writing the host in between
+changes the host's (epoch, seq), and the listeners are read again.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, literal_column, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from collector import convert, flows, spans
@@ -53,9 +58,9 @@ OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
 CLOSE_KEYS = update(sockets).where(and_(
     sockets.c.host_ref == bindparam("ref"), sockets.c.key.in_(bindparam("keys", expanding=True)),
     sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"), span=spans.closing_span()).returning(
-    sockets.c.flow)
+    sockets.c.flow, sockets.c.proto, sockets.c.state)
 CLOSE_IDS = update(sockets).where(sockets.c.id.in_(bindparam("ids", expanding=True))).values(
-    valid_to=bindparam("moment"), span=spans.closing_span()).returning(sockets.c.flow)
+    valid_to=bindparam("moment"), span=spans.closing_span()).returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
 # The host's open listeners, through their partial index (its condition written as the index's, and named
 # for SQLite, whose planner would otherwise walk the host's whole history).
 LISTENING = select(sockets.c.netns, sockets.c.proto, sockets.c.local_address, sockets.c.local_port).where(
@@ -71,6 +76,7 @@ CLOSE_FLOWS = update(flow_rows).where(
     flow_rows.c.key, *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS), flow_rows.c.connections,
     flow_rows.c.since, flow_rows.c.valid_from)
 FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from")
+Counts = tuple[int, int, int]  # sockets added, removed, changed
 
 
 def _bulk_statements(table: str, columns: tuple[str, ...]) -> tuple[str, str]:
@@ -99,10 +105,17 @@ class _Resync(Exception):
     """Raised inside a transaction to roll it back and ask the agent for a Snapshot."""
 
 
+# A host's open listeners as this collector left them, and the (epoch, seq, last_taken_at) of the message
+# that left them so: while the host's row still says the same, no other collector has written since.
+_Listening = tuple[tuple[int, int, datetime], frozenset[flows.Listener]]
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
+        # Saves a query per message that opens connections; kept only after the message's commit.
+        self._listening: dict[int, _Listening] = {}
 
     def hello(self, hello: pb.Hello) -> int:
         """Record the host (new or known) and its addresses; returns the host's row id."""
@@ -154,6 +167,7 @@ class Store:
         coverage, complete = (None, None)
         if message.HasField("coverage"):
             coverage, complete = convert.coverage_json(message.coverage)
+        known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
             with self.engine.begin() as conn:
                 host = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
@@ -161,14 +175,17 @@ class Store:
                     return Outcome(acked=True, replay=True)
                 if host.last_taken_at is not None and moment < host.last_taken_at:
                     moment = host.last_taken_at  # history never runs backwards, even when the agent's clock does
+                listening = None
+                if known is not None and known[0] == (host.epoch, host.seq, host.last_taken_at):
+                    listening = known[1]
                 if snapshot:
-                    counts = self._snapshot(conn, ref, message, moment)  # type: ignore[arg-type]
+                    counts, listening = self._snapshot(conn, ref, message, moment, listening)  # type: ignore[arg-type]
                     kind = "snapshot"
                 else:
                     if (message.epoch, message.base_seq) != (host.epoch, host.seq):  # type: ignore[union-attr]
                         raise _Resync(f"delta is based on ({message.epoch}, {message.base_seq}), "  # type: ignore[union-attr]
                                       f"the collector holds ({host.epoch}, {host.seq})")
-                    counts = self._delta(conn, ref, message, moment)  # type: ignore[arg-type]
+                    counts, listening = self._delta(conn, ref, message, moment, listening)  # type: ignore[arg-type]
                     kind = "delta" if any(counts) or coverage is not None else "heartbeat"
                 if complete is None:
                     complete = True if snapshot else host.complete
@@ -185,9 +202,14 @@ class Store:
                 })
         except _Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
+        if listening is None:
+            self._listening.pop(ref, None)
+        else:
+            self._listening[ref] = ((message.epoch, message.seq, moment), listening)
         return Outcome(acked=True, rows_written=counts[0] + counts[2])
 
-    def _snapshot(self, conn: Connection, ref: int, message: pb.Snapshot, moment: datetime) -> tuple[int, int, int]:
+    def _snapshot(self, conn: Connection, ref: int, message: pb.Snapshot, moment: datetime,
+                  listening: frozenset[flows.Listener] | None) -> tuple[Counts, frozenset[flows.Listener] | None]:
         held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(OPEN_ROWS, {"ref": ref})}
         listed: set[str] = set()
         opening: list[convert.SocketRow] = []
@@ -202,14 +224,15 @@ class Store:
             opening.append(convert.socket_row(sock, f"snapshot.sockets[{index}]"))
         changed_keys = {row.key for row in opening}
         closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
-        left: list[str | None] = []
+        left: list[Row[Any]] = []
         for chunk in _chunks(closing):
-            left += conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)}).scalars()
-        self._insert(conn, ref, opening, moment, left)
+            left += conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
+        listening = self._insert(conn, ref, opening, moment, left, listening)
         changed = sum(1 for row in opening if row.key in held)
-        return len(opening) - changed, len(closing) - changed, changed
+        return (len(opening) - changed, len(closing) - changed, changed), listening
 
-    def _delta(self, conn: Connection, ref: int, message: pb.Delta, moment: datetime) -> tuple[int, int, int]:
+    def _delta(self, conn: Connection, ref: int, message: pb.Delta, moment: datetime,
+               listening: frozenset[flows.Listener] | None) -> tuple[Counts, frozenset[flows.Listener] | None]:
         added = [convert.socket_row(s, f"delta.added[{i}]") for i, s in enumerate(message.added)]
         changed = [convert.socket_row(s, f"delta.changed[{i}]") for i, s in enumerate(message.changed)]
         removed = [convert.key_row(k, f"delta.removed[{i}]")[0] for i, k in enumerate(message.removed)]
@@ -217,46 +240,54 @@ class Store:
         if len(set(keys)) != len(keys):
             raise RejectedMessage("delta: a socket appears twice among added, changed and removed")
         closing = removed + [row.key for row in changed]
-        left: list[str | None] = []
+        left: list[Row[Any]] = []
         for chunk in _chunks(closing):
             left += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
-                                              **spans.cutoffs(moment)}).scalars()
+                                              **spans.cutoffs(moment)})
         if len(left) != len(closing):
             raise _Resync("delta removes or changes a socket the collector does not hold")
-        self._insert(conn, ref, added + changed, moment, left)
-        return len(added), len(removed), len(changed)
+        listening = self._insert(conn, ref, added + changed, moment, left, listening)
+        return (len(added), len(removed), len(changed)), listening
 
     def _insert(self, conn: Connection, ref: int, rows: Sequence[convert.SocketRow], moment: datetime,
-                left: list[str | None]) -> None:
-        """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``)."""
+                left: list[Row[Any]], listening: frozenset[flows.Listener] | None) -> frozenset[flows.Listener] | None:
+        """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``:
+        their flow, protocol and state).  ``listening``: the host's open listeners before the message, if known;
+        returns them after it, if known."""
+        if any(flows.is_listener(row.proto, row.state) for row in left):
+            listening = None
         stamp = self._stamp(moment)
         values = [(ref, stamp, *row.values()) for row in rows]
-        opened = self._flows(conn, ref, values, moment, left)
+        opened, listening = self._flows(conn, ref, values, moment, [row.flow for row in left], listening)
         if values:
             self._write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, opened, strict=True)])
+        return listening
 
     def _flows(self, conn: Connection, ref: int, values: list[tuple[Any, ...]], moment: datetime,
-               left: list[str | None]) -> list[str | None]:
-        """The flow of each socket opening (None: of no flow), after moving the host's flows; see collector.flows."""
+               left: list[str | None], listening: frozenset[flows.Listener] | None,
+               ) -> tuple[list[str | None], frozenset[flows.Listener] | None]:
+        """The flow of each socket opening (None: of no flow), after moving the host's flows; see collector.flows.
+        Also the host's open listeners after the message, when known."""
         at = _AT
         connected = [v for v in values if v[at["remote_address"]] is not None and v[at["proto"]] != "unix"]
+        if connected and listening is None:
+            listening = frozenset(flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref}))
+        if listening is not None:
+            listening |= {flows.listener_of(v[at["netns"]], v[at["proto"]], v[at["local_address"]], v[at["local_port"]])
+                          for v in values if flows.is_listener(v[at["proto"]], v[at["state"]])}
         changes: dict[str, int] = {}
         for key in left:
             if key is not None:
                 changes[key] = changes.get(key, 0) - 1
         if not connected and not changes:
-            return [None] * len(values)
-        listeners = set()
-        if connected:
-            listeners = {flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref})}
-            listeners |= {flows.listener_of(v[at["netns"]], v[at["proto"]], v[at["local_address"]], v[at["local_port"]])
-                          for v in values if flows.is_listener(v[at["proto"]], v[at["state"]])}
+            return [None] * len(values), listening
+        holds = (listening or frozenset()).__contains__
         identities = {}
         opened: list[str | None] = []
         for v in values:
             flow = flows.identity(v[at["netns"]], v[at["proto"]], v[at["state"]], v[at["process"]],
                                   v[at["local_address"]], v[at["local_port"]], v[at["remote_address"]],
-                                  v[at["remote_port"]], listeners.__contains__)
+                                  v[at["remote_port"]], holds)
             if flow is None:
                 opened.append(None)
                 continue
@@ -275,7 +306,7 @@ class Store:
             if new:
                 self._write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self._stamp(row.since),
                                                 self._stamp(row.valid_from)) for key, row in new])
-        return opened
+        return opened, listening
 
     def _stamp(self, moment: datetime) -> datetime | str:
         """A time for the bulk statements, which bypass SQLAlchemy's types: on SQLite, written as SQLAlchemy

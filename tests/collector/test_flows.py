@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from collector import db, flows
 from collector.schema import flows as flow_table
@@ -206,3 +206,66 @@ def test_an_accepted_connection_stays_served_after_its_listener_closes(engine: E
     assert (edge["server_host"], edge["server_port"], edge["client_address"], edge["direction"]) == (
         "web-1", 40000, "203.0.113.5", "listener")
     assert edge["first_seen"] == at(0) and edge["last_seen"] == at(2)
+
+
+def open_roles(engine: Engine) -> dict[int | None, str]:
+    """Open flows by their local port (None where it is folded away): their role."""
+    with engine.connect() as conn:
+        return {row.local_port: row.role for row in conn.execute(
+            select(flow_table.c.local_port, flow_table.c.role).where(flow_table.c.valid_to.is_(None)))}
+
+
+def test_listeners_written_by_another_collector_decide_roles(engine: Engine) -> None:
+    """Two collectors on one database take turns with one host: each sees the listeners the other wrote."""
+    first, second = Store(engine), Store(engine)
+    web = first.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    listener = inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")
+    calls = [inet("tcp", "10.0.0.1", 7000, "203.0.113.5", 40001 + n, 10 + n, "api") for n in range(3)]
+    assert first.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "10.0.0.1", 40500, "10.0.0.9", 443, 2, "app")]))
+    assert second.apply(web, fleet.delta(2, at(1), added=[listener])).acked
+    assert first.apply(web, fleet.delta(3, at(2), added=[calls[0]])).acked
+    assert open_roles(engine)[7000] == flows.SERVED
+    assert second.apply(web, fleet.delta(4, at(3), removed=[listener])).acked
+    assert first.apply(web, fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]])).acked
+    assert open_roles(engine)[7000] == flows.NOT_FOLDED  # no listener holds 7000 any more: both ports kept
+    assert stored_flows(engine) == rebuilt(engine)[0]
+
+
+def test_listeners_opened_and_closed_in_earlier_messages_decide_roles(engine: Engine) -> None:
+    """One collector: a listener opened, then closed, by earlier messages of the host it keeps in mind."""
+    store = Store(engine)
+    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    listener = inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")
+    calls = [inet("tcp", "10.0.0.1", 7000, "203.0.113.5", 40001 + n, 10 + n, "api") for n in range(3)]
+    store.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "10.0.0.1", 40500, "10.0.0.9", 443, 2, "app")]))
+    store.apply(web, fleet.delta(2, at(1), added=[listener]))
+    store.apply(web, fleet.delta(3, at(2), added=[calls[0]]))
+    assert open_roles(engine)[7000] == flows.SERVED
+    store.apply(web, fleet.delta(4, at(3), removed=[listener]))
+    store.apply(web, fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]]))
+    assert open_roles(engine)[7000] == flows.NOT_FOLDED
+    store.apply(web, fleet.snapshot(6, at(5), [listener, calls[1]]))  # a snapshot opens it again
+    store.apply(web, fleet.delta(7, at(6), added=[calls[2]], removed=[calls[1]]))
+    assert open_roles(engine)[7000] == flows.SERVED
+    assert stored_flows(engine) == rebuilt(engine)[0]
+
+
+def test_a_host_s_listeners_are_read_once_while_the_collector_alone_writes_it(engine: Engine) -> None:
+    store = Store(engine)
+    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "'UNCONN'" in statement:  # the store's query of a host's open listeners
+            reads.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        store.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")]))
+        for n in range(4):
+            call = inet("tcp", "10.0.0.1", 7000, "203.0.113.5", 40001 + n, 10 + n, "api")
+            assert store.apply(web, fleet.delta(2 + n, at(1 + n), added=[call])).acked
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(reads) == 1
+    assert open_roles(engine) == {7000: flows.SERVED}
