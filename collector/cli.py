@@ -13,7 +13,7 @@ import sys
 
 from sqlalchemy import func, select
 
-from collector import db, output, queries, questions
+from collector import db, output, queries, questions, talks
 from collector import store as store_module
 from collector.errors import CollectorError, UsageError
 from collector.schema import observations
@@ -153,7 +153,8 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 async def demo(args: argparse.Namespace) -> int:
-    """Collector on loopback (plain text, which is safe there), one agent of this machine, the open ports."""
+    """Collector on loopback (plain text, which is safe there), one agent of this machine, the open ports and
+    who talks to whom."""
     interval = parse_duration(args.interval)
     engine = db.engine(args.db)
     db.migrate(engine)
@@ -175,18 +176,22 @@ async def demo(args: argparse.Namespace) -> int:
                 seen = conn.execute(
                     select(func.count()).select_from(observations).where(observations.c.received_at >= started)
                 ).scalar_one()
-            if seen:
+            if seen >= 2:  # the first snapshot, and the next scan: it holds the agent's own call to the collector
                 break
             if agent.poll() is not None:
                 raise CollectorError(f"the agent exited with status {agent.returncode}")
             await asyncio.sleep(0.2)
         if not stop.is_set():
-            print(f"demo: first snapshot stored; open ports (sockfleet ports --db {engine.url}):", file=sys.stderr)
+            print(f"demo: first scans stored; open ports (sockfleet ports --db {engine.url}):", file=sys.stderr)
             with engine.connect() as conn:
                 rows = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
             for row in rows:
                 row["local"], row["remote"] = output.endpoint(row), questions.remote(row)
             output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", questions.SOCKET_TABLE)
+            sys.stdout.flush()
+            print(f"demo: who talks to whom (sockfleet talks --db {engine.url}):", file=sys.stderr)
+            with engine.connect() as conn:
+                questions.write_edges(talks.edges(conn, talks.Window(None)), "table")
             sys.stdout.flush()
             if not args.once:
                 print(f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {engine.url}` "

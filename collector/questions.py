@@ -59,16 +59,21 @@ def talks_command(args: argparse.Namespace) -> int:
         seen = queries.observed(conn, window.end or window.start)
     if args.process is not None:
         rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
-    if args.format == "dot":
-        sys.stdout.write(output.dot(rows))
-    else:
-        for row in rows:
-            row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
-            row["server"] = _end(row["server_host"], row["server_address"], row["server_process"])
-        output.write(rows, EDGE_FIELDS, sys.stdout, args.format,
-                     ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"))
+    write_edges(rows, args.format)
     _warn_unknown(seen, window.end or window.start, args.host)
     return 0
+
+
+def write_edges(rows: list[dict[str, Any]], fmt: str) -> None:
+    """Edges on standard output: a Graphviz graph, or rows (the table names each end in one column)."""
+    if fmt == "dot":
+        sys.stdout.write(output.dot(rows))
+        return
+    for row in rows:
+        row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
+        row["server"] = _end(row["server_host"], row["server_address"], row["server_process"])
+    output.write(rows, EDGE_FIELDS, sys.stdout, fmt,
+                 ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"))
 
 
 def _end(host: str | None, address: str | None, process: str | None) -> str:

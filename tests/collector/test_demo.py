@@ -1,7 +1,8 @@
-"""The README's first command runs `sockfleet demo`: it must store a snapshot and show the open ports."""
+"""The README's first command runs `sockfleet demo`: it must store scans and show the open ports and who talks to whom."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -23,11 +24,17 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert result.returncode == 0, result.stderr
-    assert "first snapshot stored" in result.stderr
+    assert "first scans stored" in result.stderr
     assert (tmp_path / "sockfleet" / "sockfleet.db").exists()
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["HOST", "PROTO", "STATE"]
     assert any(f"127.0.0.1:{port}" in line and "LISTEN" in line for line in lines)
+    # Who talks to whom: at least the agent's own call to the collector, directed by the collector's listener.
+    collector_port = re.search(r"collector on 127\.0\.0\.1:(\d+)", result.stderr)
+    assert collector_port is not None
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["PROTO", "CLIENT", "SERVER"])
+    calls = [line.split() for line in lines[header + 1:]]
+    assert any(c[0] == "tcp" and collector_port.group(1) in c and c[-1] == "listener" for c in calls), lines
     agents = subprocess.run(["pgrep", "-f", "agent run --collector 127.0.0.1"], capture_output=True, check=False)
     assert agents.stdout == b""  # the demo stopped its agent
 
