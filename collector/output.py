@@ -63,8 +63,12 @@ def dot(rows: list[dict[str, Any]]) -> str:
                 node = f"{host}/{process}"
                 clusters.setdefault(host, set()).add(process)
             ends.append(node)
-        port = row["server_port"] if row["server_port"] is not None else row["server_address"]
-        label = quote(f"{row['proto']}/{port} x{row['connections']}")
+        # tcp/443, the server's path (unix /run/app.sock), or for a Unix pair bound to no path the protocol alone.
+        if row["server_port"] is not None:
+            where = f"{row['proto']}/{row['server_port']}"
+        else:
+            where = " ".join(part for part in (row["proto"], row["server_address"]) if part)
+        label = quote(f"{where} x{row['connections']}")
         links.append(f"  {quote(ends[0])} -> {quote(ends[1])} [label={label}];")
     for index, (host, processes) in enumerate(sorted(clusters.items())):
         lines.append(f"  subgraph cluster_{index} {{ label={quote(host)};")

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from collector import output
 from collector.store import Store
 from collector.talks import Window, edges
 from tests.collector import fleet
@@ -154,3 +155,24 @@ def test_asking_for_one_host_or_port_reads_less_and_answers_the_same(fleet_store
             assert edges(conn, Window(at(1)), port=port) == expected, port
         assert len(edges(conn, Window(at(1)), host="web-1", port=80)) == 3
         assert edges(conn, Window(at(1)), host="nobody") == []
+
+
+def test_dot_labels_each_edge_by_port_or_path() -> None:
+    def edge(proto: str, client: tuple[str | None, str | None, str | None], server: tuple[str | None, ...],
+             port: int | None, count: int) -> dict[str, Any]:
+        return {"proto": proto, "client_host": client[0], "client_address": client[1], "client_process": client[2],
+                "server_host": server[0], "server_address": server[1], "server_process": server[2],
+                "server_port": port, "connections": count}
+
+    graph = output.dot([
+        edge("tcp", ("app-1", None, "curl"), ("web-1", WEB, "nginx"), 80, 2),
+        edge("tcp", (None, "203.0.113.5", None), ("web-1", WEB, "nginx"), 80, 1),
+        edge("unix", ("web-1", None, "php"), ("web-1", "/run/php.sock", "php-fpm"), None, 3),
+        edge("unix", ("web-1", None, None), ("web-1", None, None), None, 1),
+    ])
+    assert '"app-1/curl" -> "web-1/nginx" [label="tcp/80 x2"];' in graph
+    assert '"203.0.113.5" -> "web-1/nginx" [label="tcp/80 x1"];' in graph
+    assert '"203.0.113.5" [shape=ellipse, style=dashed];' in graph
+    assert '"web-1/php" -> "web-1/php-fpm" [label="unix /run/php.sock x3"];' in graph
+    assert '"web-1/?" -> "web-1/?" [label="unix x1"];' in graph
+    assert graph.count("subgraph cluster_") == 2 and graph.endswith("}\n")
