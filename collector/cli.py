@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("diff", help="listeners and edges opened and closed between two moments")
     _db_option(diff)
     diff.add_argument("--from", dest="start", required=True, help="the earlier moment")
-    diff.add_argument("--to", dest="end", required=True, help="the later moment")
+    diff.add_argument("--to", dest="end", help="the later moment (default: now)")
     diff.add_argument("--host", help="only this host")
     diff.add_argument("--format", choices=output.FORMATS, default="table")
 

@@ -43,6 +43,14 @@ def endpoint(row: dict[str, Any]) -> str:
     return f"[{address}]:{row['local_port']}" if ":" in address else f"{address}:{row['local_port']}"
 
 
+def service(edge: dict[str, Any]) -> str:
+    """What an edge's server offers: ``tcp/443``, a Unix path (``unix /run/app.sock``), or for a Unix pair
+    bound to no path the protocol alone."""
+    if edge["server_port"] is not None:
+        return f"{edge['proto']}/{edge['server_port']}"
+    return " ".join(part for part in (edge["proto"], edge["server_address"]) if part)
+
+
 def dot(rows: list[dict[str, Any]]) -> str:
     """Graphviz: a cluster per host, a node per process, an edge per fleet edge labelled port and count."""
     def quote(text: str) -> str:
@@ -63,12 +71,7 @@ def dot(rows: list[dict[str, Any]]) -> str:
                 node = f"{host}/{process}"
                 clusters.setdefault(host, set()).add(process)
             ends.append(node)
-        # tcp/443, the server's path (unix /run/app.sock), or for a Unix pair bound to no path the protocol alone.
-        if row["server_port"] is not None:
-            where = f"{row['proto']}/{row['server_port']}"
-        else:
-            where = " ".join(part for part in (row["proto"], row["server_address"]) if part)
-        label = quote(f"{where} x{row['connections']}")
+        label = quote(f"{service(row)} x{row['connections']}")
         links.append(f"  {quote(ends[0])} -> {quote(ends[1])} [label={label}];")
     for index, (host, processes) in enumerate(sorted(clusters.items())):
         lines.append(f"  subgraph cluster_{index} {{ label={quote(host)};")

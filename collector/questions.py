@@ -95,8 +95,8 @@ def history_command(args: argparse.Namespace) -> int:
 
 
 def diff_command(args: argparse.Namespace) -> int:
-    start, end = _moment(args.start, "--from"), _moment(args.end, "--to")
-    assert start is not None and end is not None
+    start, end = _moment(args.start, "--from"), _moment(args.end, "--to") or now()
+    assert start is not None
     if end < start:
         raise UsageError("--to is earlier than --from")
     engine = open_db(args.db)
@@ -109,7 +109,7 @@ def diff_command(args: argparse.Namespace) -> int:
         else:
             client = _end(row["client_host"], row["client_address"], row["client_process"])
             server = _end(row["server_host"], row["server_address"], row["server_process"])
-            row["what"] = f"{client} -> {server} {row['proto']}/{row['server_port'] or row['server_address']}"
+            row["what"] = f"{client} -> {server} {output.service(row)}"
     output.write(rows, changes.DIFF_FIELDS, sys.stdout, args.format, ("change", "kind", "what"))
     if left_out:
         print(f"left out (not observed at both moments): {', '.join(left_out)}", file=sys.stderr)

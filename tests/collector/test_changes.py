@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 from sqlalchemy import Engine
 
 from collector.changes import diff, history
 from collector.store import Store
+from collector.times import now, rfc3339
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
+from tests.collector.test_e2e import ask
 
 
 def test_history_and_diff(engine: Engine) -> None:
@@ -36,3 +41,18 @@ def test_history_and_diff(engine: Engine) -> None:
     assert {(r["change"], r["kind"], r.get("local_port") or r.get("server_port")) for r in rows} == {
         ("opened", "listener", 8080), ("closed", "edge", 80)}
     assert {(r["change"], r["process"]) for r in owner_change} == {("closed", "java"), ("opened", "jetty")}
+
+
+def test_diff_runs_to_now_without_to(engine: Engine) -> None:
+    """``sockfleet diff --from T`` compares T with now."""
+    store = Store(engine)
+    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    start = now() - timedelta(minutes=2)
+    store.apply(web, fleet.snapshot(1, start, [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]))
+    store.apply(web, fleet.delta(2, start + timedelta(minutes=1), added=[inet("tcp", "0.0.0.0", 8080, None, 0, 2,
+                                                                              "java")]))
+    since = rfc3339(start + timedelta(seconds=30))
+    result = ask(engine.url.render_as_string(hide_password=False), "diff", "--from", since, "--format", "json")
+    assert [(r["change"], r["host"], r["local_port"], r["process"]) for r in json.loads(result.stdout)] == [
+        ("opened", "web-1", 8080, "java")]
+    assert result.stderr == ""
