@@ -51,7 +51,7 @@ def test_diff_runs_to_now_without_to(engine: Engine) -> None:
     store.apply(web, fleet.snapshot(1, start, [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]))
     store.apply(web, fleet.delta(2, start + timedelta(minutes=1), added=[inet("tcp", "0.0.0.0", 8080, None, 0, 2,
                                                                               "java")]))
-    since = rfc3339(start + timedelta(seconds=30))
+    since = str(rfc3339(start + timedelta(seconds=30)))
     result = ask(engine.url.render_as_string(hide_password=False), "diff", "--from", since, "--format", "json")
     assert [(r["change"], r["host"], r["local_port"], r["process"]) for r in json.loads(result.stdout)] == [
         ("opened", "web-1", 8080, "java")]
