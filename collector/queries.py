@@ -45,9 +45,11 @@ class Observed:
     unknown: dict[int, str]
 
 
-def observed(conn: Connection, at: datetime | None) -> Observed:
-    """Hosts whose last message at or before ``at`` (default now) is at most three intervals old."""
+def observed(conn: Connection, at: datetime | None, since: datetime | None = None) -> Observed:
+    """Hosts whose last message at or before ``at`` (default now) is at most three intervals old; with
+    ``since``, hosts observed at any moment from ``since`` to ``at``."""
     moment = at or now()
+    earliest = since or moment
     # One index probe per host (observations by host_ref, taken_at), however long the history.
     last = (
         select(observations.c.taken_at)
@@ -60,7 +62,7 @@ def observed(conn: Connection, at: datetime | None) -> Observed:
     known, unknown = {}, {}
     for row in rows:
         window = timedelta(seconds=STALE_INTERVALS * row.interval_seconds)
-        if row.taken_at is not None and moment - row.taken_at <= window:
+        if row.taken_at is not None and earliest - row.taken_at <= window:
             known[row.id] = row.name
         else:
             unknown[row.id] = row.name

@@ -56,11 +56,12 @@ def talks_command(args: argparse.Namespace) -> int:
     with engine.connect() as conn:
         _require_host(conn, args.host)
         rows = edges(conn, window, args.host, args.port)
-        seen = queries.observed(conn, window.end or window.start)
+        since = window.start if window.end is not None else None
+        seen = queries.observed(conn, window.end or window.start, since)
     if args.process is not None:
         rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
     write_edges(rows, args.format)
-    _warn_unknown(seen, window.end or window.start, args.host)
+    _warn_unknown(seen, window.end or window.start, args.host, since)
     return 0
 
 
@@ -168,11 +169,15 @@ def remote(row: dict[str, Any]) -> str:
     return f"[{address}]:{row['remote_port']}" if ":" in address else f"{address}:{row['remote_port']}"
 
 
-def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None) -> None:
+def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None,
+                  since: datetime | None = None) -> None:
     names = sorted(name for name in seen.unknown.values() if host is None or name == host)
     if not names:
         return
-    if at is None:
+    if since is not None:
+        print(f"unknown from {rfc3339(since)} to {rfc3339(at)} (not observed then): {', '.join(names)}",
+              file=sys.stderr)
+    elif at is None:
         print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=sys.stderr)
     else:
         print(f"unknown at {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr)

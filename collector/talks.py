@@ -76,7 +76,7 @@ def edges(conn: Connection, window: Window, host: str | None = None, port: int |
     With ``host``, only the edges with that host at one end; with ``port``, only those to that server
     port.  The folding runs in the database, and reads only the sockets that can make such edges.
     """
-    seen = observed(conn, window.end or window.start)
+    seen = observed(conn, window.end or window.start, window.start if window.end is not None else None)
     refs = set(seen.known) if window.start is not None else set(seen.known) | set(seen.unknown)
     if not refs:
         return []

@@ -87,6 +87,17 @@ def test_edges_change_with_time(fleet_store: Store, engine: Engine) -> None:
     assert gone["last_seen"] == at(2)
 
 
+def test_a_window_keeps_hosts_that_went_silent_within_it(fleet_store: Store, engine: Engine) -> None:
+    """Every host last reported at minute 0 (every minute, so known until minute 3): a window that
+    reaches past that still shows their connections; one that starts later knows none of them."""
+    with engine.connect() as conn:
+        early = edges(conn, Window(at(0), at(1)))
+        reaching = edges(conn, Window(at(1), at(30)))
+        late = edges(conn, Window(at(10), at(30)))
+    assert len(early) == 7 and brief(reaching) == brief(early)
+    assert late == []
+
+
 def test_heuristic_without_listeners(engine: Engine) -> None:
     store = Store(engine)
     lone = store.hello(fleet.hello("lone", addresses=("10.0.0.9",)))
