@@ -8,7 +8,7 @@ reported as open or closed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ class Observed:
 
     known: dict[int, str]
     unknown: dict[int, str]
+    last: dict[int, datetime] = field(default_factory=dict)  # each host's last message at or before the moment
 
 
 def observed(conn: Connection, at: datetime | None, since: datetime | None = None) -> Observed:
@@ -60,13 +61,14 @@ def observed(conn: Connection, at: datetime | None, since: datetime | None = Non
     )
     rows = conn.execute(select(hosts.c.id, hosts.c.name, hosts.c.interval_seconds, last.label("taken_at"))).all()
     known, unknown = {}, {}
+    scans = {row.id: row.taken_at for row in rows if row.taken_at is not None}
     for row in rows:
         window = timedelta(seconds=STALE_INTERVALS * row.interval_seconds)
         if row.taken_at is not None and earliest - row.taken_at <= window:
             known[row.id] = row.name
         else:
             unknown[row.id] = row.name
-    return Observed(known, unknown)
+    return Observed(known, unknown, scans)
 
 
 def listening() -> ColumnElement[bool]:

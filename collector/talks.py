@@ -104,6 +104,11 @@ def edges(conn: Connection, window: Window, host: str | None = None, port: int |
             conn.exec_driver_sql("RESET work_mem")
     for row in rows:
         edge = dict(row._mapping)
+        # An edge was last seen by the last scan of its hosts that saw it open: not later than the last
+        # message of either of them (a host that went silent does not keep its connections alive).
+        scans = [seen.last[ref] for ref in (edge["client_ref"], edge["server_ref"]) if ref in seen.last]
+        if scans and edge["last_seen"] is not None:
+            edge["last_seen"] = min(edge["last_seen"], max(scans))
         edge["client_host"] = names.get(edge.pop("client_ref"))
         edge["server_host"] = names.get(edge.pop("server_ref"))
         edge["direction"] = DIRECTIONS[edge.pop("evidence")]

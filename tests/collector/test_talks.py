@@ -95,6 +95,7 @@ def test_a_window_keeps_hosts_that_went_silent_within_it(fleet_store: Store, eng
         reaching = edges(conn, Window(at(1), at(30)))
         late = edges(conn, Window(at(10), at(30)))
     assert len(early) == 7 and brief(reaching) == brief(early)
+    assert {r["last_seen"] for r in reaching} == {at(0)}  # their last scan, not the end of the window
     assert late == []
 
 
