@@ -23,7 +23,7 @@ commands:
   history            a host's socket timeline
   diff               listeners and edges opened and closed between two moments
   audit              audit listeners: exposed, new, and a policy's rules (exit 1 on violations)
-  demo               a collector and an agent on this machine, then the open ports
+  demo               a collector and an agent on this machine, then open ports and who talks to whom
 
 `sockfleet COMMAND --help` tells more.
 """
