@@ -190,10 +190,16 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
     heartbeats = ((h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0,
                    True, 0) for s in range(steps) for h in range(hosts_count))
     _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
-    with engine.begin() as conn:
-        for table in (sockets, observations, flow_table):
-            for index in table.indexes:
+    # One index per transaction: SQLite's write-ahead log holds a transaction's pages until it commits, and
+    # a week's indexes at once would need as much disk again as the indexes themselves.
+    for table in (sockets, observations, flow_table):
+        for index in table.indexes:
+            with engine.begin() as conn:
                 index.create(conn)
+            if not postgres_:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    with engine.begin() as conn:
         # PostgreSQL's autovacuum would gather statistics on its own after such a load; here it is asked to.
         conn.execute(text("ANALYZE"))
     return rows
