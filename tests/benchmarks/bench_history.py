@@ -190,8 +190,8 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
     heartbeats = ((h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0,
                    True, 0) for s in range(steps) for h in range(hosts_count))
     _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
-    # One index per transaction: SQLite's write-ahead log holds a transaction's pages until it commits, and
-    # a week's indexes at once would need as much disk again as the indexes themselves.
+    # One index per transaction, and SQLite's write-ahead log emptied after each: the log never holds more
+    # than one index, and gives its disk back before the next.
     for table in (sockets, observations, flow_table):
         for index in table.indexes:
             with engine.begin() as conn:
