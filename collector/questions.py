@@ -56,12 +56,11 @@ def talks_command(args: argparse.Namespace) -> int:
     with engine.connect() as conn:
         _require_host(conn, args.host)
         rows = edges(conn, window, args.host, args.port)
-        since = window.start if window.end is not None else None
-        seen = queries.observed(conn, window.end or window.start, since)
+        seen = queries.observed(conn, window.end or window.start, window.since)
     if args.process is not None:
         rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
     write_edges(rows, args.format)
-    _warn_unknown(seen, window.end or window.start, args.host, since)
+    _warn_unknown(seen, window.end or window.start, args.host, window.since)
     return 0
 
 

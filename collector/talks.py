@@ -69,6 +69,11 @@ class Window:
     start: datetime | None
     end: datetime | None = None
 
+    @property
+    def since(self) -> datetime | None:
+        """Where a window starts; None for a moment, which is not a window."""
+        return self.start if self.end is not None else None
+
 
 def edges(conn: Connection, window: Window, host: str | None = None, port: int | None = None) -> list[dict[str, Any]]:
     """Every edge alive in ``window`` between hosts observed then (and external endpoints).
@@ -76,7 +81,7 @@ def edges(conn: Connection, window: Window, host: str | None = None, port: int |
     With ``host``, only the edges with that host at one end; with ``port``, only those to that server
     port.  The folding runs in the database, and reads only the sockets that can make such edges.
     """
-    seen = observed(conn, window.end or window.start, window.start if window.end is not None else None)
+    seen = observed(conn, window.end or window.start, window.since)
     refs = set(seen.known) if window.start is not None else set(seen.known) | set(seen.unknown)
     if not refs:
         return []
