@@ -16,6 +16,7 @@ from agent.output import FORMATS, write
 from agent.records import Coverage, Proto
 from agent.snapshot import ALL_PROTOS, Scanner, default_sources
 from agent.sources import SOURCES, by_name
+from sockfleet.v1.limits import MAX_NAME
 
 
 def parse_protos(text: str) -> frozenset[Proto]:
@@ -94,8 +95,10 @@ def run_command(args: argparse.Namespace) -> int:
     if ":" not in args.collector:
         raise UsageError(f"--collector: {args.collector!r} is not HOST:PORT")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.host is not None and not 0 < len(args.host) <= MAX_NAME:
+        raise UsageError(f"--host: a host name has 1 to {MAX_NAME} characters")
     ident = identity(args.host)
-    scanner = Scanner(ident.host_name, args.namespaces)
+    scanner = Scanner(ident.host_name, args.namespaces, with_addresses=True)
     token = os.environ.get("SOCKFLEET_TOKEN")
     if args.token_file:
         try:

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 from agent.records import Coverage, Family, Proto, Snapshot, SockType, State
 from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import limits
+from sockfleet.v1.limits import MAX_NAME, MAX_TEXT, clean
 
 PROTOS = {Proto.TCP: pb.PROTO_TCP, Proto.UDP: pb.PROTO_UDP, Proto.UNIX: pb.PROTO_UNIX}
 FAMILIES = {Family.INET: pb.FAMILY_INET, Family.INET6: pb.FAMILY_INET6, Family.UNIX: pb.FAMILY_UNIX}
@@ -43,15 +45,19 @@ class Entry(NamedTuple):
 
 
 def entries(snapshot: Snapshot) -> dict[Key, Entry]:
-    """Each socket of the snapshot by key, in the wire's enum numbers."""
+    """Each socket of the snapshot by key, in the wire's enum numbers, every string within its wire bound
+    (``sockfleet.v1.limits``: a longer command line is shortened with a marker saying how much was cut)."""
     out: dict[Key, Entry] = {}
     owners = snapshot.owners
-    details = {pid: (p.name, p.cmdline) for pid, p in snapshot.processes.items()}
-    users = snapshot.users
+    details = {pid: (clean(p.name, MAX_NAME), clean(p.cmdline, MAX_TEXT)) for pid, p in snapshot.processes.items()}
+    users = {uid: clean(name, MAX_NAME) if name else name for uid, name in snapshot.users.items()}
     for r in snapshot.sockets:
+        path = r.path or ""
+        if len(path) > MAX_TEXT:
+            path = clean(path, MAX_TEXT)
         key: Key = (
             r.netns, PROTOS[r.proto], FAMILIES[r.family], TYPES[r.type], r.inode,
-            r.local_address or "", r.local_port or 0, r.remote_address or "", r.remote_port or 0, r.path or "",
+            r.local_address or "", r.local_port or 0, r.remote_address or "", r.remote_port or 0, path,
         )
         pids = owners.get(r.inode, ()) if r.inode else ()
         pid = pids[0] if pids else None
@@ -84,13 +90,15 @@ def socket(key: Key, entry: Entry) -> pb.Socket:
 
 
 def coverage(cov: Coverage) -> pb.Coverage:
+    """The coverage within its wire bounds: long reasons shortened, long lists cut."""
     return pb.Coverage(
         sources=[
-            pb.SourceStatus(source=s.source, netns=s.netns, ok=s.ok, duration_us=int(s.seconds * 1e6),
-                            records=s.records, error=s.error or "")
-            for s in cov.sources
+            pb.SourceStatus(source=clean(s.source, MAX_NAME), netns=s.netns, ok=s.ok,
+                            duration_us=int(s.seconds * 1e6), records=s.records, error=clean(s.error or "", MAX_TEXT))
+            for s in cov.sources[: limits.MAX_SOURCES]
         ],
-        namespaces_scanned=cov.namespaces_scanned,
-        namespaces_unscanned=[pb.UnscannedNamespace(netns=ns, reason=why) for ns, why in cov.namespaces_unscanned],
-        processes_unreadable=cov.processes_unreadable,
+        namespaces_scanned=cov.namespaces_scanned[: limits.MAX_NAMESPACES],
+        namespaces_unscanned=[pb.UnscannedNamespace(netns=clean(ns, MAX_NAME), reason=clean(why, MAX_TEXT))
+                              for ns, why in cov.namespaces_unscanned[: limits.MAX_NAMESPACES]],
+        processes_unreadable=cov.processes_unreadable[: limits.MAX_PIDS],
     )

@@ -183,7 +183,8 @@ class Snapshot:
 
     ``owners`` maps a socket inode to the pids holding it (lowest first), and
     ``processes`` maps those pids to their details, ``users`` each socket uid to
-    its user name.  A socket no process holds
+    its user name; ``addresses`` lists the interface addresses of the scanned
+    namespaces (a running agent reports them with every scan).  A socket no process holds
     (a kernel socket, or one in ``TIME_WAIT``) has no entry in ``owners``.
     """
 
@@ -194,3 +195,5 @@ class Snapshot:
     processes: dict[int, Process] = field(default_factory=dict)
     users: dict[int, str | None] = field(default_factory=dict)
     coverage: Coverage = field(default_factory=lambda: Coverage(sources=(), namespaces_scanned=()))
+    # (netns, interface, address) of every interface address in the scanned namespaces, when asked for.
+    addresses: tuple[tuple[int, str, str], ...] | None = None

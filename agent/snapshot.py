@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import time
 from collections.abc import Sequence
 
-from agent import netns
+from agent import addresses, netns
 from agent.errors import SourceError
 from agent.owners import OwnerIndex
 from agent.records import Coverage, Namespace, Process, Proto, Snapshot, SocketRecord, SourceStatus
 from agent.sources import SOURCES, Source
+
+log = logging.getLogger("sockfleet.agent")
 
 ALL_PROTOS = frozenset(Proto)
 
@@ -62,6 +65,7 @@ class Scanner:
         sources: Sequence[Source] | None = None,
         proc_root: str = "/proc",
         prefetch_owners: bool = False,
+        with_addresses: bool = False,
     ) -> None:
         self.host = host or socket.gethostname()
         self.scope = scope
@@ -70,6 +74,8 @@ class Scanner:
         self.proc_root = proc_root
         self.owners = OwnerIndex(proc_root)
         self.prefetch_owners = prefetch_owners
+        self.with_addresses = with_addresses
+        self.address_errors: set[str] = set()  # each failing namespace's error, logged once
 
     def snapshot(self) -> Snapshot:
         taken_at = time.time()
@@ -100,4 +106,19 @@ class Scanner:
         users = {uid: self.owners.user(uid) for uid in {s.uid for s in sockets} if uid is not None}
         unreadable = sorted(set(self.owners.unreadable) | set(ns_unreadable))
         coverage = Coverage(tuple(statuses), tuple(scanned), tuple(unscanned), tuple(unreadable))
-        return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, users, coverage)
+        found = self._addresses([ns for ns in spaces if ns.inode in scanned]) if self.with_addresses else None
+        return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, users, coverage, found)
+
+    def _addresses(self, spaces: list[Namespace]) -> tuple[tuple[int, str, str], ...]:
+        """Every interface address of ``spaces``, sorted; a namespace whose addresses cannot be read is logged."""
+        found: set[tuple[int, str, str]] = set()
+        for ns in spaces:
+            try:
+                pairs = addresses.collect(ns)
+            except SourceError as exc:
+                if str(exc) not in self.address_errors:
+                    self.address_errors.add(str(exc))
+                    log.warning("%s", exc)
+                continue
+            found.update((ns.inode, name, address) for name, address in pairs)
+        return tuple(sorted(found))

@@ -1,39 +1,37 @@
 """Scans waiting for the collector: a bounded queue, kept on disk while the collector is away.
 
-Every scan becomes a record: a Delta on the previous scan, with the scan's own time and coverage.
-The sender takes records in order and removes each once the collector has acknowledged it; the
-state they were based on is the *base* (what the collector holds).  After a reconnection the first
-record goes out as a full Snapshot of base + record, as the protocol wants.
+Every scan becomes a record: a Delta on the previous scan, with the scan's own time, coverage and (when
+they changed) the host's addresses, numbered by its ``seq``.  The sender takes records in order and
+removes each once the collector has acknowledged it; the state they were based on is the *base* (what
+the collector holds).  After a reconnection the first record goes out as a full Snapshot of base +
+record, as the protocol wants.
 
-With a folder, the spool is written to disk as soon as a record is not acknowledged straight away
-(the collector is away or slow)::
-
-    spool.log   records of  u32 length | u32 crc32 | AgentMessage bytes
-                the first is a Snapshot (the base), the rest Deltas, each on the one before
-    spool.head  how many of those Deltas the collector has acknowledged (replaced by rename)
-
-A torn last record (the agent killed while writing it) fails its length or CRC check and is cut
-off when the spool is loaded; everything before it is kept.  When the spool is over its bound,
-the two oldest waiting records are composed into one: the scans in between are lost, and the
-composed record's coverage says so (a Gap).
+With a folder, the spool is written to disk (``agent.segments``) as soon as a record is not
+acknowledged straight away (the collector is away or slow).  A disk that is full, or fails, costs
+nothing while the agent runs: what does not fit waits in memory, and is written when space returns.
+When the spool is over its bound, the two oldest waiting records are composed into one: the scans in
+between are lost, and the composed record's coverage says so (a Gap).  So does the first scan after a
+restart that found scans waiting: the time between the last of them and the restart was not scanned,
+or its scans were lost with the process.  A record the collector refuses as invalid is dropped the
+same way (``drop_head``), and the next record says so.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-import zlib
 from collections import deque
 from pathlib import Path
 
 from agent import convert
 from agent.delta import Changes
+from agent.segments import SEGMENT_BYTES, Segments, unframe
 from sockfleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger("sockfleet.agent")
-HEADER = struct.Struct("<II")
+FULL = "agent spool full"
 State = dict[bytes, pb.Socket]
+Address = tuple[int, str, str]
 
 
 def key_bytes(key: pb.SocketKey) -> bytes:
@@ -50,7 +48,7 @@ def apply(state: State, delta: pb.Delta) -> State:
 
 
 def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
-    """One Delta with the effect of ``first`` then ``second``, at ``second``'s time and coverage."""
+    """One Delta with the effect of ``first`` then ``second``, at ``second``'s time, number and coverage."""
     ops: dict[bytes, tuple[str, pb.Socket | pb.SocketKey]] = {}
     for delta in (first, second):
         for kind, items in (("added", delta.added), ("changed", delta.changed), ("removed", delta.removed)):
@@ -63,11 +61,15 @@ def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
                     ops[key] = ("changed", item) if before == "removed" else ("added", item)
                 else:
                     ops[key] = ("added", item) if before == "added" else ("changed", item)
-    merged = pb.Delta(taken_at_us=second.taken_at_us)
+    merged = pb.Delta(seq=second.seq, taken_at_us=second.taken_at_us)
     merged.coverage.CopyFrom(second.coverage)
     earlier = [*first.coverage.gaps, *second.coverage.gaps]
     del merged.coverage.gaps[:]
     merged.coverage.gaps.extend(earlier)
+    for source in (second, first):
+        if source.HasField("addresses"):
+            merged.addresses.CopyFrom(source.addresses)
+            break
     for op, item in ops.values():
         if op == "removed":
             merged.removed.append(item if isinstance(item, pb.SocketKey) else item.key)
@@ -76,20 +78,34 @@ def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
     return merged
 
 
+def address_items(found: list[Address]) -> list[pb.InterfaceAddress]:
+    return [pb.InterfaceAddress(netns=netns, interface=name, address=address) for netns, name, address in found]
+
+
 class Spool:
     def __init__(self, folder: str | None = None, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.folder = Path(folder) if folder else None
         self.max_bytes = max_bytes
         self.base: State = {}
+        self.base_addresses: list[pb.InterfaceAddress] | None = None  # the host's addresses as of the base
         self.base_taken_at_us = 0
+        self.base_number = 0  # the last record folded into the base
+        self.next_number = 1
         self.records: deque[pb.Delta] = deque()
         self.sizes: deque[int] = deque()
         self.size = 0  # bytes of the waiting records, kept as they come and go
         self.tail: dict[convert.Key, convert.Entry] | None = None  # the last scan, to diff the next one
-        self.persisting = False
-        self.acknowledged_on_disk = 0
+        self.tail_addresses: list[Address] | None = None  # the last scan's addresses, to tell a change
+        self.gaps: list[pb.Gap] = []  # for the next record's coverage
+        self.restarted_after_us: int | None = None  # the last waiting scan of an earlier run
+        self.disk = Segments(self.folder) if self.folder is not None else None
+        self.persisting = False  # the disk holds the base, and the records up to ``disk.last``
+        self.failing: str | None = None  # why the disk refused the last write
+        self.acked_on_disk = 0  # bytes of acknowledged records still in segments
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if os.stat(self.folder).st_uid == os.geteuid():
+                os.chmod(self.folder, 0o700)  # the scans name every process and command line
             self._load()
 
     def __len__(self) -> int:
@@ -98,10 +114,20 @@ class Spool:
     # The producer: one record per scan.
 
     def add(self, current: dict[convert.Key, convert.Entry], changes: Changes | None, taken_at_us: int,
-            coverage: pb.Coverage) -> None:
+            coverage: pb.Coverage, addresses: list[Address] | None = None) -> None:
         """Queue one scan; ``changes`` is the diff from the previous scan (None: compute it from the spool)."""
-        delta = pb.Delta(taken_at_us=taken_at_us)
+        delta = pb.Delta(seq=self.next_number, taken_at_us=taken_at_us)
+        self.next_number += 1
         delta.coverage.CopyFrom(coverage)
+        if self.restarted_after_us is not None:
+            self.gaps.append(pb.Gap(from_us=self.restarted_after_us + 1, to_us=max(taken_at_us - 1, 0),
+                                    reason="agent restarted: no scan kept in between"))
+            self.restarted_after_us = None
+        delta.coverage.gaps.extend(self.gaps)
+        self.gaps = []
+        if addresses is not None and addresses != self.tail_addresses:
+            delta.addresses.items.extend(address_items(addresses))
+            self.tail_addresses = addresses
         if changes is None:
             self._full_diff(current, delta)
         else:
@@ -112,12 +138,10 @@ class Spool:
         self.records.append(delta)
         self.sizes.append(delta.ByteSize())
         self.size += self.sizes[-1]
-        if self._bound():
-            if self.persisting:
-                self.persist()  # the oldest records were composed: rewrite, the new record included
-        elif self.persisting:
-            self._append_to_disk(delta)
-        if not self.persisting and len(self.records) > 1:
+        self._bound()
+        if self.persisting:
+            self._sync()
+        elif len(self.records) > 1:
             self.persist()  # the collector has not taken the previous scan: keep what waits on disk
 
     def _full_diff(self, current: dict[convert.Key, convert.Entry], delta: pb.Delta) -> None:
@@ -132,23 +156,24 @@ class Spool:
                 delta.changed.append(sock)
         delta.removed.extend(sock.key for key, sock in known.items() if key not in fresh)
 
-    def _bound(self) -> bool:
-        """Compose the oldest waiting records while over the bound; whether any were."""
-        composed = False
+    def _bound(self) -> None:
+        """Compose the oldest waiting records while over the bound."""
         while self.size > self.max_bytes and len(self.records) > 2:
-            composed = True
             first, second = self.records.popleft(), self.records.popleft()
             self.size -= self.sizes.popleft() + self.sizes.popleft()
             merged = compose(first, second)
             # One range covers every scan dropped so far: from the earliest to this one.
-            start = min([first.taken_at_us, *(g.from_us for g in merged.coverage.gaps)])
+            start = min([first.taken_at_us, *(g.from_us for g in merged.coverage.gaps if g.reason == FULL)])
+            kept = [g for g in merged.coverage.gaps if g.reason != FULL]
             del merged.coverage.gaps[:]
-            merged.coverage.gaps.add(from_us=start, to_us=first.taken_at_us, reason="agent spool full")
+            merged.coverage.gaps.extend(kept)
+            merged.coverage.gaps.add(from_us=start, to_us=first.taken_at_us, reason=FULL)
             self.records.appendleft(merged)
             self.sizes.appendleft(merged.ByteSize())
             self.size += self.sizes[0]
             log.warning("spool over %d bytes: dropped the scan taken at %d µs", self.max_bytes, first.taken_at_us)
-        return composed
+            if self.persisting and self.disk is not None:
+                self.disk.replace(first.seq, merged)
 
     # The sender: the oldest waiting record, as a Delta on the base or as a full Snapshot.
 
@@ -160,20 +185,49 @@ class Spool:
         state = apply(dict(self.base), head)
         snapshot = pb.Snapshot(taken_at_us=head.taken_at_us, sockets=list(state.values()))
         snapshot.coverage.CopyFrom(head.coverage)
+        addresses = head.addresses.items if head.HasField("addresses") else self.base_addresses
+        if addresses is not None:
+            snapshot.addresses.items.extend(addresses)
         return snapshot
 
     def pop(self) -> None:
         """The collector acknowledged the head: it becomes part of the base."""
         head = self.records.popleft()
         self.size -= self.sizes.popleft()
-        apply(self.base, head)
-        self.base_taken_at_us = head.taken_at_us
-        if self.persisting:
-            if self.records:
-                self.acknowledged_on_disk += 1
-                self._write_atomically("spool.head", str(self.acknowledged_on_disk).encode())
-            else:
-                self._clear_disk()
+        self._fold(head)
+        if not self.persisting or self.disk is None:
+            return
+        if not self.records:
+            self._clear_disk()
+            return
+        if head.seq in self.disk.index:
+            self.acked_on_disk += self.disk.index[head.seq][2]
+        try:
+            self.disk.set_acked(head.seq)
+            if self.acked_on_disk > 4 * SEGMENT_BYTES:  # fold what was acknowledged into a new base file
+                self.disk.write_base(self._base_message())
+                self.acked_on_disk = 0
+        except OSError as exc:
+            self._failed(exc)
+
+    def drop_head(self, reason: str) -> None:
+        """The collector refused the head as invalid: it is dropped, and the next record records the gap."""
+        head = self.records[0]
+        gaps = [*head.coverage.gaps, pb.Gap(from_us=head.taken_at_us, to_us=head.taken_at_us,
+                                            reason=f"refused by the collector: {reason}"[:4096])]
+        self.pop()
+        if self.records:
+            # In memory only: the gap is news for the collector, not something a restart must keep.
+            self.records[0].coverage.gaps.extend(gaps)
+        else:
+            self.gaps.extend(gaps)
+
+    def _fold(self, record: pb.Delta) -> None:
+        apply(self.base, record)
+        self.base_taken_at_us = record.taken_at_us
+        self.base_number = record.seq
+        if record.HasField("addresses"):
+            self.base_addresses = list(record.addresses.items)
 
     def state(self) -> State:
         state = dict(self.base)
@@ -184,92 +238,115 @@ class Spool:
     # Disk.
 
     def persist(self) -> None:
-        """Write base and waiting records to disk (from here on every new record is appended)."""
-        if self.folder is None:
+        """Keep the base and every waiting record on disk (from here on, every new record too)."""
+        if self.disk is None:
             return
-        base = pb.Snapshot(taken_at_us=self.base_taken_at_us, sockets=list(self.base.values()))
-        chunks = [_frame(pb.AgentMessage(snapshot=base))]
-        chunks += [_frame(pb.AgentMessage(delta=record)) for record in self.records]
-        self._write_atomically("spool.log", b"".join(chunks))
-        self._write_atomically("spool.head", b"0")
-        self.acknowledged_on_disk = 0
-        self.persisting = True
+        if not self.persisting:
+            try:
+                self.disk.clear()
+                self.disk.write_base(self._base_message())
+            except OSError as exc:
+                self._failed(exc)
+                return
+            self.persisting = True
+            self.acked_on_disk = 0
+        self._sync()
 
-    def _append_to_disk(self, delta: pb.Delta) -> None:
-        assert self.folder is not None
-        with open(self.folder / "spool.log", "ab") as file:
-            file.write(_frame(pb.AgentMessage(delta=delta)))
-            file.flush()
-            os.fsync(file.fileno())
+    def _sync(self) -> None:
+        """Write the records that wait in memory only, in order, as far as the disk takes them."""
+        assert self.disk is not None
+        try:
+            for record in self.records:
+                if record.seq > self.disk.last:
+                    self.disk.append(record)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        if self.failing is not None:
+            log.warning("spool: the disk takes scans again (%s before)", self.failing)
+            self.failing = None
+
+    def _failed(self, exc: OSError) -> None:
+        if self.failing is None:
+            waiting = sum(1 for r in self.records if self.disk is None or r.seq > self.disk.last)
+            log.warning("spool: cannot write to %s (%s); %d scans wait in memory only, lost if the agent stops",
+                        self.folder, exc.strerror or exc, waiting)
+        self.failing = exc.strerror or str(exc)
+
+    def _base_message(self) -> pb.Snapshot:
+        base = pb.Snapshot(seq=self.base_number, taken_at_us=self.base_taken_at_us, sockets=list(self.base.values()))
+        if self.base_addresses is not None:
+            base.addresses.items.extend(self.base_addresses)
+        return base
 
     def _clear_disk(self) -> None:
-        assert self.folder is not None
-        for name in ("spool.log", "spool.head"):
-            (self.folder / name).unlink(missing_ok=True)
+        assert self.disk is not None
+        try:
+            self.disk.clear()
+        except OSError as exc:
+            self._failed(exc)
         self.persisting = False
 
-    def _write_atomically(self, name: str, data: bytes) -> None:
-        assert self.folder is not None
-        temporary = self.folder / f".{name}.tmp"
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.folder / name)
-
     def _load(self) -> None:
+        assert self.disk is not None and self.folder is not None
+        loaded = self.disk.load()
+        if loaded is None:
+            self._load_earlier_format()
+            return
+        base = loaded.base
+        self.base = {key_bytes(s.key): s for s in base.sockets}
+        self.base_taken_at_us = base.taken_at_us
+        self.base_number = base.seq
+        if base.HasField("addresses"):
+            self.base_addresses = list(base.addresses.items)
+        for record in loaded.records:
+            if record.seq <= loaded.acked:
+                self._fold(record)
+            else:
+                self.records.append(record)
+                self.sizes.append(record.ByteSize())
+                self.size += self.sizes[-1]
+        self.next_number = max(self.base_number, self.disk.last) + 1
+        self.persisting = True
+        if not self.records:
+            self._clear_disk()
+            return
+        self.restarted_after_us = self.records[-1].taken_at_us
+        log.info("spool: %d scans waiting from an earlier run", len(self.records))
+
+    def _load_earlier_format(self) -> None:
+        """A spool left by an agent before segments (one ``spool.log`` and a ``spool.head`` count)."""
         assert self.folder is not None
         path = self.folder / "spool.log"
         if not path.exists():
             return
-        data = path.read_bytes()
-        messages, good = _unframe(data)
-        if good < len(data):
-            log.warning("spool: cut off a torn record at byte %d of %d", good, len(data))
+        found, _ = unframe(path.read_bytes())
+        messages = [message for message, _, _ in found]
         if not messages or not messages[0].HasField("snapshot"):
-            log.warning("spool: %s does not start with a snapshot; set aside as %s.bad", path, path.name)
             os.replace(path, path.with_suffix(".log.bad"))
             return
         try:
             done = int((self.folder / "spool.head").read_text() or "0")
         except (OSError, ValueError):
             done = 0
-        base = messages[0].snapshot
-        self.base = {key_bytes(s.key): s for s in base.sockets}
-        self.base_taken_at_us = base.taken_at_us
+        self.base = {key_bytes(s.key): s for s in messages[0].snapshot.sockets}
+        self.base_taken_at_us = messages[0].snapshot.taken_at_us
         for index, message in enumerate(messages[1:]):
+            record = message.delta
+            record.seq = self.next_number
+            self.next_number += 1
             if index < done:
-                apply(self.base, message.delta)
-                self.base_taken_at_us = message.delta.taken_at_us
+                self._fold(record)
             else:
-                self.records.append(message.delta)
-                self.sizes.append(message.delta.ByteSize())
+                self.records.append(record)
+                self.sizes.append(record.ByteSize())
                 self.size += self.sizes[-1]
-        log.info("spool: %d scans waiting from an earlier run", len(self.records))
-        self.persist()  # rewrite without the acknowledged and torn records
-
-
-def _frame(message: pb.AgentMessage) -> bytes:
-    payload = message.SerializeToString()
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _unframe(data: bytes) -> tuple[list[pb.AgentMessage], int]:
-    """The records of a spool file and where the last good one ends."""
-    messages, offset = [], 0
-    while offset + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, offset)
-        payload = data[offset + HEADER.size : offset + HEADER.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            break
-        message = pb.AgentMessage()
-        try:
-            message.ParseFromString(payload)
-        except Exception:
-            break
-        messages.append(message)
-        offset += HEADER.size + length
-    return messages, offset
+        if self.records:
+            self.restarted_after_us = self.records[-1].taken_at_us
+            self.persist()
+        if self.persisting or not self.records:
+            for name in ("spool.log", "spool.head"):
+                (self.folder / name).unlink(missing_ok=True)
 
 
 def _versioned(sock: pb.Socket) -> bytes:
@@ -278,3 +355,4 @@ def _versioned(sock: pb.Socket) -> bytes:
     comparable.ClearField("rx_queue")
     comparable.ClearField("tx_queue")
     return comparable.SerializeToString(deterministic=True)
+

@@ -18,6 +18,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -28,6 +29,7 @@ from agent.snapshot import Scanner, namespaces
 from agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
+from sockfleet.v1 import limits
 
 log = logging.getLogger("sockfleet.agent")
 ACK_TIMEOUT = 60.0
@@ -59,6 +61,7 @@ def _read(path: str) -> str:
 
 
 def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage:
+    """The first message of a stream.  Its addresses are for collectors that do not read them in scans."""
     spaces, _ = namespaces(scanner.scope, scanner.proc_root)
     found: list[pb.InterfaceAddress] = []
     for ns in spaces:
@@ -70,7 +73,8 @@ def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage
         found.extend(pb.InterfaceAddress(netns=ns.inode, interface=name, address=addr) for name, addr in pairs)
     return pb.AgentMessage(hello=pb.Hello(
         host_id=ident.host_id, host_name=ident.host_name, agent_version=__version__, boot_id=ident.boot_id,
-        addresses=found, interval_seconds=max(1, round(interval)),
+        addresses=found[: limits.MAX_ADDRESSES], interval_seconds=max(1, round(interval)),
+        sent_at_us=time.time_ns() // 1000, addresses_in_scans=True,
     ))
 
 
@@ -124,6 +128,7 @@ class Streamer:
         self.epoch = time.time_ns() // 1000
         self.seq = 0
         self.acked = 0  # messages acknowledged, for tests and logs
+        self.dropped = 0  # messages the collector refused, dropped
         self.queued: asyncio.Event | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,15 +140,15 @@ class Streamer:
                 try:
                     await self._connected(stop)
                     backoff = 1.0
-                except (grpc.aio.AioRpcError, ConnectionError, TimeoutError, asyncio.InvalidStateError) as exc:
-                    # InvalidStateError: a write after the collector ended the call (it went away mid-stream).
-                    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
-                    if len(self.spool):
-                        self.spool.persist()
-                    delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
-                    log.warning("collector %s: %s; %d scans waiting; retrying in %.1fs",
-                                self.target, detail, len(self.spool), delay)
+                except grpc.aio.AioRpcError as exc:
+                    if self._settled(exc):
+                        continue  # the collector said what to change: reconnect at once
+                    delay = self._retry(exc.details() or exc.code().name, backoff)
                     await _sleep_or_stop(stop, delay)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                except (ConnectionError, TimeoutError, asyncio.InvalidStateError) as exc:
+                    # InvalidStateError: a write after the collector ended the call (it went away mid-stream).
+                    await _sleep_or_stop(stop, self._retry(str(exc) or type(exc).__name__, backoff))
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             scanning.cancel()
@@ -151,12 +156,40 @@ class Streamer:
             if len(self.spool):
                 self.spool.persist()  # stopping: what was not acknowledged waits on disk for the next run
 
+    def _retry(self, detail: str, backoff: float) -> float:
+        if len(self.spool):
+            self.spool.persist()
+        delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
+        log.warning("collector %s: %s; %d scans waiting; retrying in %.1fs",
+                    self.target, detail, len(self.spool), delay)
+        return delay
+
+    def _settled(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Act on an ending the collector explained: a refused message is dropped (retrying it cannot help),
+        an epoch older than the host's is replaced.  Whether the stream can start again at once."""
+        metadata = _metadata(exc.trailing_metadata())
+        if metadata.get("sockfleet-refused") == "message" and len(self.spool):
+            head = self.spool.head()
+            assert head is not None
+            log.warning("the collector refused the scan taken at %s: %s; it is dropped and the gap recorded",
+                        _when(head.taken_at_us), exc.details())
+            self.spool.drop_head(exc.details() or exc.code().name)
+            self.dropped += 1
+            return True
+        held = metadata.get("sockfleet-epoch", "")
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and held.isdigit():
+            self.epoch = max(self.epoch, int(held)) + 1
+            log.warning("the collector holds a newer epoch for this host (%s); starting epoch %d", held, self.epoch)
+            return True
+        return False
+
     async def _scan(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             snap = await asyncio.to_thread(self.scanner.snapshot)
             current = convert.entries(snap)
             changes = diff(self.spool.tail, current) if self.spool.tail is not None else None
-            self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage))
+            found = list(snap.addresses) if snap.addresses is not None else None
+            self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage), found)
             assert self.queued is not None
             self.queued.set()
             await _sleep_or_stop(stop, self.interval)
@@ -179,25 +212,26 @@ class Streamer:
         async with channel(self.target, self.insecure, self.ca_file, self.client_cert) as chan:
             call = pb_grpc.CollectorStub(chan).Stream(metadata=self.metadata)  # type: ignore[no-untyped-call]
             await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
+            # A collector announces what it understands as soon as it accepts the hello; an older one says
+            # nothing until its first answer, so the agent never waits for this before sending.
+            features = asyncio.ensure_future(call.initial_metadata())
             full, acked_seq, sent_coverage = True, 0, b""
             try:
                 while (head := await self._next(stop)) is not None:
                     self.seq += 1
                     coverage = _coverage_key(head.coverage)
                     if full:
-                        snapshot = self.spool.head_snapshot()
-                        snapshot.epoch, snapshot.seq = self.epoch, self.seq
-                        message = pb.AgentMessage(snapshot=snapshot)
+                        await self._send_snapshot(call, features)
                     else:
                         delta = pb.Delta()
                         delta.CopyFrom(head)
                         delta.epoch, delta.seq, delta.base_seq = self.epoch, self.seq, acked_seq
                         if coverage == sent_coverage:
                             delta.ClearField("coverage")  # unchanged: a heartbeat stays a few bytes
-                        message = pb.AgentMessage(delta=delta)
-                    await call.write(message)
+                        await call.write(pb.AgentMessage(delta=delta))
                     reply = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
                     if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                        await _raise_status(call)
                         raise ConnectionError("the collector closed the stream")
                     if reply.HasField("resync"):
                         log.info("collector asks for a full snapshot: %s", reply.resync.reason)
@@ -209,8 +243,46 @@ class Streamer:
                     self.spool.pop()
                     full, acked_seq, sent_coverage = False, self.seq, coverage
                     self.acked += 1
+            except asyncio.InvalidStateError:
+                await _raise_status(call)  # the collector ended the call: its status says why
+                raise
             finally:
+                features.cancel()
                 call.cancel()
+
+    async def _send_snapshot(self, call: Any, features: asyncio.Future[Any]) -> None:
+        """The head as a full snapshot; in parts when it is large and the collector takes parts."""
+        snapshot = self.spool.head_snapshot()
+        snapshot.epoch, snapshot.seq = self.epoch, self.seq
+        size = limits.PART_SOCKETS
+        if len(snapshot.sockets) > size:
+            await asyncio.wait({features}, timeout=ACK_TIMEOUT / 4)
+            announced = features.done() and not features.cancelled() and features.exception() is None
+            offered = dict(features.result() or ()) if announced else {}
+            if "snapshot-parts" in str(offered.get("sockfleet-features", "")).split(","):
+                sockets = snapshot.sockets
+                for start in range(0, len(sockets) - size, size):
+                    part = pb.Snapshot(epoch=self.epoch, seq=self.seq, taken_at_us=snapshot.taken_at_us,
+                                       sockets=sockets[start : start + size], more=True)
+                    await call.write(pb.AgentMessage(snapshot=part))
+                del sockets[: (len(sockets) - 1) // size * size]
+        await call.write(pb.AgentMessage(snapshot=snapshot))
+
+
+async def _raise_status(call: Any) -> None:
+    """After the collector ended a call: its status as an ``AioRpcError`` (with its trailing metadata)."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
+                                   await call.details(), None)
+
+
+def _metadata(metadata: Any) -> dict[str, str]:
+    return {str(key): str(value) for key, value in (metadata or ())}
+
+
+def _when(us: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6))
 
 
 def _coverage_key(coverage: pb.Coverage) -> bytes:

@@ -1,9 +1,10 @@
 """Wire messages to plain rows: the one place the collector touches protobuf types.
 
-Every field is checked here, so that nothing malformed reaches the store: an
-enum out of range, a port above 65535, an address that does not parse for its
-family, an oversized string, a timestamp that is not plausible.  A bad field
-raises ``RejectedMessage`` naming it.
+Every field is checked here against the bounds of ``sockfleet.v1.limits``, so that nothing malformed
+reaches the store and the same message gets the same answer on SQLite and PostgreSQL: an enum out of
+range, a port above 65535, a pid beyond the kernel's, an address that does not parse for its family, a
+string that is empty where it must not be, too long, or holds a NUL character, a list too long, a time
+that is not plausible.  A bad field raises ``RejectedMessage`` naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from collector.errors import RejectedMessage
 from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import limits
+from sockfleet.v1.limits import MAX_BIGINT, MAX_NAME, MAX_PID, MAX_SHORT, MAX_TEXT
 
 PROTOS: dict[int, str] = {pb.PROTO_TCP: "tcp", pb.PROTO_UDP: "udp", pb.PROTO_UNIX: "unix"}
 FAMILIES: dict[int, str] = {pb.FAMILY_INET: "inet", pb.FAMILY_INET6: "inet6", pb.FAMILY_UNIX: "unix"}
@@ -24,9 +27,8 @@ TYPES: dict[int, str] = {
     pb.SOCK_TYPE_STREAM: "stream", pb.SOCK_TYPE_DGRAM: "dgram", pb.SOCK_TYPE_SEQPACKET: "seqpacket",
 }
 STATES = {number: name.removeprefix("STATE_") for name, number in pb.State.items() if number}
-MAX_TEXT = 4096  # cmdline and path; names are shorter
-MAX_NAME = 255
 EARLIEST = datetime(2000, 1, 1)
+DEFAULT_SKEW = timedelta(minutes=2)
 
 
 def utc(us: int) -> datetime:
@@ -46,14 +48,23 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def taken_at(us: int, field: str) -> datetime:
+def taken_at(us: int, field: str, skew: timedelta = DEFAULT_SKEW, received: datetime | None = None) -> datetime:
+    """A scan time: not before 2000, and not more than ``skew`` ahead of the collector's clock."""
     try:
         moment = utc(us)
     except OverflowError:
-        moment = EARLIEST - timedelta(days=1)
-    if moment < EARLIEST or moment > now() + timedelta(days=1):
+        raise RejectedMessage(f"{field}: {us} µs since the epoch is not a plausible time") from None
+    if moment < EARLIEST:
         raise RejectedMessage(f"{field}: {us} µs since the epoch is not a plausible time")
+    ahead = (moment - (received or now())).total_seconds()
+    if ahead > skew.total_seconds():
+        raise RejectedMessage(f"{field}: the scan is dated {_seconds(ahead)} ahead of the collector's clock "
+                              f"(tolerance {_seconds(skew.total_seconds())}); is the host's clock right?")
     return moment
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.0f} s" if abs(value) >= 10 else f"{value:.1f} s"
 
 
 # Column order of ``SocketRow.values``: identity, versioned, volatile (see collector.schema.sockets).
@@ -77,9 +88,14 @@ class SocketRow:
         return (self.key, *self.identity, *self.versioned, *self.volatile)
 
 
-def _text(value: str, field: str, limit: int = MAX_NAME) -> str | None:
+def text(value: str, field: str, limit: int = MAX_NAME, required: bool = False) -> str | None:
+    """A string field as stored (None when empty), or a refusal naming the field."""
     if len(value) > limit:
         raise RejectedMessage(f"{field}: {len(value)} characters, more than {limit}")
+    if "\x00" in value:
+        raise RejectedMessage(f"{field}: holds a NUL character")
+    if required and not value:
+        raise RejectedMessage(f"{field}: empty")
     return value or None
 
 
@@ -90,15 +106,20 @@ def _enum(table: dict[int, str], value: int, field: str) -> str:
     return name
 
 
+def _many(items: Any, limit: int, field: str) -> Any:
+    if len(items) > limit:
+        raise RejectedMessage(f"{field}: {len(items):,} entries, more than {limit:,}")
+    return items
+
+
 _VERSIONS: dict[str, int] = {}  # address text -> IP version, for addresses already seen valid
 
 
-def _address(value: str, family: str, field: str) -> str | None:
-    if not value:
-        return None
+def address_version(value: str, field: str) -> int:
+    """4 or 6 for an IP address in text, or a refusal naming the field."""
     version = _VERSIONS.get(value)
     if version is None:
-        if len(value) > 45:
+        if len(value) > limits.MAX_ADDRESS:
             raise RejectedMessage(f"{field}: {len(value)} characters is too long for an IP address")
         try:
             version = ipaddress.ip_address(value).version
@@ -107,17 +128,20 @@ def _address(value: str, family: str, field: str) -> str | None:
         if len(_VERSIONS) > 100_000:
             _VERSIONS.clear()
         _VERSIONS[value] = version
-    if (family == "inet") != (version == 4):
+    return version
+
+
+def _address(value: str, family: str, field: str) -> str | None:
+    if not value:
+        return None
+    if (family == "inet") != (address_version(value, field) == 4):
         raise RejectedMessage(f"{field}: {value!r} is not an {family} address")
     return value
 
 
-MAX_BIGINT = 2**63 - 1  # the largest value the database's BIGINT columns hold
-
-
-def _bigint(value: int, field: str) -> int:
-    if value > MAX_BIGINT:
-        raise RejectedMessage(f"{field}: {value} is larger than {MAX_BIGINT}")
+def _number(value: int, field: str, limit: int = MAX_BIGINT) -> int:
+    if value > limit:
+        raise RejectedMessage(f"{field}: {value} is larger than {limit}")
     return value
 
 
@@ -130,8 +154,8 @@ def _port(value: int, field: str) -> int:
 def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, ...]]:
     """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key."""
     if key.netns > MAX_BIGINT or key.inode > MAX_BIGINT:
-        _bigint(key.netns, f"{where}.key.netns")
-        _bigint(key.inode, f"{where}.key.inode")
+        _number(key.netns, f"{where}.key.netns")
+        _number(key.inode, f"{where}.key.inode")
     proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
     family = _enum(FAMILIES, key.family, f"{where}.key.family")
     kind = _enum(TYPES, key.type, f"{where}.key.type")
@@ -142,12 +166,14 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
             raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
         identity: tuple[Any, ...] = (
             key.netns, proto, family, kind, key.inode or None, None, None, None, None,
-            _text(key.path, f"{where}.key.path", MAX_TEXT),
+            text(key.path, f"{where}.key.path", MAX_TEXT),
         )
     else:
         if key.path:
             raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
         remote = _address(key.remote_address, family, f"{where}.key.remote_address")
+        if remote is None and key.remote_port:
+            raise RejectedMessage(f"{where}.key.remote_port: a port without a remote address")
         identity = (
             key.netns, proto, family, kind, key.inode or None,
             _address(key.local_address, family, f"{where}.key.local_address"),
@@ -158,8 +184,14 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
 
 
 def key_digest(key: pb.SocketKey) -> str:
-    """Deterministic serialization of the key: the same socket always gets the same digest."""
-    return hashlib.blake2b(key.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+    """The socket's identity as one short text: the same socket always gets the same digest.
+
+    Made from the key's known fields only, by value, so that fields a newer agent adds to the key never
+    make one socket look like two.  Migration 0011 made the digests of stored rows the same way.
+    """
+    identity = (key.netns, key.proto, key.family, key.type, key.inode, key.local_address, key.local_port,
+                key.remote_address, key.remote_port, key.path)
+    return hashlib.blake2b("\x1f".join(map(str, identity)).encode(), digest_size=16).hexdigest()
 
 
 def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
@@ -172,57 +204,84 @@ def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
 
 
 def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
-    """One socket's row; the common case (known state, short names) takes no function calls."""
+    """One socket's row; the common case (known state, short names) takes few function calls."""
     key, identity = key_row(sock.key, where)
     state = STATES.get(sock.state)
     if state is None:
         raise RejectedMessage(f"{where}.state: {sock.state} is not a known value")
     if sock.peer_inode > MAX_BIGINT:
-        _bigint(sock.peer_inode, f"{where}.peer_inode")
+        _number(sock.peer_inode, f"{where}.peer_inode")
+    pid = sock.pid if sock.HasField("pid") else None
+    if (pid or 0) > MAX_PID or sock.owners > MAX_PID:
+        _number(pid or 0, f"{where}.pid", MAX_PID)
+        _number(sock.owners, f"{where}.owners", MAX_PID)
     user, process, cmdline = sock.user, sock.process, sock.cmdline
-    if len(user) > MAX_NAME or len(process) > MAX_NAME or len(cmdline) > MAX_TEXT:
-        _text(user, f"{where}.user")
-        _text(process, f"{where}.process")
-        _text(cmdline, f"{where}.cmdline", MAX_TEXT)
+    if (len(user) > MAX_NAME or len(process) > MAX_NAME or len(cmdline) > MAX_TEXT
+            or "\x00" in user or "\x00" in process or "\x00" in cmdline):
+        text(user, f"{where}.user")
+        text(process, f"{where}.process")
+        text(cmdline, f"{where}.cmdline", MAX_TEXT)
     versioned = (
         state, sock.peer_inode or None, sock.uid if sock.HasField("uid") else None, user or None,
-        sock.pid if sock.HasField("pid") else None, process or None, cmdline or None, sock.owners,
+        pid, process or None, cmdline or None, sock.owners,
     )
     return SocketRow(key, identity, versioned, (sock.rx_queue, sock.tx_queue))
 
 
 def coverage_json(cov: pb.Coverage) -> tuple[str, bool]:
     """Coverage as stored (JSON) and whether the scan saw everything."""
+    where = "coverage"
     sources = [
-        {"source": _text(s.source, "coverage.source"), "netns": s.netns, "ok": s.ok,
-         "seconds": s.duration_us / 1e6, "records": s.records, "error": s.error or None}
-        for s in cov.sources
+        {"source": text(s.source, f"{where}.sources[{i}].source"), "netns": _number(s.netns, f"{where}.sources[{i}]"),
+         "ok": s.ok, "seconds": s.duration_us / 1e6, "records": s.records,
+         "error": text(s.error, f"{where}.sources[{i}].error", MAX_TEXT)}
+        for i, s in enumerate(_many(cov.sources, limits.MAX_SOURCES, f"{where}.sources"))
     ]
-    unscanned = [[u.netns, u.reason] for u in cov.namespaces_unscanned]
-    gaps = [{"from": convert_time(g.from_us), "to": convert_time(g.to_us), "reason": _text(g.reason, "coverage.gap")}
-            for g in cov.gaps]
+    unscanned = [[text(u.netns, f"{where}.namespaces_unscanned[{i}].netns"),
+                  text(u.reason, f"{where}.namespaces_unscanned[{i}].reason", MAX_TEXT)]
+                 for i, u in enumerate(_many(cov.namespaces_unscanned, limits.MAX_NAMESPACES,
+                                             f"{where}.namespaces_unscanned"))]
+    scanned = [_number(n, f"{where}.namespaces_scanned")
+               for n in _many(cov.namespaces_scanned, limits.MAX_NAMESPACES, f"{where}.namespaces_scanned")]
+    unreadable = list(_many(cov.processes_unreadable, limits.MAX_PIDS, f"{where}.processes_unreadable"))
+    gaps = [{"from": convert_time(g.from_us), "to": convert_time(g.to_us),
+             "reason": text(g.reason, f"{where}.gaps[{i}].reason", MAX_TEXT)}
+            for i, g in enumerate(_many(cov.gaps, limits.MAX_GAPS, f"{where}.gaps"))]
     document = {
-        "sources": sources, "namespaces_scanned": list(cov.namespaces_scanned),
-        "namespaces_unscanned": unscanned, "processes_unreadable": list(cov.processes_unreadable), "gaps": gaps,
+        "sources": sources, "namespaces_scanned": scanned, "namespaces_unscanned": unscanned,
+        "processes_unreadable": unreadable, "gaps": gaps,
     }
-    complete = all(s["ok"] for s in sources) and not unscanned and not cov.processes_unreadable and not gaps
+    complete = all(s["ok"] for s in sources) and not unscanned and not unreadable and not gaps
     return json.dumps(document), complete
 
 
-def hello_fields(hello: pb.Hello) -> dict[str, Any]:
-    if not hello.host_id:
-        raise RejectedMessage("hello.host_id: empty")
-    addresses = []
-    for index, item in enumerate(hello.addresses):
-        address = _address(item.address, "inet6" if ":" in item.address else "inet", f"hello.addresses[{index}]")
-        netns = _bigint(item.netns, f"hello.addresses[{index}].netns")
-        interface = _text(item.interface, f"hello.addresses[{index}].interface") or ""
-        addresses.append((netns, interface, address))
+def addresses(items: Any, where: str) -> list[tuple[int, str, str]]:
+    """(netns, interface, address) of each interface address, sorted and without repeats."""
+    found = set()
+    for index, item in enumerate(_many(items, limits.MAX_ADDRESSES, where)):
+        field = f"{where}[{index}]"
+        address = text(item.address, f"{field}.address", limits.MAX_ADDRESS, required=True)
+        assert address is not None
+        address_version(address, f"{field}.address")
+        interface = text(item.interface, f"{field}.interface", MAX_SHORT) or ""
+        found.add((_number(item.netns, f"{field}.netns"), interface, address))
+    return sorted(found)
+
+
+def hello_fields(hello: pb.Hello, received: datetime | None = None) -> dict[str, Any]:
+    """The hosts row of a hello, its ``addresses``, and ``clock_skew``: seconds its clock is ahead (or behind)."""
+    skew = None
+    if hello.sent_at_us:
+        try:
+            skew = round((utc(hello.sent_at_us) - (received or now())).total_seconds(), 3)
+        except OverflowError:
+            raise RejectedMessage(f"hello.sent_at_us: {hello.sent_at_us} is not a plausible time") from None
     return {
-        "host_id": _text(hello.host_id, "hello.host_id"),
-        "name": _text(hello.host_name, "hello.host_name") or hello.host_id,
-        "agent_version": _text(hello.agent_version, "hello.agent_version", 64) or "",
-        "boot_id": _text(hello.boot_id, "hello.boot_id", 64) or "",
+        "host_id": text(hello.host_id, "hello.host_id", required=True),
+        "name": text(hello.host_name, "hello.host_name") or hello.host_id,
+        "agent_version": text(hello.agent_version, "hello.agent_version", MAX_SHORT) or "",
+        "boot_id": text(hello.boot_id, "hello.boot_id", MAX_SHORT) or "",
         "interval_seconds": min(max(hello.interval_seconds, 1), 86400),
-        "addresses": sorted(set(addresses)),
+        "clock_skew": skew,
+        "addresses": addresses(hello.addresses, "hello.addresses"),
     }

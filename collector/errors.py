@@ -23,6 +23,8 @@ class UsageError(CollectorError):
 class RejectedMessage(CollectorError):
     """A message that is not stored; ``code`` is the gRPC status the agent receives."""
 
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.metadata = metadata  # trailing metadata that tells the agent what to do (see collector.server)

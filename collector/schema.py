@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -35,6 +36,8 @@ metadata = MetaData(
     }
 )
 
+KEY = String(32).with_variant(String(32, collation="C"), "postgresql")
+
 hosts = Table(
     "hosts", metadata,
     Column("id", Integer, primary_key=True),
@@ -51,6 +54,11 @@ hosts = Table(
     Column("complete", Boolean, nullable=False),
     Column("first_seen", DateTime, nullable=False),
     Column("last_seen", DateTime, nullable=False),
+    # Seconds the host's clock was ahead of the collector's (negative: behind) at its last hello.
+    Column("clock_skew", Float),
+    # The host's last message the collector refused, and why.
+    Column("last_refusal_at", DateTime),
+    Column("last_refusal", Text),
 )
 
 host_addresses = Table(
@@ -70,8 +78,9 @@ sockets = Table(
     "sockets", metadata,
     Column("id", Integer, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
-    # Digest of the identity below: finds a host's open row for a key in one index probe.
-    Column("key", String(32), nullable=False),
+    # Digest of the identity below (collector.convert.key_digest): finds a host's open row for a key in one
+    # index probe.  Compared as plain text on every database (collector.stepwise reads ranges of it).
+    Column("key", KEY, nullable=False),
     Column("netns", BigInteger, nullable=False),
     Column("proto", String(8), nullable=False),
     Column("family", String(8), nullable=False),

@@ -24,9 +24,10 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import grpc
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -35,19 +36,19 @@ from collector.errors import RejectedMessage
 from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from collector.schema import flows as flow_rows
 from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1.limits import MAX_BIGINT, MAX_TEXT
 
 CHUNK = 500  # keys per IN (...) list
+STEP_SOCKETS = 5_000  # sockets a step of a large snapshot writes (collector.stepwise)
 VERSIONED = tuple(sockets.c[name] for name in convert.VERSIONED_COLUMNS)
 INSERT_COLUMNS = ("host_ref", "valid_from", *convert.ROW_COLUMNS, "flow")
 # Where a stored row's fields are, in (ref, moment, *row.values()), for its flow.
 _AT = {name: 2 + convert.ROW_COLUMNS.index(name) for name in (
     "netns", "proto", "state", "process", "local_address", "local_port", "remote_address", "remote_port")}
 
-HOST_FOR_UPDATE = (
-    select(hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen, hosts.c.last_taken_at,
-           hosts.c.complete)
-    .where(hosts.c.id == bindparam("ref")).with_for_update()
-)
+HOST = select(hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen, hosts.c.last_taken_at,
+              hosts.c.complete).where(hosts.c.id == bindparam("ref"))
+HOST_FOR_UPDATE = HOST.with_for_update()
 HOST_APPLIED = update(hosts).where(hosts.c.id == bindparam("ref")).values(
     epoch=bindparam("epoch"), seq=bindparam("seq"), last_taken_at=bindparam("moment"),
     complete=bindparam("is_complete"), first_seen=bindparam("first"), last_seen=bindparam("last"),
@@ -93,15 +94,33 @@ FLOWS_BULK = _bulk_statements("flows", FLOW_COLUMNS)
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one message: acknowledged (maybe as a replay), or a full snapshot is needed."""
+    """What became of one message: acknowledged (maybe as a replay), or a full snapshot is needed; the
+    moment it was stored at (µs since the epoch)."""
 
     acked: bool
     replay: bool = False
     resync_reason: str | None = None
     rows_written: int = 0
+    moment_us: int | None = None
 
 
-class _Resync(Exception):
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The checked parts of a message other than its sockets: scan time, coverage (JSON, and whether the
+    scan saw everything), addresses, and how many gaps the coverage records."""
+
+    moment: datetime
+    coverage: str | None
+    complete: bool | None
+    addresses: list[tuple[int, str, str]] | None
+    gaps: int
+
+
+def _us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+class Resync(Exception):
     """Raised inside a transaction to roll it back and ask the agent for a Snapshot."""
 
 
@@ -111,24 +130,32 @@ _Listening = tuple[tuple[int, int, datetime], frozenset[flows.Listener]]
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    """Applies agents' messages to one database.  ``max_skew``: how far ahead of the collector's clock a
+    scan may be dated (a host whose clock runs ahead has its scans refused, never stored at a wrong time)."""
+
+    def __init__(self, engine: Engine, max_skew: timedelta = convert.DEFAULT_SKEW) -> None:
         self.engine = engine
+        self.max_skew = max_skew
         self.postgres = engine.dialect.name == "postgresql"
         # Saves a query per message that opens connections; kept only after the message's commit.
         self._listening: dict[int, _Listening] = {}
 
     def hello(self, hello: pb.Hello) -> int:
-        """Record the host (new or known) and its addresses; returns the host's row id."""
-        fields = convert.hello_fields(hello)
+        """Record the host (new or known) and its addresses; returns the host's row id.
+
+        An agent that reports its addresses with its scans (``addresses_in_scans``) has them recorded at
+        each scan's time instead; the hello's are for collectors that do not read them there.
+        """
+        received = convert.now()
+        fields = convert.hello_fields(hello, received)
         addresses = fields.pop("addresses")
-        moment = convert.now()
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(hosts.c.id, hosts.c.last_taken_at).where(hosts.c.host_id == fields["host_id"])
             ).first()
             if row is None:
                 ref = conn.execute(insert(hosts).values(
-                    **fields, epoch=0, seq=0, complete=True, first_seen=moment, last_seen=moment,
+                    **fields, epoch=0, seq=0, complete=True, first_seen=received, last_seen=received,
                 )).inserted_primary_key[0]  # type: ignore[index]
                 since = convert.EARLIEST  # the host's addresses hold for its whole observed history
             else:
@@ -137,8 +164,15 @@ class Store:
                 # A change of address happened after the last scan the collector applied: date it there, so
                 # that scans replayed with their own (earlier) times still resolve to the new addresses.
                 since = row.last_taken_at or convert.EARLIEST
-            self._addresses(conn, ref, addresses, since)
+            if not hello.addresses_in_scans:
+                self._addresses(conn, ref, addresses, since)
         return int(ref)
+
+    def refused(self, ref: int, reason: str) -> None:
+        """Remember the host's last refused message, for ``sockfleet hosts``."""
+        with self.engine.begin() as conn:
+            conn.execute(update(hosts).where(hosts.c.id == ref).values(
+                last_refusal_at=convert.now(), last_refusal=reason[:MAX_TEXT]))
 
     def _addresses(self, conn: Connection, ref: int, found: list[tuple[int, str, str]], moment: datetime) -> None:
         open_rows = conn.execute(
@@ -155,26 +189,21 @@ class Store:
         if new:
             conn.execute(insert(host_addresses), new)
 
+    def stepwise(self, message: pb.Snapshot | pb.Delta) -> bool:
+        """Whether a message is large enough to be applied in steps (``collector.stepwise``) rather than at once."""
+        return isinstance(message, pb.Snapshot) and len(message.sockets) > STEP_SOCKETS * 4
+
     def apply(self, ref: int, message: pb.Snapshot | pb.Delta) -> Outcome:
         """Apply one Snapshot or Delta of host ``ref`` in one transaction."""
         snapshot = isinstance(message, pb.Snapshot)
-        where = "snapshot" if snapshot else "delta"
-        moment = convert.taken_at(message.taken_at_us, f"{where}.taken_at_us")
-        if message.epoch == 0 or message.seq == 0:
-            raise RejectedMessage(f"{where}: epoch and seq start at 1")
-        if max(message.epoch, message.seq, getattr(message, "base_seq", 0)) > convert.MAX_BIGINT:
-            raise RejectedMessage(f"{where}: epoch and seq must be below 2**63")
-        coverage, complete = (None, None)
-        if message.HasField("coverage"):
-            coverage, complete = convert.coverage_json(message.coverage)
+        header = self.header(message)
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
             with self.engine.begin() as conn:
                 host = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
-                if message.epoch == host.epoch and message.seq <= host.seq:
+                moment = self.check_host(host, message, header)
+                if moment is None:
                     return Outcome(acked=True, replay=True)
-                if host.last_taken_at is not None and moment < host.last_taken_at:
-                    moment = host.last_taken_at  # history never runs backwards, even when the agent's clock does
                 listening = None
                 if known is not None and known[0] == (host.epoch, host.seq, host.last_taken_at):
                     listening = known[1]
@@ -183,30 +212,73 @@ class Store:
                     kind = "snapshot"
                 else:
                     if (message.epoch, message.base_seq) != (host.epoch, host.seq):  # type: ignore[union-attr]
-                        raise _Resync(f"delta is based on ({message.epoch}, {message.base_seq}), "  # type: ignore[union-attr]
+                        raise Resync(f"delta is based on ({message.epoch}, {message.base_seq}), "  # type: ignore[union-attr]
                                       f"the collector holds ({host.epoch}, {host.seq})")
                     counts, listening = self._delta(conn, ref, message, moment, listening)  # type: ignore[arg-type]
-                    kind = "delta" if any(counts) or coverage is not None else "heartbeat"
-                if complete is None:
-                    complete = True if snapshot else host.complete
-                conn.execute(HOST_APPLIED, {
-                    "ref": ref, "epoch": message.epoch, "seq": message.seq, "moment": moment,
-                    "is_complete": complete, "first": min(host.first_seen, moment),
-                    "last": max(host.last_seen, moment),
-                })
-                conn.execute(OBSERVED, {
-                    "host_ref": ref, "epoch": message.epoch, "seq": message.seq, "kind": kind, "taken_at": moment,
-                    "received_at": convert.now(), "added": counts[0], "removed": counts[1], "changed": counts[2],
-                    "complete": complete, "coverage": coverage,
-                    "gaps": len(message.coverage.gaps) if message.HasField("coverage") else 0,
-                })
-        except _Resync as resync:
+                    kind = "delta" if any(counts) or header.coverage is not None else "heartbeat"
+                self.finish(conn, ref, host, message, header, moment, kind, counts)
+        except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
+        self.remember_listening(ref, message, moment, listening)
+        return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=_us(moment))
+
+    def header(self, message: pb.Snapshot | pb.Delta) -> Header:
+        """The checked parts of a message other than its sockets."""
+        where = "snapshot" if isinstance(message, pb.Snapshot) else "delta"
+        moment = convert.taken_at(message.taken_at_us, f"{where}.taken_at_us", self.max_skew)
+        if message.epoch == 0 or message.seq == 0:
+            raise RejectedMessage(f"{where}: epoch and seq start at 1")
+        if max(message.epoch, message.seq, getattr(message, "base_seq", 0)) > MAX_BIGINT:
+            raise RejectedMessage(f"{where}: epoch and seq must be below 2**63")
+        coverage, complete = (None, None)
+        if message.HasField("coverage"):
+            coverage, complete = convert.coverage_json(message.coverage)
+        addresses = None
+        if message.HasField("addresses"):
+            addresses = convert.addresses(message.addresses.items, f"{where}.addresses")
+        gaps = len(message.coverage.gaps) if message.HasField("coverage") else 0
+        return Header(moment, coverage, complete, addresses, gaps)
+
+    @staticmethod
+    def check_host(host: Any, message: pb.Snapshot | pb.Delta, header: Header) -> datetime | None:
+        """The moment the message is stored at, or None for a message already applied (a replay)."""
+        if message.epoch == host.epoch and message.seq <= host.seq:
+            return None
+        if message.epoch < host.epoch:
+            where = "snapshot" if isinstance(message, pb.Snapshot) else "delta"
+            raise RejectedMessage(
+                f"{where}.epoch: {message.epoch} is older than the host's epoch {host.epoch} (another "
+                "agent process reports for this host, or its clock went back); start a new epoch",
+                grpc.StatusCode.FAILED_PRECONDITION, (("sockfleet-epoch", str(host.epoch)),))
+        if host.last_taken_at is not None and header.moment < host.last_taken_at:
+            return host.last_taken_at  # type: ignore[no-any-return]  # history never runs backwards, even when the agent's clock does
+        return header.moment
+
+    def finish(self, conn: Connection, ref: int, host: Any, message: pb.Snapshot | pb.Delta, header: Header,
+               moment: datetime, kind: str, counts: Counts) -> None:
+        """What every applied message leaves besides sockets: the host's addresses, its row, an observation."""
+        if header.addresses is not None:
+            self._addresses(conn, ref, header.addresses, moment)
+        complete = header.complete
+        if complete is None:
+            complete = True if isinstance(message, pb.Snapshot) else host.complete
+        conn.execute(HOST_APPLIED, {
+            "ref": ref, "epoch": message.epoch, "seq": message.seq, "moment": moment,
+            "is_complete": complete, "first": min(host.first_seen, moment), "last": max(host.last_seen, moment),
+        })
+        conn.execute(OBSERVED, {
+            "host_ref": ref, "epoch": message.epoch, "seq": message.seq, "kind": kind, "taken_at": moment,
+            "received_at": convert.now(), "added": counts[0], "removed": counts[1], "changed": counts[2],
+            "complete": complete, "coverage": header.coverage, "gaps": header.gaps,
+        })
+
+    def remember_listening(self, ref: int, message: pb.Snapshot | pb.Delta, moment: datetime,
+                           listening: frozenset[flows.Listener] | None) -> None:
+        """Keep the host's open listeners after a committed message (see the module's docstring)."""
         if listening is None:
             self._listening.pop(ref, None)
         else:
             self._listening[ref] = ((message.epoch, message.seq, moment), listening)
-        return Outcome(acked=True, rows_written=counts[0] + counts[2])
 
     def _snapshot(self, conn: Connection, ref: int, message: pb.Snapshot, moment: datetime,
                   listening: frozenset[flows.Listener] | None) -> tuple[Counts, frozenset[flows.Listener] | None]:
@@ -245,7 +317,7 @@ class Store:
             left += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
                                               **spans.cutoffs(moment)})
         if len(left) != len(closing):
-            raise _Resync("delta removes or changes a socket the collector does not hold")
+            raise Resync("delta removes or changes a socket the collector does not hold")
         listening = self._insert(conn, ref, added + changed, moment, left, listening)
         return (len(added), len(removed), len(changed)), listening
 
@@ -281,32 +353,26 @@ class Store:
                 changes[key] = changes.get(key, 0) - 1
         if not connected and not changes:
             return [None] * len(values), listening
-        holds = (listening or frozenset()).__contains__
-        identities = {}
-        opened: list[str | None] = []
-        for v in values:
-            flow = flows.identity(v[at["netns"]], v[at["proto"]], v[at["state"]], v[at["process"]],
-                                  v[at["local_address"]], v[at["local_port"]], v[at["remote_address"]],
-                                  v[at["remote_port"]], holds)
-            if flow is None:
-                opened.append(None)
-                continue
-            key = flows.digest(flow)
-            identities[key] = flow
-            changes[key] = changes.get(key, 0) + 1
-            opened.append(key)
-        moving = [key for key, change in changes.items() if change]
-        if moving:
-            current = {}
-            for chunk in _chunks(moving):
-                params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
-                for row in conn.execute(CLOSE_FLOWS, params):
-                    current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
-            _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
-            if new:
-                self._write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self._stamp(row.since),
-                                                self._stamp(row.valid_from)) for key, row in new])
+        identities: dict[str, tuple[Any, ...]] = {}
+        opened = file_flows(values, listening or frozenset(), changes, identities)
+        self._move_flows(conn, ref, changes, identities, moment)
         return opened, listening
+
+    def _move_flows(self, conn: Connection, ref: int, changes: dict[str, int],
+                    identities: dict[str, tuple[Any, ...]], moment: datetime) -> None:
+        """Close the open rows of the flows whose number of open sockets changes, and open their new rows."""
+        moving = [key for key, change in changes.items() if change]
+        if not moving:
+            return
+        current = {}
+        for chunk in _chunks(moving):
+            params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
+            for row in conn.execute(CLOSE_FLOWS, params):
+                current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
+        _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
+        if new:
+            self._write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self._stamp(row.since),
+                                            self._stamp(row.valid_from)) for key, row in new])
 
     def _stamp(self, moment: datetime) -> datetime | str:
         """A time for the bulk statements, which bypass SQLAlchemy's types: on SQLite, written as SQLAlchemy
@@ -326,8 +392,29 @@ class Store:
         except Exception as exc:
             # uq_sockets_open_key: the message opens a socket the collector already holds open.
             if isinstance(exc, IntegrityError) or getattr(exc, "sqlstate", None) == "23505":
-                raise _Resync("a message opens a socket the collector already holds") from exc
+                raise Resync("a message opens a socket the collector already holds") from exc
             raise
+
+
+def file_flows(values: list[tuple[Any, ...]], listening: frozenset[flows.Listener], changes: dict[str, int],
+               identities: dict[str, tuple[Any, ...]]) -> list[str | None]:
+    """The flow key of each socket row opening (``values``: as written, see ``_AT``), counted in ``changes``
+    (one more open socket each) and named in ``identities``."""
+    at = _AT
+    holds = listening.__contains__
+    opened: list[str | None] = []
+    for v in values:
+        flow = flows.identity(v[at["netns"]], v[at["proto"]], v[at["state"]], v[at["process"]],
+                              v[at["local_address"]], v[at["local_port"]], v[at["remote_address"]],
+                              v[at["remote_port"]], holds)
+        if flow is None:
+            opened.append(None)
+            continue
+        key = flows.digest(flow)
+        identities[key] = flow
+        changes[key] = changes.get(key, 0) + 1
+        opened.append(key)
+    return opened
 
 
 def token_hash(token: str) -> str:

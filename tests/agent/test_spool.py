@@ -82,7 +82,8 @@ def test_survives_a_kill_and_a_torn_write(tmp_path: Path) -> None:
     add(spool, scan(22, 80), 2)  # two waiting: now on disk
     spool.pop()  # the first was acknowledged
     add(spool, scan(80), 3)
-    with open(tmp_path / "spool.log", "ab") as log:
+    [segment] = sorted(tmp_path.glob("*.seg"))
+    with open(segment, "ab") as log:
         log.write(b"\x40\x00\x00\x00\x01\x02")  # the agent was killed while writing a record
     again = Spool(str(tmp_path))
     assert [r.taken_at_us for r in again.records] == [2, 3]
@@ -93,14 +94,14 @@ def test_survives_a_kill_and_a_torn_write(tmp_path: Path) -> None:
     assert [s.key.local_port for s in last.added] == [443]
     for _ in range(3):
         again.pop()
-    assert not (tmp_path / "spool.log").exists()  # all acknowledged: nothing left on disk
+    assert not list(tmp_path.iterdir())  # all acknowledged: nothing left on disk
 
 
 def test_spool_that_does_not_start_with_a_snapshot_is_set_aside(tmp_path: Path) -> None:
-    (tmp_path / "spool.log").write_bytes(b"garbage that is not a spool")
+    (tmp_path / "base.snap").write_bytes(b"garbage that is not a spool")
     spool = Spool(str(tmp_path))
     assert len(spool) == 0
-    assert (tmp_path / "spool.log.bad").exists()
+    assert (tmp_path / "base.snap.bad").exists()
 
 
 def test_key_bytes_are_stable() -> None:

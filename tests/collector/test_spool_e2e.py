@@ -53,14 +53,14 @@ def test_outage_and_agent_kill_leave_no_hole(tmp_path: Path) -> None:
         time.sleep(1.5)
         first.send_signal(signal.SIGKILL)  # the agent dies too; its spool is on disk
         first.wait(timeout=10)
-        assert (tmp_path / "spool" / "spool.log").exists()
+        assert (tmp_path / "spool" / "base.snap").exists()
         second = agent(port, tmp_path / "spool")
         time.sleep(1)
         restarted = Collector(db_url, port)
         outage_ended = now()
         try:
             wait_for(lambda: bool(ports(db_url, "--port", str(late.getsockname()[1]))), "the spooled scans")
-            wait_for(lambda: not (tmp_path / "spool" / "spool.log").exists(), "the spool to drain")
+            wait_for(lambda: not (tmp_path / "spool" / "base.snap").exists(), "the spool to drain")
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(timeout=20)

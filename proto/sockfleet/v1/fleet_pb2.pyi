@@ -88,20 +88,30 @@ class CollectorMessage(_message.Message):
     def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., resync: _Optional[_Union[Resync, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_id", "host_name", "agent_version", "boot_id", "addresses", "interval_seconds")
+    __slots__ = ("host_id", "host_name", "agent_version", "boot_id", "addresses", "interval_seconds", "sent_at_us", "addresses_in_scans")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_US_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_IN_SCANS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     host_name: str
     agent_version: str
     boot_id: str
     addresses: _containers.RepeatedCompositeFieldContainer[InterfaceAddress]
     interval_seconds: int
-    def __init__(self, host_id: _Optional[str] = ..., host_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[InterfaceAddress, _Mapping]]] = ..., interval_seconds: _Optional[int] = ...) -> None: ...
+    sent_at_us: int
+    addresses_in_scans: bool
+    def __init__(self, host_id: _Optional[str] = ..., host_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[InterfaceAddress, _Mapping]]] = ..., interval_seconds: _Optional[int] = ..., sent_at_us: _Optional[int] = ..., addresses_in_scans: _Optional[bool] = ...) -> None: ...
+
+class Addresses(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[InterfaceAddress]
+    def __init__(self, items: _Optional[_Iterable[_Union[InterfaceAddress, _Mapping]]] = ...) -> None: ...
 
 class InterfaceAddress(_message.Message):
     __slots__ = ("netns", "interface", "address")
@@ -212,21 +222,25 @@ class UnscannedNamespace(_message.Message):
     def __init__(self, netns: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("epoch", "seq", "taken_at_us", "sockets", "coverage")
+    __slots__ = ("epoch", "seq", "taken_at_us", "sockets", "coverage", "addresses", "more")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TAKEN_AT_US_FIELD_NUMBER: _ClassVar[int]
     SOCKETS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     seq: int
     taken_at_us: int
     sockets: _containers.RepeatedCompositeFieldContainer[Socket]
     coverage: Coverage
-    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., sockets: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ...) -> None: ...
+    addresses: Addresses
+    more: bool
+    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., sockets: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("epoch", "seq", "base_seq", "taken_at_us", "added", "removed", "changed", "coverage")
+    __slots__ = ("epoch", "seq", "base_seq", "taken_at_us", "added", "removed", "changed", "coverage", "addresses")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     BASE_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +249,7 @@ class Delta(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     seq: int
     base_seq: int
@@ -243,7 +258,8 @@ class Delta(_message.Message):
     removed: _containers.RepeatedCompositeFieldContainer[SocketKey]
     changed: _containers.RepeatedCompositeFieldContainer[Socket]
     coverage: Coverage
-    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., base_seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., added: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[SocketKey, _Mapping]]] = ..., changed: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ...) -> None: ...
+    addresses: Addresses
+    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., base_seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., added: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[SocketKey, _Mapping]]] = ..., changed: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("epoch", "seq")

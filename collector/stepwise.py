@@ -1,0 +1,169 @@
+"""A large snapshot applied in steps, so that one big host never holds up the other agents.
+
+A snapshot of a million sockets takes tens of seconds to check and write; in one transaction it would
+hold SQLite's only writer (and the collector's event loop) all that time, and every other agent would
+wait for its acknowledgement.  So a large snapshot is applied in short steps, and the collector lets
+other streams' messages through between two steps:
+
+1. every socket is checked (the whole snapshot is refused before anything is written if one is bad)
+   and filed into one of N groups by its key digest, so that a group's stored open rows are one range
+   of the index ``(host_ref, key)``;
+2. each group, in a transaction of its own: its stored open rows are read and compared, rows of sockets
+   gone or changed are closed, rows of new or changed sockets opened, every change dated at the
+   snapshot's scan time;
+3. the host's flows are moved by the net change of each flow, in groups of flows;
+4. a last transaction records the scan: the host's row, its addresses, the observation.  Only then is
+   the snapshot acknowledged.
+
+Between the first group and the last step, questions may see some groups of the new scan and not
+others; each row's times are right all the same.  A collector that stops half-way leaves rows that
+are each true (closed when the scan found them gone, opened when it found them new); the agent then
+sends a full snapshot again, and the steps already done change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, bindparam, func, select
+
+from collector import convert, flows, spans
+from collector.errors import RejectedMessage
+from collector.schema import sockets
+from collector.store import (
+    CLOSE_IDS,
+    HOST,
+    HOST_FOR_UPDATE,
+    SOCKETS_BULK,
+    STEP_SOCKETS,
+    VERSIONED,
+    Outcome,
+    Resync,
+    _chunks,
+    _us,
+    file_flows,
+)
+from sockfleet.v1 import fleet_pb2 as pb
+
+if TYPE_CHECKING:
+    from collector.store import Store
+
+# A group's stored open rows: one range of the open rows' unique index (host_ref, key); keys compare as
+# plain text (the column's collation is "C" on PostgreSQL).
+OPEN_IN_RANGE = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
+    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None),
+    sockets.c.key >= bindparam("low"), sockets.c.key < bindparam("high"))
+OPEN_FROM = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
+    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), sockets.c.key >= bindparam("low"))
+OPEN_COUNT = select(func.count()).select_from(sockets).where(
+    and_(sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None)))
+
+
+def group_of(digest: str, count: int) -> int:
+    """Which of ``count`` groups a key digest falls in: groups are ranges of the digest's first 32 bits."""
+    return int(digest[:8], 16) * count >> 32
+
+
+def bounds(group: int, count: int) -> tuple[str, str | None]:
+    """The range of digests ``[low, high)`` of a group (no upper bound for the last)."""
+    def edge(index: int) -> str:
+        return f"{-(-(index << 32) // count):08x}"
+
+    return edge(group), (edge(group + 1) if group + 1 < count else None)
+
+
+def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator[Outcome | None]:
+    """Yield None after each step, and the Outcome last.  Raises ``RejectedMessage`` before any write."""
+    last = parts[-1]
+    header = store.header(last)
+    with store.engine.connect() as conn:
+        host = conn.execute(HOST, {"ref": ref}).one()
+    moment = store.check_host(host, last, header)
+    if moment is None:
+        yield Outcome(acked=True, replay=True)
+        return
+    total = sum(len(part.sockets) for part in parts)
+    count = max(1, -(-total // STEP_SOCKETS))
+    groups: list[dict[str, pb.Socket]] = [{} for _ in range(count)]
+    listening: set[flows.Listener] = set()
+    index = 0
+    for part in parts:
+        for sock in part.sockets:
+            where = f"snapshot.sockets[{index}]"
+            digest = convert.key_digest(sock.key)
+            group = groups[group_of(digest, count)]
+            if digest in group:
+                raise RejectedMessage(f"{where}: the same socket is listed twice")
+            row = convert.socket_row(sock, where)
+            group[digest] = sock
+            _, proto, _, _, _, laddr, lport, *_ = row.identity
+            if flows.is_listener(proto, row.versioned[0]):
+                listening.add(flows.listener_of(row.identity[0], proto, laddr, lport))
+            index += 1
+            if index % (4 * STEP_SOCKETS) == 0:
+                yield None
+    store.remember_listening(ref, last, moment, None)
+    counts = [0, 0, 0]
+    changes: dict[str, int] = {}
+    identities: dict[str, tuple[Any, ...]] = {}
+    for number, group in enumerate(groups):
+        with store.engine.begin() as conn:
+            added, removed, changed = _group(store, conn, ref, moment, group, bounds(number, count),
+                                             frozenset(listening), changes, identities)
+        counts[0] += added
+        counts[1] += removed
+        counts[2] += changed
+        groups[number] = {}  # written: let it go
+        yield None
+    moving = [key for key, change in changes.items() if change]
+    for chunk in _chunks_of(moving, STEP_SOCKETS):
+        with store.engine.begin() as conn:
+            store._move_flows(conn, ref, {key: changes[key] for key in chunk}, identities, moment)
+        yield None
+    try:
+        with store.engine.begin() as conn:
+            current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
+            if (current.epoch, current.seq) != (host.epoch, host.seq) or conn.execute(
+                    OPEN_COUNT, {"ref": ref}).scalar_one() != total:
+                raise Resync("another stream wrote this host while its large snapshot was applied")
+            store.finish(conn, ref, current, last, header, moment, "snapshot", (counts[0], counts[1], counts[2]))
+    except Resync as resync:
+        yield Outcome(acked=False, resync_reason=str(resync))
+        return
+    store.remember_listening(ref, last, moment, frozenset(listening))
+    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=_us(moment))
+
+
+def _group(store: Store, conn: Any, ref: int, moment: Any, group: dict[str, pb.Socket], edges: tuple[str, str | None],
+           listening: frozenset[flows.Listener], changes: dict[str, int],
+           identities: dict[str, tuple[Any, ...]]) -> tuple[int, int, int]:
+    """One group's sockets against its stored open rows: (added, removed, changed)."""
+    low, high = edges
+    query, params = (OPEN_FROM, {"ref": ref, "low": low}) if high is None else (
+        OPEN_IN_RANGE, {"ref": ref, "low": low, "high": high})
+    held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(query, params)}
+    opening = []
+    for digest, sock in group.items():
+        stored = held.get(digest)
+        if stored is not None and stored[1] == convert.stored_versioned(sock):
+            continue
+        opening.append(convert.socket_row(sock))
+    changed_keys = {row.key for row in opening}
+    closing = [row_id for key, (row_id, _) in held.items() if key not in group or key in changed_keys]
+    for chunk in _chunks(closing):
+        for left in conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)}):
+            if left.flow is not None:
+                changes[left.flow] = changes.get(left.flow, 0) - 1
+    stamp = store._stamp(moment)
+    values = [(ref, stamp, *row.values()) for row in opening]
+    if values:
+        keys = file_flows(values, listening, changes, identities)
+        store._write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, keys, strict=True)])
+    changed = sum(1 for row in opening if row.key in held)
+    return len(opening) - changed, len(closing) - changed, changed
+
+
+def _chunks_of(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
