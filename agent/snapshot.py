@@ -78,7 +78,6 @@ class Scanner:
         self.address_errors: set[str] = set()  # each failing namespace's error, logged once
 
     def snapshot(self) -> Snapshot:
-        taken_at = time.time()
         if self.prefetch_owners:
             self.owners.prefetch()
         spaces, ns_unreadable = namespaces(self.scope, self.proc_root)
@@ -95,6 +94,9 @@ class Scanner:
                 continue
             scanned.append(ns.inode)
             sockets.extend(records)
+        # The scan's time is when the kernel's tables were last read: a socket they hold was open then, and
+        # one they no longer hold had closed by then, so no change is ever dated before it happened.
+        taken_at = time.time()
         owners = self.owners.refresh({record.inode for record in sockets})
         processes: dict[int, Process] = {}
         for pids in owners.values():

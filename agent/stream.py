@@ -74,6 +74,7 @@ def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage
     return pb.AgentMessage(hello=pb.Hello(
         host_id=ident.host_id, host_name=ident.host_name, agent_version=__version__, boot_id=ident.boot_id,
         addresses=found[: limits.MAX_ADDRESSES], interval_seconds=max(1, round(interval)),
+        interval_ms=max(1, min(round(interval * 1000), 2**32 - 1)),
         sent_at_us=time.time_ns() // 1000, addresses_in_scans=True,
     ))
 

@@ -10,7 +10,11 @@ A policy is a TOML file of rules; each applies to the hosts whose name matches i
     22 = ["sshd"]
 
 Exposed and new listeners are notices; a broken rule is a violation, and
-``sockfleet audit`` exits with status 1 when there is one.
+``sockfleet audit`` exits with status 1 when there is one.  A host that cannot be
+seen cannot be audited, and is never taken for a clean one: a host observed within
+the lookback (or holding an active agent token) but not observed at the moment
+audited is a finding of its own (severity ``unknown``, finding ``not observed``),
+and makes the audit exit with status 3 when there is no violation.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any
 from sqlalchemy import Connection, func, literal_column, select
 
 from collector.errors import UsageError
-from collector.queries import Filters, observed, sockets_at
-from collector.schema import hosts, sockets
+from collector.queries import STALE_INTERVALS, Filters, observed, sockets_at
+from collector.schema import credentials, hosts, sockets
+from collector.times import rfc3339
 
 FINDING_FIELDS = ("severity", "finding", "host", "proto", "local_address", "local_port", "path", "process", "pid",
                   "rule", "detail")
@@ -94,8 +99,13 @@ def exposed(row: dict[str, Any]) -> bool:
 
 
 def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: timedelta,
-          moment: datetime) -> tuple[list[dict[str, Any]], list[str]]:
-    """Findings on the listeners at ``at`` (default now), and the hosts not observed then."""
+          moment: datetime, lookback: timedelta = timedelta(days=7)) -> tuple[list[dict[str, Any]], list[str]]:
+    """Findings on the listeners at ``at`` (default now), and the hosts not observed then.
+
+    Among the hosts not observed, those last observed within ``lookback`` before the moment, and the
+    enrolled hosts (an active agent token), are findings (``not observed``); hosts gone for longer and
+    never enrolled are only named.
+    """
     seen = observed(conn, at)
     listeners = sockets_at(conn, at, Filters(), only_listening=True, hosts_known=seen)
     if at is None:
@@ -107,13 +117,44 @@ def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: 
             findings.append(_finding(row, "notice", "exposed", None, "bound beyond loopback"))
         started = first.get((row["host"], row["proto"], row["local_port"], row["path"]))
         if started is not None and started >= moment - new_within:
-            since = f"first seen on this host at {started:%Y-%m-%d %H:%M:%S}Z"
+            since = f"first seen on this host at {rfc3339(started)}"
             findings.append(_finding(row, "notice", "new", None, since))
         for rule in rules:
             if fnmatchcase(row["host"], rule.hosts):
                 findings.extend(_check(row, rule))
-    findings.sort(key=lambda f: (f["severity"] != "violation", f["host"], f["local_port"] or 0, f["finding"]))
+    findings += _unobserved(conn, seen, moment, lookback)
+    order = {"violation": 0, "unknown": 1, "notice": 2}
+    findings.sort(key=lambda f: (order[f["severity"]], f["host"], f["local_port"] or 0, f["finding"]))
     return findings, sorted(seen.unknown.values())
+
+
+def _unobserved(conn: Connection, seen: Any, moment: datetime, lookback: timedelta) -> list[dict[str, Any]]:
+    """A finding for each host that should have been seen at ``moment`` and was not."""
+    rows = conn.execute(select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds)).all()
+    enrolled = set(conn.execute(select(credentials.c.host_id).where(credentials.c.revoked_at.is_(None))).scalars())
+    found = []
+    for row in rows:
+        if row.id not in seen.unknown:
+            continue
+        last = seen.last.get(row.id)
+        if last is not None and moment - last <= lookback:
+            detail = (f"last report {rfc3339(last)}; a host is observed while its last report is at most "
+                      f"{STALE_INTERVALS} scan intervals ({STALE_INTERVALS * row.interval_seconds} s) old")
+        elif row.host_id in enrolled:
+            detail = "enrolled (an active agent token), " + (f"last report {rfc3339(last)}" if last else
+                                                            "no report yet")
+        else:
+            continue  # gone for longer than the lookback, and not enrolled: retired
+        found.append(_unknown(row.name, detail))
+    reported = {row.host_id for row in rows}
+    found += [_unknown(host_id, "enrolled (an active agent token), never reported") for host_id in
+              sorted(enrolled - reported)]
+    return found
+
+
+def _unknown(host: str, detail: str) -> dict[str, Any]:
+    return {"severity": "unknown", "finding": "not observed", "host": host,
+            **{k: None for k in FINDING_FIELDS[3:9]}, "rule": None, "detail": detail}
 
 
 def _check(row: dict[str, Any], rule: Rule) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 
 from sqlalchemy import func, select
 
@@ -67,9 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="accept agents without an enrolled token (local trials only)")
     serve.add_argument("--rate-limit", type=float, default=20.0,
-                       help="messages per second one agent may send, burst twice that (default 20; 0: no limit)")
+                       help="repeated scans per second one agent may send, burst twice that (default 20; 0: no "
+                            "limit); an agent replaying scans it took while away is never limited")
     serve.add_argument("--max-message-mb", type=float, default=64.0,
-                       help="largest message accepted, in MiB (default 64: about 500,000 sockets)")
+                       help="largest message accepted, in MiB (default 64: about 500,000 sockets; larger snapshots "
+                            "come in parts)")
+    serve.add_argument("--max-clock-skew", default="2m",
+                       help="refuse scans dated further ahead of this collector's clock (default 2m)")
     _db_option(serve)
     enroll = actions.add_parser("enroll", help="issue a host's agent token (printed once; only its hash is kept)")
     enroll.add_argument("--host", required=True, help="the host's id: its agent's --host, or its /etc/machine-id")
@@ -118,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.add_argument("--policy", help="TOML policy file (see the README)")
     audit_cmd.add_argument("--at", help="as of this time (default now)")
     audit_cmd.add_argument("--new-within", default="24h", help="a listener first seen this recently is new (24h)")
+    audit_cmd.add_argument("--lookback", default="7d",
+                           help="a host observed this recently (or enrolled) must be observed now (7d)")
+    audit_cmd.add_argument("--allow-unobserved", action="store_true",
+                           help="report hosts not observed as notices, without exit status 3")
     audit_cmd.add_argument("--format", choices=("table", "json"), default="table")
 
     demo = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports")
@@ -131,11 +140,12 @@ async def serve(args: argparse.Namespace) -> int:
     creds = credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     if creds is None and not args.insecure:
         raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
-    engine = db.engine(args.db)
-    db.migrate(engine)
     if args.rate_limit < 0 or args.max_message_mb <= 0:
         raise UsageError("--rate-limit must be 0 or more, --max-message-mb more than 0")
-    server, port, service = await start(Store(engine), args.listen, creds, anonymous=args.allow_anonymous,
+    skew = timedelta(seconds=parse_duration(args.max_clock_skew, "--max-clock-skew"))
+    engine = db.engine(args.db)
+    db.migrate(engine)
+    server, port, service = await start(Store(engine, skew), args.listen, creds, anonymous=args.allow_anonymous,
                                         rate_limit=args.rate_limit,
                                         max_message_bytes=int(args.max_message_mb * 1024 * 1024))
     mode = "TLS" if creds else "plain text (--insecure)"

@@ -25,7 +25,7 @@ SOCKET_FIELDS = (
     "rx_queue", "tx_queue",
 )
 HOST_FIELDS = ("host", "host_id", "addresses", "agent_version", "first_seen", "last_seen", "status", "sockets",
-               "gaps")
+               "gaps", "clock_skew", "last_refusal_at", "last_refusal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +182,7 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
             "host": row.name, "host_id": row.host_id, "addresses": " ".join(addresses.get(row.id, [])),
             "agent_version": row.agent_version, "first_seen": row.first_seen, "last_seen": row.last_seen,
             "status": status, "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
-            "gaps": gaps.get(row.id, 0),
+            "gaps": gaps.get(row.id, 0), "clock_skew": row.clock_skew, "last_refusal_at": row.last_refusal_at,
+            "last_refusal": row.last_refusal,
         })
     return out

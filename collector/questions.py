@@ -117,24 +117,35 @@ def diff_command(args: argparse.Namespace) -> int:
 
 
 def audit_command(args: argparse.Namespace) -> int:
+    """Exit status: 1 when a rule is broken, else 3 when a host that should be seen is not, else 0."""
     at = _moment(args.at, "--at")
     rules = audit.load_policy(args.policy) if args.policy else []
     window = timedelta(seconds=parse_duration(args.new_within, "--new-within"))
+    lookback = timedelta(seconds=parse_duration(args.lookback, "--lookback"))
     engine = open_db(args.db)
     with engine.connect() as conn:
-        findings, unknown = audit.audit(conn, at, rules, window, at or now())
+        findings, unknown = audit.audit(conn, at, rules, window, at or now(), lookback)
+    if args.allow_unobserved:
+        for finding in findings:
+            if finding["severity"] == "unknown":
+                finding["severity"] = "notice"
     violations = [f for f in findings if f["severity"] == "violation"]
+    unobserved = [f for f in findings if f["severity"] == "unknown"]
     if args.format == "json":
         output.write(findings, audit.FINDING_FIELDS, sys.stdout, "json")
     else:
         for finding in findings:
-            finding["listener"] = f"{finding['host']} {output.endpoint(finding)}"
+            finding["listener"] = f"{finding['host']} {output.endpoint(finding)}" if finding["proto"] else \
+                finding["host"]
         output.write(findings, audit.FINDING_FIELDS, sys.stdout, "table",
                      ("severity", "finding", "listener", "process", "detail"))
-        print(f"{len(violations)} violation(s), {len(findings) - len(violations)} notice(s)")
+        notices = len(findings) - len(violations) - len(unobserved)
+        print(f"{len(violations)} violation(s), {len(unobserved)} host(s) not observed, {notices} notice(s)")
     if unknown:
         print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=sys.stderr)
-    return 1 if violations else 0
+    if violations:
+        return 1
+    return 3 if unobserved else 0
 
 
 def question(args: argparse.Namespace) -> int:
@@ -143,8 +154,10 @@ def question(args: argparse.Namespace) -> int:
     with engine.connect() as conn:
         if args.command == "hosts":
             rows = queries.host_rows(conn, at)
+            for row in rows:
+                row["notes"] = host_notes(row)
             output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
-                         ("host", "status", "addresses", "sockets", "last_seen", "agent_version"))
+                         ("host", "status", "addresses", "sockets", "last_seen", "agent_version", "notes"))
             return 0
         _require_host(conn, args.host)
         seen = queries.observed(conn, at)
@@ -157,6 +170,22 @@ def question(args: argparse.Namespace) -> int:
     output.write(rows, queries.SOCKET_FIELDS, sys.stdout, args.format, SOCKET_TABLE)
     _warn_unknown(seen, at, args.host)
     return 0
+
+
+CLOCK_NOTICE = 2.0  # seconds of clock difference worth a note
+
+
+def host_notes(row: dict[str, Any]) -> str:
+    """What an operator should know about a host beyond its status: scans dropped, its clock, refusals."""
+    notes = []
+    if row["gaps"]:
+        notes.append(f"{row['gaps']} scan(s) dropped")
+    skew = row["clock_skew"]
+    if skew is not None and abs(skew) >= CLOCK_NOTICE:
+        notes.append(f"clock {abs(skew):,.0f} s {'ahead' if skew > 0 else 'behind'}")
+    if row["last_refusal"]:
+        notes.append(f"last refused {rfc3339(row['last_refusal_at'])}: {row['last_refusal']}")
+    return "; ".join(notes)
 
 
 def remote(row: dict[str, Any]) -> str:

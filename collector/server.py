@@ -92,7 +92,8 @@ class Collector(pb_grpc.CollectorServicer):
             await context.abort(exc.code, str(exc))
         except DBAPIError as exc:
             await self._database_error(context, exc)
-        peer = Peer(ref, hello.host_id, hello.host_name or hello.host_id, max(1, hello.interval_seconds))
+        interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
+        peer = Peer(ref, hello.host_id, hello.host_name or hello.host_id, interval)
         await context.send_initial_metadata((("sockfleet-features", FEATURES),))
         log.info("host %s (%s) connected from %s", peer.name, peer.host_id, context.peer())
         pacer = Pacer(self.rate_limit, peer.interval)
@@ -128,9 +129,11 @@ class Collector(pb_grpc.CollectorServicer):
         try:
             if len(messages) == 1 and not self.store.stepwise(messages[0]):
                 return await self._run(self.store.apply, peer.ref, messages[0])
+            # The steps run in a worker thread, on SQLite too: the event loop stays free for the other
+            # streams, whose messages (applied in the loop's thread) go between two steps' transactions.
             steps = apply_in_steps(self.store, peer.ref, messages)
-            while (step := await self._run(next, steps)) is None:
-                await asyncio.sleep(0)  # other streams' messages go between two steps
+            while (step := await self._run(next, steps, inline=False)) is None:
+                pass
             outcome: Outcome = step
             return outcome
         except RejectedMessage as exc:
@@ -185,9 +188,9 @@ class Collector(pb_grpc.CollectorServicer):
         with self.store.engine.connect() as conn:
             return token_host(conn, digest)
 
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+    async def _run(self, function: Callable[..., T], *args: Any, inline: bool = True) -> T:
         """Run a store call: inline on SQLite, in a worker thread on PostgreSQL."""
-        if self.inline:
+        if self.inline and inline:
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 

@@ -40,9 +40,9 @@ from collector.store import (
     VERSIONED,
     Outcome,
     Resync,
-    _chunks,
-    _us,
+    chunks,
     file_flows,
+    us,
 )
 from sockfleet.v1 import fleet_pb2 as pb
 
@@ -101,7 +101,7 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator
             if flows.is_listener(proto, row.versioned[0]):
                 listening.add(flows.listener_of(row.identity[0], proto, laddr, lport))
             index += 1
-            if index % (4 * STEP_SOCKETS) == 0:
+            if index % (2 * STEP_SOCKETS) == 0:
                 yield None
     store.remember_listening(ref, last, moment, None)
     counts = [0, 0, 0]
@@ -117,9 +117,9 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator
         groups[number] = {}  # written: let it go
         yield None
     moving = [key for key, change in changes.items() if change]
-    for chunk in _chunks_of(moving, STEP_SOCKETS):
+    for chunk in chunks(moving, STEP_SOCKETS):
         with store.engine.begin() as conn:
-            store._move_flows(conn, ref, {key: changes[key] for key in chunk}, identities, moment)
+            store.move_flows(conn, ref, {key: changes[key] for key in chunk}, identities, moment)
         yield None
     try:
         with store.engine.begin() as conn:
@@ -132,7 +132,7 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator
         yield Outcome(acked=False, resync_reason=str(resync))
         return
     store.remember_listening(ref, last, moment, frozenset(listening))
-    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=_us(moment))
+    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
 
 
 def _group(store: Store, conn: Any, ref: int, moment: Any, group: dict[str, pb.Socket], edges: tuple[str, str | None],
@@ -151,19 +151,14 @@ def _group(store: Store, conn: Any, ref: int, moment: Any, group: dict[str, pb.S
         opening.append(convert.socket_row(sock))
     changed_keys = {row.key for row in opening}
     closing = [row_id for key, (row_id, _) in held.items() if key not in group or key in changed_keys]
-    for chunk in _chunks(closing):
+    for chunk in chunks(closing):
         for left in conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)}):
             if left.flow is not None:
                 changes[left.flow] = changes.get(left.flow, 0) - 1
-    stamp = store._stamp(moment)
+    stamp = store.stamp(moment)
     values = [(ref, stamp, *row.values()) for row in opening]
     if values:
         keys = file_flows(values, listening, changes, identities)
-        store._write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, keys, strict=True)])
+        store.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, keys, strict=True)])
     changed = sum(1 for row in opening if row.key in held)
     return len(opening) - changed, len(closing) - changed, changed
-
-
-def _chunks_of(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -39,7 +39,7 @@ from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1.limits import MAX_BIGINT, MAX_TEXT
 
 CHUNK = 500  # keys per IN (...) list
-STEP_SOCKETS = 5_000  # sockets a step of a large snapshot writes (collector.stepwise)
+STEP_SOCKETS = 500  # sockets a step of a large snapshot writes, about 20 ms of work (collector.stepwise)
 VERSIONED = tuple(sockets.c[name] for name in convert.VERSIONED_COLUMNS)
 INSERT_COLUMNS = ("host_ref", "valid_from", *convert.ROW_COLUMNS, "flow")
 # Where a stored row's fields are, in (ref, moment, *row.values()), for its flow.
@@ -116,7 +116,7 @@ class Header:
     gaps: int
 
 
-def _us(moment: datetime) -> int:
+def us(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1)) // timedelta(microseconds=1)
 
 
@@ -182,7 +182,7 @@ class Store:
         held = {(r.netns, r.interface, r.address): r.id for r in open_rows}  # closed and opened at ``moment``
         wanted = set(found)
         gone = [row_id for key, row_id in held.items() if key not in wanted]
-        for chunk in _chunks(gone):
+        for chunk in chunks(gone):
             conn.execute(update(host_addresses).where(host_addresses.c.id.in_(chunk)).values(valid_to=moment))
         new = [{"host_ref": ref, "netns": n, "interface": i, "address": a, "valid_from": moment}
                for n, i, a in found if (n, i, a) not in held]
@@ -191,7 +191,7 @@ class Store:
 
     def stepwise(self, message: pb.Snapshot | pb.Delta) -> bool:
         """Whether a message is large enough to be applied in steps (``collector.stepwise``) rather than at once."""
-        return isinstance(message, pb.Snapshot) and len(message.sockets) > STEP_SOCKETS * 4
+        return isinstance(message, pb.Snapshot) and len(message.sockets) > STEP_SOCKETS * 10
 
     def apply(self, ref: int, message: pb.Snapshot | pb.Delta) -> Outcome:
         """Apply one Snapshot or Delta of host ``ref`` in one transaction."""
@@ -220,7 +220,7 @@ class Store:
         except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
         self.remember_listening(ref, message, moment, listening)
-        return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=_us(moment))
+        return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
 
     def header(self, message: pb.Snapshot | pb.Delta) -> Header:
         """The checked parts of a message other than its sockets."""
@@ -297,7 +297,7 @@ class Store:
         changed_keys = {row.key for row in opening}
         closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
         left: list[Row[Any]] = []
-        for chunk in _chunks(closing):
+        for chunk in chunks(closing):
             left += conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
         listening = self._insert(conn, ref, opening, moment, left, listening)
         changed = sum(1 for row in opening if row.key in held)
@@ -313,7 +313,7 @@ class Store:
             raise RejectedMessage("delta: a socket appears twice among added, changed and removed")
         closing = removed + [row.key for row in changed]
         left: list[Row[Any]] = []
-        for chunk in _chunks(closing):
+        for chunk in chunks(closing):
             left += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
                                               **spans.cutoffs(moment)})
         if len(left) != len(closing):
@@ -328,11 +328,11 @@ class Store:
         returns them after it, if known."""
         if any(flows.is_listener(row.proto, row.state) for row in left):
             listening = None
-        stamp = self._stamp(moment)
+        stamp = self.stamp(moment)
         values = [(ref, stamp, *row.values()) for row in rows]
         opened, listening = self._flows(conn, ref, values, moment, [row.flow for row in left], listening)
         if values:
-            self._write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, opened, strict=True)])
+            self.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, opened, strict=True)])
         return listening
 
     def _flows(self, conn: Connection, ref: int, values: list[tuple[Any, ...]], moment: datetime,
@@ -355,31 +355,31 @@ class Store:
             return [None] * len(values), listening
         identities: dict[str, tuple[Any, ...]] = {}
         opened = file_flows(values, listening or frozenset(), changes, identities)
-        self._move_flows(conn, ref, changes, identities, moment)
+        self.move_flows(conn, ref, changes, identities, moment)
         return opened, listening
 
-    def _move_flows(self, conn: Connection, ref: int, changes: dict[str, int],
+    def move_flows(self, conn: Connection, ref: int, changes: dict[str, int],
                     identities: dict[str, tuple[Any, ...]], moment: datetime) -> None:
         """Close the open rows of the flows whose number of open sockets changes, and open their new rows."""
         moving = [key for key, change in changes.items() if change]
         if not moving:
             return
         current = {}
-        for chunk in _chunks(moving):
+        for chunk in chunks(moving):
             params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
             for row in conn.execute(CLOSE_FLOWS, params):
                 current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
         _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
         if new:
-            self._write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self._stamp(row.since),
-                                            self._stamp(row.valid_from)) for key, row in new])
+            self.write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self.stamp(row.since),
+                                            self.stamp(row.valid_from)) for key, row in new])
 
-    def _stamp(self, moment: datetime) -> datetime | str:
+    def stamp(self, moment: datetime) -> datetime | str:
         """A time for the bulk statements, which bypass SQLAlchemy's types: on SQLite, written as SQLAlchemy
         writes (and binds) times, so that text comparisons in queries hold at equal times too."""
         return moment if self.postgres else moment.isoformat(" ", timespec="microseconds")
 
-    def _write(self, conn: Connection, statements: tuple[str, str], values: list[tuple[Any, ...]]) -> None:
+    def write(self, conn: Connection, statements: tuple[str, str], values: list[tuple[Any, ...]]) -> None:
         """New rows in bulk: ``executemany`` of one constant INSERT on SQLite, ``COPY`` on PostgreSQL."""
         try:
             if self.postgres:
@@ -442,6 +442,6 @@ def revoke(engine: Engine, host_id: str) -> int:
         ).rowcount
 
 
-def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from sqlalchemy import Engine
 
 from collector import db
 from tests import postgres
+from tests.collector.harness import Collector
+from tests.collector.network import Network
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +41,23 @@ def empty_engine(db_url: str) -> Iterator[Engine]:
 def engine(empty_engine: Engine) -> Engine:
     db.migrate(empty_engine)
     return empty_engine
+
+
+@pytest.fixture
+def collector(db_url: str) -> Iterator[Collector]:
+    running = Collector(db_url)
+    yield running
+    if running.proc.poll() is None:
+        running.stop()
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    """Hosts on network namespaces (root only)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root")
+    net = Network()
+    try:
+        yield net
+    finally:
+        net.close()

@@ -14,7 +14,7 @@ from collector.errors import UsageError
 from collector.store import Store
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
-from tests.collector.test_e2e import ask
+from tests.collector.harness import ask
 
 POLICY = """
 [[rule]]

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests.collector import fleet
-from tests.collector.test_e2e import ENV, ask, ports, sockfleet, wait_for
+from tests.collector.harness import ENV, ask, ports, sockfleet, wait_for
 from tests.conftest import ROOT
 
 
@@ -74,7 +74,7 @@ def test_tokens_bind_agents_to_their_host(secured: int, db_url: str) -> None:
 
 
 def test_enrolled_agent_streams(secured: int, db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.collector.test_e2e import Agent
+    from tests.collector.harness import Agent
 
     token_file = tmp_path / "token"
     token_file.write_text(ask(db_url, "collector", "enroll", "--host", "enrolled").stdout)

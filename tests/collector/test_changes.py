@@ -12,7 +12,7 @@ from collector.store import Store
 from collector.times import now, rfc3339
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
-from tests.collector.test_e2e import ask
+from tests.collector.harness import ask
 
 
 def test_history_and_diff(engine: Engine) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.collector.test_e2e import ENV
+from tests.collector.harness import ENV
 from tests.conftest import ROOT
 
 

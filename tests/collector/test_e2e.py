@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
 import pytest
@@ -21,83 +16,7 @@ from sqlalchemy import create_engine, text
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests.collector import fleet
-from tests.conftest import ROOT
-
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
-
-
-def sockfleet(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sockfleet.cli", *args]
-
-
-class Collector:
-    """``sockfleet collector serve`` on a free loopback port."""
-
-    def __init__(self, db_url: str, port: int = 0) -> None:
-        self.db_url = db_url
-        self.proc = subprocess.Popen(
-            sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"127.0.0.1:{port}",
-                      "--db", db_url),
-            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
-        )
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        assert match, f"collector did not start: {line}{self.proc.stderr.read()}"
-        self.port = int(match.group(1))
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=20)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-
-class Agent:
-    def __init__(self, port: int, host: str) -> None:
-        self.proc = subprocess.Popen(
-            sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", "0.5s",
-                      "--namespaces", "current", "--host", host),
-            stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
-        )
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=20)
-
-
-def ask(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(sockfleet(*args, "--db", db_url), capture_output=True, text=True, env=ENV, cwd=ROOT,
-                            timeout=60, check=False)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def ports(db_url: str, *args: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(ask(db_url, "ports", "--format", "json", *args).stdout)
-    return rows
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def stamp() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def collector(db_url: str) -> Iterator[Collector]:
-    running = Collector(db_url)
-    yield running
-    if running.proc.poll() is None:
-        running.stop()
+from tests.collector.harness import Agent, Collector, ask, ports, stamp, wait_for
 
 
 def test_ports_before_between_and_after(collector: Collector) -> None:

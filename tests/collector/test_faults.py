@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.collector.test_e2e import ENV, Collector, ask, ports, sockfleet, wait_for
-from tests.collector.test_multihost import ADDRESSES, SWITCH, Network
+from tests.collector.harness import ENV, Collector, ask, ports, sockfleet, wait_for
+from tests.collector.network import ADDRESSES, SWITCH, Network
 from tests.collector.truth import Truth, recorded_gaps
 from tests.conftest import ROOT
 
@@ -36,17 +33,6 @@ def observation_steps(db_url: str, host: str) -> list[float]:
             "ORDER BY o.taken_at"), {"h": host})]
     engine.dispose()
     return [(b - a).total_seconds() for a, b in itertools.pairwise(taken)]
-
-
-@pytest.fixture
-def network() -> Iterator[Network]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root")
-    net = Network()
-    try:
-        yield net
-    finally:
-        net.close()
 
 
 @pytest.mark.root

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
-from tests.collector.test_e2e import ENV, Agent, sockfleet
+from tests.collector.harness import ENV, Agent, sockfleet
 from tests.conftest import ROOT
 
 REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}

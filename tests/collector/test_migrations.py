@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+from types import SimpleNamespace
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-from collector import db
+from collector import convert, db
 from collector.schema import metadata
+from collector.store import Store
+from sockfleet.v1 import fleet_pb2 as pb
+from tests.collector import fleet
+from tests.collector.fleet import at
 
 VIEWS = {"current_sockets", "listeners", "socket_history", "edges"}
 
@@ -41,3 +49,52 @@ def test_downgrade_round_trip(engine: Engine) -> None:
     assert db.current(engine) == db.head()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM listeners")).scalar_one() == 0
+
+
+KEYS = [
+    pb.SocketKey(netns=4026531840, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM, inode=77,
+                 local_address="0.0.0.0", local_port=22),
+    pb.SocketKey(netns=1, proto=pb.PROTO_TCP, family=pb.FAMILY_INET6, type=pb.SOCK_TYPE_STREAM, inode=2**40,
+                 local_address="::ffff:10.0.0.1", local_port=443, remote_address="fe80::1", remote_port=51000),
+    pb.SocketKey(netns=1, proto=pb.PROTO_UDP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_DGRAM,
+                 local_address="127.0.0.1", local_port=53),
+    pb.SocketKey(netns=1, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_SEQPACKET, inode=9,
+                 path="@/tmp/.X11-unix/X0"),
+    pb.SocketKey(netns=1, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_DGRAM, inode=10),
+]
+
+
+def _row(key: pb.SocketKey) -> SimpleNamespace:
+    """A stored row's identity columns, as the store writes them."""
+    _, identity = convert.key_row(key)
+    return SimpleNamespace(**dict(zip(convert.IDENTITY_COLUMNS, identity, strict=True)))
+
+
+def test_the_frozen_digests_are_the_live_ones() -> None:
+    revision = importlib.import_module("migrations.versions.0011_hosts_refusals_and_key_digests")
+    for key in KEYS:
+        assert revision.known_fields_digest(_row(key)) == convert.key_digest(key)
+        before = hashlib.blake2b(key.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+        assert revision.serialized_key_digest(_row(key)) == before
+
+
+def test_rows_stored_before_0011_are_the_same_sockets_after(empty_engine: Engine) -> None:
+    db.migrate(empty_engine, "0010")
+    revision = importlib.import_module("migrations.versions.0011_hosts_refusals_and_key_digests")
+    listener = fleet.tcp_listener(80)
+    with empty_engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO hosts (host_id, name, agent_version, boot_id, interval_seconds, epoch, seq, last_taken_at, "
+            "complete, first_seen, last_seen) VALUES ('id-web-1', 'web-1', 'old', 'boot', 60, 1, 1, :t, true, :t, :t)"),
+            {"t": at(0)})
+        conn.execute(text(
+            "INSERT INTO sockets (host_ref, key, netns, proto, family, type, inode, local_address, local_port, state, "
+            "owners, rx_queue, tx_queue, valid_from, process, pid, uid, \"user\", cmdline) VALUES (1, :key, :netns, "
+            "'tcp', 'inet', 'stream', 800, '0.0.0.0', 80, 'LISTEN', 1, 0, 0, :t, 'nginx', 100, 0, 'root', 'nginx')"),
+            {"key": revision.serialized_key_digest(_row(listener.key)), "netns": fleet.NETNS, "t": at(0)})
+    db.migrate(empty_engine)
+    store = Store(empty_engine)
+    outcome = store.apply(1, fleet.snapshot(1, at(1), [listener], epoch=2))
+    assert outcome.acked and outcome.rows_written == 0  # the stored row is still this socket's
+    with empty_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sockets WHERE valid_to IS NULL")).scalar_one() == 1

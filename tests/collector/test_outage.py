@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests import postgres
-from tests.collector.test_e2e import Agent, Collector, ask, ports, wait_for
+from tests.collector.harness import Agent, Collector, ask, ports, wait_for
 from tests.collector.truth import Truth
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.collector.test_e2e import ENV, Collector, ask, ports, sockfleet, wait_for
+from tests.collector.harness import ENV, Collector, ask, ports, sockfleet, wait_for
 from tests.conftest import ROOT
 
 INTERVAL = 0.5

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy import DateTime, Engine, String, func, select, text
 
@@ -191,3 +194,97 @@ def test_views_and_filters(store: Store, engine: Engine) -> None:
     assert now["db-1"]["status"] == "stale"  # its last report is days old
     assert hosts["web-1"]["sockets"] == 4
     assert hosts["db-1"]["status"] == "observed"
+
+
+def test_a_key_with_fields_this_collector_does_not_know_stays_one_row(store: Store, engine: Engine) -> None:
+    """A newer agent may add fields to the socket key: the socket is still the one it was."""
+    web = store.hello(fleet.hello())
+    plain = fleet.tcp_listener(80)
+    extended = pb.Socket()
+    extended.CopyFrom(plain)
+    # Field 99 of SocketKey, a varint: unknown here, kept by protobuf and serialized again.
+    extended.key.MergeFromString(bytes([99 << 3 & 0x7F | 0x80, 99 << 3 >> 7, 1]))
+    assert extended.key.SerializeToString() != plain.key.SerializeToString()
+    assert store.apply(web, fleet.snapshot(1, at(0), [plain])).acked
+    assert store.apply(web, fleet.snapshot(2, at(1), [extended])).rows_written == 0
+    assert store.apply(web, fleet.delta(3, at(2), removed=[extended])).acked
+    assert socket_rows(engine) == 1
+    assert ports_at(engine, 2.5) == set()
+
+
+def test_a_scan_ahead_of_the_collectors_clock_is_refused(engine: Engine) -> None:
+    store = Store(engine, max_skew=timedelta(minutes=2))
+    web = store.hello(fleet.hello())
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with pytest.raises(RejectedMessage, match=r"^snapshot\.taken_at_us: the scan is dated 3,600 s ahead"):
+        store.apply(web, fleet.snapshot(1, now + timedelta(hours=1), [fleet.tcp_listener(80)]))
+    assert socket_rows(engine) == 0
+    assert store.apply(web, fleet.snapshot(1, now + timedelta(minutes=1), [fleet.tcp_listener(80)])).acked
+
+
+def test_an_epoch_older_than_the_hosts_is_refused_with_the_one_held(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    assert store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)], epoch=5)).acked
+    with pytest.raises(RejectedMessage) as caught:
+        store.apply(web, fleet.snapshot(1, at(1), [fleet.tcp_listener(81)], epoch=4))
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.metadata == (("sockfleet-epoch", "5"),)
+    assert "snapshot.epoch: 4 is older than the host's epoch 5" in str(caught.value)
+    assert socket_rows(engine) == 1
+
+
+def test_addresses_reported_with_scans_are_kept_as_intervals(store: Store, engine: Engine) -> None:
+    hello = fleet.hello("web-1", addresses=("10.0.0.1",))
+    hello.addresses_in_scans = True
+    web = store.hello(hello)
+
+    def with_addresses(message: Any, *addresses: str) -> Any:
+        message.addresses.items.extend(pb.InterfaceAddress(netns=fleet.NETNS, interface="eth0", address=a)
+                                       for a in addresses)
+        return message
+
+    store.apply(web, with_addresses(fleet.snapshot(1, at(0), []), "10.0.0.1"))
+    store.apply(web, with_addresses(fleet.delta(2, at(2)), "10.0.0.1", "10.0.0.9"))
+    store.apply(web, fleet.delta(3, at(4)))  # unchanged: no addresses sent
+    store.apply(web, with_addresses(fleet.delta(4, at(6)), "10.0.0.9"))
+    with engine.connect() as conn:
+        held = {minutes: queries.host_rows(conn, at(minutes))[0]["addresses"] for minutes in (1, 3, 5, 7)}
+    assert held == {1: "10.0.0.1", 3: "10.0.0.1 10.0.0.9", 5: "10.0.0.1 10.0.0.9", 7: "10.0.0.9"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: setattr(s, "process", "a\x00b"), "snapshot.sockets[1].process: holds a NUL character"),
+        (lambda s: setattr(s, "pid", 2**32 - 1), "snapshot.sockets[1].pid: 4294967295 is larger than 4194304"),
+        (lambda s: setattr(s, "owners", 2**32 - 1), "snapshot.sockets[1].owners: 4294967295 is larger"),
+        (lambda s: setattr(s.key, "remote_port", 80), "snapshot.sockets[1].key.remote_port: a port without"),
+    ],
+)
+def test_values_no_database_can_hold_are_refused_by_field(store: Store, engine: Engine, mutate: Any,
+                                                          message: str) -> None:
+    web = store.hello(fleet.hello())
+    bad = fleet.tcp_listener(81)
+    mutate(bad)
+    with pytest.raises(RejectedMessage) as caught:
+        store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad]))
+    assert message in str(caught.value)
+    assert socket_rows(engine) == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda h: h.addresses.add(netns=1, interface="eth0", address=""), "hello.addresses[1].address: empty"),
+        (lambda h: h.addresses.add(netns=1, interface="e" * 200, address="10.0.0.7"),
+         "hello.addresses[1].interface: 200 characters, more than 64"),
+        (lambda h: setattr(h, "host_name", "web\x00"), "hello.host_name: holds a NUL character"),
+    ],
+)
+def test_a_bad_hello_is_refused_by_field(store: Store, engine: Engine, mutate: Any, message: str) -> None:
+    hello = fleet.hello()
+    mutate(hello)
+    with pytest.raises(RejectedMessage, match=re.escape(message)):
+        store.hello(hello)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM hosts")).scalar_one() == 0

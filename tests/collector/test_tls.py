@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector.test_e2e import ENV as E2E_ENV
-from tests.collector.test_e2e import Agent, ask, sockfleet
+from tests.collector.harness import ENV as E2E_ENV
+from tests.collector.harness import Agent, ask, sockfleet
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from agent.netns import entered
 from agent.records import Namespace
-from tests.collector.test_e2e import ask
+from tests.collector.harness import ask
 
 
 def now() -> datetime:

@@ -88,7 +88,7 @@ class CollectorMessage(_message.Message):
     def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., resync: _Optional[_Union[Resync, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("host_id", "host_name", "agent_version", "boot_id", "addresses", "interval_seconds", "sent_at_us", "addresses_in_scans")
+    __slots__ = ("host_id", "host_name", "agent_version", "boot_id", "addresses", "interval_seconds", "sent_at_us", "addresses_in_scans", "interval_ms")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class Hello(_message.Message):
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_US_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_IN_SCANS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     host_name: str
     agent_version: str
@@ -105,7 +106,8 @@ class Hello(_message.Message):
     interval_seconds: int
     sent_at_us: int
     addresses_in_scans: bool
-    def __init__(self, host_id: _Optional[str] = ..., host_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[InterfaceAddress, _Mapping]]] = ..., interval_seconds: _Optional[int] = ..., sent_at_us: _Optional[int] = ..., addresses_in_scans: _Optional[bool] = ...) -> None: ...
+    interval_ms: int
+    def __init__(self, host_id: _Optional[str] = ..., host_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[InterfaceAddress, _Mapping]]] = ..., interval_seconds: _Optional[int] = ..., sent_at_us: _Optional[int] = ..., addresses_in_scans: _Optional[bool] = ..., interval_ms: _Optional[int] = ...) -> None: ...
 
 class Addresses(_message.Message):
     __slots__ = ("items",)

@@ -1,0 +1,100 @@
+"""The harness of the collector's end-to-end tests: the ``sockfleet`` command as a process, a real
+collector on a free loopback port, a real agent, and the questions asked of the database they fill."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
+
+
+def sockfleet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sockfleet.cli", *args]
+
+
+class Collector:
+    """``sockfleet collector serve`` on a free loopback port."""
+
+    def __init__(self, db_url: str, port: int = 0) -> None:
+        self.db_url = db_url
+        self.proc = subprocess.Popen(
+            sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"127.0.0.1:{port}",
+                      "--db", db_url),
+            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, f"collector did not start: {line}{self.proc.stderr.read()}"
+        self.port = int(match.group(1))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=20)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+class Agent:
+    """``sockfleet agent run`` for one host of the test, on this machine's loopback; with ``log``, what it
+    says goes to that file."""
+
+    def __init__(self, port: int, host: str, *extra: str, interval: str = "0.5s", log: Path | None = None) -> None:
+        self.log = log
+        self.file = log.open("a") if log is not None else None
+        self.proc = subprocess.Popen(
+            sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", interval,
+                      "--namespaces", "current", "--host", host, *extra),
+            stdout=subprocess.DEVNULL, stderr=self.file or subprocess.DEVNULL, env=ENV, cwd=ROOT,
+        )
+
+    def said(self) -> str:
+        return self.log.read_text() if self.log is not None else ""
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        if self.file is not None:
+            self.file.close()
+        return code
+
+
+def ask(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(sockfleet(*args, "--db", db_url), capture_output=True, text=True, env=ENV, cwd=ROOT,
+                            timeout=60, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def ports(db_url: str, *args: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(ask(db_url, "ports", "--format", "json", *args).stdout)
+    return rows
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def stamp() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
