@@ -21,7 +21,8 @@ from tests.collector import fleet
 from tests.collector.harness import ENV, Agent, sockfleet
 from tests.conftest import ROOT
 
-REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# FAILED_PRECONDITION: a message of an epoch older than the one the host holds (start a newer epoch).
+REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION}
 ADDRESSES = st.sampled_from(["", "10.0.0.1", "::1", "::ffff:10.0.0.1", "fe80::1", "999.1.1.1", "not an address",
                              "1" * 100, "10.0.0.1\x00", "::g"])
 
