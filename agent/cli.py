@@ -16,6 +16,7 @@ from agent.output import FORMATS, write
 from agent.records import Coverage, Proto
 from agent.snapshot import ALL_PROTOS, Scanner, default_sources
 from agent.sources import SOURCES, by_name
+from sockfleet.commandline import Parser, fail
 from sockfleet.v1.limits import MAX_NAME
 
 
@@ -32,8 +33,8 @@ def parse_protos(text: str) -> frozenset[Proto]:
     return protos
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sockfleet agent", description="Enumerate this host's sockets.")
+def build_parser() -> Parser:
+    parser = Parser(prog="sockfleet agent", description="Enumerate this host's sockets.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     snap = commands.add_parser("snapshot", help="print every socket of this host with its owner")
@@ -64,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "default: in memory only)")
     run.add_argument("--spool-max-bytes", type=int, default=64 * 1024 * 1024,
                      help="bound of the spool; beyond it the oldest scans are dropped and the gap recorded (64 MiB)")
-    run.add_argument("--token-file", help="file holding this host's token from `sockfleet collector enroll` "
-                                          "(default: $SOCKFLEET_TOKEN)")
+    run.add_argument("--token-file", help="file holding this host's token from `sockfleet collector enroll`, "
+                                          "readable by its owner only (default: $SOCKFLEET_TOKEN)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                     help="connecting, leaving and why are logged at info (default)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -94,24 +97,20 @@ def run_command(args: argparse.Namespace) -> int:
     interval = parse_interval(args.interval)
     if ":" not in args.collector:
         raise UsageError(f"--collector: {args.collector!r} is not HOST:PORT")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
     if args.host is not None and not 0 < len(args.host) <= MAX_NAME:
         raise UsageError(f"--host: a host name has 1 to {MAX_NAME} characters")
     ident = identity(args.host)
     scanner = Scanner(ident.host_name, args.namespaces, with_addresses=True)
-    token = os.environ.get("SOCKFLEET_TOKEN")
-    if args.token_file:
-        try:
-            with open(args.token_file, encoding="ascii") as file:
-                token = file.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc})") from exc
+    token = read_token(args.token_file) if args.token_file else os.environ.get("SOCKFLEET_TOKEN")
+    if not args.insecure:
+        check_tls_files(args.ca, args.tls_cert, args.tls_key)
     from agent.spool import Spool
 
     if args.spool_max_bytes <= 0:
         raise UsageError("--spool-max-bytes must be more than 0")
     try:
-        spool = Spool(args.spool, args.spool_max_bytes)
+        spool = Spool(args.spool, args.spool_max_bytes, ident.host_id)
     except OSError as exc:
         raise UsageError(f"--spool {args.spool}: {exc.strerror}") from exc
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -129,6 +128,45 @@ def run_command(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def read_token(path: str) -> str:
+    """The token in ``path``, a file only its owner may read (as ssh wants of a private key)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            raise UsageError(f"--token-file {path}: other users may read it (mode {mode:04o}); `chmod 600 {path}`")
+        with open(path, encoding="ascii") as file:
+            token = file.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--token-file {path}: not a token (it is not text)") from exc
+    if not token or any(c.isspace() for c in token):
+        raise UsageError(f"--token-file {path}: not a token (one line, as `sockfleet collector enroll` prints it)")
+    return token
+
+
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """Read the TLS files now, so that a wrong one is one line at start rather than a retry forever."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            raise UsageError(f"--ca {ca}: not a PEM certificate ({exc.reason or exc})") from exc
+        except OSError as exc:
+            raise UsageError(f"--ca {ca}: {exc.strerror}") from exc
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise UsageError(f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key "
+                             f"({exc.reason or exc})") from exc
+        except OSError as exc:
+            raise UsageError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror}") from exc
 
 
 def coverage_summary(coverage: Coverage) -> str | None:
@@ -180,7 +218,7 @@ def snapshot_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     try:
         if args.command == "snapshot":
             return snapshot_command(args)
@@ -189,8 +227,7 @@ def main(argv: list[str]) -> int:
     except AgentError as exc:
         if args.debug:
             raise
-        print(f"sockfleet: error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return fail("sockfleet", exc, exc.exit_status)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,9 +1,12 @@
 """Snapshots as rows: a table for people, JSON (one array) and CSV for programs.
 
 Row fields and their names are the contract of DESIGN.md, shared with the
-collector's SQL views.  A socket held by several processes (a pre-fork server's
-listener) names its lowest pid in ``pid``/``process``/``cmdline`` and counts
-every holder in ``owners``.
+collector's SQL views.  The table and CSV show control characters in names,
+paths and command lines written out (``\x1b``), so that a process named with
+escape sequences cannot act on the terminal; JSON keeps them exact.
+
+A socket held by several processes (a pre-fork server's listener) names its
+lowest pid in ``pid``/``process``/``cmdline`` and counts every holder in ``owners``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from itertools import islice
 from typing import IO, Any
 
 from agent.records import Proto, Snapshot, SocketRecord
+from sockfleet.commandline import printable
 
 FIELDS = (
     "host", "netns", "proto", "family", "type", "state",
@@ -48,9 +52,25 @@ def write(snapshot: Snapshot, out: IO[str], fmt: str, sockets: list[SocketRecord
 
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FIELDS)
-        writer.writerows(rows(snapshot, sockets))
+        writer.writerows(_printable_rows(rows(snapshot, sockets)))
     else:
         write_table(snapshot, out, sockets)
+
+
+# The fields that hold text of the host's users: paths, user names, process names and command lines.
+TEXT_FIELDS = tuple(FIELDS.index(name) for name in ("path", "user", "process", "cmdline"))
+
+
+def _printable_rows(table: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    for row in table:
+        if not any(row[i] for i in TEXT_FIELDS):
+            yield row
+            continue
+        cells = list(row)
+        for i in TEXT_FIELDS:
+            if cells[i]:
+                cells[i] = printable(cells[i])
+        yield tuple(cells)
 
 
 def write_json(table: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
@@ -78,12 +98,12 @@ TABLE_HEADER = ("PROTO", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER", "USER", "
 def _cells(snapshot: Snapshot, sockets: list[SocketRecord] | None) -> Iterator[tuple[str, ...]]:
     """The table's cells of each socket, straight from the records (the hot path of a one-shot snapshot)."""
     owners = snapshot.owners
-    users = snapshot.users
-    names = {pid: (str(pid), p.name) for pid, p in snapshot.processes.items()}
+    users = {uid: printable(name) if name else name for uid, name in snapshot.users.items()}
+    names = {pid: (str(pid), printable(p.name)) for pid, p in snapshot.processes.items()}
     nobody = ("", "")
     for r in snapshot.sockets if sockets is None else sockets:
         if r.proto is Proto.UNIX:
-            local = f"{r.path or '*'} {r.inode}"
+            local = f"{printable(r.path) if r.path else '*'} {r.inode}"
             remote = f"* {r.peer_inode}" if r.peer_inode else "*"
             proto = "unix/" + r.type
         else:

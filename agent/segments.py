@@ -6,6 +6,10 @@ Files in the spool's folder (mode 0700)::
                     last scan folded into it.  Replaced whole (write, fsync, rename).
     acked           12 bytes, u64 number | u32 crc32: the last scan the collector acknowledged.
                     Rewritten in place, so an acknowledgement never needs free space.
+    unsaved         empty; made when scans waited but not even the base could be written (a full
+                    disk): its time tells a restarted agent since when scans may be lost.
+    host            the id of the host whose scans wait here.
+    lock            held (flock) by the one agent that uses the folder.
     NNN.seg         the waiting scans, in order, as Delta records whose ``seq`` is the scan's number;
                     each segment holds about ``SEGMENT_BYTES``.
 
@@ -23,6 +27,8 @@ memory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -36,7 +42,8 @@ log = logging.getLogger("sockfleet.agent")
 HEADER = struct.Struct("<II")
 ACKED = struct.Struct("<QI")
 SEGMENT_BYTES = 1 << 20
-BASE, ACKED_FILE, SUFFIX = "base.snap", "acked", ".seg"
+BASE, ACKED_FILE, UNSAVED, OWNER, LOCK, SUFFIX = "base.snap", "acked", "unsaved", "host", "lock", ".seg"
+_HELD: dict[str, list[int]] = {}  # spool folders this process holds: [lock descriptor, how many spools use it]
 
 
 def frame(message: pb.AgentMessage) -> bytes:
@@ -137,6 +144,7 @@ class Segments:
     def write_base(self, base: pb.Snapshot) -> None:
         """Replace the base (write, fsync, rename); segments wholly folded into it are removed."""
         self._atomic(BASE, frame(pb.AgentMessage(snapshot=base)))
+        (self.folder / UNSAVED).unlink(missing_ok=True)
         self.base_number = base.seq
         self.last = max(self.last, base.seq)
         self.set_acked(base.seq)
@@ -188,6 +196,7 @@ class Segments:
             for segment in touched:
                 self._rewrite(segment, dropped, merged)
         except OSError as exc:
+            # Half rewritten, the records on disk no longer follow one another: cut them where they stop.
             log.warning("spool: no room to rewrite a segment (%s); the scans from %d on wait in memory",
                         exc.strerror, dropped)
             self.cut(dropped)
@@ -215,20 +224,75 @@ class Segments:
         self.index.update(index)
 
     def cut(self, number: int) -> None:
-        """Remove record ``number`` and every later one from disk (by truncating: no space needed)."""
-        segment, offset, _ = self.index[number]
+        """Remove record ``number`` (or the first after it still on disk) and every later one, by truncating:
+        no space needed."""
+        kept = [n for n in self.index if n >= number]
+        if not kept:
+            return
+        segment, offset, _ = self.index[min(kept)]
         os.truncate(self._path(segment), offset)
         self.sizes[segment] = offset
-        for later in [s for s in self.sizes if s > segment]:
-            self._remove(later)
+        for following in [s for s in self.sizes if s > segment]:
+            self._remove(following)
         for n in [n for n in self.index if n >= number]:
             del self.index[n]
         self.last = max(self.index, default=self.base_number)
         self.current = segment
 
+    def lock(self) -> int | None:
+        """Take the folder for this process (until ``unlock``); None when another process holds it."""
+        held = _HELD.get(os.path.realpath(self.folder))
+        if held is not None:
+            held[1] += 1  # this process holds it already
+            return held[0]
+        try:
+            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("spool: cannot make %s (%s); nothing keeps another agent off this folder",
+                        self.folder / LOCK, exc.strerror)
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        _HELD[os.path.realpath(self.folder)] = [fd, 1]
+        return fd
+
+    def unlock(self) -> None:
+        held = _HELD.get(os.path.realpath(self.folder))
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                os.close(held[0])
+                del _HELD[os.path.realpath(self.folder)]
+
+    def owner(self) -> str | None:
+        """The host whose scans wait here, when the folder says."""
+        try:
+            return (self.folder / OWNER).read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def set_owner(self, host: str) -> None:
+        with contextlib.suppress(OSError):  # best effort: a full disk must not stop the spool
+            self._atomic(OWNER, host.encode())
+
+    def mark_unsaved(self) -> None:
+        """Leave a sign that scans waited with nothing on disk (an empty file needs no free block)."""
+        with contextlib.suppress(OSError):  # there already, or not even that fits
+            os.close(os.open(self.folder / UNSAVED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+    def unsaved_since(self) -> float | None:
+        """When scans began to wait with nothing on disk (seconds since the epoch), if they did."""
+        try:
+            return (self.folder / UNSAVED).stat().st_mtime
+        except OSError:
+            return None
+
     def clear(self) -> None:
         for path in self.folder.iterdir():
-            if path.name in (BASE, ACKED_FILE) or path.name.endswith((SUFFIX, ".tmp")):
+            if path.name in (BASE, ACKED_FILE, UNSAVED, OWNER) or path.name.endswith((SUFFIX, ".tmp")):
                 path.unlink(missing_ok=True)
         self.index.clear()
         self.sizes.clear()

@@ -13,6 +13,7 @@ from agent.errors import SourceError
 from agent.owners import OwnerIndex
 from agent.records import Coverage, Namespace, Process, Proto, Snapshot, SocketRecord, SourceStatus
 from agent.sources import SOURCES, Source
+from sockfleet.v1.limits import MAX_ADDRESSES
 
 log = logging.getLogger("sockfleet.agent")
 
@@ -123,4 +124,9 @@ class Scanner:
                     log.warning("%s", exc)
                 continue
             found.update((ns.inode, name, address) for name, address in pairs)
+        if len(found) > MAX_ADDRESSES:
+            if "too many" not in self.address_errors:
+                self.address_errors.add("too many")
+                log.warning("%d interface addresses: only the first %d are reported", len(found), MAX_ADDRESSES)
+            return tuple(sorted(found)[:MAX_ADDRESSES])
         return tuple(sorted(found))

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections import deque
 from pathlib import Path
 
 from agent import convert
 from agent.delta import Changes
+from agent.errors import UsageError
 from agent.segments import SEGMENT_BYTES, Segments, unframe
 from sockfleet.v1 import fleet_pb2 as pb
 
@@ -83,8 +85,11 @@ def address_items(found: list[Address]) -> list[pb.InterfaceAddress]:
 
 
 class Spool:
-    def __init__(self, folder: str | None = None, max_bytes: int = 64 * 1024 * 1024) -> None:
+    """The waiting scans of one host (``host``: its id); with a folder, kept there too, by one agent at a time."""
+
+    def __init__(self, folder: str | None = None, max_bytes: int = 64 * 1024 * 1024, host: str | None = None) -> None:
         self.folder = Path(folder) if folder else None
+        self.host = host
         self.max_bytes = max_bytes
         self.base: State = {}
         self.base_addresses: list[pb.InterfaceAddress] | None = None  # the host's addresses as of the base
@@ -102,11 +107,21 @@ class Spool:
         self.persisting = False  # the disk holds the base, and the records up to ``disk.last``
         self.failing: str | None = None  # why the disk refused the last write
         self.acked_on_disk = 0  # bytes of acknowledged records still in segments
+        self.lock: int | None = None
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             if os.stat(self.folder).st_uid == os.geteuid():
                 os.chmod(self.folder, 0o700)  # the scans name every process and command line
+            assert self.disk is not None
+            self.lock = self.disk.lock()
+            if self.lock is None:
+                raise UsageError(f"--spool {self.folder}: another agent uses this folder")
+            weakref.finalize(self, self.disk.unlock)  # the folder is free again once this spool is gone
             self._load()
+            owner = self.disk.owner()
+            if self.records and host is not None and owner is not None and owner != host:
+                raise UsageError(f"--spool {self.folder}: it holds scans of host {owner!r}, not of {host!r}; "
+                                 "give each agent a folder of its own")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -244,9 +259,12 @@ class Spool:
         if not self.persisting:
             try:
                 self.disk.clear()
+                if self.host is not None:
+                    self.disk.set_owner(self.host)
                 self.disk.write_base(self._base_message())
             except OSError as exc:
                 self._failed(exc)
+                self.disk.mark_unsaved()
                 return
             self.persisting = True
             self.acked_on_disk = 0
@@ -291,6 +309,9 @@ class Spool:
         assert self.disk is not None and self.folder is not None
         loaded = self.disk.load()
         if loaded is None:
+            since = self.disk.unsaved_since()
+            if since is not None:  # scans waited in memory only when the last run stopped: they are lost
+                self.restarted_after_us = int(since * 1e6)
             self._load_earlier_format()
             return
         base = loaded.base

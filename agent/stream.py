@@ -107,6 +107,18 @@ def channel(target: str, insecure: bool, ca_file: str | None,
     return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
 
+# Causes of a failed connection, as gRPC's core words them, and what they mean to an operator.
+CAUSES = (
+    ("Connection refused", "connection refused (is it running, and listening there?)"),
+    ("No route to host", "no route to the host"),
+    ("Connection timed out", "the connection timed out"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS: its certificate is not signed by {ca}"),
+    ("is not in peer certificate", "TLS: its certificate is not for the name the agent connects to"),
+    ("WRONG_VERSION_NUMBER", "TLS: it does not speak TLS (is it serving plain text, --insecure?)"),
+    ("certificate required", "TLS: it wants a client certificate (--tls-cert, --tls-key)"),
+)
+
+
 class Streamer:
     """Keeps one host's stream to the collector going until ``stop`` is set.
 
@@ -144,12 +156,13 @@ class Streamer:
                 except grpc.aio.AioRpcError as exc:
                     if self._settled(exc):
                         continue  # the collector said what to change: reconnect at once
-                    delay = self._retry(exc.details() or exc.code().name, backoff)
+                    delay = self._retry(self.explain(exc.code(), exc.details() or ""), backoff)
                     await _sleep_or_stop(stop, delay)
                     backoff = min(backoff * 2, MAX_BACKOFF)
-                except (ConnectionError, TimeoutError, asyncio.InvalidStateError) as exc:
-                    # InvalidStateError: a write after the collector ended the call (it went away mid-stream).
-                    await _sleep_or_stop(stop, self._retry(str(exc) or type(exc).__name__, backoff))
+                except (ConnectionError, TimeoutError) as exc:
+                    detail = str(exc) or (f"no answer within {ACK_TIMEOUT:g} s" if isinstance(exc, TimeoutError)
+                                          else type(exc).__name__)
+                    await _sleep_or_stop(stop, self._retry(f"the collector at {self.target}: {detail}", backoff))
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             scanning.cancel()
@@ -161,9 +174,24 @@ class Streamer:
         if len(self.spool):
             self.spool.persist()
         delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
-        log.warning("collector %s: %s; %d scans waiting; retrying in %.1fs",
-                    self.target, detail, len(self.spool), delay)
+        log.warning("%s; %d scans waiting; retrying in %.1fs", detail, len(self.spool), delay)
         return delay
+
+    def explain(self, code: grpc.StatusCode, details: str) -> str:
+        """What went wrong, cause first, from gRPC's status (whose core messages name their layers instead)."""
+        where = f"the collector at {self.target}"
+        text = " ".join(details.split())
+        for marker, meaning in CAUSES:
+            if marker in text:
+                return f"cannot connect to {where}: {meaning.format(ca=self.ca_file or 'the system CAs')}"
+        if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in text and self.insecure:
+            return (f"{where} closed the connection at once: it may serve TLS while this agent speaks plain text "
+                    "(--insecure)")
+        if "errors resolving" in text or "DNS resolution failed" in text:
+            return f"cannot connect to {where}: its name does not resolve"
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return f"{where} refused this agent: {text}"
+        return f"{where}: {text or code.name}"
 
     def _settled(self, exc: grpc.aio.AioRpcError) -> bool:
         """Act on an ending the collector explained: a refused message is dropped (retrying it cannot help),
@@ -186,13 +214,18 @@ class Streamer:
 
     async def _scan(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            snap = await asyncio.to_thread(self.scanner.snapshot)
-            current = convert.entries(snap)
-            changes = diff(self.spool.tail, current) if self.spool.tail is not None else None
-            found = list(snap.addresses) if snap.addresses is not None else None
-            self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage), found)
-            assert self.queued is not None
-            self.queued.set()
+            try:
+                snap = await asyncio.to_thread(self.scanner.snapshot)
+                current = convert.entries(snap)
+                changes = diff(self.spool.tail, current) if self.spool.tail is not None else None
+                found = list(snap.addresses) if snap.addresses is not None else None
+                self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage), found)
+            except Exception as exc:  # one failed scan must not end the agent's scanning
+                log.error("scan failed: %s; the next one in %gs", exc, self.interval,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+            else:
+                assert self.queued is not None
+                self.queued.set()
             await _sleep_or_stop(stop, self.interval)
 
     async def _next(self, stop: asyncio.Event) -> pb.Delta | None:
@@ -212,12 +245,13 @@ class Streamer:
     async def _connected(self, stop: asyncio.Event) -> None:
         async with channel(self.target, self.insecure, self.ca_file, self.client_cert) as chan:
             call = pb_grpc.CollectorStub(chan).Stream(metadata=self.metadata)  # type: ignore[no-untyped-call]
-            await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
             # A collector announces what it understands as soon as it accepts the hello; an older one says
             # nothing until its first answer, so the agent never waits for this before sending.
             features = asyncio.ensure_future(call.initial_metadata())
-            full, acked_seq, sent_coverage = True, 0, b""
             try:
+                await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
+                connected = False
+                full, acked_seq, sent_coverage = True, 0, b""
                 while (head := await self._next(stop)) is not None:
                     self.seq += 1
                     coverage = _coverage_key(head.coverage)
@@ -234,6 +268,9 @@ class Streamer:
                     if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
                         await _raise_status(call)
                         raise ConnectionError("the collector closed the stream")
+                    if not connected:
+                        connected = True
+                        log.info("connected to the collector at %s; %d scans waiting", self.target, len(self.spool))
                     if reply.HasField("resync"):
                         log.info("collector asks for a full snapshot: %s", reply.resync.reason)
                         full = True
@@ -245,8 +282,9 @@ class Streamer:
                     full, acked_seq, sent_coverage = False, self.seq, coverage
                     self.acked += 1
             except asyncio.InvalidStateError:
-                await _raise_status(call)  # the collector ended the call: its status says why
-                raise
+                # A write after the collector ended the call ("RPC already finished"): its status says why.
+                await _raise_status(call)
+                raise ConnectionError("the collector ended the stream") from None
             finally:
                 features.cancel()
                 call.cancel()

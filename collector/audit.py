@@ -129,17 +129,21 @@ def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: 
 
 
 def _unobserved(conn: Connection, seen: Any, moment: datetime, lookback: timedelta) -> list[dict[str, Any]]:
-    """A finding for each host that should have been seen at ``moment`` and was not."""
-    rows = conn.execute(select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds)).all()
+    """A finding for each host that should have been seen at ``moment`` and was not: one that reported, or
+    only connected, within the lookback, and one that holds an active token."""
+    rows = conn.execute(select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds,
+                               hosts.c.first_seen)).all()
     enrolled = set(conn.execute(select(credentials.c.host_id).where(credentials.c.revoked_at.is_(None))).scalars())
     found = []
     for row in rows:
-        if row.id not in seen.unknown:
+        if row.id not in seen.unknown or row.first_seen > moment:
             continue
         last = seen.last.get(row.id)
         if last is not None and moment - last <= lookback:
             detail = (f"last report {rfc3339(last)}; a host is observed while its last report is at most "
                       f"{STALE_INTERVALS} scan intervals ({STALE_INTERVALS * row.interval_seconds} s) old")
+        elif last is None and moment - row.first_seen <= lookback:
+            detail = f"connected first at {rfc3339(row.first_seen)}, no scan stored since (see `sockfleet hosts`)"
         elif row.host_id in enrolled:
             detail = "enrolled (an active agent token), " + (f"last report {rfc3339(last)}" if last else
                                                             "no report yet")

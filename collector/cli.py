@@ -1,44 +1,33 @@
-"""``sockfleet collector ...``, ``demo``, and the parser of every collector-side command (handlers of
-the questions are in ``collector.questions``)."""
+"""The collector side of ``sockfleet``: the parser of every command that is not the agent's, and the dispatch
+to the module of each group (``collector.commands``).
+
+A mistake on the command line, a time out of range, a database that cannot be reached or is not
+sockfleet's: one line on standard error and exit status 2.  Any other known failure: one line and
+exit status 1.  A traceback only with ``--debug``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import os
-import signal
-import subprocess
-import sys
-from datetime import timedelta
+from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
-from collector import db, output, queries, questions, talks
-from collector import store as store_module
-from collector.errors import CollectorError, UsageError
-from collector.schema import observations
-from collector.server import credentials, start
-from collector.store import Store
-from collector.times import now, parse_duration
+from collector import db, output
+from collector.commands import admin, demo, questions, serve
+from collector.errors import CollectorError
+from collector.queries import STATES
+from sockfleet.commandline import Parser, fail
 
 PROTOS = ("tcp", "udp", "unix")
+TIME_OPTIONS = ("--at", "--since", "--until", "--from", "--to")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help=f"database URL (default: {db.default_url()}, or $SOCKFLEET_DB)")
-
-
-def _question_options(parser: argparse.ArgumentParser, filters: bool = True) -> None:
-    _db_option(parser)
-    parser.add_argument("--at", help="as of this time: RFC 3339 (2026-11-25T10:00:00Z) or relative (-15m, -2h)")
-    parser.add_argument("--format", choices=output.FORMATS, default="table")
-    if filters:
-        parser.add_argument("--host", help="only this host (its name)")
-        parser.add_argument("--port", type=_port, help="only this local port")
-        parser.add_argument("--proto", choices=PROTOS, help="only this protocol")
-        parser.add_argument("--process", help="only sockets owned by a process of this name")
-        parser.add_argument("--exposed", action="store_true", help="only inet sockets bound beyond loopback")
 
 
 def _port(text: str) -> int:
@@ -51,39 +40,84 @@ def _port(text: str) -> int:
     return port
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sockfleet", description="Questions to a sockfleet collector.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _states(text: str) -> tuple[str, ...]:
+    """``"listen,established"`` → ("LISTEN", "ESTABLISHED"); the kernel's names, any case."""
+    names = tuple(name.strip().upper().replace("-", "_") for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in STATES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: states are {', '.join(STATES)}")
+    return names
 
-    collector = commands.add_parser("collector", help="run or manage the collector")
+
+def _question_options(parser: argparse.ArgumentParser, filters: bool = True) -> None:
+    _db_option(parser)
+    parser.add_argument("--at", help="as of this time: RFC 3339 (2026-11-25T10:00:00Z) or relative (-15m, -2h)")
+    parser.add_argument("--format", choices=output.FORMATS, default="table")
+    if filters:
+        parser.add_argument("--host", help="only this host (its name or its id)")
+        parser.add_argument("--port", type=_port, help="only this local port")
+        parser.add_argument("--proto", choices=PROTOS, help="only this protocol")
+        parser.add_argument("--state", type=_states, help="only sockets in these states (LISTEN,ESTABLISHED,...)")
+        parser.add_argument("--process", help="only sockets owned by a process of this name")
+        parser.add_argument("--exposed", action="store_true", help="only inet sockets bound beyond loopback")
+
+
+def _collector_commands(commands: argparse._SubParsersAction[Parser]) -> None:
+    collector = commands.add_parser("collector", help="run the collector, manage its database and agent tokens")
     actions = collector.add_subparsers(dest="action", required=True, metavar="ACTION")
-    serve = actions.add_parser("serve", help="receive agents' snapshots over gRPC and store them")
-    serve.add_argument("--listen", default="[::]:50051", help="HOST:PORT to listen on (default [::]:50051)")
-    serve.add_argument("--tls-cert", help="PEM certificate chain to serve with")
-    serve.add_argument("--tls-key", help="PEM private key of the certificate")
-    serve.add_argument("--tls-client-ca", help="mutual TLS: agents must show a certificate this CA signed, "
-                                               "whose common name is their host id")
-    serve.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
-    serve.add_argument("--allow-anonymous", action="store_true",
-                       help="accept agents without an enrolled token (local trials only)")
-    serve.add_argument("--rate-limit", type=float, default=20.0,
-                       help="repeated scans per second one agent may send, burst twice that (default 20; 0: no "
-                            "limit); an agent replaying scans it took while away is never limited")
-    serve.add_argument("--max-message-mb", type=float, default=64.0,
-                       help="largest message accepted, in MiB (default 64: about 500,000 sockets; larger snapshots "
-                            "come in parts)")
-    serve.add_argument("--max-clock-skew", default="2m",
-                       help="refuse scans dated further ahead of this collector's clock (default 2m)")
-    _db_option(serve)
+    serve_cmd = actions.add_parser("serve", help="receive agents' snapshots over gRPC and store them")
+    serve_cmd.add_argument("--listen", default="[::]:50051", help="HOST:PORT to listen on (default [::]:50051)")
+    serve_cmd.add_argument("--tls-cert", help="PEM certificate chain to serve with")
+    serve_cmd.add_argument("--tls-key", help="PEM private key of the certificate")
+    serve_cmd.add_argument("--tls-client-ca", help="mutual TLS: agents must show a certificate this CA signed, "
+                                                   "whose common name is their host id")
+    serve_cmd.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
+    serve_cmd.add_argument("--allow-anonymous", action="store_true",
+                           help="accept agents without an enrolled token (local trials only)")
+    serve_cmd.add_argument("--rate-limit", type=float, default=20.0,
+                           help="repeated scans per second one agent may send, burst twice that (default 20; 0: no "
+                                "limit); an agent replaying scans it took while away is never limited")
+    serve_cmd.add_argument("--max-message-mb", type=float, default=64.0,
+                           help="largest message accepted, in MiB (default 64: about 500,000 sockets; larger "
+                                "snapshots come in parts)")
+    serve_cmd.add_argument("--max-clock-skew", default="2m",
+                           help="refuse scans dated further ahead of this collector's clock (default 2m)")
+    serve_cmd.add_argument("--hello-timeout", default="10s",
+                           help="close a stream that has not said hello within this time (default 10s)")
+    serve_cmd.add_argument("--init", action="store_true",
+                           help="add sockfleet's tables to a database that already holds other tables")
+    serve_cmd.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                           help="agents connecting, leaving and refused are logged at info (default)")
+    _db_option(serve_cmd)
     enroll = actions.add_parser("enroll", help="issue a host's agent token (printed once; only its hash is kept)")
     enroll.add_argument("--host", required=True, help="the host's id: its agent's --host, or its /etc/machine-id")
+    enroll.add_argument("--name", help="the name the host reports under (default: the name in its first hello)")
+    enroll.add_argument("--rotate", action="store_true",
+                        help="issue a new token for an enrolled host; the earlier one stops working")
+    enroll.add_argument("--init", action="store_true",
+                        help="add sockfleet's tables to a database that already holds other tables")
     _db_option(enroll)
-    revoke = actions.add_parser("revoke", help="revoke a host's agent token")
-    revoke.add_argument("--host", required=True, help="the host's id")
+    revoke = actions.add_parser("revoke", help="revoke a host's agent token; its open streams end")
+    revoke.add_argument("--host", required=True, help="the host (its id or its name)")
     _db_option(revoke)
+    rename = actions.add_parser("rename", help="give a host another name")
+    rename.add_argument("--host", required=True, help="the host (its id or its current name)")
+    rename.add_argument("--name", required=True, help="its new name")
+    _db_option(rename)
+    tokens = actions.add_parser("tokens", help="the agent tokens issued: for which host, when, last used, revoked")
+    tokens.add_argument("--format", choices=output.FORMATS, default="table")
+    _db_option(tokens)
     migrate = actions.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--init", action="store_true",
+                         help="add sockfleet's tables to a database that already holds other tables")
     _db_option(migrate)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="sockfleet", description="Questions to a sockfleet collector.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _collector_commands(commands)
 
     hosts = commands.add_parser("hosts", help="hosts, their addresses and whether they report")
     _question_options(hosts, filters=False)
@@ -97,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     talks.add_argument("--at", help="as of this time (default now)")
     talks.add_argument("--since", help="edges alive at any time from this time ...")
     talks.add_argument("--until", help="... to this time (default now)")
-    talks.add_argument("--host", help="only edges with this host at either end")
+    talks.add_argument("--host", help="only edges with this host (name or id) at either end")
     talks.add_argument("--port", type=_port, help="only edges to this server port")
     talks.add_argument("--process", help="only edges with a process of this name at either end")
     talks.add_argument("--format", choices=(*output.FORMATS, "dot"), default="table")
 
     history = commands.add_parser("history", help="a host's socket timeline: when each opened and closed")
     _db_option(history)
-    history.add_argument("--host", required=True, help="the host (its name)")
+    history.add_argument("--host", required=True, help="the host (its name or its id)")
     where = history.add_mutually_exclusive_group()
     where.add_argument("--port", type=_port, help="only sockets on this local port")
     where.add_argument("--path", help="only Unix sockets on this path")
@@ -115,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(diff)
     diff.add_argument("--from", dest="start", required=True, help="the earlier moment")
     diff.add_argument("--to", dest="end", help="the later moment (default: now)")
-    diff.add_argument("--host", help="only this host")
+    diff.add_argument("--host", help="only this host (name or id)")
     diff.add_argument("--format", choices=output.FORMATS, default="table")
 
-    audit_cmd = commands.add_parser("audit", help="audit listeners: exposed, new, and a policy's rules")
+    audit_cmd = commands.add_parser("audit", help="audit listeners: exposed, new, a policy's rules, hosts not seen")
     _db_option(audit_cmd)
     audit_cmd.add_argument("--policy", help="TOML policy file (see the README)")
     audit_cmd.add_argument("--at", help="as of this time (default now)")
@@ -129,98 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="report hosts not observed as notices, without exit status 3")
     audit_cmd.add_argument("--format", choices=("table", "json"), default="table")
 
-    demo = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports")
-    _db_option(demo)
-    demo.add_argument("--interval", default="5s", help="the agent's scan interval (default 5s)")
-    demo.add_argument("--once", action="store_true", help="stop after showing the ports once")
+    demo_cmd = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports "
+                                                "and who talks to whom")
+    demo_cmd.add_argument("--db", help="database URL (default: demo.db beside the default database)")
+    demo_cmd.add_argument("--interval", default="5s", help="the agent's scan interval (default 5s)")
+    demo_cmd.add_argument("--once", action="store_true", help="stop after showing the ports once")
     return parser
 
 
-async def serve(args: argparse.Namespace) -> int:
-    creds = credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
-    if creds is None and not args.insecure:
-        raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
-    if args.rate_limit < 0 or args.max_message_mb <= 0:
-        raise UsageError("--rate-limit must be 0 or more, --max-message-mb more than 0")
-    skew = timedelta(seconds=parse_duration(args.max_clock_skew, "--max-clock-skew"))
-    engine = db.engine(args.db)
-    db.migrate(engine)
-    server, port, service = await start(Store(engine, skew), args.listen, creds, anonymous=args.allow_anonymous,
-                                        rate_limit=args.rate_limit,
-                                        max_message_bytes=int(args.max_message_mb * 1024 * 1024))
-    mode = "TLS" if creds else "plain text (--insecure)"
-    mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
-    print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
-          f"database {engine.url.render_as_string(hide_password=True)}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(grace=5)  # streams get 5 s to finish the message they are applying
-    print(f"sockfleet collector: stopped; {service.summary()}", file=sys.stderr, flush=True)
-    return 0
-
-
-async def demo(args: argparse.Namespace) -> int:
-    """Collector on loopback (plain text, which is safe there), one agent of this machine, the open ports and
-    who talks to whom."""
-    interval = parse_duration(args.interval)
-    engine = db.engine(args.db)
-    db.migrate(engine)
-    server, port, _ = await start(Store(engine), "127.0.0.1:0", None, anonymous=True)
-    print(f"demo: collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), "
-          f"database {engine.url}", file=sys.stderr)
-    agent = subprocess.Popen([
-        sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector", f"127.0.0.1:{port}",
-        "--insecure", "--interval", args.interval,
-    ])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        started = now()
-        while not stop.is_set():
-            with engine.connect() as conn:
-                seen = conn.execute(
-                    select(func.count()).select_from(observations).where(observations.c.received_at >= started)
-                ).scalar_one()
-            if seen >= 2:  # the first snapshot, and the next scan: it holds the agent's own call to the collector
-                break
-            if agent.poll() is not None:
-                raise CollectorError(f"the agent exited with status {agent.returncode}")
-            await asyncio.sleep(0.2)
-        if not stop.is_set():
-            print(f"demo: first scans stored; open ports (sockfleet ports --db {engine.url}):", file=sys.stderr)
-            with engine.connect() as conn:
-                rows = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
-            for row in rows:
-                row["local"], row["remote"] = output.endpoint(row), questions.remote(row)
-            output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", questions.SOCKET_TABLE)
-            sys.stdout.flush()
-            print(f"demo: who talks to whom (sockfleet talks --db {engine.url}):", file=sys.stderr)
-            with engine.connect() as conn:
-                questions.write_edges(talks.edges(conn, talks.Window(None)), "table")
-            sys.stdout.flush()
-            if not args.once:
-                print(f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {engine.url}` "
-                      "in another terminal; Ctrl-C stops", file=sys.stderr, flush=True)
-                await stop.wait()
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-        await server.stop(grace=2)
-    return 0
-
-
-TIME_OPTIONS = ("--at", "--since", "--until", "--from", "--to")
-
-
-def _join_relative_times(argv: list[str]) -> list[str]:
+def join_relative_times(argv: list[str]) -> list[str]:
     """``--at -15m`` → ``--at=-15m``: argparse would take ``-15m`` for an option."""
     joined: list[str] = []
     for arg in argv:
@@ -231,43 +182,33 @@ def _join_relative_times(argv: list[str]) -> list[str]:
     return joined
 
 
-def collector_command(args: argparse.Namespace) -> int:
-    if args.action in ("enroll", "revoke"):
-        engine = db.engine(args.db)
-        db.migrate(engine)
-        if args.action == "enroll":
-            token = store_module.enroll(engine, args.host)
-            print(token)
-            print(f"token for host {args.host!r}: give it to its agent (--token-file); it is not shown again",
-                  file=sys.stderr)
-            return 0
-        if not store_module.revoke(engine, args.host):
-            raise UsageError(f"--host {args.host}: no active token")
-        print(f"revoked the token of host {args.host!r}", file=sys.stderr)
-        return 0
-    if args.action == "migrate":
-        engine = db.engine(args.db)
-        db.migrate(engine)
-        print(f"database at revision {db.current(engine)}: {engine.url}", file=sys.stderr)
-        return 0
-    return asyncio.run(serve(args))
+def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    if args.command == "collector":
+        if args.action == "serve":
+            return lambda a: asyncio.run(serve.serve(a))
+        return admin.COMMANDS[args.action]
+    if args.command == "demo":
+        return lambda a: asyncio.run(demo.demo(a))
+    return {"talks": questions.talks_command, "history": questions.history_command,
+            "diff": questions.diff_command, "audit": questions.audit_command}.get(args.command, questions.question)
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_join_relative_times(argv))
-    logging.basicConfig(level=logging.INFO if os.environ.get("SOCKFLEET_VERBOSE") else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
-    commands = {"talks": questions.talks_command, "history": questions.history_command,
-                "diff": questions.diff_command, "audit": questions.audit_command,
-                "demo": lambda a: asyncio.run(demo(a)), "collector": collector_command}
+    args = build_parser().parse(join_relative_times(argv))
+    level = getattr(args, "log_level", None) or ("debug" if args.debug else "warning")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    if not args.debug:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # each revision applied is not news
     try:
-        return commands.get(args.command, questions.question)(args)
+        return _handler(args)(args)
     except CollectorError as exc:
         if args.debug:
             raise
-        print(f"sockfleet: error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return fail("sockfleet", exc, exc.exit_status)
+    except DBAPIError as exc:
+        if args.debug:
+            raise
+        return fail("sockfleet", CollectorError(f"database error: {db.reason(exc)}"), 1)
     except KeyboardInterrupt:
         return 130
 

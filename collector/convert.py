@@ -125,6 +125,8 @@ def address_version(value: str, field: str) -> int:
             version = ipaddress.ip_address(value).version
         except ValueError:
             raise RejectedMessage(f"{field}: {value!r} is not an IP address") from None
+        if "%" in value:
+            raise RejectedMessage(f"{field}: {value!r} carries a scope (%...); addresses are stored without one")
         if len(_VERSIONS) > 100_000:
             _VERSIONS.clear()
         _VERSIONS[value] = version
@@ -228,9 +230,8 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
     return SocketRow(key, identity, versioned, (sock.rx_queue, sock.tx_queue))
 
 
-def coverage_json(cov: pb.Coverage) -> tuple[str, bool]:
+def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]:
     """Coverage as stored (JSON) and whether the scan saw everything."""
-    where = "coverage"
     sources = [
         {"source": text(s.source, f"{where}.sources[{i}].source"), "netns": _number(s.netns, f"{where}.sources[{i}]"),
          "ok": s.ok, "seconds": s.duration_us / 1e6, "records": s.records,

@@ -1,21 +1,32 @@
-"""Databases: where the default one lives, how to open one, and migrating it with Alembic."""
+"""Databases: where the default one lives, how to open one to write or to read, and migrating it.
+
+A collector (and ``collector migrate``, ``enroll``, ...) opens its database to write: a SQLite file is
+made private (mode 0600, in a folder of mode 0700 when sockfleet makes the folder), and a database that
+holds someone else's tables is refused unless ``--init`` says to add sockfleet's beside them.  A
+question opens it to read only: it never creates a file or a folder, and reads a database on a
+read-only mount as it is.  Whatever goes wrong on the way is one ``UsageError`` line naming the
+database, never a driver's traceback.
+"""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from collector.errors import CollectorError, UsageError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+DRIVERS = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg", "sqlite": "sqlite"}
 
 
 def data_dir() -> Path:
@@ -28,37 +39,123 @@ def default_url() -> str:
     return f"sqlite:///{data_dir() / 'sockfleet.db'}"
 
 
-def engine(url: str | None = None) -> Engine:
-    """An engine for ``url`` (default: the SQLite file in the data directory)."""
-    url = url or os.environ.get("SOCKFLEET_DB") or default_url()
+def parse_url(url: str | None) -> URL:
+    """``--db`` (or ``$SOCKFLEET_DB``, or the default) as a SQLAlchemy URL; ``postgres://`` is PostgreSQL."""
+    text = url or os.environ.get("SOCKFLEET_DB") or default_url()
     try:
-        parsed = make_url(url)
+        parsed = make_url(text)
     except ArgumentError as exc:
-        raise UsageError(f"--db {url!r} is not a database URL (sqlite:///PATH or postgresql+psycopg://...)") from exc
+        raise UsageError(f"--db {text!r} is not a database URL (sqlite:///PATH or postgresql://...)") from exc
+    return parsed.set(drivername=DRIVERS.get(parsed.drivername, parsed.drivername))
+
+
+def shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def engine(url: str | None = None, *, write: bool = True, create: bool = True, init: bool = False) -> Engine:
+    """An engine for ``url``, checked: reachable, a database, and (to write) sockfleet's or empty.
+
+    To read, a SQLite file must exist and is opened read-only.  To write, a SQLite file is created
+    private (unless not ``create``), in a folder that must exist (the default folder is made, mode 0700).
+    """
+    parsed = parse_url(url)
     if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            eng = create_engine(parsed, connect_args={"timeout": 30})
-        except NoSuchModuleError as exc:
-            raise UsageError(f"no driver for {parsed.drivername}") from exc
-        event.listen(eng, "connect", _sqlite_pragmas)
-        return eng
-    try:
+        eng = _sqlite(parsed, write, create)
+    else:
         # No JIT: sockfleet's queries are short, and PostgreSQL's JIT compiles a large question's plan for
-        # seconds before it runs for a fraction of one.
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c jit=off"})
-    except (NoSuchModuleError, ImportError) as exc:
-        raise UsageError(f"no driver for {parsed.drivername}: {exc}") from exc
+        # seconds before it runs for a fraction of one.  A question's transactions are read-only.
+        options = "-c jit=off" + ("" if write else " -c default_transaction_read_only=on")
+        try:
+            eng = create_engine(parsed, pool_pre_ping=True, connect_args={"options": options, "connect_timeout": 10})
+        except (NoSuchModuleError, ImportError) as exc:
+            raise UsageError(f"--db {shown(parsed)}: no driver for {parsed.drivername}") from exc
+    _check(eng, write, init)
+    return eng
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+def _sqlite(url: URL, write: bool, create: bool) -> Engine:
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        eng = create_engine(url)
+        event.listen(eng, "connect", _pragmas)
+        return eng
+    path = Path(database)
+    if not path.exists() and not (write and create):
+        raise UsageError(f"--db {shown(url)}: no such database (a collector makes it: "
+                         "`sockfleet collector serve`, or `sockfleet collector migrate`)")
+    if write:
+        if not path.parent.exists():
+            if path.parent != data_dir():
+                raise UsageError(f"--db {shown(url)}: the folder {path.parent} does not exist")
+            path.parent.mkdir(parents=True, mode=0o700)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        target = ""
+    else:
+        target = f"file:{path.resolve()}?mode=ro"
+    options: dict[str, Any] = {"connect_args": {"timeout": 30}} if write else {"creator": _reader(target)}
+    try:
+        eng = create_engine(url, **options)
+    except NoSuchModuleError as exc:
+        raise UsageError(f"no driver for {url.drivername}") from exc
+    event.listen(eng, "connect", _pragmas if write else _read_pragmas)
+    return eng
+
+
+def _reader(target: str) -> Any:
+    """Connections that only read; on a read-only mount, where SQLite cannot make its shared-memory file,
+    the file is read as it is (``immutable``)."""
+
+    def connect() -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(target, uri=True, timeout=30, check_same_thread=False)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn = sqlite3.connect(target + "&immutable=1", uri=True, timeout=30, check_same_thread=False)
+        return conn
+
+    return connect
+
+
+def _pragmas(dbapi_connection: object, _record: object) -> None:
     # WAL lets readers run while the collector writes; foreign keys are off by default in SQLite.
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _read_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def _check(eng: Engine, write: bool, init: bool) -> None:
+    """Reachable, a database at all, and (to write) sockfleet's own or empty unless ``init``."""
+    try:
+        with eng.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+    except DBAPIError as exc:
+        path = Path(eng.url.database or "")
+        if write and path.name and path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            raise UsageError(f"--db {shown(eng.url)}: read-only here (the file or its folder cannot be written); "
+                             "questions can still read it") from exc
+        raise UsageError(f"--db {shown(eng.url)}: {reason(exc)}") from exc
+    if write and tables and "alembic_version" not in tables and not init:
+        raise UsageError(f"--db {shown(eng.url)} holds {len(tables)} tables of another application; "
+                         "sockfleet adds its own beside them only when told --init")
+
+
+def reason(exc: BaseException) -> str:
+    """A database error as one line, its cause first."""
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split())
+    if "file is not a database" in text:
+        return "not a SQLite database"
+    return text[:300]
 
 
 def alembic_config() -> Config:
@@ -99,8 +196,9 @@ def require_current(eng: Engine) -> None:
     """Refuse to query a database whose schema is not at the newest revision."""
     try:
         found = current(eng)
-    except Exception as exc:
-        raise CollectorError(f"cannot open the database: {exc}") from exc
+    except DBAPIError as exc:
+        raise UsageError(f"--db {shown(eng.url)}: {reason(exc)}") from exc
     if found != head():
-        state = "empty" if found is None else f"at revision {found}"
-        raise CollectorError(f"the database is {state}; run `sockfleet collector migrate` first")
+        state = "not a sockfleet database" if found is None else f"at revision {found}"
+        raise UsageError(f"--db {shown(eng.url)} is {state}; a collector makes it "
+                         "(`sockfleet collector migrate`)")

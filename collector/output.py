@@ -1,4 +1,8 @@
-"""Rows as a table for people, JSON (one array) or CSV; field names are the SQL views' column names."""
+"""Rows as a table for people, JSON (one array) or CSV; field names are the SQL views' column names.
+
+Tables, CSV and Graphviz text show control characters written out (``\x1b``), so that a process
+named with escape sequences cannot act on the terminal that prints it; JSON keeps every value exact.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,20 @@ from datetime import datetime
 from typing import IO, Any
 
 from collector.times import rfc3339
+from sockfleet.commandline import printable
 
 FORMATS = ("table", "json", "csv")
 
 
 def _plain(value: Any) -> Any:
     return rfc3339(value) if isinstance(value, datetime) else value
+
+
+def _shown(value: Any) -> Any:
+    """A value as a table or CSV shows it: times in RFC 3339, text with control characters written out."""
+    if isinstance(value, str):
+        return printable(value)
+    return _plain(value)
 
 
 def write(rows: Sequence[dict[str, Any]], fields: Sequence[str], out: IO[str], fmt: str,
@@ -25,10 +37,10 @@ def write(rows: Sequence[dict[str, Any]], fields: Sequence[str], out: IO[str], f
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(fields)
-        writer.writerows([["" if row.get(f) is None else _plain(row.get(f)) for f in fields] for row in rows])
+        writer.writerows([["" if row.get(f) is None else _shown(row.get(f)) for f in fields] for row in rows])
     else:
         columns = list(table_fields or fields)
-        cells = [[str(_plain(row.get(f))) if row.get(f) is not None else "" for f in columns] for row in rows]
+        cells = [[str(_shown(row.get(f))) if row.get(f) is not None else "" for f in columns] for row in rows]
         header = [c.upper() for c in columns]
         widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(header)]
         for line in [header, *cells]:
@@ -54,7 +66,7 @@ def service(edge: dict[str, Any]) -> str:
 def dot(rows: list[dict[str, Any]]) -> str:
     """Graphviz: a cluster per host, a node per process, an edge per fleet edge labelled port and count."""
     def quote(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + printable(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     clusters: dict[str, set[str]] = {}
     external: set[str] = set()

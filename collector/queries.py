@@ -15,10 +15,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, func, literal_column, not_, or_, select
 
 from collector import spans
-from collector.schema import credentials, host_addresses, hosts, observations, sockets
+from collector.schema import host_addresses, hosts, observations, sockets
 from collector.times import now
 
 STALE_INTERVALS = 3
+# Socket states, as stored and as ``--state`` takes them.
+STATES = ("LISTEN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
+          "CLOSE_WAIT", "LAST_ACK", "CLOSING", "UNCONN")
 SOCKET_FIELDS = (
     "host", "netns", "proto", "family", "type", "state", "local_address", "local_port", "remote_address",
     "remote_port", "path", "peer_inode", "inode", "uid", "user", "pid", "process", "cmdline", "owners",
@@ -35,6 +38,7 @@ class Filters:
     proto: str | None = None
     process: str | None = None
     exposed: bool = False
+    states: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,8 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
         conditions.append(sockets.c.process == filters.process)
     if filters.exposed:
         conditions.append(exposed())
+    if filters.states is not None:
+        conditions.append(sockets.c.state.in_(filters.states))
     columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in SOCKET_FIELDS[1:])]
     if until is not None:
         columns += [sockets.c.valid_from, sockets.c.valid_to]
@@ -133,16 +139,15 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def token_host(conn: Connection, digest: str) -> str | None:
-    """The host id an active token (by its hash) may report for, or ``None``."""
-    row = conn.execute(
-        select(credentials.c.host_id).where(credentials.c.token_hash == digest, credentials.c.revoked_at.is_(None))
-    ).first()
-    return None if row is None else str(row.host_id)
-
-
 def host_names(conn: Connection) -> set[str]:
     return set(conn.execute(select(hosts.c.name)).scalars())
+
+
+def host_name(conn: Connection, host: str) -> str | None:
+    """The name of the host named ``host``, or whose id is ``host``; None when there is none."""
+    row = conn.execute(select(hosts.c.name).where(or_(hosts.c.name == host, hosts.c.host_id == host))
+                       .order_by((hosts.c.name == host).desc())).first()
+    return None if row is None else str(row.name)
 
 
 def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
@@ -180,7 +185,8 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
             continue
         out.append({
             "host": row.name, "host_id": row.host_id, "addresses": " ".join(addresses.get(row.id, [])),
-            "agent_version": row.agent_version, "first_seen": row.first_seen, "last_seen": row.last_seen,
+            "agent_version": row.agent_version, "first_seen": row.first_seen,
+            "last_seen": row.last_seen if at is None else seen.last.get(row.id),
             "status": status, "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
             "gaps": gaps.get(row.id, 0), "clock_skew": row.clock_skew, "last_refusal_at": row.last_refusal_at,
             "last_refusal": row.last_refusal,

@@ -193,6 +193,8 @@ credentials = Table(
     Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256 of the token; the token is not kept
     Column("created_at", DateTime, nullable=False),
     Column("revoked_at", DateTime),
+    Column("host_name", String(255)),  # the name the host reports under, when given at enrollment
+    Column("last_used_at", DateTime),  # the last stream that presented the token
     Index(None, "host_id"),
 )
 

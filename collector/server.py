@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from collector.errors import CollectorError, RejectedMessage
-from collector.queries import token_host
+from collector import convert
+from collector.credentials import Credential, revoked_since, token_hash, verify
+from collector.errors import CollectorError, RejectedMessage, UsageError
 from collector.stepwise import apply_in_steps
-from collector.store import Outcome, Store, token_hash
+from collector.store import Outcome, Store
+from sockfleet.commandline import printable
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 
@@ -36,27 +41,42 @@ T = TypeVar("T")
 log = logging.getLogger("sockfleet.collector")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a host with 500,000 sockets fits
 MAX_SNAPSHOT_SOCKETS = 4_000_000  # in all the parts of one snapshot
+MAX_SNAPSHOT_BYTES = 1 << 30
+MAX_ASSEMBLING = 4  # snapshots in parts the collector holds at once
+PART_PATIENCE = 60.0  # seconds between two parts of a snapshot
+MIN_STEP = 0.025  # seconds of scan time between two scans that pass the rate limit freely
 FEATURES = "snapshot-parts"
 
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """The host a stream reports for, once its hello is accepted."""
+    """The host a stream reports for, once its hello is accepted, and how far behind the collector's its
+    clock was then (zero unless more than the tolerance: see ``Store.header``)."""
 
     ref: int
     host_id: str
     name: str
     interval: float
+    behind: timedelta = timedelta(0)
 
 
 class Collector(pb_grpc.CollectorServicer):
     """The agents' service.  Unless ``anonymous``, a stream must carry an enrolled host's token
-    (``authorization: Bearer TOKEN`` metadata), and its hello must name that host."""
+    (``authorization: Bearer TOKEN`` metadata) or client certificate, and its hello must name that host.
 
-    def __init__(self, store: Store, anonymous: bool = False, rate_limit: float = 20.0) -> None:
+    A stream must say hello within ``hello_timeout`` seconds, and at most ``max_pending`` streams may be
+    waiting to be let in at once.  A token revoked while its stream is open ends the stream within a
+    second; so does the collector stopping (``close``), after the message in hand is acknowledged.
+    """
+
+    def __init__(self, store: Store, anonymous: bool = False, rate_limit: float = 20.0,
+                 hello_timeout: float = 10.0, max_pending: int = 256) -> None:
         self.store = store
         self.anonymous = anonymous
         self.rate_limit = rate_limit  # repeated scans per second per stream, with a burst of twice that; 0: no limit
+        self.hello_timeout = hello_timeout
+        self.max_pending = max_pending
+        self.pending = 0
         self.applied = 0
         # SQLite takes one writer at a time, and a message costs it a fraction of a millisecond of CPU:
         # applying it in the event loop's thread saves the hand-off to a worker, which costs more.
@@ -64,6 +84,10 @@ class Collector(pb_grpc.CollectorServicer):
         self.inline = store.engine.dialect.name == "sqlite"
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
         self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
+        self.open: dict[asyncio.Event, str | None] = {}  # each open stream's stop signal, and its token's hash
+        self.closing = False
+        self.watcher: asyncio.Task[None] | None = None
+        self.assembling = 0  # streams whose snapshot is coming in parts
 
     def summary(self) -> str:
         """One line on recent messages: how many, and the median and 95th percentile from receipt to Ack."""
@@ -74,64 +98,165 @@ class Collector(pb_grpc.CollectorServicer):
         return (f"{self.applied} messages applied; receipt to ack p50 {p50 * 1000:.2f} ms, "
                 f"p95 {p95 * 1000:.2f} ms over the last {len(times)}")
 
+    def close(self) -> None:
+        """Stop every open stream after the message it is applying."""
+        self.closing = True
+        for stop in self.open:
+            stop.set()
+
+    def revoke(self, hashes: set[str]) -> int:
+        """End the open streams of these tokens; how many there were."""
+        ended = [stop for stop, digest in self.open.items() if digest in hashes]
+        for stop in ended:
+            stop.set()
+        return len(ended)
+
+    async def watch_revocations(self, every: float = 1.0) -> None:
+        """Look for tokens revoked since the last look (by any collector on the database), and end their streams."""
+        since = _now()
+        while True:
+            await asyncio.sleep(every)
+            moment = _now()
+            try:
+                revoked = await self._run(self._revoked_since, since - timedelta(seconds=every), inline=False)
+            except DBAPIError as exc:
+                log.warning("cannot look for revoked tokens: %s", _reason(exc))
+                continue
+            since = moment
+            if revoked and (count := self.revoke(revoked)):
+                log.info("ended %d stream(s) whose token was revoked", count)
+
+    def _revoked_since(self, moment: datetime) -> set[str]:
+        with self.store.engine.connect() as conn:
+            return revoked_since(conn, moment)
+
     async def Stream(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
     ) -> AsyncIterator[pb.CollectorMessage]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None:
-            return
-        if not first.HasField("hello"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be a hello")
-        hello = first.hello
-        if not self.anonymous:
-            await self._authenticate(context, hello.host_id)
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is stopping; connect again")
+        if self.pending >= self.max_pending:
+            log.warning("refused a stream from %s: %d streams are waiting for their hello", context.peer(),
+                        self.pending)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to say hello")
+        self.pending += 1
         try:
-            ref = await self._run(self.store.hello, hello)
-        except RejectedMessage as exc:
-            log.warning("refused the hello of %r from %s: %s", hello.host_id[:255], context.peer(), exc)
-            await context.abort(exc.code, str(exc))
-        except DBAPIError as exc:
-            await self._database_error(context, exc)
-        interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
-        peer = Peer(ref, hello.host_id, hello.host_name or hello.host_id, interval)
-        await context.send_initial_metadata((("sockfleet-features", FEATURES),))
-        log.info("host %s (%s) connected from %s", peer.name, peer.host_id, context.peer())
-        pacer = Pacer(self.rate_limit, peer.interval)
-        parts = Parts()
-        async for message in request_iterator:
-            body = message.WhichOneof("body")
-            if body not in ("snapshot", "delta"):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
-            payload = getattr(message, body)
-            if not pacer.allow(payload.taken_at_us):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"more than {self.rate_limit:g} repeated scans per second from this agent")
-            received = time.perf_counter()
+            reader = aiter(request_iterator)
+            hello, credential = await self._greeted(reader, context)
             try:
-                whole = parts.add(payload) if body == "snapshot" else [payload]
+                ref = await self._run(self.store.hello, hello, credential)
             except RejectedMessage as exc:
-                await self._refuse(context, peer, exc)
-            if whole is None:
-                continue  # more parts of this snapshot follow
-            outcome = await self._apply(context, peer, whole)
-            self.apply_seconds.append(time.perf_counter() - received)
-            pacer.stored(outcome)
-            if outcome.acked:
-                self.applied += 0 if outcome.replay else 1
-                yield pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
-            else:
-                log.info("asking %s for a full snapshot: %s", peer.name, outcome.resync_reason)
-                yield pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
+                log.warning("refused the hello of %r from %s: %s", hello.host_id[:255], context.peer(),
+                            printable(str(exc)))
+                await context.abort(exc.code, str(exc))
+            except DBAPIError as exc:
+                await self._database_error(context, exc)
+        finally:
+            self.pending -= 1
+        interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
+        behind = timedelta(0)
+        if hello.sent_at_us:
+            lag = _now() - convert.utc(hello.sent_at_us)  # hello_fields checked that it is a plausible time
+            behind = lag if lag > self.store.max_skew else timedelta(0)
+        # Names as logs show them: an agent's text never acts on the terminal or journal that prints it.
+        peer = Peer(ref, printable(hello.host_id[:255]), printable((hello.host_name or hello.host_id)[:255]), interval,
+                    behind)
+        await context.send_initial_metadata((("sockfleet-features", FEATURES),))
+        log.info("host %s (%s) connected from %s, agent %s", peer.name, peer.host_id, context.peer(),
+                 printable(hello.agent_version[:64]) or "unknown")
+        stop = asyncio.Event()
+        self.open[stop] = credential.token_hash if credential is not None else None
+        ended = "the agent closed the stream"
+        pacer, parts = Pacer(self.rate_limit, peer.interval), Parts()
+        try:
+            async for message in _until(reader, stop, lambda: PART_PATIENCE if parts.pending() else None):
+                reply = await self._answer(context, peer, message, pacer, parts)
+                if reply is not None:
+                    yield reply
+            if stop.is_set():
+                ended = "the collector is stopping" if self.closing else "its token was revoked"
+                if self.closing:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is stopping; connect again")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this agent's token was revoked")
+        except DecodeError as exc:
+            ended = "refused (see above)"
+            await self._refuse(context, peer, RejectedMessage(_undecodable(exc)))
+        except TimeoutError as exc:
+            ended = str(exc)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc} within {PART_PATIENCE:g} s")
+        except BaseException as exc:
+            if not stop.is_set():
+                ended = _ending(exc)
+            raise
+        finally:
+            if parts.pending() is not None:
+                self.assembling -= 1
+            self.open.pop(stop, None)
+            log.info("host %s (%s) disconnected: %s", peer.name, peer.host_id, ended)
+
+    async def _answer(self, context: Context, peer: Peer, message: pb.AgentMessage, pacer: Pacer,
+                      parts: Parts) -> pb.CollectorMessage | None:
+        """Apply one message of the stream: its Ack, a Resync, or None while a snapshot's parts come in."""
+        body = message.WhichOneof("body")
+        if body not in ("snapshot", "delta"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
+        payload = getattr(message, body)
+        pending = parts.pending()
+        if pending is not None and body != "snapshot":
+            await self._refuse(context, peer, RejectedMessage(
+                f"delta: came before the last part of snapshot {pending}"))
+        if pending is None and not pacer.allow(payload.taken_at_us):  # the parts of a snapshot count once
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"more than {self.rate_limit:g} repeated scans per second from this agent")
+        received = time.perf_counter()
+        if pending is None and body == "snapshot" and payload.more:
+            if self.assembling >= MAX_ASSEMBLING:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"the collector takes {MAX_ASSEMBLING} snapshots in parts at once; retry")
+            self.assembling += 1
+        try:
+            whole = parts.add(payload) if body == "snapshot" else [payload]
+        except RejectedMessage as exc:
+            self.assembling -= 1 if pending is not None or payload.more else 0
+            await self._refuse(context, peer, exc)
+        if whole is None:
+            return None  # more parts of this snapshot follow
+        if len(whole) > 1:
+            self.assembling -= 1
+        outcome = await self._apply(context, peer, whole)
+        self.apply_seconds.append(time.perf_counter() - received)
+        pacer.stored(outcome)
+        if outcome.acked:
+            self.applied += 0 if outcome.replay else 1
+            return pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
+        log.info("asking %s for a full snapshot: %s", peer.name, outcome.resync_reason)
+        return pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
+
+    async def _greeted(self, reader: AsyncIterator[pb.AgentMessage],
+                       context: Context) -> tuple[pb.Hello, Credential | None]:
+        """The stream's hello, within the hello timeout, and the credential it came with."""
+        try:
+            first = await asyncio.wait_for(anext(reader, None), self.hello_timeout)
+        except TimeoutError:
+            log.info("closed a stream from %s: no hello within %g s", context.peer(), self.hello_timeout)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {self.hello_timeout:g} s")
+        except DecodeError as exc:
+            log.warning("refused a stream from %s: %s", context.peer(), _undecodable(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc))
+        if first is None or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be a hello")
+        credential = None if self.anonymous else await self._authenticate(context, first.hello.host_id)
+        return first.hello, credential
 
     async def _apply(self, context: Context, peer: Peer, messages: list[Any]) -> Outcome:
         """Apply one message (a snapshot may be several parts): in one transaction, or, for a large snapshot,
         in steps that let other agents' messages through between them."""
         try:
             if len(messages) == 1 and not self.store.stepwise(messages[0]):
-                return await self._run(self.store.apply, peer.ref, messages[0])
+                return await self._run(self.store.apply, peer.ref, messages[0], peer.behind)
             # The steps run in a worker thread, on SQLite too: the event loop stays free for the other
             # streams, whose messages (applied in the loop's thread) go between two steps' transactions.
-            steps = apply_in_steps(self.store, peer.ref, messages)
+            steps = apply_in_steps(self.store, peer.ref, messages, peer.behind)
             while (step := await self._run(next, steps, inline=False)) is None:
                 pass
             outcome: Outcome = step
@@ -143,7 +268,7 @@ class Collector(pb_grpc.CollectorServicer):
 
     async def _refuse(self, context: Context, peer: Peer, exc: RejectedMessage) -> NoReturn:
         """End the stream with the refusal's status; an invalid message is remembered for `sockfleet hosts`."""
-        log.warning("refused a message from host %s (%s): %s", peer.name, peer.host_id, exc)
+        log.warning("refused a message from host %s (%s): %s", peer.name, peer.host_id, printable(str(exc)))
         metadata = exc.metadata
         if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
             metadata = (("sockfleet-refused", "message"), *metadata)
@@ -162,31 +287,39 @@ class Collector(pb_grpc.CollectorServicer):
         log.error("database error: %s", _reason(exc), exc_info=log.isEnabledFor(logging.DEBUG))
         await context.abort(grpc.StatusCode.INTERNAL, "the collector could not store the message")
 
-    async def _authenticate(self, context: Context, host_id: str) -> None:
-        """The stream's token must be active and belong to the host its hello names."""
+    async def _authenticate(self, context: Context, host_id: str) -> Credential:
+        """The stream's token must be active and belong to the host its hello names (or, with mutual TLS, its
+        certificate's common name must be that host's id)."""
         metadata = dict(context.invocation_metadata() or ())
         header = str(metadata.get("authorization", ""))
         names = list((context.auth_context() or {}).get("x509_common_name") or [])
         if header.startswith("Bearer ") and len(header) <= 512:
             try:
-                owner = await self._run(self._token_host, token_hash(header.removeprefix("Bearer ")))
+                found = await self._run(self._verify, token_hash(header.removeprefix("Bearer ")))
             except DBAPIError as exc:
                 await self._database_error(context, exc)
-            if owner is None:
+            if found is None:
+                log.warning("refused a stream from %s: unknown or revoked agent token", context.peer())
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
+            credential = found
         elif names:  # mutual TLS: the client certificate, verified by gRPC, names the host
-            owner = names[0].decode("utf-8", "replace")
+            credential = Credential(names[0].decode("utf-8", "replace"), None, None)
         else:
+            log.warning("refused a stream from %s: no agent token or client certificate", context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "no agent token or client certificate: enroll the host with "
                                 "`sockfleet collector enroll`")
-        if owner != host_id:
+        if credential.host_id != host_id:
+            log.warning("refused a stream from %s: its credential is for host %r, its hello names %r", context.peer(),
+                        credential.host_id, host_id[:255])
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"this agent's credential reports for host {owner!r}, not {host_id[:255]!r}")
+                                f"hello.host_id: this agent's credential reports for host {credential.host_id!r}, "
+                                f"not {host_id[:255]!r}")
+        return credential
 
-    def _token_host(self, digest: str) -> str | None:
-        with self.store.engine.connect() as conn:
-            return token_host(conn, digest)
+    def _verify(self, digest: str) -> Credential | None:
+        with self.store.engine.begin() as conn:
+            return verify(conn, digest)
 
     async def _run(self, function: Callable[..., T], *args: Any, inline: bool = True) -> T:
         """Run a store call: inline on SQLite, in a worker thread on PostgreSQL."""
@@ -195,35 +328,100 @@ class Collector(pb_grpc.CollectorServicer):
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
 
 
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+async def _until(reader: AsyncIterator[pb.AgentMessage], stop: asyncio.Event,
+                 patience: Callable[[], float | None]) -> AsyncIterator[pb.AgentMessage]:
+    """The stream's messages until it ends or ``stop`` is set (the collector stops, the token is revoked).
+
+    When ``patience()`` gives a number, the next message must come within that many seconds.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            incoming = asyncio.ensure_future(anext(reader, None))
+            await asyncio.wait((incoming, stopped), timeout=patience(), return_when=asyncio.FIRST_COMPLETED)
+            if not incoming.done():
+                incoming.cancel()
+                if not stop.is_set():
+                    raise TimeoutError("the next part of a snapshot did not come")
+                return
+            message = incoming.result()
+            if message is None:
+                return
+            yield message
+            if stop.is_set():
+                return
+    finally:
+        stopped.cancel()
+
+
+def _undecodable(exc: DecodeError) -> str:
+    """A message that is not an AgentMessage (bad protobuf, a string that is not UTF-8), in one line."""
+    return f"message: not a valid sockfleet.v1.AgentMessage ({' '.join(str(exc).split())})"
+
+
+def _ending(exc: BaseException) -> str:
+    """Why a stream ended, in a few words."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, grpc.aio.AbortError):
+        return "refused (see above)"
+    if isinstance(exc, GeneratorExit):
+        return "the stream was closed"
+    details = getattr(exc, "details", None)
+    return " ".join(str(details() if callable(details) else exc).split())[:200] or type(exc).__name__
+
+
 def _reason(exc: DBAPIError) -> str:
     return " ".join(str(exc.orig if exc.orig is not None else exc).split())[:500]
 
 
 class Parts:
-    """The parts of a snapshot that comes in several (``Snapshot.more``), until its last."""
+    """The parts of a snapshot that comes in several (``Snapshot.more``), until its last.
+
+    Parts hold sockets only (the last one also the coverage and addresses), add up to at most
+    ``MAX_SNAPSHOT_SOCKETS`` sockets and ``MAX_SNAPSHOT_BYTES``, and come at most ``PART_PATIENCE``
+    seconds apart; nothing else of the stream may come between them.
+    """
 
     def __init__(self) -> None:
         self.parts: list[pb.Snapshot] = []
         self.sockets = 0
+        self.bytes = 0
 
     def add(self, part: pb.Snapshot) -> list[pb.Snapshot] | None:
         """The whole snapshot once its last part is in; None while parts are missing."""
         if self.parts:
             head = self.parts[0]
             if (part.epoch, part.seq, part.taken_at_us) != (head.epoch, head.seq, head.taken_at_us):
-                self.parts = []
+                self.clear()
                 raise RejectedMessage(f"snapshot: ({part.epoch}, {part.seq}) came before the last part of "
                                       f"({head.epoch}, {head.seq})")
+        if part.more and (part.HasField("coverage") or part.HasField("addresses")):
+            self.clear()
+            raise RejectedMessage("snapshot: only the last part of a snapshot carries its coverage and addresses")
         self.sockets += len(part.sockets)
-        if self.sockets > MAX_SNAPSHOT_SOCKETS:
-            self.parts = []
-            raise RejectedMessage(f"snapshot: more than {MAX_SNAPSHOT_SOCKETS:,} sockets in its parts",
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.bytes += part.ByteSize()
+        if self.sockets > MAX_SNAPSHOT_SOCKETS or self.bytes > MAX_SNAPSHOT_BYTES:
+            self.clear()
+            raise RejectedMessage(f"snapshot: its parts hold more than {MAX_SNAPSHOT_SOCKETS:,} sockets or "
+                                  f"{MAX_SNAPSHOT_BYTES >> 20:,} MiB", grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.parts.append(part)
         if part.more:
             return None
-        whole, self.parts, self.sockets = self.parts, [], 0
+        whole = self.parts
+        self.clear()
         return whole
+
+    def clear(self) -> None:
+        self.parts, self.sockets, self.bytes = [], 0, 0
+
+    def pending(self) -> tuple[int, int] | None:
+        """The (epoch, seq) of the snapshot whose parts are coming in, if any."""
+        return (self.parts[0].epoch, self.parts[0].seq) if self.parts else None
 
 
 class Pacer:
@@ -238,7 +436,8 @@ class Pacer:
 
     def __init__(self, rate: float, interval: float) -> None:
         self.bucket = TokenBucket(rate)
-        self.step_us = int(interval * 1e6 / 2)
+        # Half the interval, and never less than MIN_STEP: an interval the hello claims cannot lift the limit.
+        self.step_us = int(max(interval / 2, MIN_STEP) * 1e6)
         self.previous: int | None = None
         self.floor_us = 0  # the host's last stored scan time
 
@@ -297,9 +496,12 @@ def credentials(cert_file: str | None, key_file: str | None,
 
 async def start(
     store: Store, listen: str, creds: grpc.ServerCredentials | None, anonymous: bool = False,
-    rate_limit: float = 20.0, max_message_bytes: int = MAX_MESSAGE_BYTES,
+    rate_limit: float = 20.0, max_message_bytes: int = MAX_MESSAGE_BYTES, hello_timeout: float = 10.0,
 ) -> tuple[grpc.aio.Server, int, Collector]:
-    """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one): the server, its port, the service."""
+    """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one): the server, its port, the service.
+
+    Stop it with ``stop``.
+    """
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -308,12 +510,37 @@ async def start(
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
     ])
-    service = Collector(store, anonymous, rate_limit)
+    service = Collector(store, anonymous, rate_limit, hello_timeout)
     pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     try:
         port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
     except RuntimeError as exc:
-        raise CollectorError(f"cannot listen on {listen}: {exc}") from exc
+        raise UsageError(f"cannot listen on {listen}: {_bind_failure(listen)}") from exc
     await server.start()
+    if not anonymous:
+        service.watcher = asyncio.get_running_loop().create_task(service.watch_revocations())
     return server, port, service
+
+
+async def stop(server: grpc.aio.Server, service: Collector, grace: float = 5.0) -> None:
+    """Stop the open streams after the message each is applying, then the server."""
+    service.close()
+    if service.watcher is not None:
+        service.watcher.cancel()
+    await server.stop(grace)
+    service.executor.shutdown(wait=False)
+
+
+def _bind_failure(listen: str) -> str:
+    """Why ``listen`` cannot be bound, as the system says it (gRPC only says that it failed)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "::"
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return "gRPC could not bind it"
 

@@ -24,6 +24,7 @@ sends a full snapshot again, and the steps already done change nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, func, select
@@ -73,10 +74,11 @@ def bounds(group: int, count: int) -> tuple[str, str | None]:
     return edge(group), (edge(group + 1) if group + 1 < count else None)
 
 
-def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator[Outcome | None]:
+def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot],
+                   behind: timedelta = timedelta(0)) -> Iterator[Outcome | None]:
     """Yield None after each step, and the Outcome last.  Raises ``RejectedMessage`` before any write."""
     last = parts[-1]
-    header = store.header(last)
+    header = store.header(last, behind)
     with store.engine.connect() as conn:
         host = conn.execute(HOST, {"ref": ref}).one()
     moment = store.check_host(host, last, header)
@@ -107,21 +109,21 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator
     counts = [0, 0, 0]
     changes: dict[str, int] = {}
     identities: dict[str, tuple[Any, ...]] = {}
-    for number, group in enumerate(groups):
-        with store.engine.begin() as conn:
-            added, removed, changed = _group(store, conn, ref, moment, group, bounds(number, count),
-                                             frozenset(listening), changes, identities)
-        counts[0] += added
-        counts[1] += removed
-        counts[2] += changed
-        groups[number] = {}  # written: let it go
-        yield None
-    moving = [key for key, change in changes.items() if change]
-    for chunk in chunks(moving, STEP_SOCKETS):
-        with store.engine.begin() as conn:
-            store.move_flows(conn, ref, {key: changes[key] for key in chunk}, identities, moment)
-        yield None
     try:
+        for number, group in enumerate(groups):
+            with store.engine.begin() as conn:
+                added, removed, changed = _group(store, conn, ref, moment, group, bounds(number, count),
+                                                 frozenset(listening), changes, identities)
+            counts[0] += added
+            counts[1] += removed
+            counts[2] += changed
+            groups[number] = {}  # written: let it go
+            yield None
+        moving = [key for key, change in changes.items() if change]
+        for chunk in chunks(moving, STEP_SOCKETS):
+            with store.engine.begin() as conn:
+                store.move_flows(conn, ref, {key: changes[key] for key in chunk}, identities, moment)
+            yield None
         with store.engine.begin() as conn:
             current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
             if (current.epoch, current.seq) != (host.epoch, host.seq) or conn.execute(
@@ -129,6 +131,8 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot]) -> Iterator
                 raise Resync("another stream wrote this host while its large snapshot was applied")
             store.finish(conn, ref, current, last, header, moment, "snapshot", (counts[0], counts[1], counts[2]))
     except Resync as resync:
+        # Another stream of the same host wrote it meanwhile: what was written is true row by row, and the
+        # agent's next full snapshot settles the rest.
         yield Outcome(acked=False, resync_reason=str(resync))
         return
     store.remember_listening(ref, last, moment, frozenset(listening))

@@ -20,8 +20,6 @@ changes the host's (epoch, seq), and the listeners are read again.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,12 +27,13 @@ from typing import Any
 
 import grpc
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, literal_column, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from collector import convert, flows, spans
+from collector.credentials import Credential
 from collector.errors import RejectedMessage
-from collector.schema import credentials, host_addresses, hosts, observations, sockets
 from collector.schema import flows as flow_rows
+from collector.schema import host_addresses, hosts, observations, sockets
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1.limits import MAX_BIGINT, MAX_TEXT
 
@@ -140,18 +139,29 @@ class Store:
         # Saves a query per message that opens connections; kept only after the message's commit.
         self._listening: dict[int, _Listening] = {}
 
-    def hello(self, hello: pb.Hello) -> int:
+    def hello(self, hello: pb.Hello, credential: Credential | None = None) -> int:
         """Record the host (new or known) and its addresses; returns the host's row id.
 
-        An agent that reports its addresses with its scans (``addresses_in_scans``) has them recorded at
-        each scan's time instead; the hello's are for collectors that do not read them there.
+        A host keeps its name: the name its credential was enrolled with, else the first it reported.
+        A hello under another name, or under the name of another host id, is refused; renaming a host
+        is ``sockfleet collector rename``.  An agent that reports its addresses with its scans
+        (``addresses_in_scans``) has them recorded at each scan's time; the hello's are for collectors
+        that do not read them there.
         """
         received = convert.now()
         fields = convert.hello_fields(hello, received)
         addresses = fields.pop("addresses")
+        if credential is not None and credential.name:
+            fields["name"] = credential.name  # the enrollment names the host
+        name, host_id = fields["name"], fields["host_id"]
         with self.engine.begin() as conn:
+            other = conn.execute(select(hosts.c.host_id).where(hosts.c.name == name, hosts.c.host_id != host_id)
+                                 ).first()
+            if other is not None:
+                raise RejectedMessage(f"hello.host_name: {name!r} is the name of another host (id {other.host_id!r})",
+                                      grpc.StatusCode.PERMISSION_DENIED)
             row = conn.execute(
-                select(hosts.c.id, hosts.c.last_taken_at).where(hosts.c.host_id == fields["host_id"])
+                select(hosts.c.id, hosts.c.name, hosts.c.last_taken_at).where(hosts.c.host_id == host_id)
             ).first()
             if row is None:
                 ref = conn.execute(insert(hosts).values(
@@ -159,6 +169,11 @@ class Store:
                 )).inserted_primary_key[0]  # type: ignore[index]
                 since = convert.EARLIEST  # the host's addresses hold for its whole observed history
             else:
+                if row.name != name:
+                    raise RejectedMessage(
+                        f"hello.host_name: host {host_id!r} reports as {name!r} but is named {row.name!r}; "
+                        f"renaming it takes `sockfleet collector rename --host {host_id} --name {name}`",
+                        grpc.StatusCode.PERMISSION_DENIED)
                 ref = row.id
                 conn.execute(update(hosts).where(hosts.c.id == ref).values(**fields))
                 # A change of address happened after the last scan the collector applied: date it there, so
@@ -193,10 +208,10 @@ class Store:
         """Whether a message is large enough to be applied in steps (``collector.stepwise``) rather than at once."""
         return isinstance(message, pb.Snapshot) and len(message.sockets) > STEP_SOCKETS * 10
 
-    def apply(self, ref: int, message: pb.Snapshot | pb.Delta) -> Outcome:
-        """Apply one Snapshot or Delta of host ``ref`` in one transaction."""
+    def apply(self, ref: int, message: pb.Snapshot | pb.Delta, behind: timedelta = timedelta(0)) -> Outcome:
+        """Apply one Snapshot or Delta of host ``ref`` in one transaction (``behind``: see ``header``)."""
         snapshot = isinstance(message, pb.Snapshot)
-        header = self.header(message)
+        header = self.header(message, behind)
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
             with self.engine.begin() as conn:
@@ -222,17 +237,24 @@ class Store:
         self.remember_listening(ref, message, moment, listening)
         return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
 
-    def header(self, message: pb.Snapshot | pb.Delta) -> Header:
-        """The checked parts of a message other than its sockets."""
+    def header(self, message: pb.Snapshot | pb.Delta, behind: timedelta = timedelta(0)) -> Header:
+        """The checked parts of a message other than its sockets.
+
+        Its scan time is the agent's, corrected by how far ``behind`` the collector's clock the agent's
+        was at its hello (when more than the tolerance), and never later than the collector's clock: a
+        clock that runs slightly ahead, or far behind, still dates every change when it happened.
+        """
         where = "snapshot" if isinstance(message, pb.Snapshot) else "delta"
-        moment = convert.taken_at(message.taken_at_us, f"{where}.taken_at_us", self.max_skew)
+        received = convert.now()
+        moment = convert.taken_at(message.taken_at_us, f"{where}.taken_at_us", self.max_skew, received - behind)
+        moment = min(moment + behind, received)
         if message.epoch == 0 or message.seq == 0:
             raise RejectedMessage(f"{where}: epoch and seq start at 1")
         if max(message.epoch, message.seq, getattr(message, "base_seq", 0)) > MAX_BIGINT:
             raise RejectedMessage(f"{where}: epoch and seq must be below 2**63")
         coverage, complete = (None, None)
         if message.HasField("coverage"):
-            coverage, complete = convert.coverage_json(message.coverage)
+            coverage, complete = convert.coverage_json(message.coverage, f"{where}.coverage")
         addresses = None
         if message.HasField("addresses"):
             addresses = convert.addresses(message.addresses.items, f"{where}.addresses")
@@ -251,7 +273,8 @@ class Store:
                 "agent process reports for this host, or its clock went back); start a new epoch",
                 grpc.StatusCode.FAILED_PRECONDITION, (("sockfleet-epoch", str(host.epoch)),))
         if host.last_taken_at is not None and header.moment < host.last_taken_at:
-            return host.last_taken_at  # type: ignore[no-any-return]  # history never runs backwards, even when the agent's clock does
+            floor: datetime = host.last_taken_at  # history never runs backwards, even when the agent's clock does
+            return floor
         return header.moment
 
     def finish(self, conn: Connection, ref: int, host: Any, message: pb.Snapshot | pb.Delta, header: Header,
@@ -389,10 +412,21 @@ class Store:
                         copy.write_row(value)
             else:
                 conn.exec_driver_sql(statements[0], values)
-        except Exception as exc:
-            # uq_sockets_open_key: the message opens a socket the collector already holds open.
-            if isinstance(exc, IntegrityError) or getattr(exc, "sqlstate", None) == "23505":
+        except DBAPIError as exc:
+            if isinstance(exc, IntegrityError):  # uq_sockets_open_key: the message opens a socket held open
                 raise Resync("a message opens a socket the collector already holds") from exc
+            if isinstance(exc, DataError):
+                raise RejectedMessage(f"the database refused a value: {' '.join(str(exc.orig).split())[:300]}") from exc
+            raise
+        except Exception as exc:
+            # COPY goes to the driver itself, whose errors SQLAlchemy has not translated: translate them here.
+            state = str(getattr(exc, "sqlstate", "") or "")
+            if state == "23505":
+                raise Resync("a message opens a socket the collector already holds") from exc
+            if state.startswith("22"):
+                raise RejectedMessage(f"the database refused a value: {' '.join(str(exc).split())[:300]}") from exc
+            if getattr(exc, "sqlstate", None) is not None or type(exc).__module__.startswith("psycopg"):
+                raise OperationalError(statements[1], None, exc) from exc
             raise
 
 
@@ -415,31 +449,6 @@ def file_flows(values: list[tuple[Any, ...]], listening: frozenset[flows.Listene
         changes[key] = changes.get(key, 0) + 1
         opened.append(key)
     return opened
-
-
-def token_hash(token: str) -> str:
-    """Tokens are random and long, so a plain SHA-256 is enough to keep them out of the database."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def enroll(engine: Engine, host_id: str) -> str:
-    """A new token for ``host_id``; any earlier token of that host is revoked.  Only the hash is stored."""
-    token = secrets.token_urlsafe(32)
-    moment = convert.now()
-    with engine.begin() as conn:
-        conn.execute(update(credentials).where(credentials.c.host_id == host_id, credentials.c.revoked_at.is_(None))
-                     .values(revoked_at=moment))
-        conn.execute(insert(credentials).values(host_id=host_id, token_hash=token_hash(token), created_at=moment))
-    return token
-
-
-def revoke(engine: Engine, host_id: str) -> int:
-    """Revoke every token of ``host_id``; returns how many were active."""
-    with engine.begin() as conn:
-        return conn.execute(
-            update(credentials).where(credentials.c.host_id == host_id, credentials.c.revoked_at.is_(None))
-            .values(revoked_at=convert.now())
-        ).rowcount
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:

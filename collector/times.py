@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from collector.errors import UsageError
 
+EARLIEST = datetime(2000, 1, 1)  # no history is older: scans dated before it are refused
 RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
@@ -27,18 +28,25 @@ def parse_time(text: str, option: str = "--at") -> datetime:
     match = RELATIVE.match(value)
     if match:
         try:
-            return now() - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+            moment = now() - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
         except OverflowError:
-            raise UsageError(f"{option}: {text!r} reaches before the year 1") from None
-    try:
-        moment = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise UsageError(
-            f"{option}: {text!r} is not a time (RFC 3339 like 2026-11-25T10:00:00Z, or relative like -15m)"
-        ) from None
-    if moment.tzinfo is None:
-        raise UsageError(f"{option}: {text!r} has no time zone; add Z for UTC")
-    return moment.astimezone(UTC).replace(tzinfo=None)
+            moment = EARLIEST - timedelta(days=1)
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.replace("z", "Z"))
+        except ValueError:
+            raise UsageError(
+                f"{option}: {text!r} is not a time (RFC 3339 like 2026-11-25T10:00:00Z, or relative like -15m)"
+            ) from None
+        if parsed.tzinfo is None:
+            raise UsageError(f"{option}: {text!r} has no time zone; add Z for UTC")
+        try:
+            moment = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            moment = EARLIEST - timedelta(days=1)
+    if moment < EARLIEST:
+        raise UsageError(f"{option}: {text!r} is before 2000-01-01, where sockfleet's history begins")
+    return moment
 
 
 def parse_duration(text: str, option: str = "--interval") -> float:

@@ -6,26 +6,31 @@ the collector's imports; every other subcommand belongs to the collector.
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import import_module
 
 USAGE = """usage: sockfleet COMMAND ...
 
 commands:
-  agent snapshot     print every socket of this host with its owning process and user
-  agent run          scan every interval and stream to a collector
-  collector serve    receive agents' snapshots over gRPC and store them in SQL
-  collector migrate  create or upgrade the database schema
-  hosts              hosts, their addresses and whether they report
-  sockets            every socket on the fleet's hosts (--at TIME for the past)
-  ports              listening sockets (--at TIME for the past)
-  talks              who talks to whom: edges between processes on hosts
-  history            a host's socket timeline
-  diff               listeners and edges opened and closed between two moments
-  audit              audit listeners: exposed, new, and a policy's rules (exit 1 on violations)
-  demo               a collector and an agent on this machine, then open ports and who talks to whom
+  agent snapshot      print every socket of this host with its owning process and user
+  agent run           scan every interval and stream to a collector
+  collector serve     receive agents' snapshots over gRPC and store them in SQL
+  collector enroll    issue a host's agent token (printed once)
+  collector revoke    revoke a host's agent token; its open streams end
+  collector rename    give a host another name
+  collector tokens    the agent tokens issued, and when each was last used
+  collector migrate   create or upgrade the database schema
+  hosts               hosts, their addresses and whether they report
+  sockets             every socket on the fleet's hosts (--at TIME for the past)
+  ports               listening sockets (--at TIME for the past)
+  talks               who talks to whom: edges between processes on hosts
+  history             a host's socket timeline
+  diff                listeners and edges opened and closed between two moments
+  audit               audit listeners: exposed, new, a policy's rules, hosts not seen (exit 1 or 3)
+  demo                a collector and an agent on this machine, then open ports and who talks to whom
 
-`sockfleet COMMAND --help` tells more.
+`sockfleet COMMAND --help` tells more; --debug shows tracebacks and gRPC's own messages.
 """
 
 
@@ -39,15 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"sockfleet {__version__}")
         return 0
-    if args[0] == "agent":
-        module = "agent.cli"
-    else:
-        try:
-            import_module("collector.cli")
-        except ModuleNotFoundError:
-            print(f"sockfleet: error: unknown command {args[0]!r}\n{USAGE}", end="", file=sys.stderr)
-            return 2
-        module = "collector.cli"
+    if "--debug" not in args:
+        # gRPC's core writes its own lines to standard error (connection failures, TLS handshakes): sockfleet
+        # says what they mean in one line of its own.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    module = "agent.cli" if args[0] == "agent" else "collector.cli"
     try:
         status: int = import_module(module).main(args[1:] if module == "agent.cli" else args)
     except BrokenPipeError:

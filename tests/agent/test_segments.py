@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import convert
+from agent.errors import UsageError
 from agent.segments import SEGMENT_BYTES, Segments
 from agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.agent.test_spool import add, ports, scan
+from tests.collector.harness import ENV
+from tests.conftest import ROOT
 
 
 def record(number: int, size: int = 0) -> pb.Delta:
@@ -91,7 +96,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=False)
+        gc.collect()  # the test's spools let go of their folder's lock
+        if subprocess.run(["umount", str(folder)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=False)
 
 
 def fill(folder: Path) -> Path:
@@ -155,4 +162,57 @@ def test_a_spool_loads_and_drains_on_a_full_disk(small_disk: Path) -> None:
     assert len(again) == 4
     while len(again):
         again.pop()  # acknowledgements are written in place
-    assert not list((small_disk / "spool").iterdir())
+    assert [p.name for p in (small_disk / "spool").iterdir()] == ["lock"]
+
+
+@pytest.mark.root
+def test_composing_on_a_full_disk_keeps_the_disk_a_chain(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The oldest scans composed while a rewrite does not fit: the disk is cut, never left half rewritten."""
+    folder = small_disk / "spool"
+    first = Spool(str(folder), max_bytes=10_000)
+    add(first, many(1, 20), 1)
+    first.persist()  # one scan waits on disk ...
+    del first
+    gc.collect()
+    spool = Spool(str(folder), max_bytes=10_000)  # ... and a restarted agent's scans go to a new segment
+    add(spool, many(1, 25), 2)
+    filler = fill(small_disk)
+    for at in range(3, 9):
+        add(spool, many(at * 100, 60), at)  # over the bound: composed in memory, the disk cannot follow
+    assert "no room to rewrite a segment" in caplog.text
+    filler.unlink()
+    add(spool, many(900, 60), 9)
+    again = Spool(str(folder), max_bytes=10_000)
+    assert [r.taken_at_us for r in again.records] == [r.taken_at_us for r in spool.records]
+    assert ports(again.state()) == ports(spool.state())
+
+
+@pytest.mark.root
+def test_scans_that_never_reached_a_full_disk_are_a_gap_after_a_restart(small_disk: Path) -> None:
+    filler = fill(small_disk)
+    spool = Spool(str(small_disk / "spool"))
+    add(spool, many(1, 20), 1)
+    add(spool, many(1, 30), 2)  # waiting, and not even the base fits
+    assert spool.failing is not None and not (small_disk / "spool" / "base.snap").exists()
+    del spool  # the agent is killed
+    gc.collect()
+    filler.unlink()
+    again = Spool(str(small_disk / "spool"))
+    add(again, many(1, 30), 5_000_000)
+    [gap] = again.records[-1].coverage.gaps
+    assert gap.reason == "agent restarted: no scan kept in between"
+
+
+def test_a_spool_is_one_agents(tmp_path: Path) -> None:
+    held = Spool(str(tmp_path / "spool"), host="db-1")
+    add(held, many(1, 5), 1)
+    add(held, many(1, 6), 2)  # scans of db-1 wait on disk
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from agent.spool import Spool; Spool(sys.argv[1], host='db-1')",
+         str(tmp_path / "spool")], capture_output=True, text=True, cwd=ROOT, env=ENV, check=False)
+    assert "another agent uses this folder" in other.stderr  # a second process is kept off
+    del held
+    gc.collect()
+    with pytest.raises(UsageError, match="it holds scans of host 'db-1', not of 'web-1'"):
+        Spool(str(tmp_path / "spool"), host="web-1")
+    assert len(Spool(str(tmp_path / "spool"), host="db-1")) == 2

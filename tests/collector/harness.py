@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,13 +28,16 @@ def sockfleet(*args: str) -> list[str]:
 
 
 class Collector:
-    """``sockfleet collector serve`` on a free loopback port."""
+    """``sockfleet collector serve`` on a free loopback port (plain text, anonymous agents, unless ``secured``).
 
-    def __init__(self, db_url: str, port: int = 0) -> None:
+    What it says on standard error is read as it comes (``said``), so that its log never fills the pipe.
+    """
+
+    def __init__(self, db_url: str, port: int = 0, *extra: str, secured: bool = False) -> None:
         self.db_url = db_url
+        plain = () if secured else ("--insecure", "--allow-anonymous")
         self.proc = subprocess.Popen(
-            sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"127.0.0.1:{port}",
-                      "--db", db_url),
+            sockfleet("collector", "serve", *plain, "--listen", f"127.0.0.1:{port}", "--db", db_url, *extra),
             stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
         )
         assert self.proc.stderr is not None
@@ -41,10 +45,23 @@ class Collector:
         match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
         assert match, f"collector did not start: {line}{self.proc.stderr.read()}"
         self.port = int(match.group(1))
+        self.lines = [line]
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def said(self) -> str:
+        return "".join(self.lines)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
         self.proc.wait(timeout=20)
+        self.reader.join(10)
         assert self.proc.stderr is not None
         self.proc.stderr.close()
 

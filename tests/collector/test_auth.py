@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from datetime import UTC, datetime
 
@@ -13,25 +12,16 @@ from sqlalchemy import create_engine, text
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests.collector import fleet
-from tests.collector.harness import ENV, ask, ports, sockfleet, wait_for
+from tests.collector.harness import ENV, Collector, ask, ports, sockfleet, wait_for
 from tests.conftest import ROOT
 
 
 @pytest.fixture
 def secured(db_url: str):  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen(
-        sockfleet("collector", "serve", "--insecure", "--listen", "127.0.0.1:0", "--db", db_url),
-        stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
-    )
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    assert "enrolled agents only" in line, line
-    match = re.search(r"127\.0\.0\.1:(\d+)", line)
-    assert match
-    yield int(match.group(1))
-    proc.terminate()
-    proc.wait(timeout=20)
-    proc.stderr.close()
+    collector = Collector(db_url, 0, "--insecure", secured=True)
+    assert "enrolled agents only" in collector.lines[0], collector.lines[0]
+    yield collector.port
+    collector.stop()
 
 
 def send(port: int, token: str | None, host: str) -> list[pb.CollectorMessage]:
@@ -78,6 +68,7 @@ def test_enrolled_agent_streams(secured: int, db_url: str, tmp_path) -> None:  #
 
     token_file = tmp_path / "token"
     token_file.write_text(ask(db_url, "collector", "enroll", "--host", "enrolled").stdout)
+    token_file.chmod(0o600)  # the agent refuses a token others may read
     agent = subprocess.Popen(
         sockfleet("agent", "run", "--collector", f"127.0.0.1:{secured}", "--insecure", "--interval", "0.5s",
                   "--namespaces", "current", "--host", "enrolled", "--token-file", str(token_file)),

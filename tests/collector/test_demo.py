@@ -12,6 +12,13 @@ from tests.collector.harness import ENV
 from tests.conftest import ROOT
 
 
+def own_agents(port: str) -> list[str]:
+    """The agents still running for the demo's collector (its port is in their command line)."""
+    found = subprocess.run(["pgrep", "-f", f"agent run --collector 127.0.0.1:{port} "], capture_output=True,
+                           text=True, check=False)
+    return found.stdout.split()
+
+
 def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -25,7 +32,8 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
         listener.close()
     assert result.returncode == 0, result.stderr
     assert "first scans stored" in result.stderr
-    assert (tmp_path / "sockfleet" / "sockfleet.db").exists()
+    assert (tmp_path / "sockfleet" / "demo.db").exists()  # a database of its own ...
+    assert not (tmp_path / "sockfleet" / "sockfleet.db").exists()  # ... never the collector's default one
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["HOST", "PROTO", "STATE"]
     assert any(f"127.0.0.1:{port}" in line and "LISTEN" in line for line in lines)
@@ -35,8 +43,7 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["PROTO", "CLIENT", "SERVER"])
     calls = [line.split() for line in lines[header + 1:]]
     assert any(c[0] == "tcp" and collector_port.group(1) in c and c[-1] == "listener" for c in calls), lines
-    agents = subprocess.run(["pgrep", "-f", "agent run --collector 127.0.0.1"], capture_output=True, check=False)
-    assert agents.stdout == b""  # the demo stopped its agent
+    assert not own_agents(collector_port.group(1))  # the demo stopped its agent
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -58,5 +65,6 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "LISTEN" in stdout
-    agents = subprocess.run(["pgrep", "-f", "agent run --collector 127.0.0.1"], capture_output=True, check=False)
-    assert agents.stdout == b""
+    collector_port = re.search(r"collector on 127\.0\.0\.1:(\d+)", seen)
+    assert collector_port is not None
+    assert not own_agents(collector_port.group(1))

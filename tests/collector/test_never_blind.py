@@ -7,6 +7,7 @@ never reported as a clean host.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -82,6 +83,8 @@ def test_a_scan_the_collector_refuses_costs_that_scan_only(sqlite_collector: Col
     tomorrow = int((datetime.now(UTC) + timedelta(hours=23)).timestamp() * 1e6)
     poisoned.add({key: entry}, None, tomorrow, pb.Coverage(namespaces_scanned=[1]))
     poisoned.persist()
+    del poisoned  # the folder is the agent's from here on
+    gc.collect()
     db_url = sqlite_collector.db_url
     agent = Agent(sqlite_collector.port, "poisoned", "--spool", str(spool_dir), log=tmp_path / "agent.log")
     try:
@@ -315,3 +318,36 @@ def test_a_large_host_resyncing_does_not_hold_up_the_others(tmp_path: Path) -> N
     run = bench_big_host.measure(100_000, tmp_path)
     assert run["acks"] >= 20  # the small host kept streaming while the large snapshot was applied
     assert run["p95"] < 0.1, run
+
+
+def test_a_clock_slightly_ahead_or_far_behind_still_dates_scans_now(collector: Collector) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for name, clock in (("ahead-90s", now + timedelta(seconds=90)), ("behind-1h", now - timedelta(hours=1))):
+        message = fleet.hello(name, interval=15)
+        message.sent_at_us = fleet.us(clock)
+        replies = list(_stream(collector.port, [pb.AgentMessage(hello=message), pb.AgentMessage(
+            snapshot=fleet.snapshot(1, clock, [fleet.tcp_listener(7777)]))]))
+        assert replies[0].HasField("ack")
+    seen = hosts(collector.db_url)
+    assert seen["ahead-90s"]["status"] == seen["behind-1h"]["status"] == "live"
+    assert {row["host"] for row in ports(collector.db_url, "--port", "7777")} == {"ahead-90s", "behind-1h"}
+    assert -3700 < seen["behind-1h"]["clock_skew"] < -3500
+    assert ask(collector.db_url, "audit", "--allow-unobserved", check=False).returncode == 0
+
+
+def test_audit_counts_a_host_that_connected_but_was_never_stored(collector: Collector) -> None:
+    ahead = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=5)
+    stream(collector.port, [pb.AgentMessage(hello=fleet.hello("never-stored")), pb.AgentMessage(
+        snapshot=fleet.snapshot(1, ahead, [fleet.tcp_listener(80)]))])
+    failing = ask(collector.db_url, "audit", "--format", "json", check=False)
+    assert failing.returncode == 3
+    [finding] = [f for f in json.loads(failing.stdout) if f["host"] == "never-stored"]
+    assert "no scan stored since" in finding["detail"]
+
+
+def _stream(port: int, messages: list[pb.AgentMessage]) -> list[pb.CollectorMessage]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream("/sockfleet.v1.Collector/Stream",
+                                     request_serializer=pb.AgentMessage.SerializeToString,
+                                     response_deserializer=pb.CollectorMessage.FromString)
+        return list(call(iter(messages), timeout=20))

@@ -43,12 +43,12 @@ def host_sockets(count: int, variant: int = 0) -> list[pb.Socket]:
     return out
 
 
-def parts(seq: int, minutes: float, socks: list[pb.Socket], size: int = 5000) -> list[pb.Snapshot]:
+def parts(seq: int, minutes: float, socks: list[pb.Socket], size: int = 5000, epoch: int = 1) -> list[pb.Snapshot]:
     whole = fleet.snapshot(seq, at(minutes), socks)
     chunks = [socks[i : i + size] for i in range(0, len(socks), size)]
-    out = [pb.Snapshot(epoch=1, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunk, more=True)
+    out = [pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunk, more=True)
            for chunk in chunks[:-1]]
-    last = pb.Snapshot(epoch=1, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunks[-1])
+    last = pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunks[-1])
     last.coverage.CopyFrom(whole.coverage)
     return [*out, last]
 
@@ -120,6 +120,24 @@ def test_a_bad_socket_anywhere_refuses_the_whole_snapshot(engine: Engine) -> Non
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sockets)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(observations)).scalar_one() == 0
+
+
+def test_another_stream_of_the_host_meanwhile_asks_for_a_snapshot_again(engine: Engine) -> None:
+    """An agent that reconnected while its large snapshot was being applied: the first stream's steps end
+    with a request for a full snapshot, and the rows both wrote are one set."""
+    store = Store(engine)
+    ref = store.hello(fleet.hello("big"))
+    socks = host_sockets(SIZE)
+    first = apply_in_steps(store, ref, parts(1, 0, socks))
+    for _ in range(12):
+        assert next(first) is None  # part of the way
+    second, _ = run(apply_in_steps(store, ref, parts(1, 1, socks, epoch=2)))
+    assert second.acked
+    outcome, _ = run(first)
+    assert not outcome.acked and "another stream wrote this host" in (outcome.resync_reason or "")
+    with engine.connect() as conn:
+        open_rows = conn.execute(text("SELECT count(*) FROM sockets WHERE valid_to IS NULL")).scalar_one()
+    assert open_rows == len(socks)
 
 
 def test_groups_are_ranges_of_the_digest() -> None:

@@ -259,6 +259,8 @@ def test_addresses_reported_with_scans_are_kept_as_intervals(store: Store, engin
         (lambda s: setattr(s, "pid", 2**32 - 1), "snapshot.sockets[1].pid: 4294967295 is larger than 4194304"),
         (lambda s: setattr(s, "owners", 2**32 - 1), "snapshot.sockets[1].owners: 4294967295 is larger"),
         (lambda s: setattr(s.key, "remote_port", 80), "snapshot.sockets[1].key.remote_port: a port without"),
+        (lambda s: s.key.MergeFrom(pb.SocketKey(family=pb.FAMILY_INET6, local_address="fe80::1%\x00ev\x1b")),
+         "snapshot.sockets[1].key.local_address: 'fe80::1%\\x00ev\\x1b' carries a scope"),
     ],
 )
 def test_values_no_database_can_hold_are_refused_by_field(store: Store, engine: Engine, mutate: Any,
@@ -288,3 +290,14 @@ def test_a_bad_hello_is_refused_by_field(store: Store, engine: Engine, mutate: A
         store.hello(hello)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM hosts")).scalar_one() == 0
+
+
+def test_hosts_at_a_moment_were_last_seen_by_then(store: Store, engine: Engine) -> None:
+    web = store.hello(fleet.hello())
+    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))
+    store.apply(web, fleet.delta(2, at(2)))
+    with engine.connect() as conn:
+        then = queries.host_rows(conn, at(1))[0]
+        after = queries.host_rows(conn, at(3))[0]
+    assert then["last_seen"] == at(0)  # not the scan a minute later
+    assert after["last_seen"] == at(2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.collector.harness import ENV as E2E_ENV
-from tests.collector.harness import Agent, ask, sockfleet
+from tests.collector.harness import Agent, Collector, ask, sockfleet
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
@@ -36,21 +36,18 @@ def test_agent_streams_over_tls(tmp_path: Path, db_url: str) -> None:
     ca, cert, key = make_certificates(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text(ask(db_url, "collector", "enroll", "--host", "tls-host").stdout)
-    collector = subprocess.Popen(
-        sockfleet("collector", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
-                  "--db", db_url),
-        stderr=subprocess.PIPE, text=True, env=E2E_ENV, cwd=ROOT,
-    )
-    assert collector.stderr is not None
-    line = collector.stderr.readline()
+    token_file.chmod(0o600)  # the agent refuses a token others may read
+    collector = Collector(db_url, 0, "--tls-cert", str(cert), "--tls-key", str(key), secured=True)
+    line = collector.lines[0]
     assert "(TLS, enrolled agents only)" in line, line
-    port = int(line.split("127.0.0.1:")[1].split()[0])
+    port = collector.port
     agent = subprocess.Popen(
         sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--ca", str(ca), "--interval", "0.5s",
                   "--namespaces", "current", "--host", "tls-host", "--token-file", str(token_file)),
         stderr=subprocess.DEVNULL, env=E2E_ENV, cwd=ROOT,
     )
     untrusting = Agent(port, "plain-host")  # speaks plain text to a TLS port: never gets in
+
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "tls-host" not in ask(db_url, "hosts").stdout:
@@ -62,9 +59,33 @@ def test_agent_streams_over_tls(tmp_path: Path, db_url: str) -> None:
         untrusting.stop()
         agent.terminate()
         agent.wait(timeout=20)
-        collector.terminate()
-        collector.wait(timeout=20)
-        collector.stderr.close()
+        collector.stop()
+
+
+def test_an_agent_that_does_not_trust_the_collector_says_why(tmp_path: Path) -> None:
+    _, cert, key = make_certificates(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong_ca, _, _ = make_certificates(other)
+    collector = Collector(f"sqlite:///{tmp_path / 'tls.db'}", 0, "--tls-cert", str(cert), "--tls-key", str(key),
+                          "--allow-anonymous", secured=True)
+    log = tmp_path / "agent.log"
+    try:
+        with log.open("w") as out:
+            agent = subprocess.Popen(
+                sockfleet("agent", "run", "--collector", f"127.0.0.1:{collector.port}", "--ca", str(wrong_ca),
+                          "--interval", "0.5s", "--namespaces", "current", "--host", "doubting"),
+                stderr=out, env=E2E_ENV, cwd=ROOT)
+            deadline = time.monotonic() + 20
+            while "retrying" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            agent.terminate()
+            agent.wait(timeout=20)
+    finally:
+        collector.stop()
+    first = log.read_text().splitlines()[0]
+    assert (f"cannot connect to the collector at 127.0.0.1:{collector.port}: TLS: its certificate is not signed "
+            f"by {wrong_ca}") in first
 
 
 def test_serve_refuses_plain_text_unless_asked(db_url: str) -> None:
@@ -88,13 +109,9 @@ def test_mutual_tls_names_the_host(tmp_path: Path, db_url: str) -> None:
     ca, cert, key = make_certificates(tmp_path)
     mine = client_certificate(tmp_path, "mtls-host")
     other = client_certificate(tmp_path, "someone-else")
-    collector = subprocess.Popen(
-        sockfleet("collector", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
-                  "--tls-client-ca", str(ca), "--db", db_url),
-        stderr=subprocess.PIPE, text=True, env=E2E_ENV, cwd=ROOT,
-    )
-    assert collector.stderr is not None
-    port = int(collector.stderr.readline().split("127.0.0.1:")[1].split()[0])
+    collector = Collector(db_url, 0, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca),
+                          secured=True)
+    port = collector.port
 
     def agent(host: str, pair: tuple[Path, Path]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -116,6 +133,4 @@ def test_mutual_tls_names_the_host(tmp_path: Path, db_url: str) -> None:
         for proc in (good, impostor):
             proc.terminate()
             proc.wait(timeout=20)
-        collector.terminate()
-        collector.wait(timeout=20)
-        collector.stderr.close()
+        collector.stop()

@@ -22,15 +22,20 @@ SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "pro
 
 
 def open_db(url: str | None) -> Engine:
-    engine = db.engine(url)
+    """The database, opened to read only (a question never writes, nor makes a file)."""
+    engine = db.engine(url, write=False)
     db.require_current(engine)
     return engine
 
 
-def _require_host(conn: Connection, host: str | None) -> None:
-    """A ``--host`` that names no host is a usage error, not an empty answer."""
-    if host is not None and host not in queries.host_names(conn):
+def _host(conn: Connection, host: str | None) -> str | None:
+    """The name of the host ``--host`` names by its name or its id; naming no host is a usage error."""
+    if host is None:
+        return None
+    name = queries.host_name(conn, host)
+    if name is None:
         raise UsageError(f"--host {host}: no such host (see `sockfleet hosts`)")
+    return name
 
 
 def _moment(text: str | None, option: str) -> datetime | None:
@@ -54,13 +59,13 @@ def talks_command(args: argparse.Namespace) -> int:
     window = Window(since, until or now()) if since is not None else Window(at)
     engine = open_db(args.db)
     with engine.connect() as conn:
-        _require_host(conn, args.host)
-        rows = edges(conn, window, args.host, args.port)
+        host = _host(conn, args.host)
+        rows = edges(conn, window, host, args.port)
         seen = queries.observed(conn, window.end or window.start, window.since)
     if args.process is not None:
         rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
     write_edges(rows, args.format)
-    _warn_unknown(seen, window.end or window.start, args.host, window.since)
+    _warn_unknown(seen, window.end or window.start, host, window.since)
     return 0
 
 
@@ -85,8 +90,7 @@ def history_command(args: argparse.Namespace) -> int:
     since = _moment(args.since, "--since")
     engine = open_db(args.db)
     with engine.connect() as conn:
-        _require_host(conn, args.host)
-        rows = changes.history(conn, args.host, args.port, args.path, since)
+        rows = changes.history(conn, _host(conn, args.host) or "", args.port, args.path, since)
     for row in rows:
         row["local"], row["remote"] = output.endpoint(row), remote(row)
     output.write(rows, changes.HISTORY_FIELDS, sys.stdout, args.format,
@@ -101,8 +105,7 @@ def diff_command(args: argparse.Namespace) -> int:
         raise UsageError("--to is earlier than --from")
     engine = open_db(args.db)
     with engine.connect() as conn:
-        _require_host(conn, args.host)
-        rows, left_out = changes.diff(conn, start, end, args.host)
+        rows, left_out = changes.diff(conn, start, end, _host(conn, args.host))
     for row in rows:
         if row["kind"] == "listener":
             row["what"] = f"{row['host']} {output.endpoint(row)} {row.get('process') or ''}".rstrip()
@@ -159,16 +162,16 @@ def question(args: argparse.Namespace) -> int:
             output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
                          ("host", "status", "addresses", "sockets", "last_seen", "agent_version", "notes"))
             return 0
-        _require_host(conn, args.host)
+        host = _host(conn, args.host)
         seen = queries.observed(conn, at)
-        filters = queries.Filters(args.host, args.port, args.proto, args.process, args.exposed)
+        filters = queries.Filters(host, args.port, args.proto, args.process, args.exposed, args.state)
         rows = queries.sockets_at(conn, at, filters, only_listening=args.command == "ports", hosts_known=seen)
     if args.format == "table":
         for row in rows:
             row["local"] = output.endpoint(row)
             row["remote"] = remote(row)
     output.write(rows, queries.SOCKET_FIELDS, sys.stdout, args.format, SOCKET_TABLE)
-    _warn_unknown(seen, at, args.host)
+    _warn_unknown(seen, at, host)
     return 0
 
 

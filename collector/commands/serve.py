@@ -1,0 +1,42 @@
+"""``sockfleet collector serve``: receive agents' streams until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from datetime import timedelta
+
+from collector import db
+from collector.errors import UsageError
+from collector.server import credentials, start, stop
+from collector.store import Store
+from collector.times import parse_duration
+
+
+async def serve(args: argparse.Namespace) -> int:
+    creds = credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if creds is None and not args.insecure:
+        raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
+    if args.rate_limit < 0 or args.max_message_mb <= 0:
+        raise UsageError("--rate-limit must be 0 or more, --max-message-mb more than 0")
+    skew = timedelta(seconds=parse_duration(args.max_clock_skew, "--max-clock-skew"))
+    hello_timeout = parse_duration(args.hello_timeout, "--hello-timeout")
+    engine = db.engine(args.db, init=args.init)
+    db.migrate(engine)
+    server, port, service = await start(Store(engine, skew), args.listen, creds, anonymous=args.allow_anonymous,
+                                        rate_limit=args.rate_limit, hello_timeout=hello_timeout,
+                                        max_message_bytes=int(args.max_message_mb * 1024 * 1024))
+    mode = "TLS" if creds else "plain text (--insecure)"
+    mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
+    print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
+          f"database {db.shown(engine.url)}", file=sys.stderr, flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await stop(server, service)  # each stream finishes the message it is applying, then ends
+    print(f"sockfleet collector: stopped; {service.summary()}", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,103 @@
+"""What every ``sockfleet`` command line shares: mistakes are one line and exit status 2, with a suggestion.
+
+``Parser`` is argparse without abbreviations (``--prot`` is not ``--proto``), whose errors name the
+subcommand they belong to and suggest the nearest option or command::
+
+    sockfleet ports: error: unrecognized argument --prot (did you mean --proto?); see sockfleet ports --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line; subparsers are of the same kind."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        message = _explained(self, message)
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse(self, argv: Sequence[str]) -> argparse.Namespace:
+        """Parse ``argv``; an argument no (sub)command knows is reported by the subcommand it was given to."""
+        args, extra = self.parse_known_args(argv)
+        if extra:
+            _chosen(self, args).error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subparser the parsed arguments went through."""
+    for action in parser._actions:  # argparse keeps its subparsers nowhere else
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _chosen(action.choices[name], args)
+    return parser
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def _explained(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's message made one line, with the nearest known option or command."""
+    message = " ".join(message.split())
+    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        words = unknown.group(1).split()
+        flags = [word.split("=")[0] for word in words if word.startswith("-")]
+        word = flags[0] if flags else words[0]
+        text = f"unrecognized argument{'s' if len(words) > 1 else ''} {' '.join(words)}"
+        return text + _suggestion(word, _options(parser))
+    choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        known = re.findall(r"'([^']*)'", choice.group(3))
+        what = "command" if choice.group(1).isupper() or choice.group(1) in ("command", "action") else \
+            f"value for {choice.group(1)}"
+        near = _suggestion(choice.group(2), [repr(name) for name in known], repr(choice.group(2)))
+        return f"unknown {what} {choice.group(2)!r}{near} (one of {', '.join(known)})"
+    return message
+
+
+def _suggestion(word: str, known: list[str], shown: str | None = None) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(shown or word, known, n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+# Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, and the invisible Unicode
+# formatting characters that reorder or hide text (bidirectional overrides, zero-width marks).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print to a terminal: control characters written out, as ``ls -b`` does.
+
+    ``"\x1b[2Jpwn\x07"`` → ``"\\x1b[2Jpwn\\x07"``; text without them is returned as it is.
+    """
+    return _UNPRINTABLE.sub(_escaped, text) if _UNPRINTABLE.search(text) else text
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as the one line an operator reads: its message without line breaks."""
+    return printable(" ".join(str(error).split())) or type(error).__name__
+
+
+def fail(prog: str, error: BaseException, status: int) -> int:
+    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    return status

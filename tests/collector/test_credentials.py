@@ -1,0 +1,160 @@
+"""A credential names one host: its id and its name.  Forged names are refused, renaming is an admin's
+command, re-enrolling needs --rotate, and a revoked token ends its open stream at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+
+from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
+from tests.collector import fleet
+from tests.collector.harness import ENV, Collector, ask, ports, sockfleet, wait_for
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def secured(db_url: str) -> Iterator[int]:
+    """A collector that lets in enrolled agents only; its port."""
+    collector = Collector(db_url, 0, "--insecure", secured=True)
+    yield collector.port
+    collector.stop()
+
+
+def hello(host_id: str, name: str) -> pb.AgentMessage:
+    message = fleet.hello(name)
+    message.host_id = host_id
+    return pb.AgentMessage(hello=message)
+
+
+def send(port: int, token: str, host_id: str, name: str, listener: int) -> list[pb.CollectorMessage]:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    messages = [hello(host_id, name), pb.AgentMessage(snapshot=fleet.snapshot(1, now, [fleet.tcp_listener(listener)]))]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
+        return list(stub.Stream(iter(messages), metadata=(("authorization", f"Bearer {token}"),), timeout=20))
+
+
+def refusal(port: int, token: str, host_id: str, name: str, listener: int) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        send(port, token, host_id, name, listener)
+    return caught.value
+
+
+def enroll(db_url: str, *args: str) -> str:
+    return ask(db_url, "collector", "enroll", *args).stdout.strip()
+
+
+def test_a_token_cannot_report_under_another_hosts_name(secured: int, db_url: str) -> None:
+    web, dbt = enroll(db_url, "--host", "id-web-1"), enroll(db_url, "--host", "id-db-1")
+    assert send(secured, dbt, "id-db-1", "db-1", 5432)[0].HasField("ack")
+    assert send(secured, web, "id-web-1", "web-1", 80)[0].HasField("ack")
+    forged = refusal(secured, web, "id-web-1", "db-1", 6666)  # web-1's token, db-1's name
+    assert forged.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert str(forged.details()).startswith("hello.host_name: 'db-1' is the name of another host")
+    assert [(r["host"], r["local_port"]) for r in ports(db_url, "--host", "db-1")] == [("db-1", 5432)]
+    assert not ports(db_url, "--port", "6666")
+
+
+def test_renaming_is_an_admins_command(secured: int, db_url: str) -> None:
+    token = enroll(db_url, "--host", "id-web-1")
+    assert send(secured, token, "id-web-1", "web-1", 80)[0].HasField("ack")
+    moved = refusal(secured, token, "id-web-1", "www-1", 80)
+    assert moved.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "renaming it takes `sockfleet collector rename --host id-web-1 --name www-1`" in str(moved.details())
+    ask(db_url, "collector", "rename", "--host", "web-1", "--name", "www-1")
+    assert send(secured, token, "id-web-1", "www-1", 80)[0].HasField("ack")
+    assert [h["host"] for h in json.loads(ask(db_url, "hosts", "--format", "json").stdout)] == ["www-1"]
+    assert ports(db_url, "--host", "id-web-1")  # a host is named by its id too
+
+
+def test_an_enrolled_name_is_the_hosts_name(secured: int, db_url: str) -> None:
+    token = enroll(db_url, "--host", "4f6c0a1e", "--name", "web-7")
+    assert send(secured, token, "4f6c0a1e", "localhost", 80)[0].HasField("ack")  # the agent's own hostname
+    assert [h["host"] for h in json.loads(ask(db_url, "hosts", "--format", "json").stdout)] == ["web-7"]
+
+
+def test_reenrolling_needs_rotate_and_the_old_token_stops_working(secured: int, db_url: str) -> None:
+    first = enroll(db_url, "--host", "id-web-1")
+    again = ask(db_url, "collector", "enroll", "--host", "id-web-1", check=False)
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1 and "--rotate" in again.stderr
+    rotated = ask(db_url, "collector", "enroll", "--host", "id-web-1", "--rotate")
+    assert "its earlier token no longer works" in rotated.stderr
+    assert refusal(secured, first, "id-web-1", "web-1", 80).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert send(secured, rotated.stdout.strip(), "id-web-1", "web-1", 80)[0].HasField("ack")
+    listing = json.loads(ask(db_url, "collector", "tokens", "--format", "json").stdout)
+    assert [(t["host_id"], t["status"]) for t in listing] == [("id-web-1", "revoked"), ("id-web-1", "active")]
+    assert listing[1]["last_used_at"] is not None and listing[0]["enrolled_at"] is not None
+
+
+def test_revoking_ends_the_open_stream(secured: int, db_url: str, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(enroll(db_url, "--host", "revoked-host"))
+    token_file.chmod(0o600)
+    log = tmp_path / "agent.log"
+    with log.open("w") as out:
+        agent = subprocess.Popen(
+            sockfleet("agent", "run", "--collector", f"127.0.0.1:{secured}", "--insecure", "--interval", "0.5s",
+                      "--namespaces", "current", "--host", "revoked-host", "--token-file", str(token_file)),
+            stderr=out, env=ENV, cwd=ROOT)
+        try:
+            wait_for(lambda: "revoked-host" in ask(db_url, "hosts").stdout, "the enrolled agent")
+            ask(db_url, "collector", "revoke", "--host", "revoked-host")
+            revoked = time.monotonic()
+            wait_for(lambda: "token was revoked" in log.read_text(), "the stream to end")
+            assert time.monotonic() - revoked < 3  # within a second's look, and the agent's next write
+            cut = datetime.now(UTC).replace(tzinfo=None)
+            time.sleep(2)
+            engine = create_engine(db_url)
+            with engine.connect() as conn:
+                later = conn.execute(text("SELECT count(*) FROM observations WHERE received_at > :t"),
+                                     {"t": cut}).scalar_one()
+            engine.dispose()
+            assert later == 0  # nothing acknowledged after the revocation
+            assert "unknown or revoked agent token" in log.read_text()  # and the reconnection is refused
+        finally:
+            agent.terminate()
+            agent.wait(timeout=20)
+
+
+def test_the_collector_logs_who_came_who_left_and_who_was_refused(db_url: str) -> None:
+    collector = Collector(db_url, 0, "--insecure", secured=True)
+    try:
+        token = enroll(db_url, "--host", "id-web-1")
+        send(collector.port, token, "id-web-1", "web-1", 80)
+        refusal(collector.port, "not-a-token", "id-web-1", "web-1", 80)
+        wait_for(lambda: "disconnected" in collector.said(), "the log")
+    finally:
+        collector.stop()
+    said = collector.said()
+    assert "host web-1 (id-web-1) connected from ipv4:127.0.0.1:" in said
+    assert "host web-1 (id-web-1) disconnected: the agent closed the stream" in said
+    assert "refused a stream from ipv4:127.0.0.1:" in said and "unknown or revoked agent token" in said
+    assert token not in said  # no token ever reaches a log
+
+
+def test_sigterm_stops_a_busy_collector_at_once(db_url: str, tmp_path: Path) -> None:
+    from tests.collector.harness import Agent
+
+    collector = Collector(db_url)
+    agent = Agent(collector.port, "busy", log=tmp_path / "agent.log")
+    try:
+        wait_for(lambda: "busy" in ask(db_url, "hosts").stdout, "the agent")
+        started = time.monotonic()
+        collector.stop()
+        assert time.monotonic() - started < 3  # the open stream ends after its message, not after the grace
+    finally:
+        agent.stop()
+    said = collector.said()
+    assert collector.proc.returncode == 0
+    assert "Traceback" not in said and "CancelledError" not in said
+    assert "host busy (busy) disconnected: the collector is stopping" in said
