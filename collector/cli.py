@@ -9,16 +9,13 @@ exit status 1.  A traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
 
 from collector import db, output
-from collector.commands import admin, demo, questions, serve
 from collector.errors import CollectorError
-from collector.queries import STATES
 from sockfleet.commandline import Parser, fail
 
 PROTOS = ("tcp", "udp", "unix")
@@ -42,6 +39,8 @@ def _port(text: str) -> int:
 
 def _states(text: str) -> tuple[str, ...]:
     """``"listen,established"`` → ("LISTEN", "ESTABLISHED"); the kernel's names, any case."""
+    from collector.queries import STATES
+
     names = tuple(name.strip().upper().replace("-", "_") for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in STATES]
     if unknown or not names:
@@ -183,12 +182,21 @@ def join_relative_times(argv: list[str]) -> list[str]:
 
 
 def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    """The command's function; only its own group's module is loaded (gRPC, for instance, only to serve)."""
     if args.command == "collector":
         if args.action == "serve":
-            return lambda a: asyncio.run(serve.serve(a))
+            from collector.commands import serve
+
+            return serve.run
+        from collector.commands import admin
+
         return admin.COMMANDS[args.action]
     if args.command == "demo":
-        return lambda a: asyncio.run(demo.demo(a))
+        from collector.commands import demo
+
+        return demo.run
+    from collector.commands import questions
+
     return {"talks": questions.talks_command, "history": questions.history_command,
             "diff": questions.diff_command, "audit": questions.audit_command}.get(args.command, questions.question)
 

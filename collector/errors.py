@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 
 class CollectorError(Exception):
     exit_status = 1
@@ -23,8 +21,8 @@ class UsageError(CollectorError):
 class RejectedMessage(CollectorError):
     """A message that is not stored; ``code`` is the gRPC status the agent receives."""
 
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT",
                  metadata: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = code  # the name of a grpc.StatusCode: gRPC itself is loaded only by the server
         self.metadata = metadata  # trailing metadata that tells the agent what to do (see collector.server)

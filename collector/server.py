@@ -148,7 +148,7 @@ class Collector(pb_grpc.CollectorServicer):
             except RejectedMessage as exc:
                 log.warning("refused the hello of %r from %s: %s", hello.host_id[:255], context.peer(),
                             printable(str(exc)))
-                await context.abort(exc.code, str(exc))
+                await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
             except DBAPIError as exc:
                 await self._database_error(context, exc)
         finally:
@@ -270,14 +270,14 @@ class Collector(pb_grpc.CollectorServicer):
         """End the stream with the refusal's status; an invalid message is remembered for `sockfleet hosts`."""
         log.warning("refused a message from host %s (%s): %s", peer.name, peer.host_id, printable(str(exc)))
         metadata = exc.metadata
-        if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+        if exc.code == "INVALID_ARGUMENT":
             metadata = (("sockfleet-refused", "message"), *metadata)
             try:
                 await self._run(self.store.refused, peer.ref, str(exc))
             except DBAPIError as error:
                 log.warning("could not record the refusal: %s", _reason(error))
         context.set_trailing_metadata(metadata)
-        await context.abort(exc.code, str(exc))
+        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
 
     async def _database_error(self, context: Context, exc: DBAPIError) -> NoReturn:
         """A database that cannot be reached is UNAVAILABLE (the agent retries); anything else is a fault of ours."""
@@ -408,7 +408,7 @@ class Parts:
         if self.sockets > MAX_SNAPSHOT_SOCKETS or self.bytes > MAX_SNAPSHOT_BYTES:
             self.clear()
             raise RejectedMessage(f"snapshot: its parts hold more than {MAX_SNAPSHOT_SOCKETS:,} sockets or "
-                                  f"{MAX_SNAPSHOT_BYTES >> 20:,} MiB", grpc.StatusCode.RESOURCE_EXHAUSTED)
+                                  f"{MAX_SNAPSHOT_BYTES >> 20:,} MiB", "RESOURCE_EXHAUSTED")
         self.parts.append(part)
         if part.more:
             return None

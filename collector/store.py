@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import grpc
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, literal_column, or_, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
@@ -159,7 +158,7 @@ class Store:
                                  ).first()
             if other is not None:
                 raise RejectedMessage(f"hello.host_name: {name!r} is the name of another host (id {other.host_id!r})",
-                                      grpc.StatusCode.PERMISSION_DENIED)
+                                      "PERMISSION_DENIED")
             row = conn.execute(
                 select(hosts.c.id, hosts.c.name, hosts.c.last_taken_at).where(hosts.c.host_id == host_id)
             ).first()
@@ -173,7 +172,7 @@ class Store:
                     raise RejectedMessage(
                         f"hello.host_name: host {host_id!r} reports as {name!r} but is named {row.name!r}; "
                         f"renaming it takes `sockfleet collector rename --host {host_id} --name {name}`",
-                        grpc.StatusCode.PERMISSION_DENIED)
+                        "PERMISSION_DENIED")
                 ref = row.id
                 conn.execute(update(hosts).where(hosts.c.id == ref).values(**fields))
                 # A change of address happened after the last scan the collector applied: date it there, so
@@ -271,7 +270,7 @@ class Store:
             raise RejectedMessage(
                 f"{where}.epoch: {message.epoch} is older than the host's epoch {host.epoch} (another "
                 "agent process reports for this host, or its clock went back); start a new epoch",
-                grpc.StatusCode.FAILED_PRECONDITION, (("sockfleet-epoch", str(host.epoch)),))
+                "FAILED_PRECONDITION", (("sockfleet-epoch", str(host.epoch)),))
         if host.last_taken_at is not None and header.moment < host.last_taken_at:
             floor: datetime = host.last_taken_at  # history never runs backwards, even when the agent's clock does
             return floor

@@ -78,3 +78,7 @@ async def demo(args: argparse.Namespace) -> int:
             agent.kill()
         await stop(server, service, grace=2)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(demo(args))

@@ -40,3 +40,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop(server, service)  # each stream finishes the message it is applying, then ends
     print(f"sockfleet collector: stopped; {service.summary()}", file=sys.stderr, flush=True)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))

@@ -22,7 +22,7 @@ VIEWS = {"current_sockets", "listeners", "socket_history", "edges"}
 
 
 def test_one_head() -> None:
-    assert len(ScriptDirectory.from_config(db.alembic_config()).get_heads()) == 1
+    assert ScriptDirectory.from_config(db.alembic_config()).get_heads() == [db.head()]
 
 
 def test_upgrade_from_empty(empty_engine: Engine) -> None:
