@@ -11,9 +11,9 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from agent.errors import SourceError
-from agent.netns import entered
-from agent.records import Namespace
+from sockfleet.agent.errors import SourceError
+from sockfleet.agent.netns import entered
+from sockfleet.agent.records import Namespace
 
 RTM_GETADDR = 22
 RTM_NEWADDR = 20

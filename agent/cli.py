@@ -10,12 +10,12 @@ import argparse
 import os
 import sys
 
-from agent import __version__
-from agent.errors import AgentError, UsageError
-from agent.output import FORMATS, write
-from agent.records import Coverage, Proto
-from agent.snapshot import ALL_PROTOS, Scanner, default_sources
-from agent.sources import SOURCES, by_name
+from sockfleet.agent import __version__
+from sockfleet.agent.errors import AgentError, UsageError
+from sockfleet.agent.output import FORMATS, write
+from sockfleet.agent.records import Coverage, Proto
+from sockfleet.agent.snapshot import ALL_PROTOS, Scanner, default_sources
+from sockfleet.agent.sources import SOURCES, by_name
 from sockfleet.commandline import Parser, fail
 from sockfleet.v1.limits import MAX_NAME
 
@@ -92,7 +92,7 @@ def run_command(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from agent.stream import Streamer, identity
+    from sockfleet.agent.stream import Streamer, identity
 
     interval = parse_interval(args.interval)
     if ":" not in args.collector:
@@ -105,7 +105,7 @@ def run_command(args: argparse.Namespace) -> int:
     token = read_token(args.token_file) if args.token_file else os.environ.get("SOCKFLEET_TOKEN")
     if not args.insecure:
         check_tls_files(args.ca, args.tls_cert, args.tls_key)
-    from agent.spool import Spool
+    from sockfleet.agent.spool import Spool
 
     if args.spool_max_bytes <= 0:
         raise UsageError("--spool-max-bytes must be more than 0")

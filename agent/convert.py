@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from agent.records import Coverage, Family, Proto, Snapshot, SockType, State
+from sockfleet.agent.records import Coverage, Family, Proto, Snapshot, SockType, State
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import limits
 from sockfleet.v1.limits import MAX_NAME, MAX_TEXT, clean

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.convert import Entry, Key
+from sockfleet.agent.convert import Entry, Key
 
 
 @dataclass(frozen=True, slots=True)

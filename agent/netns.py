@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from agent.records import Namespace
+from sockfleet.agent.records import Namespace
 
 CLONE_NEWNET = 0x40000000
 

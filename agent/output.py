@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import IO, Any
 
-from agent.records import Proto, Snapshot, SocketRecord
+from sockfleet.agent.records import Proto, Snapshot, SocketRecord
 from sockfleet.commandline import printable
 
 FIELDS = (

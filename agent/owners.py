@@ -31,7 +31,7 @@ import os
 import pwd
 from collections.abc import Collection
 
-from agent.records import Process
+from sockfleet.agent.records import Process
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SOCKET = "socket:["

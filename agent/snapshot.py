@@ -8,11 +8,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from agent import addresses, netns
-from agent.errors import SourceError
-from agent.owners import OwnerIndex
-from agent.records import Coverage, Namespace, Process, Proto, Snapshot, SocketRecord, SourceStatus
-from agent.sources import SOURCES, Source
+from sockfleet.agent import addresses, netns
+from sockfleet.agent.errors import SourceError
+from sockfleet.agent.owners import OwnerIndex
+from sockfleet.agent.records import Coverage, Namespace, Process, Proto, Snapshot, SocketRecord, SourceStatus
+from sockfleet.agent.sources import SOURCES, Source
 from sockfleet.v1.limits import MAX_ADDRESSES
 
 log = logging.getLogger("sockfleet.agent")

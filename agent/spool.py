@@ -24,10 +24,10 @@ import weakref
 from collections import deque
 from pathlib import Path
 
-from agent import convert
-from agent.delta import Changes
-from agent.errors import UsageError
-from agent.segments import SEGMENT_BYTES, Segments, unframe
+from sockfleet.agent import convert
+from sockfleet.agent.delta import Changes
+from sockfleet.agent.errors import UsageError
+from sockfleet.agent.segments import SEGMENT_BYTES, Segments, unframe
 from sockfleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger("sockfleet.agent")

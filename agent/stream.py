@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 
-from agent import __version__, addresses, convert
-from agent.delta import diff
-from agent.errors import AgentError, SourceError
-from agent.snapshot import Scanner, namespaces
-from agent.spool import Spool
+from sockfleet.agent import __version__, addresses, convert
+from sockfleet.agent.delta import diff
+from sockfleet.agent.errors import AgentError, SourceError
+from sockfleet.agent.snapshot import Scanner, namespaces
+from sockfleet.agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from sockfleet.v1 import limits

@@ -28,14 +28,14 @@ from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select
 
-from collector.errors import UsageError
-from collector.queries import STALE_INTERVALS, Filters, observed, sockets_at
-from collector.schema import credentials, hosts, sockets
-from collector.times import rfc3339
+from sockfleet.collector import rules
+from sockfleet.collector.errors import UsageError
+from sockfleet.collector.queries import STALE_INTERVALS, Filters, observed, sockets_at
+from sockfleet.collector.schema import credentials, hosts, sockets
+from sockfleet.collector.times import rfc3339
 
 FINDING_FIELDS = ("severity", "finding", "host", "proto", "local_address", "local_port", "path", "process", "pid",
                   "rule", "detail")
-LOOPBACK_PREFIXES = ("127.", "::ffff:127.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +94,7 @@ def _rule(path: str, index: int, raw: Any) -> Rule:
 
 
 def exposed(row: dict[str, Any]) -> bool:
-    address = row.get("local_address") or ""
-    return row["proto"] != "unix" and address != "::1" and not address.startswith(LOOPBACK_PREFIXES)
+    return rules.exposed(row["proto"], row.get("local_address"))
 
 
 def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: timedelta,

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
-from collector.queries import SOCKET_FIELDS, Filters, Observed, observed, sockets_at
-from collector.schema import hosts, sockets
-from collector.talks import EDGE_FIELDS, Window, edges
+from sockfleet.collector.queries import SOCKET_FIELDS, Filters, Observed, observed, sockets_at
+from sockfleet.collector.schema import hosts, sockets
+from sockfleet.collector.talks import EDGE_FIELDS, Window, edges
 
 HISTORY_FIELDS = (*SOCKET_FIELDS, "valid_from", "valid_to")
 LISTENER_KEY = ("host", "netns", "proto", "type", "local_address", "local_port", "path", "process")

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
 
-from collector import db, output
-from collector.errors import CollectorError
+from sockfleet.collector import db, output
+from sockfleet.collector.errors import CollectorError
 from sockfleet.commandline import Parser, fail
 
 PROTOS = ("tcp", "udp", "unix")
@@ -39,7 +39,7 @@ def _port(text: str) -> int:
 
 def _states(text: str) -> tuple[str, ...]:
     """``"listen,established"`` → ("LISTEN", "ESTABLISHED"); the kernel's names, any case."""
-    from collector.queries import STATES
+    from sockfleet.collector.queries import STATES
 
     names = tuple(name.strip().upper().replace("-", "_") for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in STATES]
@@ -185,17 +185,17 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     """The command's function; only its own group's module is loaded (gRPC, for instance, only to serve)."""
     if args.command == "collector":
         if args.action == "serve":
-            from collector.commands import serve
+            from sockfleet.collector.commands import serve
 
             return serve.run
-        from collector.commands import admin
+        from sockfleet.collector.commands import admin
 
         return admin.COMMANDS[args.action]
     if args.command == "demo":
-        from collector.commands import demo
+        from sockfleet.collector.commands import demo
 
         return demo.run
-    from collector.commands import questions
+    from sockfleet.collector.commands import questions
 
     return {"talks": questions.talks_command, "history": questions.history_command,
             "diff": questions.diff_command, "audit": questions.audit_command}.get(args.command, questions.question)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector.errors import RejectedMessage
+from sockfleet.collector.errors import RejectedMessage
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import limits
 from sockfleet.v1.limits import MAX_BIGINT, MAX_NAME, MAX_PID, MAX_SHORT, MAX_TEXT

@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 
-from collector import convert
-from collector.errors import UsageError
-from collector.schema import credentials, hosts
+from sockfleet.collector import convert
+from sockfleet.collector.errors import UsageError
+from sockfleet.collector.schema import credentials, hosts
 from sockfleet.v1.limits import MAX_NAME
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from collector.errors import CollectorError, UsageError
+from sockfleet.collector.errors import CollectorError, UsageError
 
 if TYPE_CHECKING:
     from alembic.config import Config

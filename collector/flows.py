@@ -32,32 +32,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from collector import spans
+from sockfleet.collector import spans
+from sockfleet.collector.rules import WILDCARDS, accepts, connected, ephemeral, plain
 
-EPHEMERAL = (32768, 60999)
-WILDCARDS = ("0.0.0.0", "::")
 SERVED, CALLING, NOT_FOLDED = "s", "c", "n"
 # Identity of a flow within its host, in the order of the flows table's columns.
 IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address",
                     "remote_port")
 # A listener as a flow's role needs it: namespace, protocol, port, address (IPv4-mapped made plain).
 Listener = tuple[int, str, int, str]
-
-
-def plain(address: str | None) -> str | None:
-    """``::ffff:10.0.0.5`` → ``10.0.0.5``: an IPv4 peer of an IPv6 socket is that IPv4 address."""
-    if address is not None and address.startswith("::ffff:") and "." in address:
-        return address[7:]
-    return address
-
-
-def ephemeral(port: int | None) -> bool:
-    return port is not None and EPHEMERAL[0] <= port <= EPHEMERAL[1]
-
-
-def is_listener(proto: str, state: str) -> bool:
-    """TCP LISTEN, or unconnected UDP: what ``talks`` takes as a listener."""
-    return state == "LISTEN" or (proto == "udp" and state == "UNCONN")
 
 
 def listener_of(netns: int, proto: str, local_address: str | None, local_port: int | None) -> Listener:
@@ -71,7 +54,7 @@ def identity(netns: int, proto: str, state: str, process: str | None, local_addr
 
     ``listening`` says whether a listener of the host holds a (namespace, protocol, port, address).
     """
-    if proto == "unix" or remote_address is None or state in ("TIME_WAIT", "LISTEN"):
+    if not connected(proto, state, remote_address):
         return None
     laddr, raddr = plain(local_address), plain(remote_address)
     port = local_port or 0
@@ -151,7 +134,7 @@ class Builder:
         if valid_from != self.moment:
             self._settle(valid_from)
             self.moment = valid_from
-        if is_listener(proto, state):
+        if accepts(proto, state):
             held = self.listeners[host_ref].setdefault(listener_of(netns, proto, local_address, local_port), [])
             held.append((valid_from, valid_to))
             return None
@@ -206,7 +189,7 @@ def rebuild(rows: Iterable[Any], emit: Callable[[dict[str, Any]], None]) -> dict
     """Flows of socket rows (with the columns ``Builder.add`` takes, and ``id``); returns each socket id's flow key."""
     keys = {}
     builder = Builder(emit)
-    for row in sorted(rows, key=lambda r: (r.valid_from, not is_listener(r.proto, r.state), r.id)):
+    for row in sorted(rows, key=lambda r: (r.valid_from, not accepts(r.proto, r.state), r.id)):
         key = builder.add(row.host_ref, row.valid_from, row.valid_to, row.netns, row.proto, row.state, row.process,
                           row.local_address, row.local_port, row.remote_address, row.remote_port)
         if key is not None:

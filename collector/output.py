@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import IO, Any
 
-from collector.times import rfc3339
+from sockfleet.collector.times import rfc3339
 from sockfleet.commandline import printable
 
 FORMATS = ("table", "json", "csv")

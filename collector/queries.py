@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, literal_column, not_, or_, select
+from sqlalchemy import ColumnElement, Connection, func, or_, select
 
-from collector import spans
-from collector.schema import host_addresses, hosts, observations, sockets
-from collector.times import now
+from sockfleet.collector import rules, spans
+from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
+from sockfleet.collector.times import now
 
 STALE_INTERVALS = 3
 # Socket states, as stored and as ``--state`` takes them.
@@ -75,29 +75,6 @@ def observed(conn: Connection, at: datetime | None, since: datetime | None = Non
     return Observed(known, unknown, scans)
 
 
-def listening() -> ColumnElement[bool]:
-    """TCP and Unix LISTEN, unconnected UDP, bound unconnected Unix datagram sockets."""
-    return or_(
-        sockets.c.state == "LISTEN",
-        and_(sockets.c.proto == "udp", sockets.c.state == "UNCONN"),
-        and_(sockets.c.proto == "unix", sockets.c.type == "dgram", sockets.c.state == "UNCONN",
-             sockets.c.path.is_not(None)),
-    )
-
-
-def exposed() -> ColumnElement[bool]:
-    """Bound beyond loopback: an inet socket whose local address is not 127/8, ::1 or ::ffff:127/104."""
-    return and_(
-        sockets.c.proto != "unix",
-        not_(sockets.c.local_address.like("127.%")),
-        sockets.c.local_address != "::1",
-        not_(sockets.c.local_address.like("::ffff:127.%")),
-    )
-
-
-LISTENING_STATES = sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")])
-
-
 def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_listening: bool = False,
                hosts_known: Observed | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
     """Sockets open at ``at`` (default: now) on hosts observed then, with the documented fields.
@@ -111,7 +88,7 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     if only_listening:
         # The IN term repeats what listening() implies, in the form the partial listener indexes name: with
         # literal values, which SQLite needs to see that they apply (in every lifetime class's term).
-        conditions += [spans.alive(at, until, within=(LISTENING_STATES,)), listening()]
+        conditions += [spans.alive(at, until, within=(rules.waiting_sql(sockets.c),)), rules.listening_sql(sockets.c)]
     else:
         conditions.append(spans.alive(at, until))
     if filters.host is not None:
@@ -123,7 +100,7 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
     if filters.process is not None:
         conditions.append(sockets.c.process == filters.process)
     if filters.exposed:
-        conditions.append(exposed())
+        conditions.append(rules.exposed_sql(sockets.c))
     if filters.states is not None:
         conditions.append(sockets.c.state.in_(filters.states))
     columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in SOCKET_FIELDS[1:])]

@@ -27,11 +27,11 @@ import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from collector import convert
-from collector.credentials import Credential, revoked_since, token_hash, verify
-from collector.errors import CollectorError, RejectedMessage, UsageError
-from collector.stepwise import apply_in_steps
-from collector.store import Outcome, Store
+from sockfleet.collector import convert
+from sockfleet.collector.credentials import Credential, revoked_since, token_hash, verify
+from sockfleet.collector.errors import CollectorError, RejectedMessage, UsageError
+from sockfleet.collector.stepwise import apply_in_steps
+from sockfleet.collector.store import Outcome, Store
 from sockfleet.commandline import printable
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, bindparam, case, or_
 
-from collector.schema import sockets
+from sockfleet.collector.schema import sockets
 
 # 1 min, 4 min, 16 min, ... 4**10 min (about two years): a row is read at most when it began
 # within its class's limit before T, and its life is at least a quarter of that limit.

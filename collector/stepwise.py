@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, func, select
 
-from collector import convert, flows, spans
-from collector.errors import RejectedMessage
-from collector.schema import sockets
-from collector.store import (
+from sockfleet.collector import convert, flows, rules, spans
+from sockfleet.collector.errors import RejectedMessage
+from sockfleet.collector.schema import sockets
+from sockfleet.collector.store import (
     CLOSE_IDS,
     HOST,
     HOST_FOR_UPDATE,
@@ -48,7 +48,7 @@ from collector.store import (
 from sockfleet.v1 import fleet_pb2 as pb
 
 if TYPE_CHECKING:
-    from collector.store import Store
+    from sockfleet.collector.store import Store
 
 # A group's stored open rows: one range of the open rows' unique index (host_ref, key); keys compare as
 # plain text (the column's collation is "C" on PostgreSQL).
@@ -100,7 +100,7 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot],
             row = convert.socket_row(sock, where)
             group[digest] = sock
             _, proto, _, _, _, laddr, lport, *_ = row.identity
-            if flows.is_listener(proto, row.versioned[0]):
+            if rules.accepts(proto, row.versioned[0]):
                 listening.add(flows.listener_of(row.identity[0], proto, laddr, lport))
             index += 1
             if index % (2 * STEP_SOCKETS) == 0:

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, literal_column, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from collector import convert, flows, spans
-from collector.credentials import Credential
-from collector.errors import RejectedMessage
-from collector.schema import flows as flow_rows
-from collector.schema import host_addresses, hosts, observations, sockets
+from sockfleet.collector import convert, flows, rules, spans
+from sockfleet.collector.credentials import Credential
+from sockfleet.collector.errors import RejectedMessage
+from sockfleet.collector.schema import flows as flow_rows
+from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1.limits import MAX_BIGINT, MAX_TEXT
 
@@ -63,9 +63,7 @@ CLOSE_IDS = update(sockets).where(sockets.c.id.in_(bindparam("ids", expanding=Tr
 # The host's open listeners, through their partial index (its condition written as the index's, and named
 # for SQLite, whose planner would otherwise walk the host's whole history).
 LISTENING = select(sockets.c.netns, sockets.c.proto, sockets.c.local_address, sockets.c.local_port).where(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None),
-    sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]),
-    or_(sockets.c.state == "LISTEN", sockets.c.proto == "udp"),
+    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), rules.accepts_sql(sockets.c),
 ).with_hint(sockets, "INDEXED BY ix_sockets_open_listeners", "sqlite")
 # Closes the open rows of the flows a message moves, and returns what they held.
 CLOSE_FLOWS = update(flow_rows).where(
@@ -348,7 +346,7 @@ class Store:
         """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``:
         their flow, protocol and state).  ``listening``: the host's open listeners before the message, if known;
         returns them after it, if known."""
-        if any(flows.is_listener(row.proto, row.state) for row in left):
+        if any(rules.accepts(row.proto, row.state) for row in left):
             listening = None
         stamp = self.stamp(moment)
         values = [(ref, stamp, *row.values()) for row in rows]
@@ -368,7 +366,7 @@ class Store:
             listening = frozenset(flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref}))
         if listening is not None:
             listening |= {flows.listener_of(v[at["netns"]], v[at["proto"]], v[at["local_address"]], v[at["local_port"]])
-                          for v in values if flows.is_listener(v[at["proto"]], v[at["state"]])}
+                          for v in values if rules.accepts(v[at["proto"]], v[at["state"]])}
         changes: dict[str, int] = {}
         for key in left:
             if key is not None:

@@ -47,19 +47,14 @@ from sqlalchemy import (
     union_all,
 )
 
-from collector import spans
-from collector.queries import LISTENING_STATES, observed
-from collector.schema import flows, host_addresses, hosts, sockets
-from collector.times import now
+from sockfleet.collector import rules, spans
+from sockfleet.collector.queries import observed
+from sockfleet.collector.rules import DIRECTIONS, UNIX_PAIR, UNIX_PATH, WILDCARDS
+from sockfleet.collector.schema import flows, host_addresses, hosts, sockets
+from sockfleet.collector.times import now
 
-EPHEMERAL = (32768, 60999)
-WILDCARDS = ("0.0.0.0", "::")
 EDGE_FIELDS = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
                "server_port", "server_process", "connections", "first_seen", "last_seen", "direction")
-# How an edge's direction was decided, weakest first; an edge takes its strongest connection's.
-LOWER_PORT, EPHEMERAL_PORT, LISTENER, UNIX_PAIR, UNIX_PATH = 1, 2, 3, 4, 5
-DIRECTIONS = {LOWER_PORT: "lower port", EPHEMERAL_PORT: "ephemeral port", LISTENER: "listener",
-              UNIX_PAIR: "unix pair", UNIX_PATH: "unix path"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,19 +159,6 @@ def _addresses(conn: Connection, refs: list[int], moment: datetime) -> list[str]
     return sorted(out)
 
 
-def _plain(column: Any) -> ColumnElement[Any]:
-    """``::ffff:10.0.0.5`` → ``10.0.0.5``: an IPv4 peer of an IPv6 socket is that IPv4 address."""
-    return case((column.like("::ffff:%.%"), func.substr(column, 8)), else_=column)
-
-
-def _loopback(column: Any) -> ColumnElement[bool]:
-    return or_(column.like("127.%"), column == "::1")
-
-
-def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return case((condition, 1), else_=0)
-
-
 def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, narrow: Narrow) -> Select[Any]:
     at = bindparam("moment", moment, type_=DateTime)
     s = sockets.c
@@ -185,10 +167,9 @@ def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, 
         conditions.append(s.host_ref.in_(refs))
     inet = select(
         s.host_ref, s.netns, s.proto, s.process, s.local_port, s.remote_port, s.valid_from,
-        func.coalesce(s.valid_to, at).label("last"), _plain(s.local_address).label("laddr"),
-        _plain(s.remote_address).label("raddr"),
-    ).where(*conditions, *narrow.inet(), s.proto != "unix", s.remote_address.is_not(None),
-            s.state.not_in(("TIME_WAIT", "LISTEN")))
+        func.coalesce(s.valid_to, at).label("last"), rules.plain_sql(s.local_address).label("laddr"),
+        rules.plain_sql(s.remote_address).label("raddr"),
+    ).where(*conditions, *narrow.inet(), rules.connected_sql(s))
     return union_all(_inet_edges(inet.subquery("inet"), _listening(window, refs, every_host), refs,  # type: ignore[return-value]
                                  moment),
                      _unix_edges(_unix(window, refs, every_host, moment, narrow)))
@@ -222,7 +203,7 @@ def _at(window: Window, refs: list[int], every_host: bool, moment: datetime, nar
 
 def _listening(window: Window, refs: list[int], every_host: bool) -> list[ColumnElement[bool]]:
     """Listener rows alive in the window, through the listeners' partial indexes."""
-    conditions = [spans.alive(window.start, window.end, within=(LISTENING_STATES,))]
+    conditions = [spans.alive(window.start, window.end, within=(rules.waiting_sql(sockets.c),))]
     if not every_host:
         conditions.append(sockets.c.host_ref.in_(refs))
     return conditions
@@ -235,9 +216,9 @@ def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
     so that the planner knows how many there are.
     """
     s = sockets.c
-    laddr = _plain(s.local_address)
+    laddr = rules.plain_sql(s.local_address)
     listening = select(s.host_ref, s.netns, s.proto, s.local_port, laddr.label("laddr"), s.process).where(
-        *conditions, s.proto != "unix", or_(s.state == "LISTEN", s.proto == "udp"),
+        *conditions, rules.accepts_sql(s),
     ).subquery("listening")
     c = listening.c
     keys = (c.host_ref, c.netns, c.proto, c.local_port, c.laddr)
@@ -248,11 +229,11 @@ def _holders(refs: list[int], moment: datetime) -> CTE:
     """The fleet host holding each address at the moment (two hosts may hold one, e.g. docker0: the first)."""
     ha = host_addresses.c
     # Cast: an expression has no type affinity in SQLite, and then cannot be looked up by an index.
-    address = cast(_plain(ha.address), String)
+    address = cast(rules.plain_sql(ha.address), String)
     holding = (
         select(address.label("address"), ha.host_ref, ha.netns)
         .where(ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment), ha.host_ref.in_(refs),
-               not_(_loopback(address)))
+               not_(rules.loopback_sql(address)))
         .cte("holding")
     )
     first = select(holding.c.address, func.min(holding.c.host_ref).label("host_ref")).group_by(holding.c.address)
@@ -270,37 +251,13 @@ def _with_peers(alive: Subquery | CTE, refs: list[int], moment: datetime, name: 
     """Rows with a far end (``raddr``), and the fleet host and namespace holding it (loopback: their own)."""
     a = alive.c
     held = _holders(refs, moment)
-    loop = _loopback(a.raddr)
+    loop = rules.loopback_sql(a.raddr)
     return (
         select(alive, case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
                case((loop, a.netns), else_=held.c.netns).label("peer_netns"))
         .select_from(alive.outerjoin(held, held.c.address == a.raddr))
         .subquery(name)
     )
-
-
-def _judgement(local_listens: ColumnElement[bool], remote_listens: ColumnElement[bool], local_port: Any,
-               remote_port: Any, role: Any = None) -> tuple[ColumnElement[int], ColumnElement[int]]:
-    """Which side serves (1: the local one) and how that was decided.
-
-    The side with a listener serves; else the side not on an ephemeral port; else the lower port.  A
-    flow's role, decided when its sockets opened (collector/flows.py), comes first.
-    """
-    local_ephemeral = _flag(local_port.between(*EPHEMERAL))
-    remote_ephemeral = _flag(remote_port.between(*EPHEMERAL))
-    one_listens = or_(and_(local_listens, not_(remote_listens)), and_(remote_listens, not_(local_listens)))
-    serving: list[Any] = [
-        (and_(local_listens, not_(remote_listens)), 1),
-        (and_(remote_listens, not_(local_listens)), 0),
-        (local_ephemeral != remote_ephemeral, remote_ephemeral),
-        (local_port < remote_port, 1),
-    ]
-    deciding: list[Any] = [(one_listens, LISTENER), (local_ephemeral != remote_ephemeral, EPHEMERAL_PORT)]
-    if role is not None:
-        serving = [(role == "s", 1), (role == "c", 0), *serving]
-        deciding = [(or_(role == "s", and_(role == "c", remote_listens)), LISTENER), (role == "c", EPHEMERAL_PORT),
-                    *deciding]
-    return case(*serving, else_=0), case(*deciding, else_=LOWER_PORT)
 
 
 def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[int],
@@ -325,7 +282,7 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
     remote_listens = or_(*(c.host_ref.is_not(None) for c in found["remote"]))
     local_process = func.coalesce(*(c.process for c in found["local"]))
     remote_process = func.coalesce(*(c.process for c in found["remote"]))
-    server_side, evidence = _judgement(local_listens, remote_listens, e.local_port, e.remote_port, e.role)
+    server_side, evidence = rules.serving_sql(local_listens, remote_listens, e.local_port, e.remote_port, e.role)
     judged = (
         select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
                e.connections, e.since, local_process.label("local_process"),
@@ -407,7 +364,7 @@ def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: li
 
     local_listens = local.c.host_ref.is_not(None)
     remote_listens = remote.c.host_ref.is_not(None)
-    server_side, evidence = _judgement(local_listens, remote_listens, e.local_port, e.remote_port)
+    server_side, evidence = rules.serving_sql(local_listens, remote_listens, e.local_port, e.remote_port)
     judged = (
         select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
                e.valid_from, e.last, local.c.process.label("local_process"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from collector.errors import UsageError
+from sockfleet.collector.errors import UsageError
 
 EARLIEST = datetime(2000, 1, 1)  # no history is older: scans dated before it are refused
 RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")

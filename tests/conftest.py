@@ -46,10 +46,10 @@ def zoo(tmp_path: Path) -> Iterator[Zoo]:
 
 def run_sockfleet(*args: str, check: bool = True, user: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed ``sockfleet`` command, optionally as another user (root only)."""
-    command = [sys.executable, "-m", "sockfleet.cli", *args]
+    command = [sys.executable, "-m", "sockfleet", *args]
     if user is not None:
         command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     if check and result.returncode != 0:
         pytest.fail(f"sockfleet {' '.join(args)} exited {result.returncode}: {result.stderr}")

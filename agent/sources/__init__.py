@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.records import Namespace, Proto, SocketRecord
-from agent.sources import netlink, procfs, psutil
+from sockfleet.agent.records import Namespace, Proto, SocketRecord
+from sockfleet.agent.sources import netlink, procfs, psutil
 
 
 class Source(Protocol):

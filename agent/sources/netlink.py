@@ -22,9 +22,9 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator
 
-from agent.errors import ParseError, SourceError
-from agent.netns import entered
-from agent.records import (
+from sockfleet.agent.errors import ParseError, SourceError
+from sockfleet.agent.netns import entered
+from sockfleet.agent.records import (
     TCP_STATES,
     Family,
     Namespace,

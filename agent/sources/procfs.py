@@ -20,8 +20,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from agent.errors import ParseError, SourceError
-from agent.records import (
+from sockfleet.agent.errors import ParseError, SourceError
+from sockfleet.agent.records import (
     TCP_STATES,
     Family,
     Namespace,

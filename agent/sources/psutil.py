@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import socket
 
-from agent.errors import SourceError
-from agent.records import Family, Namespace, Proto, SocketRecord, SockType, State
+from sockfleet.agent.errors import SourceError
+from sockfleet.agent.records import Family, Namespace, Proto, SocketRecord, SockType, State
 
 NAME = "psutil"
 DESCRIPTION = "psutil.net_connections (other systems; current namespace, no inodes)"

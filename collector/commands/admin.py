@@ -8,8 +8,8 @@ import sys
 
 from sqlalchemy import Engine
 
-from collector import credentials, db, output
-from collector.errors import UsageError
+from sockfleet.collector import credentials, db, output
+from sockfleet.collector.errors import UsageError
 
 
 def migrate(args: argparse.Namespace) -> int:

@@ -10,13 +10,13 @@ import sys
 
 from sqlalchemy import func, select
 
-from collector import db, output, queries, talks
-from collector.commands import questions
-from collector.errors import CollectorError
-from collector.schema import observations
-from collector.server import start, stop
-from collector.store import Store
-from collector.times import now, parse_duration
+from sockfleet.collector import db, output, queries, talks
+from sockfleet.collector.commands import questions
+from sockfleet.collector.errors import CollectorError
+from sockfleet.collector.schema import observations
+from sockfleet.collector.server import start, stop
+from sockfleet.collector.store import Store
+from sockfleet.collector.times import now, parse_duration
 
 
 def demo_url(url: str | None) -> str:
@@ -35,7 +35,7 @@ async def demo(args: argparse.Namespace) -> int:
     print(f"demo: collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), "
           f"database {url}", file=sys.stderr)
     agent = subprocess.Popen([
-        sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector", f"127.0.0.1:{port}",
+        sys.executable, "-m", "sockfleet", "agent", "run", "--collector", f"127.0.0.1:{port}",
         "--insecure", "--interval", args.interval,
     ])
     stopping = asyncio.Event()

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from collector import audit, changes, db, output, queries
-from collector.errors import UsageError
-from collector.talks import EDGE_FIELDS, Window, edges
-from collector.times import now, parse_duration, parse_time, rfc3339
+from sockfleet.collector import audit, changes, db, output, queries
+from sockfleet.collector.errors import UsageError
+from sockfleet.collector.talks import EDGE_FIELDS, Window, edges
+from sockfleet.collector.times import now, parse_duration, parse_time, rfc3339
 
 SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
 

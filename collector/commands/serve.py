@@ -8,11 +8,11 @@ import signal
 import sys
 from datetime import timedelta
 
-from collector import db
-from collector.errors import UsageError
-from collector.server import credentials, start, stop
-from collector.store import Store
-from collector.times import parse_duration
+from sockfleet.collector import db
+from sockfleet.collector.errors import UsageError
+from sockfleet.collector.server import credentials, start, stop
+from sockfleet.collector.store import Store
+from sockfleet.collector.times import parse_duration
 
 
 async def serve(args: argparse.Namespace) -> int:

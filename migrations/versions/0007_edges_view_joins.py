@@ -144,4 +144,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP VIEW edges")
-    op.execute(f"CREATE VIEW edges AS {import_module('migrations.versions.0004_edges_view').EDGES}")
+    op.execute(f"CREATE VIEW edges AS {import_module('sockfleet.migrations.versions.0004_edges_view').EDGES}")

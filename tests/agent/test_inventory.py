@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from agent.records import Proto
-from agent.snapshot import Scanner
-from agent.sources import netlink, procfs
+from sockfleet.agent.records import Proto
+from sockfleet.agent.snapshot import Scanner
+from sockfleet.agent.sources import netlink, procfs
 from tests.conftest import Zoo, run_sockfleet, snapshot_json
 
 # The fields each zoo entry states; the /proc source cannot know a Unix peer.

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from agent.records import Proto
-from agent.snapshot import Scanner
-from agent.sources import netlink, procfs
+from sockfleet.agent.records import Proto
+from sockfleet.agent.snapshot import Scanner
+from sockfleet.agent.sources import netlink, procfs
 from tests.agent import ss_oracle
 from tests.conftest import Zoo, snapshot_json
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import ParseError, SourceError
-from agent.records import Family, Proto, SockType, State
-from agent.sources import netlink, procfs
+from sockfleet.agent.errors import ParseError, SourceError
+from sockfleet.agent.records import Family, Proto, SockType, State
+from sockfleet.agent.sources import netlink, procfs
 
 NS = 4026531840
 

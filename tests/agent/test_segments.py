@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import convert
-from agent.errors import UsageError
-from agent.segments import SEGMENT_BYTES, Segments
-from agent.spool import Spool
+from sockfleet.agent import convert
+from sockfleet.agent.errors import UsageError
+from sockfleet.agent.segments import SEGMENT_BYTES, Segments
+from sockfleet.agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.agent.test_spool import add, ports, scan
 from tests.collector.harness import ENV

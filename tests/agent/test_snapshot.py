@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.records import Namespace, Proto, SocketRecord
-from agent.snapshot import Scanner
-from agent.sources import netlink, procfs
+from sockfleet.agent.records import Namespace, Proto, SocketRecord
+from sockfleet.agent.snapshot import Scanner
+from sockfleet.agent.sources import netlink, procfs
 from tests.agent.test_parsers import TCP6_TABLE, TCP_TABLE, UNIX_TABLE
 from tests.conftest import Zoo, run_sockfleet, snapshot_json
 
@@ -82,7 +82,7 @@ class Refused:
 
     @staticmethod
     def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> list[SocketRecord]:
-        from agent.errors import SourceError
+        from sockfleet.agent.errors import SourceError
 
         raise SourceError("refused", "Operation not permitted")
 

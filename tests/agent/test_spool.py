@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent import convert
-from agent.delta import diff
-from agent.spool import Spool, compose, key_bytes
+from sockfleet.agent import convert
+from sockfleet.agent.delta import diff
+from sockfleet.agent.spool import Spool, compose, key_bytes
 from sockfleet.v1 import fleet_pb2 as pb
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import grpc
 
-from collector import db
-from collector.store import Store
+from sockfleet.collector import db
+from sockfleet.collector.store import Store
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1.limits import PART_SOCKETS
 from tests.benchmarks.bench_collector import cpu_seconds

@@ -36,13 +36,13 @@ from pathlib import Path
 import grpc
 from sqlalchemy import create_engine, func, select
 
-from collector.schema import sockets
+from sockfleet.collector.schema import sockets
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests import postgres
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # for the tests' own helper processes (python -m tests....)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -123,7 +123,7 @@ class SimulatedAgent:
 def collector(db_url: str, summary: list[str]) -> Iterator[tuple[int, int]]:
     """A ``sockfleet collector serve`` process: yields (pid, port); its closing summary goes to ``summary``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockfleet.cli", "collector", "serve", "--insecure", "--allow-anonymous",
+        [sys.executable, "-m", "sockfleet", "collector", "serve", "--insecure", "--allow-anonymous",
          "--rate-limit", "0", "--listen", "127.0.0.1:0",
          "--db", db_url], stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     assert proc.stderr is not None

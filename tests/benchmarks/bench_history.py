@@ -33,11 +33,11 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, insert, text
 
-from collector import changes, db, flows, queries, spans
-from collector.schema import flows as flow_table
-from collector.schema import host_addresses, hosts, observations, sockets
-from collector.store import INSERT_COLUMNS
-from collector.talks import Window, edges
+from sockfleet.collector import changes, db, flows, queries, spans
+from sockfleet.collector.schema import flows as flow_table
+from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
+from sockfleet.collector.store import INSERT_COLUMNS
+from sockfleet.collector.talks import Window, edges
 from tests import postgres
 
 START = datetime(2026, 11, 1)

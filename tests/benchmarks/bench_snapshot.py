@@ -109,8 +109,7 @@ def measure(command: list[str]) -> dict[str, float]:
 
 def warm_scans(repeat: int) -> None:
     """Inside one process: a first scan, then ``repeat`` warm ones; prints the median warm figures."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
-    from agent.snapshot import Scanner
+    from sockfleet.agent.snapshot import Scanner
 
     scanner = Scanner(scope="current")
     scanner.snapshot()
@@ -129,7 +128,7 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def bench(connections: int, repeat: int) -> dict[str, dict[str, float]]:
-    sockfleet = [sys.executable, "-m", "sockfleet.cli", "agent", "snapshot", "--namespaces", "current"]
+    sockfleet = [sys.executable, "-m", "sockfleet", "agent", "snapshot", "--namespaces", "current"]
     peers = {
         "sockfleet cold": sockfleet,
         "ss -tuanxp": ["ss", "-tuanxp"],

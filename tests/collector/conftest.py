@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from collector import db
+from sockfleet.collector import db
 from tests import postgres
 from tests.collector.harness import Collector
 from tests.collector.network import Network

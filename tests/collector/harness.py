@@ -20,11 +20,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # for the tests' own helper processes (python -m tests....)
 
 
 def sockfleet(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sockfleet.cli", *args]
+    return [sys.executable, "-m", "sockfleet", *args]
 
 
 class Collector:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from collector.audit import audit, load_policy
-from collector.errors import UsageError
-from collector.store import Store
+from sockfleet.collector.audit import audit, load_policy
+from sockfleet.collector.errors import UsageError
+from sockfleet.collector.store import Store
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
 from tests.collector.harness import ask

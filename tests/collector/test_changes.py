@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from collector.changes import diff, history
-from collector.store import Store
-from collector.times import now, rfc3339
+from sockfleet.collector.changes import diff, history
+from sockfleet.collector.store import Store
+from sockfleet.collector.times import now, rfc3339
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
 from tests.collector.harness import ask

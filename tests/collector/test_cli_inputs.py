@@ -11,9 +11,9 @@ from typing import TypeVar
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.audit import load_policy
-from collector.errors import UsageError
-from collector.times import parse_duration, parse_time
+from sockfleet.collector.audit import load_policy
+from sockfleet.collector.errors import UsageError
+from sockfleet.collector.times import parse_duration, parse_time
 
 T = TypeVar("T")
 TIMEISH = st.text(max_size=40) | st.from_regex(r"-?\d{1,12}(ms|s|m|h|d|w|x)?", fullmatch=True) | st.from_regex(

@@ -24,7 +24,7 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     port = listener.getsockname()[1]
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "sockfleet.cli", "demo", "--once", "--interval", "1s"],
+            [sys.executable, "-m", "sockfleet", "demo", "--once", "--interval", "1s"],
             capture_output=True, text=True, env={**ENV, "XDG_DATA_HOME": str(tmp_path)}, cwd=ROOT, timeout=120,
             check=False,
         )
@@ -51,7 +51,7 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockfleet.cli", "demo", "--interval", "1s"],
+        [sys.executable, "-m", "sockfleet", "demo", "--interval", "1s"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**ENV, "XDG_DATA_HOME": str(tmp_path)}, cwd=ROOT,
     )

@@ -38,13 +38,13 @@ def observation_steps(db_url: str, host: str) -> list[float]:
 @pytest.mark.root
 def test_network_cut_then_restored(network: Network, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'cut.db'}"
-    collector = network.run(network.switch, sys.executable, "-m", "sockfleet.cli", "collector", "serve",
+    collector = network.run(network.switch, sys.executable, "-m", "sockfleet", "collector", "serve",
                             "--insecure", "--allow-anonymous", "--listen", f"{SWITCH}:7060", "--db", db_url,
                             ready=False)
     assert collector.stderr is not None
     assert "listening on" in collector.stderr.readline()
     host = network.hosts["host-a"]
-    network.run(host, sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector", f"{SWITCH}:7060",
+    network.run(host, sys.executable, "-m", "sockfleet", "agent", "run", "--collector", f"{SWITCH}:7060",
                 "--insecure", "--interval", f"{INTERVAL}s", "--namespaces", "current", "--host", "host-a",
                 "--spool", str(tmp_path / "spool"), ready=False)
     truth = Truth(ADDRESSES["host-a"], namespace=f"/run/netns/{host}")

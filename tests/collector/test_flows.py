@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select
 
-from collector import db, flows
-from collector.schema import flows as flow_table
-from collector.schema import sockets
-from collector.store import Store
-from collector.talks import Window, edges
+from sockfleet.collector import db, flows
+from sockfleet.collector.schema import flows as flow_table
+from sockfleet.collector.schema import sockets
+from sockfleet.collector.store import Store
+from sockfleet.collector.talks import Window, edges
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
 from tests.collector.fleet import at, inet

@@ -11,9 +11,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-from collector import convert, db
-from collector.schema import metadata
-from collector.store import Store
+from sockfleet.collector import convert, db
+from sockfleet.collector.schema import metadata
+from sockfleet.collector.store import Store
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
 from tests.collector.fleet import at
@@ -71,7 +71,7 @@ def _row(key: pb.SocketKey) -> SimpleNamespace:
 
 
 def test_the_frozen_digests_are_the_live_ones() -> None:
-    revision = importlib.import_module("migrations.versions.0011_hosts_refusals_and_key_digests")
+    revision = importlib.import_module("sockfleet.migrations.versions.0011_hosts_refusals_and_key_digests")
     for key in KEYS:
         assert revision.known_fields_digest(_row(key)) == convert.key_digest(key)
         before = hashlib.blake2b(key.SerializeToString(deterministic=True), digest_size=16).hexdigest()
@@ -80,7 +80,7 @@ def test_the_frozen_digests_are_the_live_ones() -> None:
 
 def test_rows_stored_before_0011_are_the_same_sockets_after(empty_engine: Engine) -> None:
     db.migrate(empty_engine, "0010")
-    revision = importlib.import_module("migrations.versions.0011_hosts_refusals_and_key_digests")
+    revision = importlib.import_module("sockfleet.migrations.versions.0011_hosts_refusals_and_key_digests")
     listener = fleet.tcp_listener(80)
     with empty_engine.begin() as conn:
         conn.execute(text(

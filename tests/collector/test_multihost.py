@@ -57,12 +57,12 @@ UNIX_A = ("unix", "host-a", "appcli", "host-a", None, "appsvc", 1, "unix path")
 
 def test_three_hosts_and_the_outside(network: Network, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    collector = network.run(network.switch, sys.executable, "-m", "sockfleet.cli", "collector", "serve",
+    collector = network.run(network.switch, sys.executable, "-m", "sockfleet", "collector", "serve",
                             "--insecure", "--allow-anonymous", "--listen", f"{SWITCH}:7050", "--db", db_url, ready=False)
     assert collector.stderr is not None
     assert "listening on" in collector.stderr.readline()
     for host in ("host-a", "host-b", "host-c"):
-        network.run(network.hosts[host], sys.executable, "-m", "sockfleet.cli", "agent", "run", "--collector",
+        network.run(network.hosts[host], sys.executable, "-m", "sockfleet", "agent", "run", "--collector",
                     f"{SWITCH}:7050", "--insecure", "--interval", "0.5s", "--namespaces", "current",
                     "--host", host, ready=False)
     a = ADDRESSES["host-a"]

@@ -25,8 +25,8 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, text
 
-from agent import convert as agent_convert
-from agent.spool import Spool
+from sockfleet.agent import convert as agent_convert
+from sockfleet.agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.benchmarks import bench_big_host
 from tests.collector import fleet

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, insert, or_, select
 
-from collector import spans
-from collector.schema import hosts, sockets
-from collector.store import Store
+from sockfleet.collector import spans
+from sockfleet.collector.schema import hosts, sockets
+from sockfleet.collector.store import Store
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
 

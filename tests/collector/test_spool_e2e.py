@@ -96,7 +96,7 @@ def test_sigterm_writes_what_waits(tmp_path: Path) -> None:
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
-    from agent.spool import Spool
+    from sockfleet.agent.spool import Spool
 
     waiting = Spool(str(tmp_path / "spool"))
     assert len(waiting) >= 2

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from collector import db
-from collector.errors import RejectedMessage
-from collector.schema import observations, sockets
-from collector.stepwise import apply_in_steps, bounds, group_of
-from collector.store import STEP_SOCKETS, Outcome, Store
+from sockfleet.collector import db
+from sockfleet.collector.errors import RejectedMessage
+from sockfleet.collector.schema import observations, sockets
+from sockfleet.collector.stepwise import apply_in_steps, bounds, group_of
+from sockfleet.collector.store import STEP_SOCKETS, Outcome, Store
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
 from tests.collector.fleet import at, inet, unix

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import DateTime, Engine, String, func, select, text
 
-from collector import queries
-from collector.errors import RejectedMessage
-from collector.schema import observations, sockets
-from collector.store import Store
+from sockfleet.collector import queries
+from sockfleet.collector.errors import RejectedMessage
+from sockfleet.collector.schema import observations, sockets
+from sockfleet.collector.store import Store
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
 from tests.collector.fleet import at

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from collector import output
-from collector.store import Store
-from collector.talks import Window, edges
+from sockfleet.collector import output
+from sockfleet.collector.store import Store
+from sockfleet.collector.talks import Window, edges
 from tests.collector import fleet
 from tests.collector.fleet import at, inet, unix
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import create_engine, text
 
-from agent.netns import entered
-from agent.records import Namespace
+from sockfleet.agent.netns import entered
+from sockfleet.agent.records import Namespace
 from tests.collector.harness import ask
 
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     if args[0] == "--version":
-        from agent import __version__
+        from sockfleet.agent import __version__
 
         print(f"sockfleet {__version__}")
         return 0
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         # gRPC's core writes its own lines to standard error (connection failures, TLS handshakes): sockfleet
         # says what they mean in one line of its own.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    module = "agent.cli" if args[0] == "agent" else "collector.cli"
+    module = "sockfleet.agent.cli" if args[0] == "agent" else "sockfleet.collector.cli"
     try:
-        status: int = import_module(module).main(args[1:] if module == "agent.cli" else args)
+        status: int = import_module(module).main(args[1:] if module == "sockfleet.agent.cli" else args)
     except BrokenPipeError:
         # The reader (head, less) went away: not an error for a listing command.
         sys.stderr.close()
