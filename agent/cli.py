@@ -41,34 +41,60 @@ def build_parser() -> Parser:
     snap.add_argument("--format", choices=FORMATS, default="table")
     snap.add_argument("--proto", default="tcp,udp,unix", help="comma-separated: tcp, udp, unix (default: all)")
     snap.add_argument("--listening", action="store_true", help="only sockets that wait for peers")
-    snap.add_argument("--namespaces", choices=("all", "current"), default="all",
-                      help="scan every network namespace (default) or only the current one")
-    snap.add_argument("--source", choices=("auto", *(s.NAME for s in SOURCES)), default="auto",
-                      help="where sockets come from: " + "; ".join(f"{s.NAME}: {s.DESCRIPTION}" for s in SOURCES))
+    snap.add_argument(
+        "--namespaces",
+        choices=("all", "current"),
+        default="all",
+        help="scan every network namespace (default) or only the current one",
+    )
+    snap.add_argument(
+        "--source",
+        choices=("auto", *(s.NAME for s in SOURCES)),
+        default="auto",
+        help="where sockets come from: " + "; ".join(f"{s.NAME}: {s.DESCRIPTION}" for s in SOURCES),
+    )
     snap.add_argument("--host", help="host name to report (default: this machine's hostname)")
     snap.add_argument("--proc-root", default="/proc", help=argparse.SUPPRESS)
-    snap.add_argument("--coverage", action="store_true",
-                      help="print what the scan could and could not see instead of the sockets")
+    snap.add_argument(
+        "--coverage", action="store_true", help="print what the scan could and could not see instead of the sockets"
+    )
     snap.add_argument("--debug", action="store_true", help="show tracebacks")
 
     run = commands.add_parser("run", help="scan every interval and stream to a collector")
     run.add_argument("--collector", required=True, help="the collector's HOST:PORT")
     run.add_argument("--interval", default="15s", help="time between scans (default 15s)")
     run.add_argument("--host", help="host name and id to report (default: hostname and /etc/machine-id)")
-    run.add_argument("--namespaces", choices=("all", "current"), default="all",
-                     help="scan every network namespace (default) or only the current one")
+    run.add_argument(
+        "--namespaces",
+        choices=("all", "current"),
+        default="all",
+        help="scan every network namespace (default) or only the current one",
+    )
     run.add_argument("--ca", help="PEM file of the CA that signed the collector's certificate")
     run.add_argument("--insecure", action="store_true", help="plain text, without TLS (local trials only)")
     run.add_argument("--tls-cert", help="mutual TLS: this host's certificate (its common name is the host id)")
     run.add_argument("--tls-key", help="mutual TLS: the certificate's private key")
-    run.add_argument("--spool", help="folder where scans wait while the collector is away (kept across restarts; "
-                                     "default: in memory only)")
-    run.add_argument("--spool-max-bytes", type=int, default=64 * 1024 * 1024,
-                     help="bound of the spool; beyond it the oldest scans are dropped and the gap recorded (64 MiB)")
-    run.add_argument("--token-file", help="file holding this host's token from `sockfleet collector enroll`, "
-                                          "readable by its owner only (default: $SOCKFLEET_TOKEN)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                     help="connecting, leaving and why are logged at info (default)")
+    run.add_argument(
+        "--spool",
+        help="folder where scans wait while the collector is away (kept across restarts; default: in memory only)",
+    )
+    run.add_argument(
+        "--spool-max-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="bound of the spool; beyond it the oldest scans are dropped and the gap recorded (64 MiB)",
+    )
+    run.add_argument(
+        "--token-file",
+        help="file holding this host's token from `sockfleet collector enroll`, "
+        "readable by its owner only (default: $SOCKFLEET_TOKEN)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="connecting, leaving and why are logged at info (default)",
+    )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -116,8 +142,17 @@ def run_command(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     client_cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    streamer = Streamer(args.collector, scanner, ident, interval, insecure=args.insecure, ca_file=args.ca,
-                        token=token, spool=spool, client_cert=client_cert)
+    streamer = Streamer(
+        args.collector,
+        scanner,
+        ident,
+        interval,
+        insecure=args.insecure,
+        ca_file=args.ca,
+        token=token,
+        spool=spool,
+        client_cert=client_cert,
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -163,8 +198,9 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
         try:
             context.load_cert_chain(cert, key)
         except ssl.SSLError as exc:
-            raise UsageError(f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key "
-                             f"({exc.reason or exc})") from exc
+            raise UsageError(
+                f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key ({exc.reason or exc})"
+            ) from exc
         except OSError as exc:
             raise UsageError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror}") from exc
 

@@ -18,8 +18,11 @@ from sockfleet.v1.limits import MAX_NAME, MAX_TEXT, clean
 
 PROTOS = {Proto.TCP: pb.PROTO_TCP, Proto.UDP: pb.PROTO_UDP, Proto.UNIX: pb.PROTO_UNIX}
 FAMILIES = {Family.INET: pb.FAMILY_INET, Family.INET6: pb.FAMILY_INET6, Family.UNIX: pb.FAMILY_UNIX}
-TYPES = {SockType.STREAM: pb.SOCK_TYPE_STREAM, SockType.DGRAM: pb.SOCK_TYPE_DGRAM,
-         SockType.SEQPACKET: pb.SOCK_TYPE_SEQPACKET}
+TYPES = {
+    SockType.STREAM: pb.SOCK_TYPE_STREAM,
+    SockType.DGRAM: pb.SOCK_TYPE_DGRAM,
+    SockType.SEQPACKET: pb.SOCK_TYPE_SEQPACKET,
+}
 STATES = {state: pb.State.Value(f"STATE_{state.value}") for state in State}
 
 Key = tuple[int, int, int, int, int, str, int, str, int, str]
@@ -56,8 +59,16 @@ def entries(snapshot: Snapshot) -> dict[Key, Entry]:
         if len(path) > MAX_TEXT:
             path = clean(path, MAX_TEXT)
         key: Key = (
-            r.netns, PROTOS[r.proto], FAMILIES[r.family], TYPES[r.type], r.inode,
-            r.local_address or "", r.local_port or 0, r.remote_address or "", r.remote_port or 0, path,
+            r.netns,
+            PROTOS[r.proto],
+            FAMILIES[r.family],
+            TYPES[r.type],
+            r.inode,
+            r.local_address or "",
+            r.local_port or 0,
+            r.remote_address or "",
+            r.remote_port or 0,
+            path,
         )
         pids = owners.get(r.inode, ()) if r.inode else ()
         pid = pids[0] if pids else None
@@ -71,16 +82,31 @@ def entries(snapshot: Snapshot) -> dict[Key, Entry]:
 def socket_key(key: Key) -> pb.SocketKey:
     netns, proto, family, kind, inode, laddr, lport, raddr, rport, path = key
     return pb.SocketKey(
-        netns=netns, proto=proto, family=family, type=kind, inode=inode,  # type: ignore[arg-type]
-        local_address=laddr, local_port=lport, remote_address=raddr, remote_port=rport, path=path,
+        netns=netns,
+        proto=proto,  # type: ignore[arg-type]
+        family=family,  # type: ignore[arg-type]
+        type=kind,  # type: ignore[arg-type]
+        inode=inode,
+        local_address=laddr,
+        local_port=lport,
+        remote_address=raddr,
+        remote_port=rport,
+        path=path,
     )
 
 
 def socket(key: Key, entry: Entry) -> pb.Socket:
     c = entry.comparable
     message = pb.Socket(
-        key=socket_key(key), state=c.state, peer_inode=c.peer_inode, user=c.user,  # type: ignore[arg-type]
-        process=c.process, cmdline=c.cmdline, owners=c.owners, rx_queue=entry.rx_queue, tx_queue=entry.tx_queue,
+        key=socket_key(key),
+        state=c.state,  # type: ignore[arg-type]
+        peer_inode=c.peer_inode,
+        user=c.user,
+        process=c.process,
+        cmdline=c.cmdline,
+        owners=c.owners,
+        rx_queue=entry.rx_queue,
+        tx_queue=entry.tx_queue,
     )
     if c.uid is not None:
         message.uid = c.uid
@@ -93,12 +119,20 @@ def coverage(cov: Coverage) -> pb.Coverage:
     """The coverage within its wire bounds: long reasons shortened, long lists cut."""
     return pb.Coverage(
         sources=[
-            pb.SourceStatus(source=clean(s.source, MAX_NAME), netns=s.netns, ok=s.ok,
-                            duration_us=int(s.seconds * 1e6), records=s.records, error=clean(s.error or "", MAX_TEXT))
+            pb.SourceStatus(
+                source=clean(s.source, MAX_NAME),
+                netns=s.netns,
+                ok=s.ok,
+                duration_us=int(s.seconds * 1e6),
+                records=s.records,
+                error=clean(s.error or "", MAX_TEXT),
+            )
             for s in cov.sources[: limits.MAX_SOURCES]
         ],
         namespaces_scanned=cov.namespaces_scanned[: limits.MAX_NAMESPACES],
-        namespaces_unscanned=[pb.UnscannedNamespace(netns=clean(ns, MAX_NAME), reason=clean(why, MAX_TEXT))
-                              for ns, why in cov.namespaces_unscanned[: limits.MAX_NAMESPACES]],
+        namespaces_unscanned=[
+            pb.UnscannedNamespace(netns=clean(ns, MAX_NAME), reason=clean(why, MAX_TEXT))
+            for ns, why in cov.namespaces_unscanned[: limits.MAX_NAMESPACES]
+        ],
         processes_unreadable=cov.processes_unreadable[: limits.MAX_PIDS],
     )

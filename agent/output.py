@@ -19,9 +19,27 @@ from sockfleet.agent.records import Proto, Snapshot, SocketRecord
 from sockfleet.commandline import printable
 
 FIELDS = (
-    "host", "netns", "proto", "family", "type", "state",
-    "local_address", "local_port", "remote_address", "remote_port", "path", "peer_inode",
-    "inode", "uid", "user", "pid", "process", "cmdline", "owners", "rx_queue", "tx_queue",
+    "host",
+    "netns",
+    "proto",
+    "family",
+    "type",
+    "state",
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "path",
+    "peer_inode",
+    "inode",
+    "uid",
+    "user",
+    "pid",
+    "process",
+    "cmdline",
+    "owners",
+    "rx_queue",
+    "tx_queue",
 )
 FORMATS = ("table", "json", "csv")
 
@@ -38,10 +56,29 @@ def rows(snapshot: Snapshot, sockets: list[SocketRecord] | None = None) -> Itera
         pids = owners.get(r.inode, ())
         pid, process, cmdline = details.get(pids[0], nobody) if pids else nobody
         uid = r.uid
-        yield (host, r.netns, r.proto, r.family, r.type, r.state,
-               r.local_address, r.local_port, r.remote_address, r.remote_port, r.path, r.peer_inode,
-               r.inode or None, uid, users.get(uid) if uid is not None else None, pid, process, cmdline,
-               len(pids), r.rx_queue, r.tx_queue)
+        yield (
+            host,
+            r.netns,
+            r.proto,
+            r.family,
+            r.type,
+            r.state,
+            r.local_address,
+            r.local_port,
+            r.remote_address,
+            r.remote_port,
+            r.path,
+            r.peer_inode,
+            r.inode or None,
+            uid,
+            users.get(uid) if uid is not None else None,
+            pid,
+            process,
+            cmdline,
+            len(pids),
+            r.rx_queue,
+            r.tx_queue,
+        )
 
 
 def write(snapshot: Snapshot, out: IO[str], fmt: str, sockets: list[SocketRecord] | None = None) -> None:
@@ -143,9 +180,14 @@ def _widths(snapshot: Snapshot, sockets: list[SocketRecord] | tuple[SocketRecord
     users = [u for u in snapshot.users.values() if u] + [p.user for p in snapshot.processes.values() if p.user]
     pids = [len(str(pid)) for pid in snapshot.processes]
     cells = (
-        max(map(len, kinds), default=0), max(map(len, {s.state for s in sockets}), default=0),
-        len(str(queues)), len(str(queues)), max(endpoint, unix_local), max(endpoint, 2 + inode_digits),
-        max(map(len, users), default=0), max(pids, default=0),
+        max(map(len, kinds), default=0),
+        max(map(len, {s.state for s in sockets}), default=0),
+        len(str(queues)),
+        len(str(queues)),
+        max(endpoint, unix_local),
+        max(endpoint, 2 + inode_digits),
+        max(map(len, users), default=0),
+        max(pids, default=0),
     )
     return [max(len(title), cell) for title, cell in zip(TABLE_HEADER, cells, strict=False)]
 

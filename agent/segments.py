@@ -109,8 +109,9 @@ class Segments:
             return None
         loaded = Loaded(records[0][0].snapshot, self._read_acked())
         self.base_number = self.last = loaded.base.seq
-        segments = sorted(int(p.name[: -len(SUFFIX)]) for p in self.folder.glob(f"*{SUFFIX}")
-                          if p.name[: -len(SUFFIX)].isdigit())
+        segments = sorted(
+            int(p.name[: -len(SUFFIX)]) for p in self.folder.glob(f"*{SUFFIX}") if p.name[: -len(SUFFIX)].isdigit()
+        )
         for position, segment in enumerate(segments):
             data = self._path(segment).read_bytes()
             found, good = unframe(data)
@@ -197,8 +198,9 @@ class Segments:
                 self._rewrite(segment, dropped, merged)
         except OSError as exc:
             # Half rewritten, the records on disk no longer follow one another: cut them where they stop.
-            log.warning("spool: no room to rewrite a segment (%s); the scans from %d on wait in memory",
-                        exc.strerror, dropped)
+            log.warning(
+                "spool: no room to rewrite a segment (%s); the scans from %d on wait in memory", exc.strerror, dropped
+            )
             self.cut(dropped)
 
     def _rewrite(self, segment: int, dropped: int, merged: pb.Delta) -> None:
@@ -248,8 +250,11 @@ class Segments:
         try:
             fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            log.warning("spool: cannot make %s (%s); nothing keeps another agent off this folder",
-                        self.folder / LOCK, exc.strerror)
+            log.warning(
+                "spool: cannot make %s (%s); nothing keeps another agent off this folder",
+                self.folder / LOCK,
+                exc.strerror,
+            )
             return -1
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -313,7 +318,7 @@ class Segments:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -120,23 +120,36 @@ class Spool:
             self._load()
             owner = self.disk.owner()
             if self.records and host is not None and owner is not None and owner != host:
-                raise UsageError(f"--spool {self.folder}: it holds scans of host {owner!r}, not of {host!r}; "
-                                 "give each agent a folder of its own")
+                raise UsageError(
+                    f"--spool {self.folder}: it holds scans of host {owner!r}, not of {host!r}; "
+                    "give each agent a folder of its own"
+                )
 
     def __len__(self) -> int:
         return len(self.records)
 
     # The producer: one record per scan.
 
-    def add(self, current: dict[convert.Key, convert.Entry], changes: Changes | None, taken_at_us: int,
-            coverage: pb.Coverage, addresses: list[Address] | None = None) -> None:
+    def add(
+        self,
+        current: dict[convert.Key, convert.Entry],
+        changes: Changes | None,
+        taken_at_us: int,
+        coverage: pb.Coverage,
+        addresses: list[Address] | None = None,
+    ) -> None:
         """Queue one scan; ``changes`` is the diff from the previous scan (None: compute it from the spool)."""
         delta = pb.Delta(seq=self.next_number, taken_at_us=taken_at_us)
         self.next_number += 1
         delta.coverage.CopyFrom(coverage)
         if self.restarted_after_us is not None:
-            self.gaps.append(pb.Gap(from_us=self.restarted_after_us + 1, to_us=max(taken_at_us - 1, 0),
-                                    reason="agent restarted: no scan kept in between"))
+            self.gaps.append(
+                pb.Gap(
+                    from_us=self.restarted_after_us + 1,
+                    to_us=max(taken_at_us - 1, 0),
+                    reason="agent restarted: no scan kept in between",
+                )
+            )
             self.restarted_after_us = None
         delta.coverage.gaps.extend(self.gaps)
         self.gaps = []
@@ -228,8 +241,12 @@ class Spool:
     def drop_head(self, reason: str) -> None:
         """The collector refused the head as invalid: it is dropped, and the next record records the gap."""
         head = self.records[0]
-        gaps = [*head.coverage.gaps, pb.Gap(from_us=head.taken_at_us, to_us=head.taken_at_us,
-                                            reason=f"refused by the collector: {reason}"[:4096])]
+        gaps = [
+            *head.coverage.gaps,
+            pb.Gap(
+                from_us=head.taken_at_us, to_us=head.taken_at_us, reason=f"refused by the collector: {reason}"[:4096]
+            ),
+        ]
         self.pop()
         if self.records:
             # In memory only: the gap is news for the collector, not something a restart must keep.
@@ -287,8 +304,12 @@ class Spool:
     def _failed(self, exc: OSError) -> None:
         if self.failing is None:
             waiting = sum(1 for r in self.records if self.disk is None or r.seq > self.disk.last)
-            log.warning("spool: cannot write to %s (%s); %d scans wait in memory only, lost if the agent stops",
-                        self.folder, exc.strerror or exc, waiting)
+            log.warning(
+                "spool: cannot write to %s (%s); %d scans wait in memory only, lost if the agent stops",
+                self.folder,
+                exc.strerror or exc,
+                waiting,
+            )
         self.failing = exc.strerror or str(exc)
 
     def _base_message(self) -> pb.Snapshot:
@@ -376,4 +397,3 @@ def _versioned(sock: pb.Socket) -> bytes:
     comparable.ClearField("rx_queue")
     comparable.ClearField("tx_queue")
     return comparable.SerializeToString(deterministic=True)
-

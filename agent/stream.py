@@ -71,17 +71,28 @@ def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage
             log.warning("%s", exc)
             continue
         found.extend(pb.InterfaceAddress(netns=ns.inode, interface=name, address=addr) for name, addr in pairs)
-    return pb.AgentMessage(hello=pb.Hello(
-        host_id=ident.host_id, host_name=ident.host_name, agent_version=__version__, boot_id=ident.boot_id,
-        addresses=found[: limits.MAX_ADDRESSES], interval_seconds=max(1, round(interval)),
-        interval_ms=max(1, min(round(interval * 1000), 2**32 - 1)),
-        sent_at_us=time.time_ns() // 1000, addresses_in_scans=True,
-    ))
+    return pb.AgentMessage(
+        hello=pb.Hello(
+            host_id=ident.host_id,
+            host_name=ident.host_name,
+            agent_version=__version__,
+            boot_id=ident.boot_id,
+            addresses=found[: limits.MAX_ADDRESSES],
+            interval_seconds=max(1, round(interval)),
+            interval_ms=max(1, min(round(interval * 1000), 2**32 - 1)),
+            sent_at_us=time.time_ns() // 1000,
+            addresses_in_scans=True,
+        )
+    )
 
 
 # Keepalive pings notice a silent network (a cut link drops packets without any reset) within seconds.
-CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
-                   ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 def _read_pem(option: str, path: str | None) -> bytes | None:
@@ -94,14 +105,16 @@ def _read_pem(option: str, path: str | None) -> bytes | None:
         raise AgentError(f"cannot read {option} {path}: {exc.strerror}") from exc
 
 
-def channel(target: str, insecure: bool, ca_file: str | None,
-            client_cert: tuple[str, str] | None = None) -> grpc.aio.Channel:
+def channel(
+    target: str, insecure: bool, ca_file: str | None, client_cert: tuple[str, str] | None = None
+) -> grpc.aio.Channel:
     """Plain text only when asked; else TLS, verifying the collector, with a client certificate if given."""
     if insecure:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     cert_file, key_file = client_cert or (None, None)
     creds = grpc.ssl_channel_credentials(
-        root_certificates=_read_pem("--ca", ca_file), private_key=_read_pem("--tls-key", key_file),
+        root_certificates=_read_pem("--ca", ca_file),
+        private_key=_read_pem("--tls-key", key_file),
         certificate_chain=_read_pem("--tls-cert", cert_file),
     )
     return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
@@ -126,9 +139,18 @@ class Streamer:
     doing; the sender sends the oldest record, waits for its acknowledgement, and removes it.
     """
 
-    def __init__(self, target: str, scanner: Scanner, ident: Identity, interval: float,
-                 insecure: bool = False, ca_file: str | None = None, token: str | None = None,
-                 spool: Spool | None = None, client_cert: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        scanner: Scanner,
+        ident: Identity,
+        interval: float,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        token: str | None = None,
+        spool: Spool | None = None,
+        client_cert: tuple[str, str] | None = None,
+    ) -> None:
         self.target = target
         self.scanner = scanner
         self.ident = ident
@@ -160,8 +182,9 @@ class Streamer:
                     await _sleep_or_stop(stop, delay)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                 except (ConnectionError, TimeoutError) as exc:
-                    detail = str(exc) or (f"no answer within {ACK_TIMEOUT:g} s" if isinstance(exc, TimeoutError)
-                                          else type(exc).__name__)
+                    detail = str(exc) or (
+                        f"no answer within {ACK_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__
+                    )
                     await _sleep_or_stop(stop, self._retry(f"the collector at {self.target}: {detail}", backoff))
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
@@ -185,8 +208,10 @@ class Streamer:
             if marker in text:
                 return f"cannot connect to {where}: {meaning.format(ca=self.ca_file or 'the system CAs')}"
         if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in text and self.insecure:
-            return (f"{where} closed the connection at once: it may serve TLS while this agent speaks plain text "
-                    "(--insecure)")
+            return (
+                f"{where} closed the connection at once: it may serve TLS while this agent speaks plain text "
+                "(--insecure)"
+            )
         if "errors resolving" in text or "DNS resolution failed" in text:
             return f"cannot connect to {where}: its name does not resolve"
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
@@ -200,8 +225,11 @@ class Streamer:
         if metadata.get("sockfleet-refused") == "message" and len(self.spool):
             head = self.spool.head()
             assert head is not None
-            log.warning("the collector refused the scan taken at %s: %s; it is dropped and the gap recorded",
-                        _when(head.taken_at_us), exc.details())
+            log.warning(
+                "the collector refused the scan taken at %s: %s; it is dropped and the gap recorded",
+                _when(head.taken_at_us),
+                exc.details(),
+            )
             self.spool.drop_head(exc.details() or exc.code().name)
             self.dropped += 1
             return True
@@ -221,8 +249,9 @@ class Streamer:
                 found = list(snap.addresses) if snap.addresses is not None else None
                 self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage), found)
             except Exception as exc:  # one failed scan must not end the agent's scanning
-                log.error("scan failed: %s; the next one in %gs", exc, self.interval,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error(
+                    "scan failed: %s; the next one in %gs", exc, self.interval, exc_info=log.isEnabledFor(logging.DEBUG)
+                )
             else:
                 assert self.queued is not None
                 self.queued.set()
@@ -276,8 +305,10 @@ class Streamer:
                         full = True
                         continue
                     if (reply.ack.epoch, reply.ack.seq) != (self.epoch, self.seq):
-                        raise ConnectionError(f"acknowledgement for ({reply.ack.epoch}, {reply.ack.seq}) "
-                                              f"while waiting for ({self.epoch}, {self.seq})")
+                        raise ConnectionError(
+                            f"acknowledgement for ({reply.ack.epoch}, {reply.ack.seq}) "
+                            f"while waiting for ({self.epoch}, {self.seq})"
+                        )
                     self.spool.pop()
                     full, acked_seq, sent_coverage = False, self.seq, coverage
                     self.acked += 1
@@ -301,8 +332,13 @@ class Streamer:
             if "snapshot-parts" in str(offered.get("sockfleet-features", "")).split(","):
                 sockets = snapshot.sockets
                 for start in range(0, len(sockets) - size, size):
-                    part = pb.Snapshot(epoch=self.epoch, seq=self.seq, taken_at_us=snapshot.taken_at_us,
-                                       sockets=sockets[start : start + size], more=True)
+                    part = pb.Snapshot(
+                        epoch=self.epoch,
+                        seq=self.seq,
+                        taken_at_us=snapshot.taken_at_us,
+                        sockets=sockets[start : start + size],
+                        more=True,
+                    )
                     await call.write(pb.AgentMessage(snapshot=part))
                 del sockets[: (len(sockets) - 1) // size * size]
         await call.write(pb.AgentMessage(snapshot=snapshot))
@@ -312,8 +348,9 @@ async def _raise_status(call: Any) -> None:
     """After the collector ended a call: its status as an ``AioRpcError`` (with its trailing metadata)."""
     code = await call.code()
     if code != grpc.StatusCode.OK:
-        raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
-                                   await call.details(), None)
+        raise grpc.aio.AioRpcError(
+            code, await call.initial_metadata(), await call.trailing_metadata(), await call.details(), None
+        )
 
 
 def _metadata(metadata: Any) -> dict[str, str]:

@@ -34,8 +34,19 @@ from sockfleet.collector.queries import STALE_INTERVALS, Filters, observed, sock
 from sockfleet.collector.schema import credentials, hosts, sockets
 from sockfleet.collector.times import rfc3339
 
-FINDING_FIELDS = ("severity", "finding", "host", "proto", "local_address", "local_port", "path", "process", "pid",
-                  "rule", "detail")
+FINDING_FIELDS = (
+    "severity",
+    "finding",
+    "host",
+    "proto",
+    "local_address",
+    "local_port",
+    "path",
+    "process",
+    "pid",
+    "rule",
+    "detail",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +108,14 @@ def exposed(row: dict[str, Any]) -> bool:
     return rules.exposed(row["proto"], row.get("local_address"))
 
 
-def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: timedelta,
-          moment: datetime, lookback: timedelta = timedelta(days=7)) -> tuple[list[dict[str, Any]], list[str]]:
+def audit(
+    conn: Connection,
+    at: datetime | None,
+    rules: list[Rule],
+    new_within: timedelta,
+    moment: datetime,
+    lookback: timedelta = timedelta(days=7),
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Findings on the listeners at ``at`` (default now), and the hosts not observed then.
 
     Among the hosts not observed, those last observed within ``lookback`` before the moment, and the
@@ -130,8 +147,9 @@ def audit(conn: Connection, at: datetime | None, rules: list[Rule], new_within: 
 def _unobserved(conn: Connection, seen: Any, moment: datetime, lookback: timedelta) -> list[dict[str, Any]]:
     """A finding for each host that should have been seen at ``moment`` and was not: one that reported, or
     only connected, within the lookback, and one that holds an active token."""
-    rows = conn.execute(select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds,
-                               hosts.c.first_seen)).all()
+    rows = conn.execute(
+        select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds, hosts.c.first_seen)
+    ).all()
     enrolled = set(conn.execute(select(credentials.c.host_id).where(credentials.c.revoked_at.is_(None))).scalars())
     found = []
     for row in rows:
@@ -139,25 +157,35 @@ def _unobserved(conn: Connection, seen: Any, moment: datetime, lookback: timedel
             continue
         last = seen.last.get(row.id)
         if last is not None and moment - last <= lookback:
-            detail = (f"last report {rfc3339(last)}; a host is observed while its last report is at most "
-                      f"{STALE_INTERVALS} scan intervals ({STALE_INTERVALS * row.interval_seconds} s) old")
+            detail = (
+                f"last report {rfc3339(last)}; a host is observed while its last report is at most "
+                f"{STALE_INTERVALS} scan intervals ({STALE_INTERVALS * row.interval_seconds} s) old"
+            )
         elif last is None and moment - row.first_seen <= lookback:
             detail = f"connected first at {rfc3339(row.first_seen)}, no scan stored since (see `sockfleet hosts`)"
         elif row.host_id in enrolled:
-            detail = "enrolled (an active agent token), " + (f"last report {rfc3339(last)}" if last else
-                                                            "no report yet")
+            detail = "enrolled (an active agent token), " + (
+                f"last report {rfc3339(last)}" if last else "no report yet"
+            )
         else:
             continue  # gone for longer than the lookback, and not enrolled: retired
         found.append(_unknown(row.name, detail))
     reported = {row.host_id for row in rows}
-    found += [_unknown(host_id, "enrolled (an active agent token), never reported") for host_id in
-              sorted(enrolled - reported)]
+    found += [
+        _unknown(host_id, "enrolled (an active agent token), never reported") for host_id in sorted(enrolled - reported)
+    ]
     return found
 
 
 def _unknown(host: str, detail: str) -> dict[str, Any]:
-    return {"severity": "unknown", "finding": "not observed", "host": host,
-            **{k: None for k in FINDING_FIELDS[3:9]}, "rule": None, "detail": detail}
+    return {
+        "severity": "unknown",
+        "finding": "not observed",
+        "host": host,
+        **{k: None for k in FINDING_FIELDS[3:9]},
+        "rule": None,
+        "detail": detail,
+    }
 
 
 def _check(row: dict[str, Any], rule: Rule) -> list[dict[str, Any]]:
@@ -171,14 +199,26 @@ def _check(row: dict[str, Any], rule: Rule) -> list[dict[str, Any]]:
     owners = rule.owners.get(port) if port is not None else None
     if owners is not None and row["process"] not in owners:
         held = row["process"] or "no process"
-        out.append(_finding(row, "violation", "wrong owner", rule,
-                            f"port {port} must belong to {' or '.join(sorted(owners))}, not {held}"))
+        out.append(
+            _finding(
+                row,
+                "violation",
+                "wrong owner",
+                rule,
+                f"port {port} must belong to {' or '.join(sorted(owners))}, not {held}",
+            )
+        )
     return out
 
 
 def _finding(row: dict[str, Any], severity: str, finding: str, rule: Rule | None, detail: str) -> dict[str, Any]:
-    return {"severity": severity, "finding": finding, **{k: row.get(k) for k in FINDING_FIELDS[2:9]},
-            "rule": f"rule {rule.index} ({rule.hosts})" if rule else None, "detail": detail}
+    return {
+        "severity": severity,
+        "finding": finding,
+        **{k: row.get(k) for k in FINDING_FIELDS[2:9]},
+        "rule": f"rule {rule.index} ({rule.hosts})" if rule else None,
+        "detail": detail,
+    }
 
 
 def _first_seen(conn: Connection) -> dict[tuple[Any, ...], datetime]:

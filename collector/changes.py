@@ -14,13 +14,22 @@ from sockfleet.collector.talks import EDGE_FIELDS, Window, edges
 
 HISTORY_FIELDS = (*SOCKET_FIELDS, "valid_from", "valid_to")
 LISTENER_KEY = ("host", "netns", "proto", "type", "local_address", "local_port", "path", "process")
-EDGE_KEY = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
-            "server_port", "server_process")
+EDGE_KEY = (
+    "proto",
+    "client_host",
+    "client_address",
+    "client_process",
+    "server_host",
+    "server_address",
+    "server_port",
+    "server_process",
+)
 DIFF_FIELDS = ("change", "kind", *SOCKET_FIELDS, *[f for f in EDGE_FIELDS if f not in SOCKET_FIELDS])
 
 
-def history(conn: Connection, host: str, port: int | None = None, path: str | None = None,
-            since: datetime | None = None) -> list[dict[str, Any]]:
+def history(
+    conn: Connection, host: str, port: int | None = None, path: str | None = None, since: datetime | None = None
+) -> list[dict[str, Any]]:
     """Every socket interval of ``host`` (optionally on one local port or path) alive at or after ``since``."""
     ref = conn.execute(select(hosts.c.id).where(hosts.c.name == host)).scalar()
     # By the host's row id, so that the planner walks ix_sockets_host_ref_valid_from in order.
@@ -32,13 +41,18 @@ def history(conn: Connection, host: str, port: int | None = None, path: str | No
     if since is not None:
         conditions.append(or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > since))
     columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in HISTORY_FIELDS[1:])]
-    query = (select(*columns).select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
-             .where(*conditions).order_by(sockets.c.valid_from, sockets.c.id))
+    query = (
+        select(*columns)
+        .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
+        .where(*conditions)
+        .order_by(sockets.c.valid_from, sockets.c.id)
+    )
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def diff(conn: Connection, start: datetime, end: datetime, host: str | None = None) -> tuple[list[dict[str, Any]],
-                                                                                          list[str]]:
+def diff(
+    conn: Connection, start: datetime, end: datetime, host: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Listeners and edges opened or closed between ``start`` and ``end``, on hosts observed at both.
 
     Returns the rows and the names of hosts left out because they were not observed at one of the moments.
@@ -82,8 +96,9 @@ def diff(conn: Connection, start: datetime, end: datetime, host: str | None = No
         edges_then = edges_then_later.result() if edges_then_later else fleet_edges(conn, start)
     rows += [{"change": "closed", "kind": "edge", **edges_then[k]} for k in edges_then.keys() - edges_now.keys()]
     rows += [{"change": "opened", "kind": "edge", **edges_now[k]} for k in edges_now.keys() - edges_then.keys()]
-    rows.sort(key=lambda r: (r["kind"], r.get("host") or r.get("server_host") or "", str(r.get("local_port")),
-                             r["change"]))
+    rows.sort(
+        key=lambda r: (r["kind"], r.get("host") or r.get("server_host") or "", str(r.get("local_port")), r["change"])
+    )
     return rows, left_out
 
 

@@ -68,33 +68,52 @@ def _collector_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     serve_cmd.add_argument("--listen", default="[::]:50051", help="HOST:PORT to listen on (default [::]:50051)")
     serve_cmd.add_argument("--tls-cert", help="PEM certificate chain to serve with")
     serve_cmd.add_argument("--tls-key", help="PEM private key of the certificate")
-    serve_cmd.add_argument("--tls-client-ca", help="mutual TLS: agents must show a certificate this CA signed, "
-                                                   "whose common name is their host id")
+    serve_cmd.add_argument(
+        "--tls-client-ca",
+        help="mutual TLS: agents must show a certificate this CA signed, whose common name is their host id",
+    )
     serve_cmd.add_argument("--insecure", action="store_true", help="serve plain text, without TLS (local trials only)")
-    serve_cmd.add_argument("--allow-anonymous", action="store_true",
-                           help="accept agents without an enrolled token (local trials only)")
-    serve_cmd.add_argument("--rate-limit", type=float, default=20.0,
-                           help="repeated scans per second one agent may send, burst twice that (default 20; 0: no "
-                                "limit); an agent replaying scans it took while away is never limited")
-    serve_cmd.add_argument("--max-message-mb", type=float, default=64.0,
-                           help="largest message accepted, in MiB (default 64: about 500,000 sockets; larger "
-                                "snapshots come in parts)")
-    serve_cmd.add_argument("--max-clock-skew", default="2m",
-                           help="refuse scans dated further ahead of this collector's clock (default 2m)")
-    serve_cmd.add_argument("--hello-timeout", default="10s",
-                           help="close a stream that has not said hello within this time (default 10s)")
-    serve_cmd.add_argument("--init", action="store_true",
-                           help="add sockfleet's tables to a database that already holds other tables")
-    serve_cmd.add_argument("--log-level", choices=LOG_LEVELS, default="info",
-                           help="agents connecting, leaving and refused are logged at info (default)")
+    serve_cmd.add_argument(
+        "--allow-anonymous", action="store_true", help="accept agents without an enrolled token (local trials only)"
+    )
+    serve_cmd.add_argument(
+        "--rate-limit",
+        type=float,
+        default=20.0,
+        help="repeated scans per second one agent may send, burst twice that (default 20; 0: no "
+        "limit); an agent replaying scans it took while away is never limited",
+    )
+    serve_cmd.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=64.0,
+        help="largest message accepted, in MiB (default 64: about 500,000 sockets; larger snapshots come in parts)",
+    )
+    serve_cmd.add_argument(
+        "--max-clock-skew", default="2m", help="refuse scans dated further ahead of this collector's clock (default 2m)"
+    )
+    serve_cmd.add_argument(
+        "--hello-timeout", default="10s", help="close a stream that has not said hello within this time (default 10s)"
+    )
+    serve_cmd.add_argument(
+        "--init", action="store_true", help="add sockfleet's tables to a database that already holds other tables"
+    )
+    serve_cmd.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="agents connecting, leaving and refused are logged at info (default)",
+    )
     _db_option(serve_cmd)
     enroll = actions.add_parser("enroll", help="issue a host's agent token (printed once; only its hash is kept)")
     enroll.add_argument("--host", required=True, help="the host's id: its agent's --host, or its /etc/machine-id")
     enroll.add_argument("--name", help="the name the host reports under (default: the name in its first hello)")
-    enroll.add_argument("--rotate", action="store_true",
-                        help="issue a new token for an enrolled host; the earlier one stops working")
-    enroll.add_argument("--init", action="store_true",
-                        help="add sockfleet's tables to a database that already holds other tables")
+    enroll.add_argument(
+        "--rotate", action="store_true", help="issue a new token for an enrolled host; the earlier one stops working"
+    )
+    enroll.add_argument(
+        "--init", action="store_true", help="add sockfleet's tables to a database that already holds other tables"
+    )
     _db_option(enroll)
     revoke = actions.add_parser("revoke", help="revoke a host's agent token; its open streams end")
     revoke.add_argument("--host", required=True, help="the host (its id or its name)")
@@ -107,8 +126,9 @@ def _collector_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     tokens.add_argument("--format", choices=output.FORMATS, default="table")
     _db_option(tokens)
     migrate = actions.add_parser("migrate", help="create or upgrade the database schema")
-    migrate.add_argument("--init", action="store_true",
-                         help="add sockfleet's tables to a database that already holds other tables")
+    migrate.add_argument(
+        "--init", action="store_true", help="add sockfleet's tables to a database that already holds other tables"
+    )
     _db_option(migrate)
 
 
@@ -156,14 +176,17 @@ def build_parser() -> Parser:
     audit_cmd.add_argument("--policy", help="TOML policy file (see the README)")
     audit_cmd.add_argument("--at", help="as of this time (default now)")
     audit_cmd.add_argument("--new-within", default="24h", help="a listener first seen this recently is new (24h)")
-    audit_cmd.add_argument("--lookback", default="7d",
-                           help="a host observed this recently (or enrolled) must be observed now (7d)")
-    audit_cmd.add_argument("--allow-unobserved", action="store_true",
-                           help="report hosts not observed as notices, without exit status 3")
+    audit_cmd.add_argument(
+        "--lookback", default="7d", help="a host observed this recently (or enrolled) must be observed now (7d)"
+    )
+    audit_cmd.add_argument(
+        "--allow-unobserved", action="store_true", help="report hosts not observed as notices, without exit status 3"
+    )
     audit_cmd.add_argument("--format", choices=("table", "json"), default="table")
 
-    demo_cmd = commands.add_parser("demo", help="a collector and an agent on this machine; shows the open ports "
-                                                "and who talks to whom")
+    demo_cmd = commands.add_parser(
+        "demo", help="a collector and an agent on this machine; shows the open ports and who talks to whom"
+    )
     demo_cmd.add_argument("--db", help="database URL (default: demo.db beside the default database)")
     demo_cmd.add_argument("--interval", default="5s", help="the agent's scan interval (default 5s)")
     demo_cmd.add_argument("--once", action="store_true", help="stop after showing the ports once")
@@ -197,8 +220,12 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         return demo.run
     from sockfleet.collector.commands import questions
 
-    return {"talks": questions.talks_command, "history": questions.history_command,
-            "diff": questions.diff_command, "audit": questions.audit_command}.get(args.command, questions.question)
+    return {
+        "talks": questions.talks_command,
+        "history": questions.history_command,
+        "diff": questions.diff_command,
+        "audit": questions.audit_command,
+    }.get(args.command, questions.question)
 
 
 def main(argv: list[str]) -> int:

@@ -24,7 +24,9 @@ from sockfleet.v1.limits import MAX_BIGINT, MAX_NAME, MAX_PID, MAX_SHORT, MAX_TE
 PROTOS: dict[int, str] = {pb.PROTO_TCP: "tcp", pb.PROTO_UDP: "udp", pb.PROTO_UNIX: "unix"}
 FAMILIES: dict[int, str] = {pb.FAMILY_INET: "inet", pb.FAMILY_INET6: "inet6", pb.FAMILY_UNIX: "unix"}
 TYPES: dict[int, str] = {
-    pb.SOCK_TYPE_STREAM: "stream", pb.SOCK_TYPE_DGRAM: "dgram", pb.SOCK_TYPE_SEQPACKET: "seqpacket",
+    pb.SOCK_TYPE_STREAM: "stream",
+    pb.SOCK_TYPE_DGRAM: "dgram",
+    pb.SOCK_TYPE_SEQPACKET: "seqpacket",
 }
 STATES = {number: name.removeprefix("STATE_") for name, number in pb.State.items() if number}
 EARLIEST = datetime(2000, 1, 1)
@@ -58,8 +60,10 @@ def taken_at(us: int, field: str, skew: timedelta = DEFAULT_SKEW, received: date
         raise RejectedMessage(f"{field}: {us} µs since the epoch is not a plausible time")
     ahead = (moment - (received or now())).total_seconds()
     if ahead > skew.total_seconds():
-        raise RejectedMessage(f"{field}: the scan is dated {_seconds(ahead)} ahead of the collector's clock "
-                              f"(tolerance {_seconds(skew.total_seconds())}); is the host's clock right?")
+        raise RejectedMessage(
+            f"{field}: the scan is dated {_seconds(ahead)} ahead of the collector's clock "
+            f"(tolerance {_seconds(skew.total_seconds())}); is the host's clock right?"
+        )
     return moment
 
 
@@ -68,8 +72,18 @@ def _seconds(value: float) -> str:
 
 
 # Column order of ``SocketRow.values``: identity, versioned, volatile (see collector.schema.sockets).
-IDENTITY_COLUMNS = ("netns", "proto", "family", "type", "inode", "local_address", "local_port",
-                    "remote_address", "remote_port", "path")
+IDENTITY_COLUMNS = (
+    "netns",
+    "proto",
+    "family",
+    "type",
+    "inode",
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "path",
+)
 VERSIONED_COLUMNS = ("state", "peer_inode", "uid", "user", "pid", "process", "cmdline", "owners")
 VOLATILE_COLUMNS = ("rx_queue", "tx_queue")
 ROW_COLUMNS = ("key", *IDENTITY_COLUMNS, *VERSIONED_COLUMNS, *VOLATILE_COLUMNS)
@@ -167,7 +181,15 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
         if key.local_address or key.remote_address or key.local_port or key.remote_port:
             raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
         identity: tuple[Any, ...] = (
-            key.netns, proto, family, kind, key.inode or None, None, None, None, None,
+            key.netns,
+            proto,
+            family,
+            kind,
+            key.inode or None,
+            None,
+            None,
+            None,
+            None,
             text(key.path, f"{where}.key.path", MAX_TEXT),
         )
     else:
@@ -177,10 +199,16 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
         if remote is None and key.remote_port:
             raise RejectedMessage(f"{where}.key.remote_port: a port without a remote address")
         identity = (
-            key.netns, proto, family, kind, key.inode or None,
+            key.netns,
+            proto,
+            family,
+            kind,
+            key.inode or None,
             _address(key.local_address, family, f"{where}.key.local_address"),
             _port(key.local_port, f"{where}.key.local_port"),
-            remote, _port(key.remote_port, f"{where}.key.remote_port") if remote else None, None,
+            remote,
+            _port(key.remote_port, f"{where}.key.remote_port") if remote else None,
+            None,
         )
     return key_digest(key), identity
 
@@ -191,16 +219,31 @@ def key_digest(key: pb.SocketKey) -> str:
     Made from the key's known fields only, by value, so that fields a newer agent adds to the key never
     make one socket look like two.  Migration 0011 made the digests of stored rows the same way.
     """
-    identity = (key.netns, key.proto, key.family, key.type, key.inode, key.local_address, key.local_port,
-                key.remote_address, key.remote_port, key.path)
+    identity = (
+        key.netns,
+        key.proto,
+        key.family,
+        key.type,
+        key.inode,
+        key.local_address,
+        key.local_port,
+        key.remote_address,
+        key.remote_port,
+        key.path,
+    )
     return hashlib.blake2b("\x1f".join(map(str, identity)).encode(), digest_size=16).hexdigest()
 
 
 def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
     """The versioned attributes as ``socket_row`` stores them, unchecked: equal to a stored row means valid."""
     return (
-        STATES.get(sock.state), sock.peer_inode or None, sock.uid if sock.HasField("uid") else None,
-        sock.user or None, sock.pid if sock.HasField("pid") else None, sock.process or None, sock.cmdline or None,
+        STATES.get(sock.state),
+        sock.peer_inode or None,
+        sock.uid if sock.HasField("uid") else None,
+        sock.user or None,
+        sock.pid if sock.HasField("pid") else None,
+        sock.process or None,
+        sock.cmdline or None,
         sock.owners,
     )
 
@@ -218,14 +261,26 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
         _number(pid or 0, f"{where}.pid", MAX_PID)
         _number(sock.owners, f"{where}.owners", MAX_PID)
     user, process, cmdline = sock.user, sock.process, sock.cmdline
-    if (len(user) > MAX_NAME or len(process) > MAX_NAME or len(cmdline) > MAX_TEXT
-            or "\x00" in user or "\x00" in process or "\x00" in cmdline):
+    if (
+        len(user) > MAX_NAME
+        or len(process) > MAX_NAME
+        or len(cmdline) > MAX_TEXT
+        or "\x00" in user
+        or "\x00" in process
+        or "\x00" in cmdline
+    ):
         text(user, f"{where}.user")
         text(process, f"{where}.process")
         text(cmdline, f"{where}.cmdline", MAX_TEXT)
     versioned = (
-        state, sock.peer_inode or None, sock.uid if sock.HasField("uid") else None, user or None,
-        pid, process or None, cmdline or None, sock.owners,
+        state,
+        sock.peer_inode or None,
+        sock.uid if sock.HasField("uid") else None,
+        user or None,
+        pid,
+        process or None,
+        cmdline or None,
+        sock.owners,
     )
     return SocketRow(key, identity, versioned, (sock.rx_queue, sock.tx_queue))
 
@@ -233,24 +288,42 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
 def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]:
     """Coverage as stored (JSON) and whether the scan saw everything."""
     sources = [
-        {"source": text(s.source, f"{where}.sources[{i}].source"), "netns": _number(s.netns, f"{where}.sources[{i}]"),
-         "ok": s.ok, "seconds": s.duration_us / 1e6, "records": s.records,
-         "error": text(s.error, f"{where}.sources[{i}].error", MAX_TEXT)}
+        {
+            "source": text(s.source, f"{where}.sources[{i}].source"),
+            "netns": _number(s.netns, f"{where}.sources[{i}]"),
+            "ok": s.ok,
+            "seconds": s.duration_us / 1e6,
+            "records": s.records,
+            "error": text(s.error, f"{where}.sources[{i}].error", MAX_TEXT),
+        }
         for i, s in enumerate(_many(cov.sources, limits.MAX_SOURCES, f"{where}.sources"))
     ]
-    unscanned = [[text(u.netns, f"{where}.namespaces_unscanned[{i}].netns"),
-                  text(u.reason, f"{where}.namespaces_unscanned[{i}].reason", MAX_TEXT)]
-                 for i, u in enumerate(_many(cov.namespaces_unscanned, limits.MAX_NAMESPACES,
-                                             f"{where}.namespaces_unscanned"))]
-    scanned = [_number(n, f"{where}.namespaces_scanned")
-               for n in _many(cov.namespaces_scanned, limits.MAX_NAMESPACES, f"{where}.namespaces_scanned")]
+    unscanned = [
+        [
+            text(u.netns, f"{where}.namespaces_unscanned[{i}].netns"),
+            text(u.reason, f"{where}.namespaces_unscanned[{i}].reason", MAX_TEXT),
+        ]
+        for i, u in enumerate(_many(cov.namespaces_unscanned, limits.MAX_NAMESPACES, f"{where}.namespaces_unscanned"))
+    ]
+    scanned = [
+        _number(n, f"{where}.namespaces_scanned")
+        for n in _many(cov.namespaces_scanned, limits.MAX_NAMESPACES, f"{where}.namespaces_scanned")
+    ]
     unreadable = list(_many(cov.processes_unreadable, limits.MAX_PIDS, f"{where}.processes_unreadable"))
-    gaps = [{"from": convert_time(g.from_us), "to": convert_time(g.to_us),
-             "reason": text(g.reason, f"{where}.gaps[{i}].reason", MAX_TEXT)}
-            for i, g in enumerate(_many(cov.gaps, limits.MAX_GAPS, f"{where}.gaps"))]
+    gaps = [
+        {
+            "from": convert_time(g.from_us),
+            "to": convert_time(g.to_us),
+            "reason": text(g.reason, f"{where}.gaps[{i}].reason", MAX_TEXT),
+        }
+        for i, g in enumerate(_many(cov.gaps, limits.MAX_GAPS, f"{where}.gaps"))
+    ]
     document = {
-        "sources": sources, "namespaces_scanned": scanned, "namespaces_unscanned": unscanned,
-        "processes_unreadable": unreadable, "gaps": gaps,
+        "sources": sources,
+        "namespaces_scanned": scanned,
+        "namespaces_unscanned": unscanned,
+        "processes_unreadable": unreadable,
+        "gaps": gaps,
     }
     complete = all(s["ok"] for s in sources) and not unscanned and not unreadable and not gaps
     return json.dumps(document), complete

@@ -81,8 +81,10 @@ def _sqlite(url: URL, write: bool, create: bool) -> Engine:
         return eng
     path = Path(database)
     if not path.exists() and not (write and create):
-        raise UsageError(f"--db {shown(url)}: no such database (a collector makes it: "
-                         "`sockfleet collector serve`, or `sockfleet collector migrate`)")
+        raise UsageError(
+            f"--db {shown(url)}: no such database (a collector makes it: "
+            "`sockfleet collector serve`, or `sockfleet collector migrate`)"
+        )
     if write:
         if not path.parent.exists():
             if path.parent != data_dir():
@@ -140,12 +142,16 @@ def _check(eng: Engine, write: bool, init: bool) -> None:
     except DBAPIError as exc:
         path = Path(eng.url.database or "")
         if write and path.name and path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
-            raise UsageError(f"--db {shown(eng.url)}: read-only here (the file or its folder cannot be written); "
-                             "questions can still read it") from exc
+            raise UsageError(
+                f"--db {shown(eng.url)}: read-only here (the file or its folder cannot be written); "
+                "questions can still read it"
+            ) from exc
         raise UsageError(f"--db {shown(eng.url)}: {reason(exc)}") from exc
     if write and tables and "alembic_version" not in tables and not init:
-        raise UsageError(f"--db {shown(eng.url)} holds {len(tables)} tables of another application; "
-                         "sockfleet adds its own beside them only when told --init")
+        raise UsageError(
+            f"--db {shown(eng.url)} holds {len(tables)} tables of another application; "
+            "sockfleet adds its own beside them only when told --init"
+        )
 
 
 def reason(exc: BaseException) -> str:
@@ -214,5 +220,4 @@ def require_current(eng: Engine) -> None:
         raise UsageError(f"--db {shown(eng.url)}: {reason(exc)}") from exc
     if found != head():
         state = "not a sockfleet database" if found is None else f"at revision {found}"
-        raise UsageError(f"--db {shown(eng.url)} is {state}; a collector makes it "
-                         "(`sockfleet collector migrate`)")
+        raise UsageError(f"--db {shown(eng.url)} is {state}; a collector makes it (`sockfleet collector migrate`)")

@@ -21,8 +21,9 @@ class UsageError(CollectorError):
 class RejectedMessage(CollectorError):
     """A message that is not stored; ``code`` is the gRPC status the agent receives."""
 
-    def __init__(self, message: str, code: str = "INVALID_ARGUMENT",
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self, message: str, code: str = "INVALID_ARGUMENT", metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code  # the name of a grpc.StatusCode: gRPC itself is loaded only by the server
         self.metadata = metadata  # trailing metadata that tells the agent what to do (see collector.server)

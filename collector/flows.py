@@ -37,8 +37,7 @@ from sockfleet.collector.rules import WILDCARDS, accepts, connected, ephemeral, 
 
 SERVED, CALLING, NOT_FOLDED = "s", "c", "n"
 # Identity of a flow within its host, in the order of the flows table's columns.
-IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address",
-                    "remote_port")
+IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address", "remote_port")
 # A listener as a flow's role needs it: namespace, protocol, port, address (IPv4-mapped made plain).
 Listener = tuple[int, str, int, str]
 
@@ -47,9 +46,17 @@ def listener_of(netns: int, proto: str, local_address: str | None, local_port: i
     return (netns, proto, local_port or 0, plain(local_address) or "")
 
 
-def identity(netns: int, proto: str, state: str, process: str | None, local_address: str | None,
-             local_port: int | None, remote_address: str | None, remote_port: int | None,
-             listening: Callable[[Listener], bool]) -> tuple[Any, ...] | None:
+def identity(
+    netns: int,
+    proto: str,
+    state: str,
+    process: str | None,
+    local_address: str | None,
+    local_port: int | None,
+    remote_address: str | None,
+    remote_port: int | None,
+    listening: Callable[[Listener], bool],
+) -> tuple[Any, ...] | None:
     """The flow of a socket as it opens (``IDENTITY_COLUMNS``), or None when it is not a connected inet socket.
 
     ``listening`` says whether a listener of the host holds a (namespace, protocol, port, address).
@@ -83,13 +90,21 @@ class Open:
 
 def version(host_ref: int, key: str, row: Open, valid_to: datetime | None) -> dict[str, Any]:
     """One row of the flows table."""
-    return {"host_ref": host_ref, "key": key, **dict(zip(IDENTITY_COLUMNS, row.flow, strict=True)),
-            "connections": row.connections, "since": row.since, "valid_from": row.valid_from,
-            "valid_to": valid_to, "span": spans.span_of(row.valid_from, valid_to)}
+    return {
+        "host_ref": host_ref,
+        "key": key,
+        **dict(zip(IDENTITY_COLUMNS, row.flow, strict=True)),
+        "connections": row.connections,
+        "since": row.since,
+        "valid_from": row.valid_from,
+        "valid_to": valid_to,
+        "span": spans.span_of(row.valid_from, valid_to),
+    }
 
 
-def advance(open_rows: dict[str, Open], changes: dict[str, int], identities: dict[str, tuple[Any, ...]],
-            moment: datetime) -> tuple[list[tuple[str, Open]], list[tuple[str, Open]]]:
+def advance(
+    open_rows: dict[str, Open], changes: dict[str, int], identities: dict[str, tuple[Any, ...]], moment: datetime
+) -> tuple[list[tuple[str, Open]], list[tuple[str, Open]]]:
     """Apply net changes of open sockets per flow at ``moment``.
 
     Returns the rows closed (each with its key) and the rows opened; ``open_rows`` is updated.
@@ -128,9 +143,20 @@ class Builder:
         self.moment: datetime | None = None
         self.opening: list[tuple[int, str]] = []
 
-    def add(self, host_ref: int, valid_from: datetime, valid_to: datetime | None, netns: int, proto: str,
-            state: str, process: str | None, local_address: str | None, local_port: int | None,
-            remote_address: str | None, remote_port: int | None) -> str | None:
+    def add(
+        self,
+        host_ref: int,
+        valid_from: datetime,
+        valid_to: datetime | None,
+        netns: int,
+        proto: str,
+        state: str,
+        process: str | None,
+        local_address: str | None,
+        local_port: int | None,
+        remote_address: str | None,
+        remote_port: int | None,
+    ) -> str | None:
         if valid_from != self.moment:
             self._settle(valid_from)
             self.moment = valid_from
@@ -141,11 +167,11 @@ class Builder:
         listeners = self.listeners.get(host_ref, {})
 
         def listening(wanted: Listener) -> bool:
-            return any(start <= valid_from and (end is None or end > valid_from)
-                       for start, end in listeners.get(wanted, ()))
+            return any(
+                start <= valid_from and (end is None or end > valid_from) for start, end in listeners.get(wanted, ())
+            )
 
-        flow = identity(netns, proto, state, process, local_address, local_port, remote_address, remote_port,
-                        listening)
+        flow = identity(netns, proto, state, process, local_address, local_port, remote_address, remote_port, listening)
         if flow is None:
             return None
         key = digest(flow)
@@ -190,8 +216,19 @@ def rebuild(rows: Iterable[Any], emit: Callable[[dict[str, Any]], None]) -> dict
     keys = {}
     builder = Builder(emit)
     for row in sorted(rows, key=lambda r: (r.valid_from, not accepts(r.proto, r.state), r.id)):
-        key = builder.add(row.host_ref, row.valid_from, row.valid_to, row.netns, row.proto, row.state, row.process,
-                          row.local_address, row.local_port, row.remote_address, row.remote_port)
+        key = builder.add(
+            row.host_ref,
+            row.valid_from,
+            row.valid_to,
+            row.netns,
+            row.proto,
+            row.state,
+            row.process,
+            row.local_address,
+            row.local_port,
+            row.remote_address,
+            row.remote_port,
+        )
         if key is not None:
             keys[row.id] = key
     builder.finish()

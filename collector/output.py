@@ -29,8 +29,13 @@ def _shown(value: Any) -> Any:
     return _plain(value)
 
 
-def write(rows: Sequence[dict[str, Any]], fields: Sequence[str], out: IO[str], fmt: str,
-          table_fields: Sequence[str] | None = None) -> None:
+def write(
+    rows: Sequence[dict[str, Any]],
+    fields: Sequence[str],
+    out: IO[str],
+    fmt: str,
+    table_fields: Sequence[str] | None = None,
+) -> None:
     if fmt == "json":
         json.dump([{f: _plain(row.get(f)) for f in fields} for row in rows], out, ensure_ascii=False)
         out.write("\n")
@@ -65,6 +70,7 @@ def service(edge: dict[str, Any]) -> str:
 
 def dot(rows: list[dict[str, Any]]) -> str:
     """Graphviz: a cluster per host, a node per process, an edge per fleet edge labelled port and count."""
+
     def quote(text: str) -> str:
         return '"' + printable(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 

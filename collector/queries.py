@@ -20,15 +20,57 @@ from sockfleet.collector.times import now
 
 STALE_INTERVALS = 3
 # Socket states, as stored and as ``--state`` takes them.
-STATES = ("LISTEN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
-          "CLOSE_WAIT", "LAST_ACK", "CLOSING", "UNCONN")
-SOCKET_FIELDS = (
-    "host", "netns", "proto", "family", "type", "state", "local_address", "local_port", "remote_address",
-    "remote_port", "path", "peer_inode", "inode", "uid", "user", "pid", "process", "cmdline", "owners",
-    "rx_queue", "tx_queue",
+STATES = (
+    "LISTEN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "CLOSING",
+    "UNCONN",
 )
-HOST_FIELDS = ("host", "host_id", "addresses", "agent_version", "first_seen", "last_seen", "status", "sockets",
-               "gaps", "clock_skew", "last_refusal_at", "last_refusal")
+SOCKET_FIELDS = (
+    "host",
+    "netns",
+    "proto",
+    "family",
+    "type",
+    "state",
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "path",
+    "peer_inode",
+    "inode",
+    "uid",
+    "user",
+    "pid",
+    "process",
+    "cmdline",
+    "owners",
+    "rx_queue",
+    "tx_queue",
+)
+HOST_FIELDS = (
+    "host",
+    "host_id",
+    "addresses",
+    "agent_version",
+    "first_seen",
+    "last_seen",
+    "status",
+    "sockets",
+    "gaps",
+    "clock_skew",
+    "last_refusal_at",
+    "last_refusal",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +117,14 @@ def observed(conn: Connection, at: datetime | None, since: datetime | None = Non
     return Observed(known, unknown, scans)
 
 
-def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_listening: bool = False,
-               hosts_known: Observed | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+def sockets_at(
+    conn: Connection,
+    at: datetime | None,
+    filters: Filters,
+    only_listening: bool = False,
+    hosts_known: Observed | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
     """Sockets open at ``at`` (default: now) on hosts observed then, with the documented fields.
 
     With ``until``: those open at any time from ``at`` to ``until``, with ``valid_from`` and ``valid_to``.
@@ -110,8 +158,13 @@ def sockets_at(conn: Connection, at: datetime | None, filters: Filters, only_lis
         select(*columns)
         .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
         .where(*conditions)
-        .order_by(hosts.c.name, sockets.c.proto, sockets.c.local_port.asc().nulls_first(),
-                  sockets.c.path.asc().nulls_first(), sockets.c.inode.asc().nulls_first())
+        .order_by(
+            hosts.c.name,
+            sockets.c.proto,
+            sockets.c.local_port.asc().nulls_first(),
+            sockets.c.path.asc().nulls_first(),
+            sockets.c.inode.asc().nulls_first(),
+        )
     )
     return [dict(row._mapping) for row in conn.execute(query)]
 
@@ -122,8 +175,11 @@ def host_names(conn: Connection) -> set[str]:
 
 def host_name(conn: Connection, host: str) -> str | None:
     """The name of the host named ``host``, or whose id is ``host``; None when there is none."""
-    row = conn.execute(select(hosts.c.name).where(or_(hosts.c.name == host, hosts.c.host_id == host))
-                       .order_by((hosts.c.name == host).desc())).first()
+    row = conn.execute(
+        select(hosts.c.name)
+        .where(or_(hosts.c.name == host, hosts.c.host_id == host))
+        .order_by((hosts.c.name == host).desc())
+    ).first()
     return None if row is None else str(row.name)
 
 
@@ -133,8 +189,10 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
     moment = at or now()
     address_rows = conn.execute(
         select(host_addresses.c.host_ref, host_addresses.c.address)
-        .where(host_addresses.c.valid_from <= moment,
-               or_(host_addresses.c.valid_to.is_(None), host_addresses.c.valid_to > moment))
+        .where(
+            host_addresses.c.valid_from <= moment,
+            or_(host_addresses.c.valid_to.is_(None), host_addresses.c.valid_to > moment),
+        )
         .order_by(host_addresses.c.address)
     ).all()
     addresses: dict[int, list[str]] = {}
@@ -149,8 +207,11 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
     }
     gaps: dict[int, int] = {
         row[0]: int(row[1] or 0)
-        for row in conn.execute(select(observations.c.host_ref, func.sum(observations.c.gaps))
-                                .where(observations.c.taken_at <= moment).group_by(observations.c.host_ref))
+        for row in conn.execute(
+            select(observations.c.host_ref, func.sum(observations.c.gaps))
+            .where(observations.c.taken_at <= moment)
+            .group_by(observations.c.host_ref)
+        )
     }
     out = []
     for row in conn.execute(select(hosts).order_by(hosts.c.name)):
@@ -160,12 +221,20 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
             status = "observed" if row.id in seen.known else "unknown"
         if at is not None and row.first_seen > at:
             continue
-        out.append({
-            "host": row.name, "host_id": row.host_id, "addresses": " ".join(addresses.get(row.id, [])),
-            "agent_version": row.agent_version, "first_seen": row.first_seen,
-            "last_seen": row.last_seen if at is None else seen.last.get(row.id),
-            "status": status, "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
-            "gaps": gaps.get(row.id, 0), "clock_skew": row.clock_skew, "last_refusal_at": row.last_refusal_at,
-            "last_refusal": row.last_refusal,
-        })
+        out.append(
+            {
+                "host": row.name,
+                "host_id": row.host_id,
+                "addresses": " ".join(addresses.get(row.id, [])),
+                "agent_version": row.agent_version,
+                "first_seen": row.first_seen,
+                "last_seen": row.last_seen if at is None else seen.last.get(row.id),
+                "status": status,
+                "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
+                "gaps": gaps.get(row.id, 0),
+                "clock_skew": row.clock_skew,
+                "last_refusal_at": row.last_refusal_at,
+                "last_refusal": row.last_refusal,
+            }
+        )
     return out

@@ -33,14 +33,19 @@ LOOPBACK_V4, LOOPBACK_V6 = "127.", "::1"
 LISTEN, UNCONN = "LISTEN", "UNCONN"
 # How the server side of an edge was decided, weakest first; an edge takes its strongest connection's.
 LOWER_PORT, EPHEMERAL_PORT, LISTENER, UNIX_PAIR, UNIX_PATH = 1, 2, 3, 4, 5
-DIRECTIONS = {LOWER_PORT: "lower port", EPHEMERAL_PORT: "ephemeral port", LISTENER: "listener",
-              UNIX_PAIR: "unix pair", UNIX_PATH: "unix path"}
+DIRECTIONS = {
+    LOWER_PORT: "lower port",
+    EPHEMERAL_PORT: "ephemeral port",
+    LISTENER: "listener",
+    UNIX_PAIR: "unix pair",
+    UNIX_PATH: "unix path",
+}
 
 
 def plain(address: str | None) -> str | None:
     """``::ffff:10.0.0.5`` → ``10.0.0.5``; any other address as it is."""
     if address is not None and address.startswith(MAPPED) and "." in address:
-        return address[len(MAPPED):]
+        return address[len(MAPPED) :]
     return address
 
 
@@ -66,8 +71,12 @@ def exposed(proto: str, local_address: str | None) -> bool:
 
 def exposed_sql(c: Any) -> ColumnElement[bool]:
     address = func.coalesce(c.local_address, "")
-    return and_(c.proto != "unix", not_(address.like(f"{LOOPBACK_V4}%")), address != LOOPBACK_V6,
-                not_(address.like(f"{MAPPED}{LOOPBACK_V4}%")))
+    return and_(
+        c.proto != "unix",
+        not_(address.like(f"{LOOPBACK_V4}%")),
+        address != LOOPBACK_V6,
+        not_(address.like(f"{MAPPED}{LOOPBACK_V4}%")),
+    )
 
 
 def ephemeral(port: int | None) -> bool:
@@ -108,11 +117,10 @@ def listening(proto: str, state: str, kind: str, path: str | None) -> bool:
 
 
 def listening_sql(c: Any) -> ColumnElement[bool]:
-    return and_(waiting_sql(c), or_(
-        c.state == LISTEN,
-        c.proto == "udp",
-        and_(c.proto == "unix", c.type == "dgram", c.path.is_not(None)),
-    ))
+    return and_(
+        waiting_sql(c),
+        or_(c.state == LISTEN, c.proto == "udp", and_(c.proto == "unix", c.type == "dgram", c.path.is_not(None))),
+    )
 
 
 def waiting_sql(c: Any) -> ColumnElement[bool]:
@@ -130,8 +138,13 @@ def serving(local_listens: bool, remote_listens: bool, local_port: int, remote_p
     return local_port < remote_port, LOWER_PORT
 
 
-def serving_sql(local_listens: ColumnElement[bool], remote_listens: ColumnElement[bool], local_port: Any,
-                remote_port: Any, role: Any = None) -> tuple[ColumnElement[int], ColumnElement[int]]:
+def serving_sql(
+    local_listens: ColumnElement[bool],
+    remote_listens: ColumnElement[bool],
+    local_port: Any,
+    remote_port: Any,
+    role: Any = None,
+) -> tuple[ColumnElement[int], ColumnElement[int]]:
     """``serving`` in SQL: 1 when the local end serves, and how that was decided.
 
     A flow's role, decided when its sockets opened (``collector.flows``), comes first: ``s`` served,
@@ -148,6 +161,9 @@ def serving_sql(local_listens: ColumnElement[bool], remote_listens: ColumnElemen
     deciding: list[Any] = [(one_listens, LISTENER), (local_ephemeral != remote_ephemeral, EPHEMERAL_PORT)]
     if role is not None:
         serving_end = [(role == "s", 1), (role == "c", 0), *serving_end]
-        deciding = [(or_(role == "s", and_(role == "c", remote_listens)), LISTENER), (role == "c", EPHEMERAL_PORT),
-                    *deciding]
+        deciding = [
+            (or_(role == "s", and_(role == "c", remote_listens)), LISTENER),
+            (role == "c", EPHEMERAL_PORT),
+            *deciding,
+        ]
     return case(*serving_end, else_=0), case(*deciding, else_=LOWER_PORT)

@@ -39,7 +39,8 @@ metadata = MetaData(
 KEY = String(32).with_variant(String(32, collation="C"), "postgresql")
 
 hosts = Table(
-    "hosts", metadata,
+    "hosts",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("host_id", String(255), nullable=False, unique=True),  # /etc/machine-id or --host
     Column("name", String(255), nullable=False),
@@ -62,7 +63,8 @@ hosts = Table(
 )
 
 host_addresses = Table(
-    "host_addresses", metadata,
+    "host_addresses",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     Column("netns", BigInteger, nullable=False),
@@ -75,7 +77,8 @@ host_addresses = Table(
 )
 
 sockets = Table(
-    "sockets", metadata,
+    "sockets",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     # Digest of the identity below (collector.convert.key_digest): finds a host's open row for a key in one
@@ -114,35 +117,52 @@ sockets = Table(
 )
 # Listeners are a few rows among many connections: "what listened at T" reads only them.
 Index(
-    "ix_sockets_listening", sockets.c.host_ref, sockets.c.valid_from,
-    sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")), postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
+    "ix_sockets_listening",
+    sockets.c.host_ref,
+    sockets.c.valid_from,
+    sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
+    postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
 )
 # At most one open row per socket of a host: the database itself refuses a duplicate.
 Index(
-    "uq_sockets_open_key", sockets.c.host_ref, sockets.c.key, unique=True,
-    sqlite_where=sockets.c.valid_to.is_(None), postgresql_where=sockets.c.valid_to.is_(None),
+    "uq_sockets_open_key",
+    sockets.c.host_ref,
+    sockets.c.key,
+    unique=True,
+    sqlite_where=sockets.c.valid_to.is_(None),
+    postgresql_where=sockets.c.valid_to.is_(None),
 )
 # "Which listeners were open at T" by lifetime class, among listeners alone.
 Index(
-    "ix_sockets_listening_span", sockets.c.span, sockets.c.valid_from, sockets.c.valid_to,
-    sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")), postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
+    "ix_sockets_listening_span",
+    sockets.c.span,
+    sockets.c.valid_from,
+    sockets.c.valid_to,
+    sqlite_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
+    postgresql_where=sockets.c.state.in_(("LISTEN", "UNCONN")),
 )
 # A host's open listeners, read when the store files new connections under flows.
 Index(
-    "ix_sockets_open_listeners", sockets.c.host_ref,
+    "ix_sockets_open_listeners",
+    sockets.c.host_ref,
     sqlite_where=and_(sockets.c.valid_to.is_(None), sockets.c.state.in_(("LISTEN", "UNCONN"))),
     postgresql_where=and_(sockets.c.valid_to.is_(None), sockets.c.state.in_(("LISTEN", "UNCONN"))),
 )
 # Unix sockets are paired by inode when asked who talks to whom: "alive at T" among them alone.
 Index(
-    "ix_sockets_unix", sockets.c.span, sockets.c.valid_from, sockets.c.valid_to,
-    sqlite_where=sockets.c.proto == "unix", postgresql_where=sockets.c.proto == "unix",
+    "ix_sockets_unix",
+    sockets.c.span,
+    sockets.c.valid_from,
+    sockets.c.valid_to,
+    sqlite_where=sockets.c.proto == "unix",
+    postgresql_where=sockets.c.proto == "unix",
 )
 
 # A host's connected inet sockets folded into flows (collector/flows.py): per flow, the number of its
 # sockets open, as intervals like the sockets'.
 flows = Table(
-    "flows", metadata,
+    "flows",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     Column("key", String(32), nullable=False),
@@ -163,12 +183,17 @@ flows = Table(
     Index(None, "host_ref", "valid_from"),
 )
 Index(
-    "uq_flows_open_key", flows.c.host_ref, flows.c.key, unique=True,
-    sqlite_where=flows.c.valid_to.is_(None), postgresql_where=flows.c.valid_to.is_(None),
+    "uq_flows_open_key",
+    flows.c.host_ref,
+    flows.c.key,
+    unique=True,
+    sqlite_where=flows.c.valid_to.is_(None),
+    postgresql_where=flows.c.valid_to.is_(None),
 )
 
 observations = Table(
-    "observations", metadata,
+    "observations",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     Column("epoch", BigInteger, nullable=False),
@@ -187,7 +212,8 @@ observations = Table(
 )
 
 credentials = Table(
-    "credentials", metadata,
+    "credentials",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("host_id", String(255), nullable=False),  # the host the token may report for (its --host or machine id)
     Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256 of the token; the token is not kept

@@ -69,8 +69,14 @@ class Collector(pb_grpc.CollectorServicer):
     second; so does the collector stopping (``close``), after the message in hand is acknowledged.
     """
 
-    def __init__(self, store: Store, anonymous: bool = False, rate_limit: float = 20.0,
-                 hello_timeout: float = 10.0, max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        store: Store,
+        anonymous: bool = False,
+        rate_limit: float = 20.0,
+        hello_timeout: float = 10.0,
+        max_pending: int = 256,
+    ) -> None:
         self.store = store
         self.anonymous = anonymous
         self.rate_limit = rate_limit  # repeated scans per second per stream, with a burst of twice that; 0: no limit
@@ -95,8 +101,10 @@ class Collector(pb_grpc.CollectorServicer):
         if not times:
             return "no messages applied"
         p50, p95 = times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.95))]
-        return (f"{self.applied} messages applied; receipt to ack p50 {p50 * 1000:.2f} ms, "
-                f"p95 {p95 * 1000:.2f} ms over the last {len(times)}")
+        return (
+            f"{self.applied} messages applied; receipt to ack p50 {p50 * 1000:.2f} ms, "
+            f"p95 {p95 * 1000:.2f} ms over the last {len(times)}"
+        )
 
     def close(self) -> None:
         """Stop every open stream after the message it is applying."""
@@ -136,8 +144,9 @@ class Collector(pb_grpc.CollectorServicer):
         if self.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is stopping; connect again")
         if self.pending >= self.max_pending:
-            log.warning("refused a stream from %s: %d streams are waiting for their hello", context.peer(),
-                        self.pending)
+            log.warning(
+                "refused a stream from %s: %d streams are waiting for their hello", context.peer(), self.pending
+            )
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to say hello")
         self.pending += 1
         try:
@@ -146,8 +155,9 @@ class Collector(pb_grpc.CollectorServicer):
             try:
                 ref = await self._run(self.store.hello, hello, credential)
             except RejectedMessage as exc:
-                log.warning("refused the hello of %r from %s: %s", hello.host_id[:255], context.peer(),
-                            printable(str(exc)))
+                log.warning(
+                    "refused the hello of %r from %s: %s", hello.host_id[:255], context.peer(), printable(str(exc))
+                )
                 await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
             except DBAPIError as exc:
                 await self._database_error(context, exc)
@@ -159,11 +169,17 @@ class Collector(pb_grpc.CollectorServicer):
             lag = _now() - convert.utc(hello.sent_at_us)  # hello_fields checked that it is a plausible time
             behind = lag if lag > self.store.max_skew else timedelta(0)
         # Names as logs show them: an agent's text never acts on the terminal or journal that prints it.
-        peer = Peer(ref, printable(hello.host_id[:255]), printable((hello.host_name or hello.host_id)[:255]), interval,
-                    behind)
+        peer = Peer(
+            ref, printable(hello.host_id[:255]), printable((hello.host_name or hello.host_id)[:255]), interval, behind
+        )
         await context.send_initial_metadata((("sockfleet-features", FEATURES),))
-        log.info("host %s (%s) connected from %s, agent %s", peer.name, peer.host_id, context.peer(),
-                 printable(hello.agent_version[:64]) or "unknown")
+        log.info(
+            "host %s (%s) connected from %s, agent %s",
+            peer.name,
+            peer.host_id,
+            context.peer(),
+            printable(hello.agent_version[:64]) or "unknown",
+        )
         stop = asyncio.Event()
         self.open[stop] = credential.token_hash if credential is not None else None
         ended = "the agent closed the stream"
@@ -194,8 +210,9 @@ class Collector(pb_grpc.CollectorServicer):
             self.open.pop(stop, None)
             log.info("host %s (%s) disconnected: %s", peer.name, peer.host_id, ended)
 
-    async def _answer(self, context: Context, peer: Peer, message: pb.AgentMessage, pacer: Pacer,
-                      parts: Parts) -> pb.CollectorMessage | None:
+    async def _answer(
+        self, context: Context, peer: Peer, message: pb.AgentMessage, pacer: Pacer, parts: Parts
+    ) -> pb.CollectorMessage | None:
         """Apply one message of the stream: its Ack, a Resync, or None while a snapshot's parts come in."""
         body = message.WhichOneof("body")
         if body not in ("snapshot", "delta"):
@@ -203,16 +220,21 @@ class Collector(pb_grpc.CollectorServicer):
         payload = getattr(message, body)
         pending = parts.pending()
         if pending is not None and body != "snapshot":
-            await self._refuse(context, peer, RejectedMessage(
-                f"delta: came before the last part of snapshot {pending}"))
+            await self._refuse(
+                context, peer, RejectedMessage(f"delta: came before the last part of snapshot {pending}")
+            )
         if pending is None and not pacer.allow(payload.taken_at_us):  # the parts of a snapshot count once
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"more than {self.rate_limit:g} repeated scans per second from this agent")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {self.rate_limit:g} repeated scans per second from this agent",
+            )
         received = time.perf_counter()
         if pending is None and body == "snapshot" and payload.more:
             if self.assembling >= MAX_ASSEMBLING:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"the collector takes {MAX_ASSEMBLING} snapshots in parts at once; retry")
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the collector takes {MAX_ASSEMBLING} snapshots in parts at once; retry",
+                )
             self.assembling += 1
         try:
             whole = parts.add(payload) if body == "snapshot" else [payload]
@@ -232,8 +254,9 @@ class Collector(pb_grpc.CollectorServicer):
         log.info("asking %s for a full snapshot: %s", peer.name, outcome.resync_reason)
         return pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
 
-    async def _greeted(self, reader: AsyncIterator[pb.AgentMessage],
-                       context: Context) -> tuple[pb.Hello, Credential | None]:
+    async def _greeted(
+        self, reader: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> tuple[pb.Hello, Credential | None]:
         """The stream's hello, within the hello timeout, and the credential it came with."""
         try:
             first = await asyncio.wait_for(anext(reader, None), self.hello_timeout)
@@ -306,15 +329,22 @@ class Collector(pb_grpc.CollectorServicer):
             credential = Credential(names[0].decode("utf-8", "replace"), None, None)
         else:
             log.warning("refused a stream from %s: no agent token or client certificate", context.peer())
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "no agent token or client certificate: enroll the host with "
-                                "`sockfleet collector enroll`")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no agent token or client certificate: enroll the host with `sockfleet collector enroll`",
+            )
         if credential.host_id != host_id:
-            log.warning("refused a stream from %s: its credential is for host %r, its hello names %r", context.peer(),
-                        credential.host_id, host_id[:255])
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"hello.host_id: this agent's credential reports for host {credential.host_id!r}, "
-                                f"not {host_id[:255]!r}")
+            log.warning(
+                "refused a stream from %s: its credential is for host %r, its hello names %r",
+                context.peer(),
+                credential.host_id,
+                host_id[:255],
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"hello.host_id: this agent's credential reports for host {credential.host_id!r}, "
+                f"not {host_id[:255]!r}",
+            )
         return credential
 
     def _verify(self, digest: str) -> Credential | None:
@@ -332,8 +362,9 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-async def _until(reader: AsyncIterator[pb.AgentMessage], stop: asyncio.Event,
-                 patience: Callable[[], float | None]) -> AsyncIterator[pb.AgentMessage]:
+async def _until(
+    reader: AsyncIterator[pb.AgentMessage], stop: asyncio.Event, patience: Callable[[], float | None]
+) -> AsyncIterator[pb.AgentMessage]:
     """The stream's messages until it ends or ``stop`` is set (the collector stops, the token is revoked).
 
     When ``patience()`` gives a number, the next message must come within that many seconds.
@@ -398,8 +429,9 @@ class Parts:
             head = self.parts[0]
             if (part.epoch, part.seq, part.taken_at_us) != (head.epoch, head.seq, head.taken_at_us):
                 self.clear()
-                raise RejectedMessage(f"snapshot: ({part.epoch}, {part.seq}) came before the last part of "
-                                      f"({head.epoch}, {head.seq})")
+                raise RejectedMessage(
+                    f"snapshot: ({part.epoch}, {part.seq}) came before the last part of ({head.epoch}, {head.seq})"
+                )
         if part.more and (part.HasField("coverage") or part.HasField("addresses")):
             self.clear()
             raise RejectedMessage("snapshot: only the last part of a snapshot carries its coverage and addresses")
@@ -407,8 +439,11 @@ class Parts:
         self.bytes += part.ByteSize()
         if self.sockets > MAX_SNAPSHOT_SOCKETS or self.bytes > MAX_SNAPSHOT_BYTES:
             self.clear()
-            raise RejectedMessage(f"snapshot: its parts hold more than {MAX_SNAPSHOT_SOCKETS:,} sockets or "
-                                  f"{MAX_SNAPSHOT_BYTES >> 20:,} MiB", "RESOURCE_EXHAUSTED")
+            raise RejectedMessage(
+                f"snapshot: its parts hold more than {MAX_SNAPSHOT_SOCKETS:,} sockets or "
+                f"{MAX_SNAPSHOT_BYTES >> 20:,} MiB",
+                "RESOURCE_EXHAUSTED",
+            )
         self.parts.append(part)
         if part.more:
             return None
@@ -473,8 +508,9 @@ class TokenBucket:
         return True
 
 
-def credentials(cert_file: str | None, key_file: str | None,
-                client_ca_file: str | None = None) -> grpc.ServerCredentials | None:
+def credentials(
+    cert_file: str | None, key_file: str | None, client_ca_file: str | None = None
+) -> grpc.ServerCredentials | None:
     """TLS from a certificate and key; with ``client_ca_file``, agents must show a certificate it signed."""
     if not cert_file and not key_file:
         if client_ca_file:
@@ -495,21 +531,28 @@ def credentials(cert_file: str | None, key_file: str | None,
 
 
 async def start(
-    store: Store, listen: str, creds: grpc.ServerCredentials | None, anonymous: bool = False,
-    rate_limit: float = 20.0, max_message_bytes: int = MAX_MESSAGE_BYTES, hello_timeout: float = 10.0,
+    store: Store,
+    listen: str,
+    creds: grpc.ServerCredentials | None,
+    anonymous: bool = False,
+    rate_limit: float = 20.0,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    hello_timeout: float = 10.0,
 ) -> tuple[grpc.aio.Server, int, Collector]:
     """Start serving on ``listen`` (``HOST:PORT``; port 0 picks a free one): the server, its port, the service.
 
     Stop it with ``stop``.
     """
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-        # Agents ping every 10 s to notice a cut network; allow it.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            # Agents ping every 10 s to notice a cut network; allow it.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    )
     service = Collector(store, anonymous, rate_limit, hello_timeout)
     pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     try:
@@ -543,4 +586,3 @@ def _bind_failure(listen: str) -> str:
     except (OSError, ValueError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
     return "gRPC could not bind it"
-

@@ -39,8 +39,9 @@ def span_of(valid_from: datetime, valid_to: datetime | None) -> int | None:
 
 def closing_span(table: Table = sockets) -> ColumnElement[int]:
     """The class of a row closed at the bound ``moment``: needs the parameters of ``cutoffs(moment)``."""
-    return case(*((table.c.valid_from >= bindparam(f"span_cut{index}"), index) for index in range(len(LIMITS))),
-                else_=UNBOUNDED)
+    return case(
+        *((table.c.valid_from >= bindparam(f"span_cut{index}"), index) for index in range(len(LIMITS))), else_=UNBOUNDED
+    )
 
 
 def cutoffs(moment: datetime) -> dict[str, datetime]:
@@ -48,8 +49,12 @@ def cutoffs(moment: datetime) -> dict[str, datetime]:
     return {f"span_cut{index}": moment - limit for index, limit in enumerate(LIMITS)}
 
 
-def alive(start: datetime | None, end: datetime | None = None, table: Table = sockets,
-          within: tuple[ColumnElement[bool], ...] = ()) -> ColumnElement[bool]:
+def alive(
+    start: datetime | None,
+    end: datetime | None = None,
+    table: Table = sockets,
+    within: tuple[ColumnElement[bool], ...] = (),
+) -> ColumnElement[bool]:
     """Rows alive at ``start`` (``end`` None), or at any time within [start, end]; open rows when start is None.
 
     ``within`` is repeated in every class's term, so that a partial index on those conditions serves each.

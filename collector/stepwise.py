@@ -53,12 +53,19 @@ if TYPE_CHECKING:
 # A group's stored open rows: one range of the open rows' unique index (host_ref, key); keys compare as
 # plain text (the column's collation is "C" on PostgreSQL).
 OPEN_IN_RANGE = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None),
-    sockets.c.key >= bindparam("low"), sockets.c.key < bindparam("high"))
+    sockets.c.host_ref == bindparam("ref"),
+    sockets.c.valid_to.is_(None),
+    sockets.c.key >= bindparam("low"),
+    sockets.c.key < bindparam("high"),
+)
 OPEN_FROM = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), sockets.c.key >= bindparam("low"))
-OPEN_COUNT = select(func.count()).select_from(sockets).where(
-    and_(sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None)))
+    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), sockets.c.key >= bindparam("low")
+)
+OPEN_COUNT = (
+    select(func.count())
+    .select_from(sockets)
+    .where(and_(sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None)))
+)
 
 
 def group_of(digest: str, count: int) -> int:
@@ -68,14 +75,16 @@ def group_of(digest: str, count: int) -> int:
 
 def bounds(group: int, count: int) -> tuple[str, str | None]:
     """The range of digests ``[low, high)`` of a group (no upper bound for the last)."""
+
     def edge(index: int) -> str:
         return f"{-(-(index << 32) // count):08x}"
 
     return edge(group), (edge(group + 1) if group + 1 < count else None)
 
 
-def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot],
-                   behind: timedelta = timedelta(0)) -> Iterator[Outcome | None]:
+def apply_in_steps(
+    store: Store, ref: int, parts: list[pb.Snapshot], behind: timedelta = timedelta(0)
+) -> Iterator[Outcome | None]:
     """Yield None after each step, and the Outcome last.  Raises ``RejectedMessage`` before any write."""
     last = parts[-1]
     header = store.header(last, behind)
@@ -112,8 +121,9 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot],
     try:
         for number, group in enumerate(groups):
             with store.engine.begin() as conn:
-                added, removed, changed = _group(store, conn, ref, moment, group, bounds(number, count),
-                                                 frozenset(listening), changes, identities)
+                added, removed, changed = _group(
+                    store, conn, ref, moment, group, bounds(number, count), frozenset(listening), changes, identities
+                )
             counts[0] += added
             counts[1] += removed
             counts[2] += changed
@@ -127,7 +137,8 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot],
         with store.engine.begin() as conn:
             current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
             if (current.epoch, current.seq) != (host.epoch, host.seq) or conn.execute(
-                    OPEN_COUNT, {"ref": ref}).scalar_one() != total:
+                OPEN_COUNT, {"ref": ref}
+            ).scalar_one() != total:
                 raise Resync("another stream wrote this host while its large snapshot was applied")
             store.finish(conn, ref, current, last, header, moment, "snapshot", (counts[0], counts[1], counts[2]))
     except Resync as resync:
@@ -139,13 +150,24 @@ def apply_in_steps(store: Store, ref: int, parts: list[pb.Snapshot],
     yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
 
 
-def _group(store: Store, conn: Any, ref: int, moment: Any, group: dict[str, pb.Socket], edges: tuple[str, str | None],
-           listening: frozenset[flows.Listener], changes: dict[str, int],
-           identities: dict[str, tuple[Any, ...]]) -> tuple[int, int, int]:
+def _group(
+    store: Store,
+    conn: Any,
+    ref: int,
+    moment: Any,
+    group: dict[str, pb.Socket],
+    edges: tuple[str, str | None],
+    listening: frozenset[flows.Listener],
+    changes: dict[str, int],
+    identities: dict[str, tuple[Any, ...]],
+) -> tuple[int, int, int]:
     """One group's sockets against its stored open rows: (added, removed, changed)."""
     low, high = edges
-    query, params = (OPEN_FROM, {"ref": ref, "low": low}) if high is None else (
-        OPEN_IN_RANGE, {"ref": ref, "low": low, "high": high})
+    query, params = (
+        (OPEN_FROM, {"ref": ref, "low": low})
+        if high is None
+        else (OPEN_IN_RANGE, {"ref": ref, "low": low, "high": high})
+    )
     held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(query, params)}
     opening = []
     for digest, sock in group.items():

@@ -41,37 +41,73 @@ STEP_SOCKETS = 500  # sockets a step of a large snapshot writes, about 20 ms of 
 VERSIONED = tuple(sockets.c[name] for name in convert.VERSIONED_COLUMNS)
 INSERT_COLUMNS = ("host_ref", "valid_from", *convert.ROW_COLUMNS, "flow")
 # Where a stored row's fields are, in (ref, moment, *row.values()), for its flow.
-_AT = {name: 2 + convert.ROW_COLUMNS.index(name) for name in (
-    "netns", "proto", "state", "process", "local_address", "local_port", "remote_address", "remote_port")}
+_AT = {
+    name: 2 + convert.ROW_COLUMNS.index(name)
+    for name in ("netns", "proto", "state", "process", "local_address", "local_port", "remote_address", "remote_port")
+}
 
-HOST = select(hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen, hosts.c.last_taken_at,
-              hosts.c.complete).where(hosts.c.id == bindparam("ref"))
+HOST = select(
+    hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen, hosts.c.last_taken_at, hosts.c.complete
+).where(hosts.c.id == bindparam("ref"))
 HOST_FOR_UPDATE = HOST.with_for_update()
-HOST_APPLIED = update(hosts).where(hosts.c.id == bindparam("ref")).values(
-    epoch=bindparam("epoch"), seq=bindparam("seq"), last_taken_at=bindparam("moment"),
-    complete=bindparam("is_complete"), first_seen=bindparam("first"), last_seen=bindparam("last"),
+HOST_APPLIED = (
+    update(hosts)
+    .where(hosts.c.id == bindparam("ref"))
+    .values(
+        epoch=bindparam("epoch"),
+        seq=bindparam("seq"),
+        last_taken_at=bindparam("moment"),
+        complete=bindparam("is_complete"),
+        first_seen=bindparam("first"),
+        last_seen=bindparam("last"),
+    )
 )
 OBSERVED = insert(observations)
 OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None))
-CLOSE_KEYS = update(sockets).where(and_(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.key.in_(bindparam("keys", expanding=True)),
-    sockets.c.valid_to.is_(None))).values(valid_to=bindparam("moment"), span=spans.closing_span()).returning(
-    sockets.c.flow, sockets.c.proto, sockets.c.state)
-CLOSE_IDS = update(sockets).where(sockets.c.id.in_(bindparam("ids", expanding=True))).values(
-    valid_to=bindparam("moment"), span=spans.closing_span()).returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
+    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None)
+)
+CLOSE_KEYS = (
+    update(sockets)
+    .where(
+        and_(
+            sockets.c.host_ref == bindparam("ref"),
+            sockets.c.key.in_(bindparam("keys", expanding=True)),
+            sockets.c.valid_to.is_(None),
+        )
+    )
+    .values(valid_to=bindparam("moment"), span=spans.closing_span())
+    .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
+)
+CLOSE_IDS = (
+    update(sockets)
+    .where(sockets.c.id.in_(bindparam("ids", expanding=True)))
+    .values(valid_to=bindparam("moment"), span=spans.closing_span())
+    .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
+)
 # The host's open listeners, through their partial index (its condition written as the index's, and named
 # for SQLite, whose planner would otherwise walk the host's whole history).
-LISTENING = select(sockets.c.netns, sockets.c.proto, sockets.c.local_address, sockets.c.local_port).where(
-    sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), rules.accepts_sql(sockets.c),
-).with_hint(sockets, "INDEXED BY ix_sockets_open_listeners", "sqlite")
+LISTENING = (
+    select(sockets.c.netns, sockets.c.proto, sockets.c.local_address, sockets.c.local_port)
+    .where(sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), rules.accepts_sql(sockets.c))
+    .with_hint(sockets, "INDEXED BY ix_sockets_open_listeners", "sqlite")
+)
 # Closes the open rows of the flows a message moves, and returns what they held.
-CLOSE_FLOWS = update(flow_rows).where(
-    flow_rows.c.host_ref == bindparam("ref"), flow_rows.c.key.in_(bindparam("keys", expanding=True)),
-    flow_rows.c.valid_to.is_(None),
-).values(valid_to=bindparam("moment"), span=spans.closing_span(flow_rows)).returning(
-    flow_rows.c.key, *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS), flow_rows.c.connections,
-    flow_rows.c.since, flow_rows.c.valid_from)
+CLOSE_FLOWS = (
+    update(flow_rows)
+    .where(
+        flow_rows.c.host_ref == bindparam("ref"),
+        flow_rows.c.key.in_(bindparam("keys", expanding=True)),
+        flow_rows.c.valid_to.is_(None),
+    )
+    .values(valid_to=bindparam("moment"), span=spans.closing_span(flow_rows))
+    .returning(
+        flow_rows.c.key,
+        *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS),
+        flow_rows.c.connections,
+        flow_rows.c.since,
+        flow_rows.c.valid_from,
+    )
+)
 FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from")
 Counts = tuple[int, int, int]  # sockets added, removed, changed
 
@@ -80,8 +116,10 @@ def _bulk_statements(table: str, columns: tuple[str, ...]) -> tuple[str, str]:
     """INSERT (SQLite) and COPY (PostgreSQL) text for new rows: constant text made from the table's own
     column names; values are always bound."""
     quoted = ", ".join(f'"{column}"' for column in columns)
-    return (f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' for _ in columns)})",  # noqa: S608
-            f"COPY {table} ({quoted}) FROM STDIN")
+    return (
+        f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' for _ in columns)})",  # noqa: S608
+        f"COPY {table} ({quoted}) FROM STDIN",
+    )
 
 
 SOCKETS_BULK = _bulk_statements("sockets", INSERT_COLUMNS)
@@ -152,25 +190,30 @@ class Store:
             fields["name"] = credential.name  # the enrollment names the host
         name, host_id = fields["name"], fields["host_id"]
         with self.engine.begin() as conn:
-            other = conn.execute(select(hosts.c.host_id).where(hosts.c.name == name, hosts.c.host_id != host_id)
-                                 ).first()
+            other = conn.execute(
+                select(hosts.c.host_id).where(hosts.c.name == name, hosts.c.host_id != host_id)
+            ).first()
             if other is not None:
-                raise RejectedMessage(f"hello.host_name: {name!r} is the name of another host (id {other.host_id!r})",
-                                      "PERMISSION_DENIED")
+                raise RejectedMessage(
+                    f"hello.host_name: {name!r} is the name of another host (id {other.host_id!r})", "PERMISSION_DENIED"
+                )
             row = conn.execute(
                 select(hosts.c.id, hosts.c.name, hosts.c.last_taken_at).where(hosts.c.host_id == host_id)
             ).first()
             if row is None:
-                ref = conn.execute(insert(hosts).values(
-                    **fields, epoch=0, seq=0, complete=True, first_seen=received, last_seen=received,
-                )).inserted_primary_key[0]  # type: ignore[index]
+                ref = conn.execute(
+                    insert(hosts).values(
+                        **fields, epoch=0, seq=0, complete=True, first_seen=received, last_seen=received
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
                 since = convert.EARLIEST  # the host's addresses hold for its whole observed history
             else:
                 if row.name != name:
                     raise RejectedMessage(
                         f"hello.host_name: host {host_id!r} reports as {name!r} but is named {row.name!r}; "
                         f"renaming it takes `sockfleet collector rename --host {host_id} --name {name}`",
-                        "PERMISSION_DENIED")
+                        "PERMISSION_DENIED",
+                    )
                 ref = row.id
                 conn.execute(update(hosts).where(hosts.c.id == ref).values(**fields))
                 # A change of address happened after the last scan the collector applied: date it there, so
@@ -183,21 +226,28 @@ class Store:
     def refused(self, ref: int, reason: str) -> None:
         """Remember the host's last refused message, for ``sockfleet hosts``."""
         with self.engine.begin() as conn:
-            conn.execute(update(hosts).where(hosts.c.id == ref).values(
-                last_refusal_at=convert.now(), last_refusal=reason[:MAX_TEXT]))
+            conn.execute(
+                update(hosts)
+                .where(hosts.c.id == ref)
+                .values(last_refusal_at=convert.now(), last_refusal=reason[:MAX_TEXT])
+            )
 
     def _addresses(self, conn: Connection, ref: int, found: list[tuple[int, str, str]], moment: datetime) -> None:
         open_rows = conn.execute(
-            select(host_addresses.c.id, host_addresses.c.netns, host_addresses.c.interface, host_addresses.c.address)
-            .where(host_addresses.c.host_ref == ref, host_addresses.c.valid_to.is_(None))
+            select(
+                host_addresses.c.id, host_addresses.c.netns, host_addresses.c.interface, host_addresses.c.address
+            ).where(host_addresses.c.host_ref == ref, host_addresses.c.valid_to.is_(None))
         ).all()
         held = {(r.netns, r.interface, r.address): r.id for r in open_rows}  # closed and opened at ``moment``
         wanted = set(found)
         gone = [row_id for key, row_id in held.items() if key not in wanted]
         for chunk in chunks(gone):
             conn.execute(update(host_addresses).where(host_addresses.c.id.in_(chunk)).values(valid_to=moment))
-        new = [{"host_ref": ref, "netns": n, "interface": i, "address": a, "valid_from": moment}
-               for n, i, a in found if (n, i, a) not in held]
+        new = [
+            {"host_ref": ref, "netns": n, "interface": i, "address": a, "valid_from": moment}
+            for n, i, a in found
+            if (n, i, a) not in held
+        ]
         if new:
             conn.execute(insert(host_addresses), new)
 
@@ -224,8 +274,10 @@ class Store:
                     kind = "snapshot"
                 else:
                     if (message.epoch, message.base_seq) != (host.epoch, host.seq):  # type: ignore[union-attr]
-                        raise Resync(f"delta is based on ({message.epoch}, {message.base_seq}), "  # type: ignore[union-attr]
-                                      f"the collector holds ({host.epoch}, {host.seq})")
+                        raise Resync(
+                            f"delta is based on ({message.epoch}, {message.base_seq}), "  # type: ignore[union-attr]
+                            f"the collector holds ({host.epoch}, {host.seq})"
+                        )
                     counts, listening = self._delta(conn, ref, message, moment, listening)  # type: ignore[arg-type]
                     kind = "delta" if any(counts) or header.coverage is not None else "heartbeat"
                 self.finish(conn, ref, host, message, header, moment, kind, counts)
@@ -268,40 +320,78 @@ class Store:
             raise RejectedMessage(
                 f"{where}.epoch: {message.epoch} is older than the host's epoch {host.epoch} (another "
                 "agent process reports for this host, or its clock went back); start a new epoch",
-                "FAILED_PRECONDITION", (("sockfleet-epoch", str(host.epoch)),))
+                "FAILED_PRECONDITION",
+                (("sockfleet-epoch", str(host.epoch)),),
+            )
         if host.last_taken_at is not None and header.moment < host.last_taken_at:
             floor: datetime = host.last_taken_at  # history never runs backwards, even when the agent's clock does
             return floor
         return header.moment
 
-    def finish(self, conn: Connection, ref: int, host: Any, message: pb.Snapshot | pb.Delta, header: Header,
-               moment: datetime, kind: str, counts: Counts) -> None:
+    def finish(
+        self,
+        conn: Connection,
+        ref: int,
+        host: Any,
+        message: pb.Snapshot | pb.Delta,
+        header: Header,
+        moment: datetime,
+        kind: str,
+        counts: Counts,
+    ) -> None:
         """What every applied message leaves besides sockets: the host's addresses, its row, an observation."""
         if header.addresses is not None:
             self._addresses(conn, ref, header.addresses, moment)
         complete = header.complete
         if complete is None:
             complete = True if isinstance(message, pb.Snapshot) else host.complete
-        conn.execute(HOST_APPLIED, {
-            "ref": ref, "epoch": message.epoch, "seq": message.seq, "moment": moment,
-            "is_complete": complete, "first": min(host.first_seen, moment), "last": max(host.last_seen, moment),
-        })
-        conn.execute(OBSERVED, {
-            "host_ref": ref, "epoch": message.epoch, "seq": message.seq, "kind": kind, "taken_at": moment,
-            "received_at": convert.now(), "added": counts[0], "removed": counts[1], "changed": counts[2],
-            "complete": complete, "coverage": header.coverage, "gaps": header.gaps,
-        })
+        conn.execute(
+            HOST_APPLIED,
+            {
+                "ref": ref,
+                "epoch": message.epoch,
+                "seq": message.seq,
+                "moment": moment,
+                "is_complete": complete,
+                "first": min(host.first_seen, moment),
+                "last": max(host.last_seen, moment),
+            },
+        )
+        conn.execute(
+            OBSERVED,
+            {
+                "host_ref": ref,
+                "epoch": message.epoch,
+                "seq": message.seq,
+                "kind": kind,
+                "taken_at": moment,
+                "received_at": convert.now(),
+                "added": counts[0],
+                "removed": counts[1],
+                "changed": counts[2],
+                "complete": complete,
+                "coverage": header.coverage,
+                "gaps": header.gaps,
+            },
+        )
 
-    def remember_listening(self, ref: int, message: pb.Snapshot | pb.Delta, moment: datetime,
-                           listening: frozenset[flows.Listener] | None) -> None:
+    def remember_listening(
+        self, ref: int, message: pb.Snapshot | pb.Delta, moment: datetime, listening: frozenset[flows.Listener] | None
+    ) -> None:
         """Keep the host's open listeners after a committed message (see the module's docstring)."""
         if listening is None:
             self._listening.pop(ref, None)
         else:
             self._listening[ref] = ((message.epoch, message.seq, moment), listening)
 
-    def _snapshot(self, conn: Connection, ref: int, message: pb.Snapshot, moment: datetime,
-                  listening: frozenset[flows.Listener] | None) -> tuple[Counts, frozenset[flows.Listener] | None]:
+    def _snapshot(
+        self,
+        conn: Connection,
+        ref: int,
+        message: pb.Snapshot,
+        moment: datetime,
+        listening: frozenset[flows.Listener] | None,
+    ) -> tuple[Counts, frozenset[flows.Listener] | None]:
         held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(OPEN_ROWS, {"ref": ref})}
         listed: set[str] = set()
         opening: list[convert.SocketRow] = []
@@ -323,8 +413,14 @@ class Store:
         changed = sum(1 for row in opening if row.key in held)
         return (len(opening) - changed, len(closing) - changed, changed), listening
 
-    def _delta(self, conn: Connection, ref: int, message: pb.Delta, moment: datetime,
-               listening: frozenset[flows.Listener] | None) -> tuple[Counts, frozenset[flows.Listener] | None]:
+    def _delta(
+        self,
+        conn: Connection,
+        ref: int,
+        message: pb.Delta,
+        moment: datetime,
+        listening: frozenset[flows.Listener] | None,
+    ) -> tuple[Counts, frozenset[flows.Listener] | None]:
         added = [convert.socket_row(s, f"delta.added[{i}]") for i, s in enumerate(message.added)]
         changed = [convert.socket_row(s, f"delta.changed[{i}]") for i, s in enumerate(message.changed)]
         removed = [convert.key_row(k, f"delta.removed[{i}]")[0] for i, k in enumerate(message.removed)]
@@ -334,15 +430,23 @@ class Store:
         closing = removed + [row.key for row in changed]
         left: list[Row[Any]] = []
         for chunk in chunks(closing):
-            left += conn.execute(CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment,
-                                              **spans.cutoffs(moment)})
+            left += conn.execute(
+                CLOSE_KEYS, {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
+            )
         if len(left) != len(closing):
             raise Resync("delta removes or changes a socket the collector does not hold")
         listening = self._insert(conn, ref, added + changed, moment, left, listening)
         return (len(added), len(removed), len(changed)), listening
 
-    def _insert(self, conn: Connection, ref: int, rows: Sequence[convert.SocketRow], moment: datetime,
-                left: list[Row[Any]], listening: frozenset[flows.Listener] | None) -> frozenset[flows.Listener] | None:
+    def _insert(
+        self,
+        conn: Connection,
+        ref: int,
+        rows: Sequence[convert.SocketRow],
+        moment: datetime,
+        left: list[Row[Any]],
+        listening: frozenset[flows.Listener] | None,
+    ) -> frozenset[flows.Listener] | None:
         """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``:
         their flow, protocol and state).  ``listening``: the host's open listeners before the message, if known;
         returns them after it, if known."""
@@ -355,9 +459,15 @@ class Store:
             self.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, opened, strict=True)])
         return listening
 
-    def _flows(self, conn: Connection, ref: int, values: list[tuple[Any, ...]], moment: datetime,
-               left: list[str | None], listening: frozenset[flows.Listener] | None,
-               ) -> tuple[list[str | None], frozenset[flows.Listener] | None]:
+    def _flows(
+        self,
+        conn: Connection,
+        ref: int,
+        values: list[tuple[Any, ...]],
+        moment: datetime,
+        left: list[str | None],
+        listening: frozenset[flows.Listener] | None,
+    ) -> tuple[list[str | None], frozenset[flows.Listener] | None]:
         """The flow of each socket opening (None: of no flow), after moving the host's flows; see collector.flows.
         Also the host's open listeners after the message, when known."""
         at = _AT
@@ -365,8 +475,11 @@ class Store:
         if connected and listening is None:
             listening = frozenset(flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref}))
         if listening is not None:
-            listening |= {flows.listener_of(v[at["netns"]], v[at["proto"]], v[at["local_address"]], v[at["local_port"]])
-                          for v in values if rules.accepts(v[at["proto"]], v[at["state"]])}
+            listening |= {
+                flows.listener_of(v[at["netns"]], v[at["proto"]], v[at["local_address"]], v[at["local_port"]])
+                for v in values
+                if rules.accepts(v[at["proto"]], v[at["state"]])
+            }
         changes: dict[str, int] = {}
         for key in left:
             if key is not None:
@@ -378,8 +491,14 @@ class Store:
         self.move_flows(conn, ref, changes, identities, moment)
         return opened, listening
 
-    def move_flows(self, conn: Connection, ref: int, changes: dict[str, int],
-                    identities: dict[str, tuple[Any, ...]], moment: datetime) -> None:
+    def move_flows(
+        self,
+        conn: Connection,
+        ref: int,
+        changes: dict[str, int],
+        identities: dict[str, tuple[Any, ...]],
+        moment: datetime,
+    ) -> None:
         """Close the open rows of the flows whose number of open sockets changes, and open their new rows."""
         moving = [key for key, change in changes.items() if change]
         if not moving:
@@ -391,8 +510,14 @@ class Store:
                 current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
         _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
         if new:
-            self.write(conn, FLOWS_BULK, [(ref, key, *row.flow, row.connections, self.stamp(row.since),
-                                            self.stamp(row.valid_from)) for key, row in new])
+            self.write(
+                conn,
+                FLOWS_BULK,
+                [
+                    (ref, key, *row.flow, row.connections, self.stamp(row.since), self.stamp(row.valid_from))
+                    for key, row in new
+                ],
+            )
 
     def stamp(self, moment: datetime) -> datetime | str:
         """A time for the bulk statements, which bypass SQLAlchemy's types: on SQLite, written as SQLAlchemy
@@ -427,17 +552,29 @@ class Store:
             raise
 
 
-def file_flows(values: list[tuple[Any, ...]], listening: frozenset[flows.Listener], changes: dict[str, int],
-               identities: dict[str, tuple[Any, ...]]) -> list[str | None]:
+def file_flows(
+    values: list[tuple[Any, ...]],
+    listening: frozenset[flows.Listener],
+    changes: dict[str, int],
+    identities: dict[str, tuple[Any, ...]],
+) -> list[str | None]:
     """The flow key of each socket row opening (``values``: as written, see ``_AT``), counted in ``changes``
     (one more open socket each) and named in ``identities``."""
     at = _AT
     holds = listening.__contains__
     opened: list[str | None] = []
     for v in values:
-        flow = flows.identity(v[at["netns"]], v[at["proto"]], v[at["state"]], v[at["process"]],
-                              v[at["local_address"]], v[at["local_port"]], v[at["remote_address"]],
-                              v[at["remote_port"]], holds)
+        flow = flows.identity(
+            v[at["netns"]],
+            v[at["proto"]],
+            v[at["state"]],
+            v[at["process"]],
+            v[at["local_address"]],
+            v[at["local_port"]],
+            v[at["remote_address"]],
+            v[at["remote_port"]],
+            holds,
+        )
         if flow is None:
             opened.append(None)
             continue

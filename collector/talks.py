@@ -53,8 +53,20 @@ from sockfleet.collector.rules import DIRECTIONS, UNIX_PAIR, UNIX_PATH, WILDCARD
 from sockfleet.collector.schema import flows, host_addresses, hosts, sockets
 from sockfleet.collector.times import now
 
-EDGE_FIELDS = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
-               "server_port", "server_process", "connections", "first_seen", "last_seen", "direction")
+EDGE_FIELDS = (
+    "proto",
+    "client_host",
+    "client_address",
+    "client_process",
+    "server_host",
+    "server_address",
+    "server_port",
+    "server_process",
+    "connections",
+    "first_seen",
+    "last_seen",
+    "direction",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +129,16 @@ def edges(conn: Connection, window: Window, host: str | None = None, port: int |
         if port is not None and edge["server_port"] != port:
             continue
         out.append({name: edge[name] for name in EDGE_FIELDS})
-    return sorted(out, key=lambda e: (e["server_host"] or "~", e["server_port"] or 0, e["client_host"] or "~",
-                                      e["client_process"] or "", e["proto"]))
+    return sorted(
+        out,
+        key=lambda e: (
+            e["server_host"] or "~",
+            e["server_port"] or 0,
+            e["client_host"] or "~",
+            e["client_process"] or "",
+            e["proto"],
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +169,11 @@ class Narrow:
 def _addresses(conn: Connection, refs: list[int], moment: datetime) -> list[str]:
     """The addresses these hosts held at the moment, as a socket may name them (a v4 one also v4-mapped)."""
     ha = host_addresses.c
-    held = conn.execute(select(ha.address).where(
-        ha.host_ref.in_(refs), ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment))).scalars()
+    held = conn.execute(
+        select(ha.address).where(
+            ha.host_ref.in_(refs), ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment)
+        )
+    ).scalars()
     out = set()
     for address in held:
         out.add(address)
@@ -166,13 +189,26 @@ def _query(window: Window, refs: list[int], every_host: bool, moment: datetime, 
     if not every_host:
         conditions.append(s.host_ref.in_(refs))
     inet = select(
-        s.host_ref, s.netns, s.proto, s.process, s.local_port, s.remote_port, s.valid_from,
-        func.coalesce(s.valid_to, at).label("last"), rules.plain_sql(s.local_address).label("laddr"),
+        s.host_ref,
+        s.netns,
+        s.proto,
+        s.process,
+        s.local_port,
+        s.remote_port,
+        s.valid_from,
+        func.coalesce(s.valid_to, at).label("last"),
+        rules.plain_sql(s.local_address).label("laddr"),
         rules.plain_sql(s.remote_address).label("raddr"),
     ).where(*conditions, *narrow.inet(), rules.connected_sql(s))
-    return union_all(_inet_edges(inet.subquery("inet"), _listening(window, refs, every_host), refs,  # type: ignore[return-value]
-                                 moment),
-                     _unix_edges(_unix(window, refs, every_host, moment, narrow)))
+    return union_all(
+        _inet_edges(
+            inet.subquery("inet"),
+            _listening(window, refs, every_host),
+            refs,  # type: ignore[return-value]
+            moment,
+        ),
+        _unix_edges(_unix(window, refs, every_host, moment, narrow)),
+    )
 
 
 def _unix(window: Window, refs: list[int], every_host: bool, moment: datetime, narrow: Narrow) -> CTE:
@@ -182,10 +218,20 @@ def _unix(window: Window, refs: list[int], every_host: bool, moment: datetime, n
     conditions = [spans.alive(window.start, window.end, within=(s.proto == literal_column("'unix'"),))]
     if not every_host:
         conditions.append(s.host_ref.in_(refs))
-    return select(
-        s.host_ref, s.process, s.pid, s.path, s.inode, s.peer_inode, s.valid_from,
-        func.coalesce(s.valid_to, bindparam("moment", moment, type_=DateTime)).label("last"),
-    ).where(*conditions, *narrow.unix(), s.peer_inode.is_not(None), s.peer_inode != 0).cte("unix")
+    return (
+        select(
+            s.host_ref,
+            s.process,
+            s.pid,
+            s.path,
+            s.inode,
+            s.peer_inode,
+            s.valid_from,
+            func.coalesce(s.valid_to, bindparam("moment", moment, type_=DateTime)).label("last"),
+        )
+        .where(*conditions, *narrow.unix(), s.peer_inode.is_not(None), s.peer_inode != 0)
+        .cte("unix")
+    )
 
 
 def _at(window: Window, refs: list[int], every_host: bool, moment: datetime, narrow: Narrow) -> Select[Any]:
@@ -194,11 +240,28 @@ def _at(window: Window, refs: list[int], every_host: bool, moment: datetime, nar
     conditions = [spans.alive(window.start, table=flows)]
     if not every_host:
         conditions.append(f.host_ref.in_(refs))
-    alive = select(f.host_ref, f.netns, f.proto, f.role, f.process, f.local_port, f.remote_port, f.connections,
-                   f.since, f.local_address.label("laddr"), f.remote_address.label("raddr"),
-                   ).where(*conditions, *narrow.inet(flows)).cte("alive_flows").prefix_with("MATERIALIZED")
-    return union_all(_flow_edges(alive, _listening(window, refs, every_host), refs, moment),  # type: ignore[return-value]
-                     _unix_edges(_unix(window, refs, every_host, moment, narrow)))
+    alive = (
+        select(
+            f.host_ref,
+            f.netns,
+            f.proto,
+            f.role,
+            f.process,
+            f.local_port,
+            f.remote_port,
+            f.connections,
+            f.since,
+            f.local_address.label("laddr"),
+            f.remote_address.label("raddr"),
+        )
+        .where(*conditions, *narrow.inet(flows))
+        .cte("alive_flows")
+        .prefix_with("MATERIALIZED")
+    )
+    return union_all(
+        _flow_edges(alive, _listening(window, refs, every_host), refs, moment),  # type: ignore[return-value]
+        _unix_edges(_unix(window, refs, every_host, moment, narrow)),
+    )
 
 
 def _listening(window: Window, refs: list[int], every_host: bool) -> list[ColumnElement[bool]]:
@@ -217,9 +280,11 @@ def _listeners(conditions: list[ColumnElement[bool]]) -> CTE:
     """
     s = sockets.c
     laddr = rules.plain_sql(s.local_address)
-    listening = select(s.host_ref, s.netns, s.proto, s.local_port, laddr.label("laddr"), s.process).where(
-        *conditions, rules.accepts_sql(s),
-    ).subquery("listening")
+    listening = (
+        select(s.host_ref, s.netns, s.proto, s.local_port, laddr.label("laddr"), s.process)
+        .where(*conditions, rules.accepts_sql(s))
+        .subquery("listening")
+    )
     c = listening.c
     keys = (c.host_ref, c.netns, c.proto, c.local_port, c.laddr)
     return select(*keys, func.min(c.process).label("process")).group_by(*keys).cte("listeners")
@@ -232,16 +297,23 @@ def _holders(refs: list[int], moment: datetime) -> CTE:
     address = cast(rules.plain_sql(ha.address), String)
     holding = (
         select(address.label("address"), ha.host_ref, ha.netns)
-        .where(ha.valid_from <= moment, or_(ha.valid_to.is_(None), ha.valid_to > moment), ha.host_ref.in_(refs),
-               not_(rules.loopback_sql(address)))
+        .where(
+            ha.valid_from <= moment,
+            or_(ha.valid_to.is_(None), ha.valid_to > moment),
+            ha.host_ref.in_(refs),
+            not_(rules.loopback_sql(address)),
+        )
         .cte("holding")
     )
     first = select(holding.c.address, func.min(holding.c.host_ref).label("host_ref")).group_by(holding.c.address)
     first_cte = first.cte("first_holder")
     return (
         select(first_cte.c.address, first_cte.c.host_ref, func.min(holding.c.netns).label("netns"))
-        .select_from(first_cte.join(holding, and_(holding.c.address == first_cte.c.address,
-                                                  holding.c.host_ref == first_cte.c.host_ref)))
+        .select_from(
+            first_cte.join(
+                holding, and_(holding.c.address == first_cte.c.address, holding.c.host_ref == first_cte.c.host_ref)
+            )
+        )
         .group_by(first_cte.c.address, first_cte.c.host_ref)
         .cte("held")
     )
@@ -253,15 +325,17 @@ def _with_peers(alive: Subquery | CTE, refs: list[int], moment: datetime, name: 
     held = _holders(refs, moment)
     loop = rules.loopback_sql(a.raddr)
     return (
-        select(alive, case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
-               case((loop, a.netns), else_=held.c.netns).label("peer_netns"))
+        select(
+            alive,
+            case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
+            case((loop, a.netns), else_=held.c.netns).label("peer_netns"),
+        )
         .select_from(alive.outerjoin(held, held.c.address == a.raddr))
         .subquery(name)
     )
 
 
-def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[int],
-                moment: datetime) -> Select[Any]:
+def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[int], moment: datetime) -> Select[Any]:
     """Flows judged as ``_inet_edges`` judges sockets, then folded: the calling side's flows count the
     connections, and a served flow counts only those no calling flow in the fleet accounts for."""
     ends = _with_peers(alive, refs, moment, "flow_ends")
@@ -271,12 +345,22 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
     # counted twice; any of them is evidence, the exact one names the process first.
     joins: Any = ends
     found: dict[str, list[Any]] = {"local": [], "remote": []}
-    for side_name, ref, netns, port, address in (("local", e.host_ref, e.netns, e.local_port, e.laddr),
-                                                 ("remote", e.peer_ref, e.peer_netns, e.remote_port, e.raddr)):
+    for side_name, ref, netns, port, address in (
+        ("local", e.host_ref, e.netns, e.local_port, e.laddr),
+        ("remote", e.peer_ref, e.peer_netns, e.remote_port, e.raddr),
+    ):
         for n, wanted in enumerate((address, *(literal(w) for w in WILDCARDS))):
             lst = listeners.alias(f"{side_name}_listener{n}")
-            joins = joins.outerjoin(lst, and_(lst.c.host_ref == ref, lst.c.netns == netns, lst.c.proto == e.proto,
-                                              lst.c.local_port == port, lst.c.laddr == wanted))
+            joins = joins.outerjoin(
+                lst,
+                and_(
+                    lst.c.host_ref == ref,
+                    lst.c.netns == netns,
+                    lst.c.proto == e.proto,
+                    lst.c.local_port == port,
+                    lst.c.laddr == wanted,
+                ),
+            )
             found[side_name].append(lst.c)
     local_listens = or_(*(c.host_ref.is_not(None) for c in found["local"]))
     remote_listens = or_(*(c.host_ref.is_not(None) for c in found["remote"]))
@@ -284,10 +368,22 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
     remote_process = func.coalesce(*(c.process for c in found["remote"]))
     server_side, evidence = rules.serving_sql(local_listens, remote_listens, e.local_port, e.remote_port, e.role)
     judged = (
-        select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
-               e.connections, e.since, local_process.label("local_process"),
-               remote_process.label("remote_process"), server_side.label("server_side"),
-               evidence.label("evidence"))
+        select(
+            e.proto,
+            e.host_ref,
+            e.peer_ref,
+            e.process,
+            e.local_port,
+            e.remote_port,
+            e.laddr,
+            e.raddr,
+            e.connections,
+            e.since,
+            local_process.label("local_process"),
+            remote_process.label("remote_process"),
+            server_side.label("server_side"),
+            evidence.label("evidence"),
+        )
         .select_from(joins)
         .subquery("flows_judged")
     )
@@ -299,32 +395,51 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
 
     views = (
         select(
-            j.proto, served.label("served"),
-            side(j.raddr, j.laddr).label("c_addr"), side(j.laddr, j.raddr).label("s_addr"),
+            j.proto,
+            served.label("served"),
+            side(j.raddr, j.laddr).label("c_addr"),
+            side(j.laddr, j.raddr).label("s_addr"),
             side(j.local_port, j.remote_port).label("s_port"),
-            side(j.peer_ref, j.host_ref).label("client_ref"), side(null(), j.process).label("client_process"),
+            side(j.peer_ref, j.host_ref).label("client_ref"),
+            side(null(), j.process).label("client_process"),
             side(j.host_ref, j.peer_ref).label("server_ref"),
             side(func.coalesce(j.local_process, j.process), j.remote_process).label("server_process"),
-            j.connections, j.since, j.evidence,
-        ).cte("flow_views").prefix_with("MATERIALIZED")
+            j.connections,
+            j.since,
+            j.evidence,
+        )
+        .cte("flow_views")
+        .prefix_with("MATERIALIZED")
     )
     v = views.c
     keys = (v.proto, v.c_addr, v.s_addr, v.s_port)
     # What the served side says of its own process, per connection endpoints (client port folded).
-    serving = (select(*keys, func.max(v.server_process).label("process"), func.max(v.server_ref).label("ref"))
-               .where(v.served).group_by(*keys).subquery("serving"))
+    serving = (
+        select(*keys, func.max(v.server_process).label("process"), func.max(v.server_ref).label("ref"))
+        .where(v.served)
+        .group_by(*keys)
+        .subquery("serving")
+    )
     calling = select(*keys).where(not_(v.served)).group_by(*keys).subquery("calling")
 
     def same(other: Any) -> ColumnElement[bool]:
-        return and_(other.c.proto == v.proto, other.c.c_addr == v.c_addr, other.c.s_addr == v.s_addr,
-                    other.c.s_port == v.s_port)
+        return and_(
+            other.c.proto == v.proto, other.c.c_addr == v.c_addr, other.c.s_addr == v.s_addr, other.c.s_port == v.s_port
+        )
 
     columns = (v.proto, v.client_ref, v.c_addr, v.client_process)
     from_clients = (
         # The served side's own host wins over the holder of its address (two hosts may hold one).
-        select(*columns, func.coalesce(serving.c.ref, v.server_ref).label("server_ref"), v.s_addr, v.s_port,
-               func.coalesce(serving.c.process, v.server_process).label("server_process"),
-               v.connections, v.since, v.evidence)
+        select(
+            *columns,
+            func.coalesce(serving.c.ref, v.server_ref).label("server_ref"),
+            v.s_addr,
+            v.s_port,
+            func.coalesce(serving.c.process, v.server_process).label("server_process"),
+            v.connections,
+            v.since,
+            v.evidence,
+        )
         .select_from(views.outerjoin(serving, same(serving)))
         .where(not_(v.served))
     )
@@ -337,19 +452,34 @@ def _flow_edges(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[in
     c = both.c
     client_address = case((c.client_ref.is_(None), c.c_addr), else_=null())
     outside_server = case((c.server_ref.is_(None), c.s_addr), else_=null())
-    return (
-        select(c.proto, c.client_ref, client_address.label("client_address"), c.client_process, c.server_ref,
-               func.min(c.s_addr).label("server_address"), c.s_port.label("server_port"), c.server_process,
-               func.sum(c.connections).label("connections"), func.min(c.since).label("first_seen"),
-               bindparam("last_moment", moment, type_=DateTime).label("last_seen"),
-               func.max(c.evidence).label("evidence"))
-        .group_by(c.proto, c.client_ref, client_address, c.client_process, c.server_ref, outside_server, c.s_port,
-                  c.server_process)
+    return select(
+        c.proto,
+        c.client_ref,
+        client_address.label("client_address"),
+        c.client_process,
+        c.server_ref,
+        func.min(c.s_addr).label("server_address"),
+        c.s_port.label("server_port"),
+        c.server_process,
+        func.sum(c.connections).label("connections"),
+        func.min(c.since).label("first_seen"),
+        bindparam("last_moment", moment, type_=DateTime).label("last_seen"),
+        func.max(c.evidence).label("evidence"),
+    ).group_by(
+        c.proto,
+        c.client_ref,
+        client_address,
+        c.client_process,
+        c.server_ref,
+        outside_server,
+        c.s_port,
+        c.server_process,
     )
 
 
-def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int],
-                moment: datetime) -> Select[Any]:
+def _inet_edges(
+    alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[int], moment: datetime
+) -> Select[Any]:
     # Each connected socket, with the host that holds its remote address (loopback: its own host).
     ends = _with_peers(alive, refs, moment, "ends")
     listeners = _listeners(conditions)
@@ -359,20 +489,38 @@ def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: li
     def on(listener: Any, ref: Any, netns: Any, port: Any, address: Any) -> ColumnElement[bool]:
         # Exactly on the address, or on a wildcard.  A socket may find two listeners (one of each): the
         # copies meet again in the grouping by connection below, and count once.
-        return and_(listener.c.host_ref == ref, listener.c.netns == netns, listener.c.proto == e.proto,
-                    listener.c.local_port == port, or_(listener.c.laddr == address, listener.c.laddr.in_(WILDCARDS)))
+        return and_(
+            listener.c.host_ref == ref,
+            listener.c.netns == netns,
+            listener.c.proto == e.proto,
+            listener.c.local_port == port,
+            or_(listener.c.laddr == address, listener.c.laddr.in_(WILDCARDS)),
+        )
 
     local_listens = local.c.host_ref.is_not(None)
     remote_listens = remote.c.host_ref.is_not(None)
     server_side, evidence = rules.serving_sql(local_listens, remote_listens, e.local_port, e.remote_port)
     judged = (
-        select(e.proto, e.host_ref, e.peer_ref, e.process, e.local_port, e.remote_port, e.laddr, e.raddr,
-               e.valid_from, e.last, local.c.process.label("local_process"),
-               remote.c.process.label("remote_process"), server_side.label("server_side"),
-               evidence.label("evidence"))
+        select(
+            e.proto,
+            e.host_ref,
+            e.peer_ref,
+            e.process,
+            e.local_port,
+            e.remote_port,
+            e.laddr,
+            e.raddr,
+            e.valid_from,
+            e.last,
+            local.c.process.label("local_process"),
+            remote.c.process.label("remote_process"),
+            server_side.label("server_side"),
+            evidence.label("evidence"),
+        )
         .select_from(
-            ends.outerjoin(local, on(local, e.host_ref, e.netns, e.local_port, e.laddr))
-            .outerjoin(remote, on(remote, e.peer_ref, e.peer_netns, e.remote_port, e.raddr))
+            ends.outerjoin(local, on(local, e.host_ref, e.netns, e.local_port, e.laddr)).outerjoin(
+                remote, on(remote, e.peer_ref, e.peer_netns, e.remote_port, e.raddr)
+            )
         )
         .subquery("judged")
     )
@@ -386,30 +534,55 @@ def _inet_edges(alive: Subquery, conditions: list[ColumnElement[bool]], refs: li
     # process wins over what the client's end inferred from the listener.
     connections = (
         select(
-            j.proto, side(j.raddr, j.laddr).label("c_addr"), side(j.remote_port, j.local_port).label("c_port"),
-            side(j.laddr, j.raddr).label("s_addr"), side(j.local_port, j.remote_port).label("s_port"),
+            j.proto,
+            side(j.raddr, j.laddr).label("c_addr"),
+            side(j.remote_port, j.local_port).label("c_port"),
+            side(j.laddr, j.raddr).label("s_addr"),
+            side(j.local_port, j.remote_port).label("s_port"),
             func.max(side(j.peer_ref, j.host_ref)).label("client_ref"),
             func.max(side(null(), j.process)).label("client_process"),
             func.max(side(j.host_ref, j.peer_ref)).label("server_ref"),
-            func.coalesce(func.max(side(func.coalesce(j.local_process, j.process), null())),
-                          func.max(j.remote_process)).label("server_process"),
-            func.max(j.evidence).label("evidence"), func.min(j.valid_from).label("first_seen"),
+            func.coalesce(
+                func.max(side(func.coalesce(j.local_process, j.process), null())), func.max(j.remote_process)
+            ).label("server_process"),
+            func.max(j.evidence).label("evidence"),
+            func.min(j.valid_from).label("first_seen"),
             func.max(j.last).label("last_seen"),
         )
-        .group_by(j.proto, side(j.raddr, j.laddr), side(j.remote_port, j.local_port), side(j.laddr, j.raddr),
-                  side(j.local_port, j.remote_port))
+        .group_by(
+            j.proto,
+            side(j.raddr, j.laddr),
+            side(j.remote_port, j.local_port),
+            side(j.laddr, j.raddr),
+            side(j.local_port, j.remote_port),
+        )
         .cte("connections")
     )
     c = connections.c
     client_address = case((c.client_ref.is_(None), c.c_addr), else_=null())
     outside_server = case((c.server_ref.is_(None), c.s_addr), else_=null())
-    return (
-        select(c.proto, c.client_ref, client_address.label("client_address"), c.client_process, c.server_ref,
-               func.min(c.s_addr).label("server_address"), c.s_port.label("server_port"), c.server_process,
-               func.count().label("connections"), func.min(c.first_seen).label("first_seen"),
-               func.max(c.last_seen).label("last_seen"), func.max(c.evidence).label("evidence"))
-        .group_by(c.proto, c.client_ref, client_address, c.client_process, c.server_ref, outside_server, c.s_port,
-                  c.server_process)
+    return select(
+        c.proto,
+        c.client_ref,
+        client_address.label("client_address"),
+        c.client_process,
+        c.server_ref,
+        func.min(c.s_addr).label("server_address"),
+        c.s_port.label("server_port"),
+        c.server_process,
+        func.count().label("connections"),
+        func.min(c.first_seen).label("first_seen"),
+        func.max(c.last_seen).label("last_seen"),
+        func.max(c.evidence).label("evidence"),
+    ).group_by(
+        c.proto,
+        c.client_ref,
+        client_address,
+        c.client_process,
+        c.server_ref,
+        outside_server,
+        c.s_port,
+        c.server_process,
     )
 
 
@@ -420,30 +593,47 @@ def _unix_edges(alive: CTE) -> Select[Any]:
     same_kind = (u.c.path.is_(None)) == (v.c.path.is_(None))
     u_serves = or_(
         and_(u.c.path.is_not(None), v.c.path.is_(None)),
-        and_(same_kind, or_(func.coalesce(u.c.pid, 0) < func.coalesce(v.c.pid, 0),
-                            and_(func.coalesce(u.c.pid, 0) == func.coalesce(v.c.pid, 0), u.c.inode < v.c.inode))),
+        and_(
+            same_kind,
+            or_(
+                func.coalesce(u.c.pid, 0) < func.coalesce(v.c.pid, 0),
+                and_(func.coalesce(u.c.pid, 0) == func.coalesce(v.c.pid, 0), u.c.inode < v.c.inode),
+            ),
+        ),
     )
     direction = case((same_kind, UNIX_PAIR), else_=UNIX_PATH)
     # A socket seen in several rows over a window is one pair.
     pairs = (
-        select(u.c.host_ref, func.max(u.c.path).label("path"), func.max(u.c.process).label("server_process"),
-               func.max(v.c.process).label("client_process"), func.max(direction).label("evidence"),
-               func.min(u.c.valid_from).label("u_first"),
-               func.min(v.c.valid_from).label("v_first"), func.max(u.c.last).label("u_last"),
-               func.max(v.c.last).label("v_last"))
+        select(
+            u.c.host_ref,
+            func.max(u.c.path).label("path"),
+            func.max(u.c.process).label("server_process"),
+            func.max(v.c.process).label("client_process"),
+            func.max(direction).label("evidence"),
+            func.min(u.c.valid_from).label("u_first"),
+            func.min(v.c.valid_from).label("v_first"),
+            func.max(u.c.last).label("u_last"),
+            func.max(v.c.last).label("v_last"),
+        )
         .select_from(u.join(v, paired))
-        .where(u_serves,
-               not_(and_(u.c.pid.is_not(None), u.c.pid == v.c.pid)))
+        .where(u_serves, not_(and_(u.c.pid.is_not(None), u.c.pid == v.c.pid)))
         .group_by(u.c.host_ref, u.c.inode, v.c.inode)
         .cte("pairs")
     )
     p = pairs.c
     first = case((p.u_first < p.v_first, p.u_first), else_=p.v_first)
     last = case((p.u_last > p.v_last, p.u_last), else_=p.v_last)
-    return (
-        select(literal("unix").label("proto"), p.host_ref.label("client_ref"), null().label("client_address"),
-               p.client_process, p.host_ref.label("server_ref"), func.min(p.path).label("server_address"),
-               null().label("server_port"), p.server_process, func.count().label("connections"),
-               func.min(first).label("first_seen"), func.max(last).label("last_seen"), p.evidence)
-        .group_by(p.host_ref, p.client_process, p.path, p.server_process, p.evidence)
-    )
+    return select(
+        literal("unix").label("proto"),
+        p.host_ref.label("client_ref"),
+        null().label("client_address"),
+        p.client_process,
+        p.host_ref.label("server_ref"),
+        func.min(p.path).label("server_address"),
+        null().label("server_port"),
+        p.server_process,
+        func.count().label("connections"),
+        func.min(first).label("first_seen"),
+        func.max(last).label("last_seen"),
+        p.evidence,
+    ).group_by(p.host_ref, p.client_process, p.path, p.server_process, p.evidence)

@@ -1,7 +1,7 @@
 """Generates the Python stubs of proto/sockfleet/v1/*.proto: the only way they are made.
 
-    python proto/generate.py            # writes proto/sockfleet/v1/*_pb2*.py(i)
-    python proto/generate.py --check    # fails if the committed stubs differ
+python proto/generate.py            # writes proto/sockfleet/v1/*_pb2*.py(i)
+python proto/generate.py --check    # fails if the committed stubs differ
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ def generate(out: Path) -> list[Path]:
     protos = sorted(PACKAGE.glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     args = [
-        "protoc", f"-I{HERE}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-        f"--grpc_python_out={out}", *(str(p.relative_to(HERE)) for p in protos),
+        "protoc",
+        f"-I{HERE}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *(str(p.relative_to(HERE)) for p in protos),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")

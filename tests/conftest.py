@@ -29,7 +29,10 @@ class Zoo:
 def zoo(tmp_path: Path) -> Iterator[Zoo]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.socket_zoo", str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdin is not None
     try:

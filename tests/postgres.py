@@ -41,8 +41,9 @@ def _free_port() -> int:
 class Cluster:
     """A running server; ``database()`` makes a fresh empty database and returns its URL."""
 
-    def __init__(self, admin_url: str, stop: list[str] | None = None, user: str | None = None,
-                 start: list[str] | None = None) -> None:
+    def __init__(
+        self, admin_url: str, stop: list[str] | None = None, user: str | None = None, start: list[str] | None = None
+    ) -> None:
         self.admin_url = admin_url
         self._stop = stop
         self._start = start
@@ -92,15 +93,15 @@ def cluster(settings: dict[str, str] | None = None) -> Iterator[Cluster]:
     port = _free_port()
     owner = Cluster("", user=user)
     try:
-        owner.run_as_owner([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                            "--no-sync", "-E", "UTF8"])
+        owner.run_as_owner(
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]
+        )
         options = f"-k {sockets_dir} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=200"
         options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         start = [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start"]
         owner.run_as_owner(start)
         url = f"postgresql+psycopg://postgres@/postgres?host={sockets_dir}&port={port}"
-        running = Cluster(url, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user,
-                          start)
+        running = Cluster(url, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user, start)
         yield running
         running.stop()
     finally:

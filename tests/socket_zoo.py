@@ -31,15 +31,27 @@ def inet(sock: socket.socket, proto: str, state: str, remote: bool = True) -> di
     local = sock.getsockname()
     peer = sock.getpeername() if remote else (None, None)
     return describe(
-        sock, proto=proto, family=family, type="stream" if proto == "tcp" else "dgram", state=state,
-        local_address=local[0], local_port=local[1], remote_address=peer[0], remote_port=peer[1],
+        sock,
+        proto=proto,
+        family=family,
+        type="stream" if proto == "tcp" else "dgram",
+        state=state,
+        local_address=local[0],
+        local_port=local[1],
+        remote_address=peer[0],
+        remote_port=peer[1],
     )
 
 
 def unix(sock: socket.socket, state: str, path: str | None, peer: socket.socket | None = None) -> dict[str, Any]:
     kinds = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
     return describe(
-        sock, proto="unix", family="unix", type=kinds[sock.type], state=state, path=path,
+        sock,
+        proto="unix",
+        family="unix",
+        type=kinds[sock.type],
+        state=state,
+        path=path,
         peer_inode=inode(peer) if peer is not None else None,
     )
 
@@ -109,9 +121,15 @@ def open_zoo(folder: str) -> tuple[dict[str, dict[str, Any]], list[socket.socket
         hold(pending)
     time.sleep(0.2)
     zoo["tcp_syn_sent"] = describe(
-        pending, proto="tcp", family="inet", type="stream", state="SYN_SENT",
-        local_address="127.0.0.1", local_port=pending.getsockname()[1],
-        remote_address="127.0.0.1", remote_port=full.getsockname()[1],
+        pending,
+        proto="tcp",
+        family="inet",
+        type="stream",
+        state="SYN_SENT",
+        local_address="127.0.0.1",
+        local_port=pending.getsockname()[1],
+        remote_address="127.0.0.1",
+        remote_port=full.getsockname()[1],
     )
 
     udp4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -24,16 +24,7 @@ from collections.abc import Iterable, Iterator
 
 from sockfleet.agent.errors import ParseError, SourceError
 from sockfleet.agent.netns import entered
-from sockfleet.agent.records import (
-    TCP_STATES,
-    Family,
-    Namespace,
-    Proto,
-    SocketRecord,
-    SockType,
-    State,
-    datagram_state,
-)
+from sockfleet.agent.records import TCP_STATES, Family, Namespace, Proto, SocketRecord, SockType, State, datagram_state
 
 NAME = "netlink"
 DESCRIPTION = "kernel sock_diag over netlink (Linux; fastest)"
@@ -169,10 +160,28 @@ def parse_inet(chunks: Iterable[bytes], netns: int, proto: Proto) -> list[Socket
                 if remote is None:
                     remote = cache[dst] = _address(family, dst)
                 rport = dport
-            append(new(SocketRecord, (
-                netns, proto, _FAMILIES[family], kind, states.get(kstate, fallback),
-                local, sport, remote, rport, None, None, inode, uid, rqueue, wqueue,
-            )))
+            append(
+                new(
+                    SocketRecord,
+                    (
+                        netns,
+                        proto,
+                        _FAMILIES[family],
+                        kind,
+                        states.get(kstate, fallback),
+                        local,
+                        sport,
+                        remote,
+                        rport,
+                        None,
+                        None,
+                        inode,
+                        uid,
+                        rqueue,
+                        wqueue,
+                    ),
+                )
+            )
     raise ParseError(NAME, "the dump ended without NLMSG_DONE")
 
 
@@ -225,8 +234,21 @@ def parse_unix(chunks: Iterable[bytes], netns: int) -> list[SocketRecord]:
             raise ParseError(NAME, f"unknown unix socket type {ktype} for inode {inode}")
         records.append(
             SocketRecord(
-                netns, Proto.UNIX, Family.UNIX, kind, datagram_state(kstate),
-                None, None, None, None, path, peer or None, inode, uid, rqueue, wqueue,
+                netns,
+                Proto.UNIX,
+                Family.UNIX,
+                kind,
+                datagram_state(kstate),
+                None,
+                None,
+                None,
+                None,
+                path,
+                peer or None,
+                inode,
+                uid,
+                rqueue,
+                wqueue,
             )
         )
     return records

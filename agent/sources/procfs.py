@@ -21,16 +21,7 @@ import socket
 import struct
 
 from sockfleet.agent.errors import ParseError, SourceError
-from sockfleet.agent.records import (
-    TCP_STATES,
-    Family,
-    Namespace,
-    Proto,
-    SocketRecord,
-    SockType,
-    State,
-    datagram_state,
-)
+from sockfleet.agent.records import TCP_STATES, Family, Namespace, Proto, SocketRecord, SockType, State, datagram_state
 
 NAME = "procfs"
 DESCRIPTION = "text tables under /proc/PID/net (Linux fallback; no Unix peers)"
@@ -83,9 +74,20 @@ def parse_inet(text: str, netns: int, proto: Proto, family: Family, table: str =
         unconnected = rport == 0 and remote in ("0.0.0.0", "::")
         records.append(
             SocketRecord(
-                netns, proto, family, kind, state, local, lport,
-                None if unconnected else remote, None if unconnected else rport,
-                None, None, inode, uid, *queues,
+                netns,
+                proto,
+                family,
+                kind,
+                state,
+                local,
+                lport,
+                None if unconnected else remote,
+                None if unconnected else rport,
+                None,
+                None,
+                inode,
+                uid,
+                *queues,
             )
         )
     return records
@@ -115,8 +117,7 @@ def parse_unix(text: str, netns: int) -> list[SocketRecord]:
         path = fields[7] if len(fields) > 7 else None
         records.append(
             SocketRecord(
-                netns, Proto.UNIX, Family.UNIX, kind, state,
-                None, None, None, None, path, None, inode, None, 0, 0,
+                netns, Proto.UNIX, Family.UNIX, kind, state, None, None, None, None, path, None, inode, None, 0, 0
             )
         )
     return records

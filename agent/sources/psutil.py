@@ -17,13 +17,22 @@ DESCRIPTION = "psutil.net_connections (other systems; current namespace, no inod
 
 _FAMILIES = {socket.AF_INET: Family.INET, socket.AF_INET6: Family.INET6, socket.AF_UNIX: Family.UNIX}
 _TYPES = {
-    socket.SOCK_STREAM: SockType.STREAM, socket.SOCK_DGRAM: SockType.DGRAM, socket.SOCK_SEQPACKET: SockType.SEQPACKET,
+    socket.SOCK_STREAM: SockType.STREAM,
+    socket.SOCK_DGRAM: SockType.DGRAM,
+    socket.SOCK_SEQPACKET: SockType.SEQPACKET,
 }
 _STATES = {
-    "ESTABLISHED": State.ESTABLISHED, "SYN_SENT": State.SYN_SENT, "SYN_RECV": State.SYN_RECV,
-    "FIN_WAIT1": State.FIN_WAIT1, "FIN_WAIT2": State.FIN_WAIT2, "TIME_WAIT": State.TIME_WAIT,
-    "CLOSE": State.CLOSE, "CLOSE_WAIT": State.CLOSE_WAIT, "LAST_ACK": State.LAST_ACK,
-    "LISTEN": State.LISTEN, "CLOSING": State.CLOSING,
+    "ESTABLISHED": State.ESTABLISHED,
+    "SYN_SENT": State.SYN_SENT,
+    "SYN_RECV": State.SYN_RECV,
+    "FIN_WAIT1": State.FIN_WAIT1,
+    "FIN_WAIT2": State.FIN_WAIT2,
+    "TIME_WAIT": State.TIME_WAIT,
+    "CLOSE": State.CLOSE,
+    "CLOSE_WAIT": State.CLOSE_WAIT,
+    "LAST_ACK": State.LAST_ACK,
+    "LISTEN": State.LISTEN,
+    "CLOSING": State.CLOSING,
 }
 
 
@@ -55,8 +64,10 @@ def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -
             local, lport = conn.laddr if conn.laddr else ("0.0.0.0", 0)
             remote, rport = conn.raddr if conn.raddr else (None, None)
             path = None
-            state = _STATES.get(conn.status, State.UNCONN) if proto is Proto.TCP else (
-                State.ESTABLISHED if conn.raddr else State.UNCONN
+            state = (
+                _STATES.get(conn.status, State.UNCONN)
+                if proto is Proto.TCP
+                else (State.ESTABLISHED if conn.raddr else State.UNCONN)
             )
         records.append(
             SocketRecord(ns.inode, proto, family, kind, state, local, lport, remote, rport, path, None, 0, None, 0, 0)

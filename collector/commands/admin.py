@@ -26,8 +26,11 @@ def enroll(args: argparse.Namespace) -> int:
     print(token)
     named = f" named {args.name!r}" if args.name else ""
     replaced = "; its earlier token no longer works" if args.rotate else ""
-    print(f"token for host {args.host!r}{named}: give it to its agent (--token-file, mode 0600); it is not shown "
-          f"again{replaced}", file=sys.stderr)
+    print(
+        f"token for host {args.host!r}{named}: give it to its agent (--token-file, mode 0600); it is not shown "
+        f"again{replaced}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -48,8 +51,9 @@ def rename(args: argparse.Namespace) -> int:
 
 def tokens(args: argparse.Namespace) -> int:
     rows = credentials.listing(_existing(args.db))
-    output.write(rows, ("host_id", "host", "status", "enrolled_at", "last_used_at", "revoked_at"), sys.stdout,
-                 args.format)
+    output.write(
+        rows, ("host_id", "host", "status", "enrolled_at", "last_used_at", "revoked_at"), sys.stdout, args.format
+    )
     return 0
 
 

@@ -32,12 +32,24 @@ async def demo(args: argparse.Namespace) -> int:
     db.migrate(engine)
     url = db.shown(engine.url)
     server, port, service = await start(Store(engine), "127.0.0.1:0", None, anonymous=True)
-    print(f"demo: collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), "
-          f"database {url}", file=sys.stderr)
-    agent = subprocess.Popen([
-        sys.executable, "-m", "sockfleet", "agent", "run", "--collector", f"127.0.0.1:{port}",
-        "--insecure", "--interval", args.interval,
-    ])
+    print(
+        f"demo: collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), database {url}",
+        file=sys.stderr,
+    )
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sockfleet",
+            "agent",
+            "run",
+            "--collector",
+            f"127.0.0.1:{port}",
+            "--insecure",
+            "--interval",
+            args.interval,
+        ]
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,8 +79,12 @@ async def demo(args: argparse.Namespace) -> int:
                 questions.write_edges(talks.edges(conn, talks.Window(None)), "table")
             sys.stdout.flush()
             if not args.once:
-                print(f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {url}` "
-                      "in another terminal; Ctrl-C stops", file=sys.stderr, flush=True)
+                print(
+                    f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {url}` "
+                    "in another terminal; Ctrl-C stops",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 await stopping.wait()
     finally:
         agent.send_signal(signal.SIGTERM)

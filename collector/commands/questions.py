@@ -77,8 +77,13 @@ def write_edges(rows: list[dict[str, Any]], fmt: str) -> None:
     for row in rows:
         row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
         row["server"] = _end(row["server_host"], row["server_address"], row["server_process"])
-    output.write(rows, EDGE_FIELDS, sys.stdout, fmt,
-                 ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"))
+    output.write(
+        rows,
+        EDGE_FIELDS,
+        sys.stdout,
+        fmt,
+        ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"),
+    )
 
 
 def _end(host: str | None, address: str | None, process: str | None) -> str:
@@ -93,8 +98,13 @@ def history_command(args: argparse.Namespace) -> int:
         rows = changes.history(conn, _host(conn, args.host) or "", args.port, args.path, since)
     for row in rows:
         row["local"], row["remote"] = output.endpoint(row), remote(row)
-    output.write(rows, changes.HISTORY_FIELDS, sys.stdout, args.format,
-                 ("valid_from", "valid_to", "proto", "state", "local", "remote", "pid", "process"))
+    output.write(
+        rows,
+        changes.HISTORY_FIELDS,
+        sys.stdout,
+        args.format,
+        ("valid_from", "valid_to", "proto", "state", "local", "remote", "pid", "process"),
+    )
     return 0
 
 
@@ -138,10 +148,16 @@ def audit_command(args: argparse.Namespace) -> int:
         output.write(findings, audit.FINDING_FIELDS, sys.stdout, "json")
     else:
         for finding in findings:
-            finding["listener"] = f"{finding['host']} {output.endpoint(finding)}" if finding["proto"] else \
-                finding["host"]
-        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "table",
-                     ("severity", "finding", "listener", "process", "detail"))
+            finding["listener"] = (
+                f"{finding['host']} {output.endpoint(finding)}" if finding["proto"] else finding["host"]
+            )
+        output.write(
+            findings,
+            audit.FINDING_FIELDS,
+            sys.stdout,
+            "table",
+            ("severity", "finding", "listener", "process", "detail"),
+        )
         notices = len(findings) - len(violations) - len(unobserved)
         print(f"{len(violations)} violation(s), {len(unobserved)} host(s) not observed, {notices} notice(s)")
     if unknown:
@@ -159,8 +175,13 @@ def question(args: argparse.Namespace) -> int:
             rows = queries.host_rows(conn, at)
             for row in rows:
                 row["notes"] = host_notes(row)
-            output.write(rows, queries.HOST_FIELDS, sys.stdout, args.format,
-                         ("host", "status", "addresses", "sockets", "last_seen", "agent_version", "notes"))
+            output.write(
+                rows,
+                queries.HOST_FIELDS,
+                sys.stdout,
+                args.format,
+                ("host", "status", "addresses", "sockets", "last_seen", "agent_version", "notes"),
+            )
             return 0
         host = _host(conn, args.host)
         seen = queries.observed(conn, at)
@@ -200,14 +221,14 @@ def remote(row: dict[str, Any]) -> str:
     return f"[{address}]:{row['remote_port']}" if ":" in address else f"{address}:{row['remote_port']}"
 
 
-def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None,
-                  since: datetime | None = None) -> None:
+def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None, since: datetime | None = None) -> None:
     names = sorted(name for name in seen.unknown.values() if host is None or name == host)
     if not names:
         return
     if since is not None:
-        print(f"unknown from {rfc3339(since)} to {rfc3339(at)} (not observed then): {', '.join(names)}",
-              file=sys.stderr)
+        print(
+            f"unknown from {rfc3339(since)} to {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr
+        )
     elif at is None:
         print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=sys.stderr)
     else:

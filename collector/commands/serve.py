@@ -25,13 +25,23 @@ async def serve(args: argparse.Namespace) -> int:
     hello_timeout = parse_duration(args.hello_timeout, "--hello-timeout")
     engine = db.engine(args.db, init=args.init)
     db.migrate(engine)
-    server, port, service = await start(Store(engine, skew), args.listen, creds, anonymous=args.allow_anonymous,
-                                        rate_limit=args.rate_limit, hello_timeout=hello_timeout,
-                                        max_message_bytes=int(args.max_message_mb * 1024 * 1024))
+    server, port, service = await start(
+        Store(engine, skew),
+        args.listen,
+        creds,
+        anonymous=args.allow_anonymous,
+        rate_limit=args.rate_limit,
+        hello_timeout=hello_timeout,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+    )
     mode = "TLS" if creds else "plain text (--insecure)"
     mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
-    print(f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
-          f"database {db.shown(engine.url)}", file=sys.stderr, flush=True)
+    print(
+        f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
+        f"database {db.shown(engine.url)}",
+        file=sys.stderr,
+        flush=True,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,9 +17,13 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("sockets", schema=None) as batch_op:
-        batch_op.create_index("ix_sockets_listening", ["host_ref", "valid_from"], unique=False,
-                              sqlite_where=sa.text("state IN ('LISTEN', 'UNCONN')"),
-                              postgresql_where=sa.text("state IN ('LISTEN', 'UNCONN')"))
+        batch_op.create_index(
+            "ix_sockets_listening",
+            ["host_ref", "valid_from"],
+            unique=False,
+            sqlite_where=sa.text("state IN ('LISTEN', 'UNCONN')"),
+            postgresql_where=sa.text("state IN ('LISTEN', 'UNCONN')"),
+        )
         batch_op.create_index("ix_sockets_host_ref_valid_from", ["host_ref", "valid_from"], unique=False)
 
 

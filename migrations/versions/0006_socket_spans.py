@@ -27,8 +27,7 @@ def upgrade() -> None:
         life = "(julianday(valid_to) - julianday(valid_from)) * 86400.0"
     classes = " ".join(f"WHEN {life} <= {limit} THEN {index}" for index, limit in enumerate(LIMIT_SECONDS))
     # Constant text: the class limits above, no values from outside.
-    op.execute(f"UPDATE sockets SET span = CASE {classes} ELSE {len(LIMIT_SECONDS)} END "
-               "WHERE valid_to IS NOT NULL")
+    op.execute(f"UPDATE sockets SET span = CASE {classes} ELSE {len(LIMIT_SECONDS)} END WHERE valid_to IS NOT NULL")
     op.create_index("ix_sockets_span_valid_from_valid_to", "sockets", ["span", "valid_from", "valid_to"])
 
 

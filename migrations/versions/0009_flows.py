@@ -30,8 +30,13 @@ BATCH = 10_000
 
 def upgrade() -> None:
     op.add_column("sockets", sa.Column("flow", sa.String(length=32), nullable=True))
-    op.create_index("ix_sockets_unix", "sockets", ["span", "valid_from", "valid_to"],
-                    sqlite_where=sa.text("proto = 'unix'"), postgresql_where=sa.text("proto = 'unix'"))
+    op.create_index(
+        "ix_sockets_unix",
+        "sockets",
+        ["span", "valid_from", "valid_to"],
+        sqlite_where=sa.text("proto = 'unix'"),
+        postgresql_where=sa.text("proto = 'unix'"),
+    )
     table = op.create_table(
         "flows",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -56,21 +61,56 @@ def upgrade() -> None:
     _fold_history(table)
     op.create_index("ix_flows_span_valid_from_valid_to", "flows", ["span", "valid_from", "valid_to"])
     op.create_index("ix_flows_host_ref_valid_from", "flows", ["host_ref", "valid_from"])
-    op.create_index("uq_flows_open_key", "flows", ["host_ref", "key"], unique=True,
-                    sqlite_where=sa.text("valid_to IS NULL"), postgresql_where=sa.text("valid_to IS NULL"))
+    op.create_index(
+        "uq_flows_open_key",
+        "flows",
+        ["host_ref", "key"],
+        unique=True,
+        sqlite_where=sa.text("valid_to IS NULL"),
+        postgresql_where=sa.text("valid_to IS NULL"),
+    )
 
 
 def _fold_history(table: sa.Table) -> None:
     conn = op.get_bind()
-    s = sa.table("sockets", sa.column("valid_from", sa.DateTime()), sa.column("valid_to", sa.DateTime()),
-                 *(sa.column(name) for name in ("id", "host_ref", "netns", "proto", "state", "process",
-                                                "local_address", "local_port", "remote_address", "remote_port",
-                                                "flow")))
+    s = sa.table(
+        "sockets",
+        sa.column("valid_from", sa.DateTime()),
+        sa.column("valid_to", sa.DateTime()),
+        *(
+            sa.column(name)
+            for name in (
+                "id",
+                "host_ref",
+                "netns",
+                "proto",
+                "state",
+                "process",
+                "local_address",
+                "local_port",
+                "remote_address",
+                "remote_port",
+                "flow",
+            )
+        ),
+    )
     c = s.c
     listening = sa.or_(c.state == "LISTEN", sa.and_(c.proto == "udp", c.state == "UNCONN"))
     rows = conn.execute(
-        sa.select(c.id, c.host_ref, c.valid_from, c.valid_to, c.netns, c.proto, c.state, c.process,
-                  c.local_address, c.local_port, c.remote_address, c.remote_port)
+        sa.select(
+            c.id,
+            c.host_ref,
+            c.valid_from,
+            c.valid_to,
+            c.netns,
+            c.proto,
+            c.state,
+            c.process,
+            c.local_address,
+            c.local_port,
+            c.remote_address,
+            c.remote_port,
+        )
         .where(c.proto != "unix", sa.or_(c.remote_address.is_not(None), listening))
         .order_by(c.valid_from, sa.case((listening, 0), else_=1), c.id),
         execution_options={"stream_results": True, "yield_per": BATCH},
@@ -80,8 +120,19 @@ def _fold_history(table: sa.Table) -> None:
     setting = sa.update(s).where(c.id == sa.bindparam("socket")).values(flow=sa.bindparam("key"))
     builder = Builder(versions.append)
     for row in rows:
-        key = builder.add(row.host_ref, row.valid_from, row.valid_to, row.netns, row.proto, row.state,
-                          row.process, row.local_address, row.local_port, row.remote_address, row.remote_port)
+        key = builder.add(
+            row.host_ref,
+            row.valid_from,
+            row.valid_to,
+            row.netns,
+            row.proto,
+            row.state,
+            row.process,
+            row.local_address,
+            row.local_port,
+            row.remote_address,
+            row.remote_port,
+        )
         if key is not None:
             keys.append({"socket": row.id, "key": key})
         if len(keys) >= BATCH or len(versions) >= BATCH:
@@ -90,8 +141,9 @@ def _fold_history(table: sa.Table) -> None:
     _write(conn, setting, keys, table, versions)
 
 
-def _write(conn: sa.Connection, setting: Any, keys: list[dict[str, Any]], table: sa.Table,
-           versions: list[dict[str, Any]]) -> None:
+def _write(
+    conn: sa.Connection, setting: Any, keys: list[dict[str, Any]], table: sa.Table, versions: list[dict[str, Any]]
+) -> None:
     if keys:
         conn.execute(setting, keys)
     if versions:
@@ -126,8 +178,7 @@ EPHEMERAL = (32768, 60999)
 WILDCARDS = ("0.0.0.0", "::")
 SERVED, CALLING, NOT_FOLDED = "s", "c", "n"
 # Identity of a flow within its host, in the order of the flows table's columns.
-IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address",
-                    "remote_port")
+IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address", "remote_port")
 # A listener as a flow's role needs it: namespace, protocol, port, address (IPv4-mapped made plain).
 Listener = tuple[int, str, int, str]
 
@@ -152,9 +203,17 @@ def listener_of(netns: int, proto: str, local_address: str | None, local_port: i
     return (netns, proto, local_port or 0, plain(local_address) or "")
 
 
-def identity(netns: int, proto: str, state: str, process: str | None, local_address: str | None,
-             local_port: int | None, remote_address: str | None, remote_port: int | None,
-             listening: Callable[[Listener], bool]) -> tuple[Any, ...] | None:
+def identity(
+    netns: int,
+    proto: str,
+    state: str,
+    process: str | None,
+    local_address: str | None,
+    local_port: int | None,
+    remote_address: str | None,
+    remote_port: int | None,
+    listening: Callable[[Listener], bool],
+) -> tuple[Any, ...] | None:
     """The flow of a socket as it opens (``IDENTITY_COLUMNS``), or None when it is not a connected inet socket.
 
     ``listening`` says whether a listener of the host holds a (namespace, protocol, port, address).
@@ -191,13 +250,21 @@ class Open:
 
 def version(host_ref: int, key: str, row: Open, valid_to: datetime | None) -> dict[str, Any]:
     """One row of the flows table."""
-    return {"host_ref": host_ref, "key": key, **dict(zip(IDENTITY_COLUMNS, row.flow, strict=True)),
-            "connections": row.connections, "since": row.since, "valid_from": row.valid_from,
-            "valid_to": valid_to, "span": span_of(row.valid_from, valid_to)}
+    return {
+        "host_ref": host_ref,
+        "key": key,
+        **dict(zip(IDENTITY_COLUMNS, row.flow, strict=True)),
+        "connections": row.connections,
+        "since": row.since,
+        "valid_from": row.valid_from,
+        "valid_to": valid_to,
+        "span": span_of(row.valid_from, valid_to),
+    }
 
 
-def advance(open_rows: dict[str, Open], changes: dict[str, int], identities: dict[str, tuple[Any, ...]],
-            moment: datetime) -> tuple[list[tuple[str, Open]], list[tuple[str, Open]]]:
+def advance(
+    open_rows: dict[str, Open], changes: dict[str, int], identities: dict[str, tuple[Any, ...]], moment: datetime
+) -> tuple[list[tuple[str, Open]], list[tuple[str, Open]]]:
     """Apply net changes of open sockets per flow at ``moment``.
 
     Returns the rows closed (each with its key) and the rows opened; ``open_rows`` is updated.
@@ -236,9 +303,20 @@ class Builder:
         self.moment: datetime | None = None
         self.opening: list[tuple[int, str]] = []
 
-    def add(self, host_ref: int, valid_from: datetime, valid_to: datetime | None, netns: int, proto: str,
-            state: str, process: str | None, local_address: str | None, local_port: int | None,
-            remote_address: str | None, remote_port: int | None) -> str | None:
+    def add(
+        self,
+        host_ref: int,
+        valid_from: datetime,
+        valid_to: datetime | None,
+        netns: int,
+        proto: str,
+        state: str,
+        process: str | None,
+        local_address: str | None,
+        local_port: int | None,
+        remote_address: str | None,
+        remote_port: int | None,
+    ) -> str | None:
         if valid_from != self.moment:
             self._settle(valid_from)
             self.moment = valid_from
@@ -249,11 +327,11 @@ class Builder:
         listeners = self.listeners.get(host_ref, {})
 
         def listening(wanted: Listener) -> bool:
-            return any(start <= valid_from and (end is None or end > valid_from)
-                       for start, end in listeners.get(wanted, ()))
+            return any(
+                start <= valid_from and (end is None or end > valid_from) for start, end in listeners.get(wanted, ())
+            )
 
-        flow = identity(netns, proto, state, process, local_address, local_port, remote_address, remote_port,
-                        listening)
+        flow = identity(netns, proto, state, process, local_address, local_port, remote_address, remote_port, listening)
         if flow is None:
             return None
         key = digest(flow)

@@ -18,12 +18,20 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_sockets_listening_span", "sockets", ["span", "valid_from", "valid_to"],
-                    sqlite_where=sa.text("state IN ('LISTEN', 'UNCONN')"),
-                    postgresql_where=sa.text("state IN ('LISTEN', 'UNCONN')"))
-    op.create_index("ix_sockets_open_listeners", "sockets", ["host_ref"],
-                    sqlite_where=sa.text("valid_to IS NULL AND state IN ('LISTEN', 'UNCONN')"),
-                    postgresql_where=sa.text("valid_to IS NULL AND state IN ('LISTEN', 'UNCONN')"))
+    op.create_index(
+        "ix_sockets_listening_span",
+        "sockets",
+        ["span", "valid_from", "valid_to"],
+        sqlite_where=sa.text("state IN ('LISTEN', 'UNCONN')"),
+        postgresql_where=sa.text("state IN ('LISTEN', 'UNCONN')"),
+    )
+    op.create_index(
+        "ix_sockets_open_listeners",
+        "sockets",
+        ["host_ref"],
+        sqlite_where=sa.text("valid_to IS NULL AND state IN ('LISTEN', 'UNCONN')"),
+        postgresql_where=sa.text("valid_to IS NULL AND state IN ('LISTEN', 'UNCONN')"),
+    )
 
 
 def downgrade() -> None:

@@ -30,15 +30,34 @@ BATCH = 10_000
 PROTOS = {"tcp": 1, "udp": 2, "unix": 3}
 FAMILIES = {"inet": 1, "inet6": 2, "unix": 3}
 TYPES = {"stream": 1, "dgram": 2, "seqpacket": 3}
-IDENTITY = ("netns", "proto", "family", "type", "inode", "local_address", "local_port", "remote_address",
-            "remote_port", "path")
+IDENTITY = (
+    "netns",
+    "proto",
+    "family",
+    "type",
+    "inode",
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "path",
+)
 
 
 def _wire(row: Any) -> tuple[Any, ...]:
     """A stored row's identity as the wire's key fields (numbers for enums, 0 and "" for none)."""
-    return (row.netns, PROTOS[row.proto], FAMILIES[row.family], TYPES[row.type], row.inode or 0,
-            row.local_address or "", row.local_port or 0, row.remote_address or "", row.remote_port or 0,
-            row.path or "")
+    return (
+        row.netns,
+        PROTOS[row.proto],
+        FAMILIES[row.family],
+        TYPES[row.type],
+        row.inode or 0,
+        row.local_address or "",
+        row.local_port or 0,
+        row.remote_address or "",
+        row.remote_port or 0,
+        row.path or "",
+    )
 
 
 def known_fields_digest(row: Any) -> str:
@@ -73,13 +92,18 @@ def _rekey(digest: Callable[[Any], str]) -> None:
     sockets = sa.table("sockets", sa.column("id"), sa.column("key"), *(sa.column(name) for name in IDENTITY))
     last = 0
     while True:
-        rows = conn.execute(sa.select(sockets.c.id, *(sockets.c[name] for name in IDENTITY))
-                            .where(sockets.c.id > last).order_by(sockets.c.id).limit(BATCH)).all()
+        rows = conn.execute(
+            sa.select(sockets.c.id, *(sockets.c[name] for name in IDENTITY))
+            .where(sockets.c.id > last)
+            .order_by(sockets.c.id)
+            .limit(BATCH)
+        ).all()
         if not rows:
             return
-        conn.execute(sa.update(sockets).where(sockets.c.id == sa.bindparam("row_id"))
-                     .values(key=sa.bindparam("new_key")),
-                     [{"row_id": row.id, "new_key": digest(row)} for row in rows])
+        conn.execute(
+            sa.update(sockets).where(sockets.c.id == sa.bindparam("row_id")).values(key=sa.bindparam("new_key")),
+            [{"row_id": row.id, "new_key": digest(row)} for row in rows],
+        )
         last = rows[-1].id
 
 

@@ -61,8 +61,11 @@ def _explained(parser: argparse.ArgumentParser, message: str) -> str:
     choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if choice:
         known = re.findall(r"'([^']*)'", choice.group(3))
-        what = "command" if choice.group(1).isupper() or choice.group(1) in ("command", "action") else \
-            f"value for {choice.group(1)}"
+        what = (
+            "command"
+            if choice.group(1).isupper() or choice.group(1) in ("command", "action")
+            else f"value for {choice.group(1)}"
+        )
         near = _suggestion(choice.group(2), [repr(name) for name in known], repr(choice.group(2)))
         return f"unknown {what} {choice.group(2)!r}{near} (one of {', '.join(known)})"
     return message

@@ -18,9 +18,17 @@ from typing import Any
 Key = tuple[Any, ...]
 
 SS_STATES = {
-    "ESTAB": "ESTABLISHED", "LISTEN": "LISTEN", "UNCONN": "UNCONN", "SYN-SENT": "SYN_SENT",
-    "SYN-RECV": "SYN_RECV", "FIN-WAIT-1": "FIN_WAIT1", "FIN-WAIT-2": "FIN_WAIT2", "TIME-WAIT": "TIME_WAIT",
-    "CLOSE-WAIT": "CLOSE_WAIT", "LAST-ACK": "LAST_ACK", "CLOSING": "CLOSING",
+    "ESTAB": "ESTABLISHED",
+    "LISTEN": "LISTEN",
+    "UNCONN": "UNCONN",
+    "SYN-SENT": "SYN_SENT",
+    "SYN-RECV": "SYN_RECV",
+    "FIN-WAIT-1": "FIN_WAIT1",
+    "FIN-WAIT-2": "FIN_WAIT2",
+    "TIME-WAIT": "TIME_WAIT",
+    "CLOSE-WAIT": "CLOSE_WAIT",
+    "LAST-ACK": "LAST_ACK",
+    "CLOSING": "CLOSING",
 }
 UNIX_TYPES = {"u_str": "stream", "u_dgr": "dgram", "u_seq": "seqpacket"}
 WILDCARDS = {"*", "0.0.0.0", "::"}

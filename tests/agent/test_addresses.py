@@ -26,16 +26,27 @@ def test_more_addresses_than_the_bound_are_cut(tmp_path: Path) -> None:
     lines = []
     for interface in range(COUNT // 1000 + 1):
         lines.append(f"link add d{interface} type veth peer name p{interface}")  # veth: no dummy driver needed
-        lines += [f"addr add 10.{interface}.{n // 250}.{n % 250 + 1}/32 dev d{interface}"
-                  for n in range(min(1000, COUNT - interface * 1000))]
+        lines += [
+            f"addr add 10.{interface}.{n // 250}.{n % 250 + 1}/32 dev d{interface}"
+            for n in range(min(1000, COUNT - interface * 1000))
+        ]
     batch.write_text("\n".join(lines) + "\n")
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
         subprocess.run(["ip", "-n", namespace, "-batch", str(batch)], check=True, capture_output=True)
-        program = ("from agent.snapshot import Scanner; "
-                   "print(len(Scanner(scope='current', with_addresses=True).snapshot().addresses))")
-        found = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", program],
-                               capture_output=True, text=True, env=ENV, cwd=ROOT, check=True, timeout=120)
+        program = (
+            "from agent.snapshot import Scanner; "
+            "print(len(Scanner(scope='current', with_addresses=True).snapshot().addresses))"
+        )
+        found = subprocess.run(
+            ["ip", "netns", "exec", namespace, sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+            check=True,
+            timeout=120,
+        )
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
     assert int(found.stdout) == MAX_ADDRESSES

@@ -44,9 +44,24 @@ def test_an_unreachable_collector_is_said_so_first(tmp_path: Path) -> None:
         port = probe.getsockname()[1]  # nothing listens there once the probe is closed
     log = tmp_path / "agent.log"
     with log.open("w") as out:
-        agent = subprocess.Popen(sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure",
-                                           "--interval", "0.5s", "--namespaces", "current", "--host", "lonely"),
-                                 stderr=out, env=ENV, cwd=ROOT)
+        agent = subprocess.Popen(
+            sockfleet(
+                "agent",
+                "run",
+                "--collector",
+                f"127.0.0.1:{port}",
+                "--insecure",
+                "--interval",
+                "0.5s",
+                "--namespaces",
+                "current",
+                "--host",
+                "lonely",
+            ),
+            stderr=out,
+            env=ENV,
+            cwd=ROOT,
+        )
         try:
             deadline = time.monotonic() + 20
             while "retrying" not in log.read_text() and time.monotonic() < deadline:

@@ -12,8 +12,21 @@ from sockfleet.agent.sources import netlink, procfs
 from tests.conftest import Zoo, run_sockfleet, snapshot_json
 
 # The fields each zoo entry states; the /proc source cannot know a Unix peer.
-COMPARED = ("proto", "family", "type", "state", "local_address", "local_port", "remote_address",
-            "remote_port", "path", "peer_inode", "inode", "pid", "owners")
+COMPARED = (
+    "proto",
+    "family",
+    "type",
+    "state",
+    "local_address",
+    "local_port",
+    "remote_address",
+    "remote_port",
+    "path",
+    "peer_inode",
+    "inode",
+    "pid",
+    "owners",
+)
 
 
 def find(rows: list[dict[str, object]], expected: dict[str, object]) -> dict[str, object]:
@@ -61,8 +74,17 @@ def test_prefork_listener_counts_every_owner(zoo: Zoo) -> None:
 def test_listening_filter_keeps_only_listeners(zoo: Zoo) -> None:
     rows = snapshot_json("--namespaces", "current", "--listening")
     inodes = {row["inode"] for row in rows}
-    listeners = {"tcp4_listen", "tcp6_listen_v6only", "tcp_dualstack_listen", "udp4_bound", "udp6_bound",
-                 "unix_listen", "unix_dgram_bound", "unix_abstract_listen", "tcp_prefork_listen"}
+    listeners = {
+        "tcp4_listen",
+        "tcp6_listen_v6only",
+        "tcp_dualstack_listen",
+        "udp4_bound",
+        "udp6_bound",
+        "unix_listen",
+        "unix_dgram_bound",
+        "unix_abstract_listen",
+        "tcp_prefork_listen",
+    }
     for name, entry in zoo.sockets.items():
         assert (entry["inode"] in inodes) == (name in listeners), name
     assert all(row["state"] in ("LISTEN", "UNCONN") for row in rows)
@@ -83,7 +105,9 @@ def test_proc_source_sees_the_zoo_too(zoo: Zoo) -> None:
     for name, entry in zoo.sockets.items():
         if entry["inode"]:
             record = by_inode[entry["inode"]]
-            assert (record.proto, record.state, record.path) == (entry["proto"], entry["state"], entry.get("path")), name
+            assert (record.proto, record.state, record.path) == (entry["proto"], entry["state"], entry.get("path")), (
+                name
+            )
     assert [s.source for s in snap.coverage.sources] == ["procfs"]
 
 

@@ -65,16 +65,38 @@ UNIX_DUMP = (
 
 def test_inet_dump_bytes() -> None:
     listen, mapped = netlink.parse_inet([INET_DUMP], NS, Proto.TCP)
-    assert listen == (NS, Proto.TCP, Family.INET, SockType.STREAM, State.LISTEN, "127.0.0.1", 8080,
-                      None, None, None, None, 42, 1000, 3, 7)
+    assert listen == (
+        NS,
+        Proto.TCP,
+        Family.INET,
+        SockType.STREAM,
+        State.LISTEN,
+        "127.0.0.1",
+        8080,
+        None,
+        None,
+        None,
+        None,
+        42,
+        1000,
+        3,
+        7,
+    )
     assert (mapped.family, mapped.local_address, mapped.remote_address, mapped.remote_port) == (
-        Family.INET6, "::ffff:10.0.0.5", "::ffff:10.0.0.6", 51000)
+        Family.INET6,
+        "::ffff:10.0.0.5",
+        "::ffff:10.0.0.6",
+        51000,
+    )
     assert mapped.state is State.ESTABLISHED
 
 
 def test_udp_states() -> None:
-    dump = inet_msg(socket.AF_INET, 7, 53, 0, "0.0.0.0", "0.0.0.0", 1) + inet_msg(
-        socket.AF_INET, 1, 5000, 53, "127.0.0.1", "127.0.0.53", 2) + DONE
+    dump = (
+        inet_msg(socket.AF_INET, 7, 53, 0, "0.0.0.0", "0.0.0.0", 1)
+        + inet_msg(socket.AF_INET, 1, 5000, 53, "127.0.0.1", "127.0.0.53", 2)
+        + DONE
+    )
     bound, connected = netlink.parse_inet([dump], NS, Proto.UDP)
     assert (bound.type, bound.state, bound.remote_address) == (SockType.DGRAM, State.UNCONN, None)
     assert (connected.state, connected.remote_port) == (State.ESTABLISHED, 53)
@@ -82,14 +104,19 @@ def test_udp_states() -> None:
 
 def test_unix_dump_bytes() -> None:
     listen, abstract, seq = netlink.parse_unix([UNIX_DUMP], NS)
-    assert (listen.type, listen.state, listen.path, listen.inode) == (SockType.STREAM, State.LISTEN, "/run/app.sock", 50)
+    assert (listen.type, listen.state, listen.path, listen.inode) == (
+        SockType.STREAM,
+        State.LISTEN,
+        "/run/app.sock",
+        50,
+    )
     assert (listen.rx_queue, listen.tx_queue, listen.uid) == (1, 2, 1000)
     assert (abstract.type, abstract.state, abstract.path) == (SockType.DGRAM, State.UNCONN, "@abstract@name")
     assert (seq.type, seq.state, seq.path, seq.peer_inode) == (SockType.SEQPACKET, State.ESTABLISHED, None, 53)
 
 
 def test_dump_split_over_datagrams() -> None:
-    first, second = INET_DUMP[:-len(DONE)], DONE
+    first, second = INET_DUMP[: -len(DONE)], DONE
     assert len(netlink.parse_inet([first, second], NS, Proto.TCP)) == 2
 
 
@@ -126,8 +153,8 @@ def test_random_bytes_never_crash(data: bytes) -> None:
 
 @given(st.integers(min_value=0, max_value=len(INET_DUMP + UNIX_DUMP)), st.binary(min_size=1, max_size=8))
 def test_corrupted_dumps_never_crash(offset: int, garbage: bytes) -> None:
-    inet = INET_DUMP[:offset] + garbage + INET_DUMP[offset + len(garbage):]
-    unix = UNIX_DUMP[:offset] + garbage + UNIX_DUMP[offset + len(garbage):]
+    inet = INET_DUMP[:offset] + garbage + INET_DUMP[offset + len(garbage) :]
+    unix = UNIX_DUMP[:offset] + garbage + UNIX_DUMP[offset + len(garbage) :]
     with contextlib.suppress(SourceError):
         netlink.parse_inet([inet], NS, Proto.TCP)
     with contextlib.suppress(SourceError):
@@ -154,10 +181,29 @@ Num       RefCount Protocol Flags    Type St Inode Path
 
 def test_proc_tcp_text() -> None:
     listen, connected = procfs.parse_inet(TCP_TABLE, NS, Proto.TCP, Family.INET)
-    assert listen == (NS, Proto.TCP, Family.INET, SockType.STREAM, State.LISTEN, "127.0.0.1", 8080,
-                      None, None, None, None, 4242, 1000, 2, 0)
+    assert listen == (
+        NS,
+        Proto.TCP,
+        Family.INET,
+        SockType.STREAM,
+        State.LISTEN,
+        "127.0.0.1",
+        8080,
+        None,
+        None,
+        None,
+        None,
+        4242,
+        1000,
+        2,
+        0,
+    )
     assert (connected.state, connected.remote_address, connected.remote_port, connected.tx_queue) == (
-        State.ESTABLISHED, "127.0.0.1", 50000, 16)
+        State.ESTABLISHED,
+        "127.0.0.1",
+        50000,
+        16,
+    )
 
 
 def test_proc_tcp6_text() -> None:
@@ -178,10 +224,14 @@ def test_proc_unix_text() -> None:
     [
         ("", "tcp: missing header line"),
         (TCP_TABLE.splitlines()[0] + "\n   0: 0100007F:1F90\n", "tcp line 2: list index out of range"),
-        (TCP_TABLE.splitlines()[0] + "\n   0: 0100007:1F90 00000000:0000 0A 0:0 0 0 0 0 1\n",
-         "tcp line 2: IPv4 address '0100007' is not 8 hex digits"),
-        (TCP_TABLE.splitlines()[0] + "\n   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0 0 0 0 1\n",
-         "tcp line 2: invalid literal for int() with base 16: 'ZZ'"),
+        (
+            TCP_TABLE.splitlines()[0] + "\n   0: 0100007:1F90 00000000:0000 0A 0:0 0 0 0 0 1\n",
+            "tcp line 2: IPv4 address '0100007' is not 8 hex digits",
+        ),
+        (
+            TCP_TABLE.splitlines()[0] + "\n   0: 0100007F:1F90 00000000:0000 ZZ 0:0 0 0 0 0 1\n",
+            "tcp line 2: invalid literal for int() with base 16: 'ZZ'",
+        ),
     ],
 )
 def test_malformed_proc_text_names_source_and_line(text: str, message: str) -> None:

@@ -208,8 +208,18 @@ def test_a_spool_is_one_agents(tmp_path: Path) -> None:
     add(held, many(1, 5), 1)
     add(held, many(1, 6), 2)  # scans of db-1 wait on disk
     other = subprocess.run(
-        [sys.executable, "-c", "import sys; from agent.spool import Spool; Spool(sys.argv[1], host='db-1')",
-         str(tmp_path / "spool")], capture_output=True, text=True, cwd=ROOT, env=ENV, check=False)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from agent.spool import Spool; Spool(sys.argv[1], host='db-1')",
+            str(tmp_path / "spool"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        check=False,
+    )
     assert "another agent uses this folder" in other.stderr  # a second process is kept off
     del held
     gc.collect()

@@ -165,8 +165,12 @@ def namespace_host() -> Iterator[tuple[str, int, int]]:
         "print(os.getpid(), os.stat('/proc/self/ns/net').st_ino, flush=True)\n"
         "sys.stdin.read()\n"
     )
-    proc = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", script],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", name, sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     try:
         pid, inode = map(int, proc.stdout.readline().split())

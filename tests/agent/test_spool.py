@@ -49,8 +49,11 @@ def test_records_in_order_and_full_snapshot_of_the_head() -> None:
 
 def test_compose() -> None:
     a = pb.Delta(added=[convert.socket(*entry(1))], changed=[convert.socket(*entry(2))], taken_at_us=1)
-    b = pb.Delta(removed=[convert.socket_key(entry(1)[0]), convert.socket_key(entry(2)[0])],
-                 added=[convert.socket(*entry(3))], taken_at_us=2)
+    b = pb.Delta(
+        removed=[convert.socket_key(entry(1)[0]), convert.socket_key(entry(2)[0])],
+        added=[convert.socket(*entry(3))],
+        taken_at_us=2,
+    )
     merged = compose(a, b)
     assert merged.taken_at_us == 2
     assert [s.key.local_port for s in merged.added] == [3]

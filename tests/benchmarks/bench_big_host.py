@@ -41,12 +41,28 @@ STREAM = "/sockfleet.v1.Collector/Stream"
 
 def connections(start: int, count: int) -> list[pb.Socket]:
     """Established calls from one client process to port 443 on many addresses (one flow per address)."""
-    return [pb.Socket(
-        key=pb.SocketKey(netns=1, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM,
-                         inode=i + 1, local_address="10.0.0.1", local_port=32768 + i % 25000,
-                         remote_address=f"10.1.{i // 25000 % 250}.{i // 25000 // 250 + 1}", remote_port=443),
-        state=pb.STATE_ESTABLISHED, uid=0, user="root", pid=100, process="client", owners=1)
-        for i in range(start, start + count)]
+    return [
+        pb.Socket(
+            key=pb.SocketKey(
+                netns=1,
+                proto=pb.PROTO_TCP,
+                family=pb.FAMILY_INET,
+                type=pb.SOCK_TYPE_STREAM,
+                inode=i + 1,
+                local_address="10.0.0.1",
+                local_port=32768 + i % 25000,
+                remote_address=f"10.1.{i // 25000 % 250}.{i // 25000 // 250 + 1}",
+                remote_port=443,
+            ),
+            state=pb.STATE_ESTABLISHED,
+            uid=0,
+            user="root",
+            pid=100,
+            process="client",
+            owners=1,
+        )
+        for i in range(start, start + count)
+    ]
 
 
 def _channel(port: int) -> grpc.Channel:
@@ -71,8 +87,11 @@ class SmallHost(threading.Thread):
                 yield message
 
         with _channel(self.port) as channel:
-            call = channel.stream_stream(STREAM, request_serializer=pb.AgentMessage.SerializeToString,
-                                         response_deserializer=pb.CollectorMessage.FromString)
+            call = channel.stream_stream(
+                STREAM,
+                request_serializer=pb.AgentMessage.SerializeToString,
+                response_deserializer=pb.CollectorMessage.FromString,
+            )
             replies: Iterator[pb.CollectorMessage] = iter(call(messages()))
             now = datetime.now(UTC).replace(tzinfo=None)
             outgoing.put(pb.AgentMessage(hello=fleet.hello("small")))
@@ -93,12 +112,24 @@ class SmallHost(threading.Thread):
 def big_snapshot(port: int, sockets: int) -> tuple[float, str]:
     """Send one full snapshot of ``sockets`` connections in parts: seconds from first part to the reply."""
     now = datetime.now(UTC).replace(tzinfo=None)
-    parts = [pb.AgentMessage(snapshot=pb.Snapshot(
-        epoch=1, seq=1, taken_at_us=fleet.us(now), sockets=connections(start, min(PART_SOCKETS, sockets - start)),
-        more=start + PART_SOCKETS < sockets)) for start in range(0, sockets, PART_SOCKETS)]
+    parts = [
+        pb.AgentMessage(
+            snapshot=pb.Snapshot(
+                epoch=1,
+                seq=1,
+                taken_at_us=fleet.us(now),
+                sockets=connections(start, min(PART_SOCKETS, sockets - start)),
+                more=start + PART_SOCKETS < sockets,
+            )
+        )
+        for start in range(0, sockets, PART_SOCKETS)
+    ]
     with _channel(port) as channel:
-        call = channel.stream_stream(STREAM, request_serializer=pb.AgentMessage.SerializeToString,
-                                     response_deserializer=pb.CollectorMessage.FromString)
+        call = channel.stream_stream(
+            STREAM,
+            request_serializer=pb.AgentMessage.SerializeToString,
+            response_deserializer=pb.CollectorMessage.FromString,
+        )
         started = time.perf_counter()
         replies = list(call(iter([pb.AgentMessage(hello=fleet.hello("big")), *parts]), timeout=3600))
     return time.perf_counter() - started, ",".join(str(r.WhichOneof("body")) for r in replies)
@@ -127,8 +158,14 @@ def measure(sockets: int, folder: Path) -> dict[str, float]:
         collector.stop()
     if replies != "ack":
         raise SystemExit(f"the large snapshot was answered {replies!r}")
-    return {"seconds": seconds, "cpu": cpu, "acks": len(during), "p50": percentile(during, 0.5),
-            "p95": percentile(during, 0.95), "max": max(during)}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "acks": len(during),
+        "p50": percentile(during, 0.5),
+        "p95": percentile(during, 0.95),
+        "max": max(during),
+    }
 
 
 def one_transaction(sockets: int, folder: Path) -> float:
@@ -137,8 +174,9 @@ def one_transaction(sockets: int, folder: Path) -> float:
     db.migrate(engine)
     store = Store(engine)
     ref = store.hello(fleet.hello("big"))
-    snapshot = pb.Snapshot(epoch=1, seq=1, taken_at_us=fleet.us(datetime.now(UTC).replace(tzinfo=None)),
-                           sockets=connections(0, sockets))
+    snapshot = pb.Snapshot(
+        epoch=1, seq=1, taken_at_us=fleet.us(datetime.now(UTC).replace(tzinfo=None)), sockets=connections(0, sockets)
+    )
     started = time.perf_counter()
     store.apply(ref, snapshot)
     took = time.perf_counter() - started
@@ -155,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         run = measure(args.sockets, folder)
         peer = one_transaction(args.sockets, folder)
     ms = {key: run[key] * 1000 for key in ("p50", "p95", "max")}
-    print(f"large host, {args.sockets:,} sockets in parts of {PART_SOCKETS:,}: acknowledged after "
-          f"{run['seconds']:.1f} s, collector CPU {run['cpu']:.1f} s")
-    print(f"small host meanwhile: {int(run['acks'])} heartbeats, send to ack p50 {ms['p50']:.1f} ms, "
-          f"p95 {ms['p95']:.1f} ms, max {ms['max']:.1f} ms")
-    print(f"peer, one transaction in the store: {peer:.1f} s, holding every other agent that long; "
-          f"in steps / at once: {run['seconds'] / peer:.2f}x")
+    print(
+        f"large host, {args.sockets:,} sockets in parts of {PART_SOCKETS:,}: acknowledged after "
+        f"{run['seconds']:.1f} s, collector CPU {run['cpu']:.1f} s"
+    )
+    print(
+        f"small host meanwhile: {int(run['acks'])} heartbeats, send to ack p50 {ms['p50']:.1f} ms, "
+        f"p95 {ms['p95']:.1f} ms, max {ms['max']:.1f} ms"
+    )
+    print(
+        f"peer, one transaction in the store: {peer:.1f} s, holding every other agent that long; "
+        f"in steps / at once: {run['seconds'] / peer:.2f}x"
+    )
     return 0
 
 

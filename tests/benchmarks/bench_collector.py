@@ -56,17 +56,42 @@ def make_socket(host: int, n: int) -> pb.Socket:
     """A plausible socket: a few listeners, the rest established connections to other hosts."""
     if n < 10:
         return pb.Socket(
-            key=pb.SocketKey(netns=1, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM,
-                             inode=n + 1, local_address="0.0.0.0", local_port=8000 + n),
-            state=pb.STATE_LISTEN, uid=0, user="root", pid=100 + n, process=f"svc{n}", cmdline=f"/usr/bin/svc{n}",
+            key=pb.SocketKey(
+                netns=1,
+                proto=pb.PROTO_TCP,
+                family=pb.FAMILY_INET,
+                type=pb.SOCK_TYPE_STREAM,
+                inode=n + 1,
+                local_address="0.0.0.0",
+                local_port=8000 + n,
+            ),
+            state=pb.STATE_LISTEN,
+            uid=0,
+            user="root",
+            pid=100 + n,
+            process=f"svc{n}",
+            cmdline=f"/usr/bin/svc{n}",
             owners=1,
         )
     peer = f"10.{(host >> 8) & 255}.{host & 255}.{n % 250 + 1}"
     return pb.Socket(
-        key=pb.SocketKey(netns=1, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM,
-                         inode=n + 1, local_address="10.0.0.1", local_port=20000 + n, remote_address=peer,
-                         remote_port=5432),
-        state=pb.STATE_ESTABLISHED, uid=1000, user="app", pid=500, process="app", cmdline="/usr/bin/app --serve",
+        key=pb.SocketKey(
+            netns=1,
+            proto=pb.PROTO_TCP,
+            family=pb.FAMILY_INET,
+            type=pb.SOCK_TYPE_STREAM,
+            inode=n + 1,
+            local_address="10.0.0.1",
+            local_port=20000 + n,
+            remote_address=peer,
+            remote_port=5432,
+        ),
+        state=pb.STATE_ESTABLISHED,
+        uid=1000,
+        user="app",
+        pid=500,
+        process="app",
+        cmdline="/usr/bin/app --serve",
         owners=1,
     )
 
@@ -83,8 +108,9 @@ class SimulatedAgent:
 
     async def open(self) -> None:
         self.call = pb_grpc.CollectorStub(self.channel).Stream()  # type: ignore[no-untyped-call]
-        hello = pb.Hello(host_id=f"bench-{self.index}", host_name=f"bench-{self.index}", agent_version="bench",
-                         interval_seconds=30)
+        hello = pb.Hello(
+            host_id=f"bench-{self.index}", host_name=f"bench-{self.index}", agent_version="bench", interval_seconds=30
+        )
         await self.call.write(pb.AgentMessage(hello=hello))
 
     async def send(self, message: pb.AgentMessage) -> None:
@@ -102,8 +128,11 @@ class SimulatedAgent:
         self.live = [make_socket(self.index, n) for n in range(count)]
         self.next_inode = count
         self.seq += 1
-        await self.send(pb.AgentMessage(snapshot=pb.Snapshot(
-            epoch=self.epoch, seq=self.seq, taken_at_us=self.now_us(), sockets=self.live)))
+        await self.send(
+            pb.AgentMessage(
+                snapshot=pb.Snapshot(epoch=self.epoch, seq=self.seq, taken_at_us=self.now_us(), sockets=self.live)
+            )
+        )
 
     async def delta(self, churn: int) -> None:
         removed, self.live = self.live[10 : 10 + churn], self.live[:10] + self.live[10 + churn :]
@@ -111,9 +140,18 @@ class SimulatedAgent:
         self.next_inode += churn
         self.live.extend(added)
         self.seq += 1
-        await self.send(pb.AgentMessage(delta=pb.Delta(
-            epoch=self.epoch, seq=self.seq, base_seq=self.seq - 1, taken_at_us=self.now_us(),
-            added=added, removed=[s.key for s in removed])))
+        await self.send(
+            pb.AgentMessage(
+                delta=pb.Delta(
+                    epoch=self.epoch,
+                    seq=self.seq,
+                    base_seq=self.seq - 1,
+                    taken_at_us=self.now_us(),
+                    added=added,
+                    removed=[s.key for s in removed],
+                )
+            )
+        )
 
     async def close(self) -> None:
         await self.call.done_writing()
@@ -123,9 +161,26 @@ class SimulatedAgent:
 def collector(db_url: str, summary: list[str]) -> Iterator[tuple[int, int]]:
     """A ``sockfleet collector serve`` process: yields (pid, port); its closing summary goes to ``summary``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockfleet", "collector", "serve", "--insecure", "--allow-anonymous",
-         "--rate-limit", "0", "--listen", "127.0.0.1:0",
-         "--db", db_url], stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "sockfleet",
+            "collector",
+            "serve",
+            "--insecure",
+            "--allow-anonymous",
+            "--rate-limit",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db_url,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
     assert proc.stderr is not None
     line = proc.stderr.readline()
     match = re.search(r"127\.0\.0\.1:(\d+)", line)
@@ -167,20 +222,26 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, db_url: str) 
     cpu = cpu_seconds(pid)
     wall, lat = await phase(agents, "snapshot", 1, args.snapshot_sockets)
     used = cpu_seconds(pid) - cpu
-    lines.append(f"  full snapshots ({args.snapshot_sockets} sockets), new hosts: {len(agents) / wall:8.1f}/s   "
-                 f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms")
+    lines.append(
+        f"  full snapshots ({args.snapshot_sockets} sockets), new hosts: {len(agents) / wall:8.1f}/s   "
+        f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
+    )
     cpu = cpu_seconds(pid)
     wall, lat = await phase(agents, "snapshot", 1, args.snapshot_sockets)  # as after a reconnection: unchanged
     used = cpu_seconds(pid) - cpu
-    lines.append(f"  full snapshots ({args.snapshot_sockets} sockets), known hosts: {len(agents) / wall:6.1f}/s   "
-                 f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms")
+    lines.append(
+        f"  full snapshots ({args.snapshot_sockets} sockets), known hosts: {len(agents) / wall:6.1f}/s   "
+        f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
+    )
     await phase(agents, "snapshot", 1, args.sockets)  # back to the delta-phase size
     cpu = cpu_seconds(pid)
     wall, lat = await phase(agents, "delta", args.rounds, churn)
     used = cpu_seconds(pid) - cpu
     count = len(agents) * args.rounds
-    lines.append(f"  deltas ({churn} added, {churn} removed):     {count / wall:8.1f}/s   "
-                 f"collector CPU {used / count * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms")
+    lines.append(
+        f"  deltas ({churn} added, {churn} removed):     {count / wall:8.1f}/s   "
+        f"collector CPU {used / count * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
+    )
     engine = create_engine(db_url)
     with engine.connect() as conn:
         before = conn.execute(select(func.count()).select_from(sockets)).scalar_one()
@@ -190,8 +251,10 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, db_url: str) 
     with engine.connect() as conn:
         after = conn.execute(select(func.count()).select_from(sockets)).scalar_one()
     engine.dispose()
-    lines.append(f"  heartbeats (unchanged hosts):      {count / wall:8.1f}/s   "
-                 f"collector CPU {used / count * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms")
+    lines.append(
+        f"  heartbeats (unchanged hosts):      {count / wall:8.1f}/s   "
+        f"collector CPU {used / count * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
+    )
     lines.append(f"  socket rows written per unchanged host: {(after - before) / len(agents):g}")
     # Latency below saturation: every agent sends a delta at a fixed pace, --paced messages/s in all.
     pause = len(agents) / args.paced
@@ -208,8 +271,10 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, db_url: str) 
         agent.latencies = []
     await asyncio.gather(*(paced(agent) for agent in agents))
     lat = [x for agent in agents for x in agent.latencies]
-    lines.append(f"  paced deltas at {args.paced}/s:           p50 send->ack {statistics.median(lat) * 1000:6.1f} ms   "
-                 f"p95 {p95(lat) * 1000:6.1f} ms   collector CPU {(cpu_seconds(pid) - cpu) / len(lat) * 1000:.2f} ms/msg")
+    lines.append(
+        f"  paced deltas at {args.paced}/s:           p50 send->ack {statistics.median(lat) * 1000:6.1f} ms   "
+        f"p95 {p95(lat) * 1000:6.1f} ms   collector CPU {(cpu_seconds(pid) - cpu) / len(lat) * 1000:.2f} ms/msg"
+    )
     for agent in agents:
         await agent.close()
     for channel in channels:

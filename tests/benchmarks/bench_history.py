@@ -47,12 +47,29 @@ UPSTREAMS = 8
 DEBUG_LIFE = 4 * 3600 / 30  # steps: the debug listener lives four hours on average
 # PostgreSQL set up as for a large fleet on this 24 GB machine (the test server's defaults are for
 # small test databases: 128 MB of shared buffers, 4 MB of sort memory).
-PG_SETTINGS = {"shared_buffers": "2GB", "work_mem": "64MB", "maintenance_work_mem": "1GB", "max_wal_size": "8GB",
-               "effective_cache_size": "16GB", "random_page_cost": "1.1"}
+PG_SETTINGS = {
+    "shared_buffers": "2GB",
+    "work_mem": "64MB",
+    "maintenance_work_mem": "1GB",
+    "max_wal_size": "8GB",
+    "effective_cache_size": "16GB",
+    "random_page_cost": "1.1",
+}
 SOCKET_COLUMNS = (*INSERT_COLUMNS, "valid_to", "span")
 FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from", "valid_to", "span")
-OBSERVATION_COLUMNS = ("host_ref", "epoch", "seq", "kind", "taken_at", "received_at", "added", "removed", "changed",
-                       "complete", "gaps")
+OBSERVATION_COLUMNS = (
+    "host_ref",
+    "epoch",
+    "seq",
+    "kind",
+    "taken_at",
+    "received_at",
+    "added",
+    "removed",
+    "changed",
+    "complete",
+    "gaps",
+)
 
 
 def address(host: int) -> str:
@@ -69,8 +86,14 @@ def upstream(host: int, k: int, hosts_count: int) -> int:
 class Fleet:
     """Socket intervals of the whole fleet, yielded in the order they open."""
 
-    def __init__(self, hosts_count: int, sockets_per_host: int, steps: int, rng: random.Random,
-                 emit: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        hosts_count: int,
+        sockets_per_host: int,
+        steps: int,
+        rng: random.Random,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> None:
         self.hosts, self.steps, self.rng = hosts_count, steps, rng
         self.flows = flows.Builder(emit)  # the connections' flows, as the store would have kept them
         self.unix_pairs = sockets_per_host // 25
@@ -80,14 +103,52 @@ class Fleet:
         self.serial = 0
         self.ports = [0] * hosts_count
 
-    def _row(self, host: int, moment: datetime, end: datetime | None, key: str, proto: str, kind: str,
-             local: tuple[str | None, int | None], remote: tuple[str | None, int | None], path: str | None,
-             state: str, peer: int | None, pid: int, process: str, inode: int | None = None) -> tuple[Any, ...]:
+    def _row(
+        self,
+        host: int,
+        moment: datetime,
+        end: datetime | None,
+        key: str,
+        proto: str,
+        kind: str,
+        local: tuple[str | None, int | None],
+        remote: tuple[str | None, int | None],
+        path: str | None,
+        state: str,
+        peer: int | None,
+        pid: int,
+        process: str,
+        inode: int | None = None,
+    ) -> tuple[Any, ...]:
         self.serial += 1
-        return (host + 1, moment, key, 1, proto, "unix" if proto == "unix" else "inet", kind, inode or self.serial,
-                local[0], local[1], remote[0], remote[1], path, state, peer, 0 if pid < 500 else 1000,
-                "root" if pid < 500 else "app", pid, process, f"/usr/bin/{process}", 1, 0, 0, None, end,
-                spans.span_of(moment, end))
+        return (
+            host + 1,
+            moment,
+            key,
+            1,
+            proto,
+            "unix" if proto == "unix" else "inet",
+            kind,
+            inode or self.serial,
+            local[0],
+            local[1],
+            remote[0],
+            remote[1],
+            path,
+            state,
+            peer,
+            0 if pid < 500 else 1000,
+            "root" if pid < 500 else "app",
+            pid,
+            process,
+            f"/usr/bin/{process}",
+            1,
+            0,
+            0,
+            None,
+            end,
+            spans.span_of(moment, end),
+        )
 
     def _life(self, step: int, mean: float | None = None) -> int:
         """The step a socket opened at ``step`` closes at (geometric: a chance each step), maybe past the end."""
@@ -99,8 +160,21 @@ class Fleet:
     def _debug_listener(self, host: int, step: int, closes: int) -> tuple[Any, ...]:
         """One listener per host that comes and goes: a debug port on a new number each time."""
         end = START + closes * STEP if closes < self.steps else None
-        return self._row(host, START + step * STEP, end, f"d{self.serial}", "tcp", "stream",
-                         ("0.0.0.0", 9000 + self.serial % 1000), (None, None), None, "LISTEN", None, 300, "debug")
+        return self._row(
+            host,
+            START + step * STEP,
+            end,
+            f"d{self.serial}",
+            "tcp",
+            "stream",
+            ("0.0.0.0", 9000 + self.serial % 1000),
+            (None, None),
+            None,
+            "LISTEN",
+            None,
+            300,
+            "debug",
+        )
 
     def _connection(self, host: int, slot: int, step: int, closes: int) -> list[tuple[Any, ...]]:
         # Each new connection goes to one of the 8 upstreams at random: a pool grows and shrinks as
@@ -115,17 +189,44 @@ class Fleet:
         port = 32768 + self.ports[host] % 28000
         process, pid = ("app", 500) if k < UPSTREAMS // 2 else ("worker", 600)
         key = f"c{self.serial}"
-        client = self._row(host, moment, end, key, "tcp", "stream", (address(host), port),
-                           (address(peer), 8000 + k), None, "ESTABLISHED", None, pid, process)
-        server = self._row(peer, moment, end, key, "tcp", "stream", (address(peer), 8000 + k),
-                           (address(host), port), None, "ESTABLISHED", None, 100 + k, f"svc{k}")
+        client = self._row(
+            host,
+            moment,
+            end,
+            key,
+            "tcp",
+            "stream",
+            (address(host), port),
+            (address(peer), 8000 + k),
+            None,
+            "ESTABLISHED",
+            None,
+            pid,
+            process,
+        )
+        server = self._row(
+            peer,
+            moment,
+            end,
+            key,
+            "tcp",
+            "stream",
+            (address(peer), 8000 + k),
+            (address(host), port),
+            None,
+            "ESTABLISHED",
+            None,
+            100 + k,
+            f"svc{k}",
+        )
         return [client, server]
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
         """Socket rows in the order they open (at one moment, listeners first), each with its flow key."""
         for row in self._rows():
-            key = self.flows.add(row[0], row[1], row[-2], row[3], row[4], row[13], row[18], row[8], row[9],
-                                 row[10], row[11])
+            key = self.flows.add(
+                row[0], row[1], row[-2], row[3], row[4], row[13], row[18], row[8], row[9], row[10], row[11]
+            )
             yield (*row[:-3], key, *row[-2:])
         self.flows.finish()
 
@@ -133,18 +234,59 @@ class Fleet:
         queue: list[tuple[int, int, int]] = []
         for host in range(self.hosts):
             for n in range(LISTENERS - 1):
-                yield self._row(host, START, None, f"l{n}", "tcp", "stream", ("0.0.0.0", 8000 + n), (None, None),
-                                None, "LISTEN", None, 100 + n, f"svc{n}")
+                yield self._row(
+                    host,
+                    START,
+                    None,
+                    f"l{n}",
+                    "tcp",
+                    "stream",
+                    ("0.0.0.0", 8000 + n),
+                    (None, None),
+                    None,
+                    "LISTEN",
+                    None,
+                    100 + n,
+                    f"svc{n}",
+                )
             closes = self._life(0, DEBUG_LIFE)
             yield self._debug_listener(host, 0, closes)
             heapq.heappush(queue, (closes, host, -1))
         for host in range(self.hosts):
             for pair in range(self.unix_pairs):
                 inode = 10_000_000 + 2 * pair
-                yield self._row(host, START, None, f"u{pair}s", "unix", "stream", (None, None), (None, None),
-                                "/run/svc0.sock", "ESTABLISHED", inode + 1, 100, "svc0", inode)
-                yield self._row(host, START, None, f"u{pair}c", "unix", "stream", (None, None), (None, None),
-                                None, "ESTABLISHED", inode, 500 + pair % 4, "app", inode + 1)
+                yield self._row(
+                    host,
+                    START,
+                    None,
+                    f"u{pair}s",
+                    "unix",
+                    "stream",
+                    (None, None),
+                    (None, None),
+                    "/run/svc0.sock",
+                    "ESTABLISHED",
+                    inode + 1,
+                    100,
+                    "svc0",
+                    inode,
+                )
+                yield self._row(
+                    host,
+                    START,
+                    None,
+                    f"u{pair}c",
+                    "unix",
+                    "stream",
+                    (None, None),
+                    (None, None),
+                    None,
+                    "ESTABLISHED",
+                    inode,
+                    500 + pair % 4,
+                    "app",
+                    inode + 1,
+                )
             for slot in range(self.slots):
                 closes = self._life(0)
                 yield from self._connection(host, slot, 0, closes)
@@ -166,13 +308,33 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
     end = START + steps * STEP
     postgres_ = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
-        conn.execute(insert(hosts), [{
-            "id": h + 1, "host_id": f"id-{h}", "name": f"host-{h}", "agent_version": "bench", "boot_id": "",
-            "interval_seconds": 30, "epoch": 1, "seq": steps, "last_taken_at": end, "complete": True,
-            "first_seen": START, "last_seen": end} for h in range(hosts_count)])
-        conn.execute(insert(host_addresses), [{
-            "host_ref": h + 1, "netns": 1, "interface": "eth0", "address": address(h), "valid_from": START}
-            for h in range(hosts_count)])
+        conn.execute(
+            insert(hosts),
+            [
+                {
+                    "id": h + 1,
+                    "host_id": f"id-{h}",
+                    "name": f"host-{h}",
+                    "agent_version": "bench",
+                    "boot_id": "",
+                    "interval_seconds": 30,
+                    "epoch": 1,
+                    "seq": steps,
+                    "last_taken_at": end,
+                    "complete": True,
+                    "first_seen": START,
+                    "last_seen": end,
+                }
+                for h in range(hosts_count)
+            ],
+        )
+        conn.execute(
+            insert(host_addresses),
+            [
+                {"host_ref": h + 1, "netns": 1, "interface": "eth0", "address": address(h), "valid_from": START}
+                for h in range(hosts_count)
+            ],
+        )
         for table in (sockets, observations, flow_table):
             for index in table.indexes:
                 index.drop(conn)
@@ -187,8 +349,11 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
     fleet = Fleet(hosts_count, sockets_per_host, steps, random.Random(7), emit)
     rows = _bulk(engine, sockets, SOCKET_COLUMNS, fleet.rows(), postgres_)
     _write(engine, flow_table, FLOW_COLUMNS, versions, postgres_)
-    heartbeats = ((h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0,
-                   True, 0) for s in range(steps) for h in range(hosts_count))
+    heartbeats = (
+        (h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0, True, 0)
+        for s in range(steps)
+        for h in range(hosts_count)
+    )
     _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
     # One index per transaction, and SQLite's write-ahead log emptied after each: the log never holds more
     # than one index, and gives its disk back before the next.
@@ -205,8 +370,9 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
     return rows
 
 
-def _bulk(engine: Engine, table: Table, columns: tuple[str, ...], rows: Iterator[tuple[Any, ...]],
-          postgres_: bool) -> int:
+def _bulk(
+    engine: Engine, table: Table, columns: tuple[str, ...], rows: Iterator[tuple[Any, ...]], postgres_: bool
+) -> int:
     count = 0
     batch: list[tuple[Any, ...]] = []
     for row in rows:
@@ -217,8 +383,9 @@ def _bulk(engine: Engine, table: Table, columns: tuple[str, ...], rows: Iterator
     return count + _write(engine, table, columns, batch, postgres_)
 
 
-def _write(engine: Engine, table: Table, columns: tuple[str, ...], batch: list[tuple[Any, ...]],
-           postgres_: bool) -> int:
+def _write(
+    engine: Engine, table: Table, columns: tuple[str, ...], batch: list[tuple[Any, ...]], postgres_: bool
+) -> int:
     if not batch:
         return 0
     quoted = ", ".join(f'"{c}"' for c in columns)  # the table's own column names
@@ -246,8 +413,18 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 
 def agree(conn: Any, moment: datetime) -> None:
     """The edges ``talks --at`` reads from flows are those the socket rows make (a window of no length)."""
-    fields = ("proto", "client_host", "client_address", "client_process", "server_host", "server_address",
-              "server_port", "server_process", "connections", "direction")
+    fields = (
+        "proto",
+        "client_host",
+        "client_address",
+        "client_process",
+        "server_host",
+        "server_address",
+        "server_port",
+        "server_process",
+        "connections",
+        "direction",
+    )
 
     def brief(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
         return sorted(tuple(str(row[f]) for f in fields) for row in rows)
@@ -280,8 +457,11 @@ def bench(backend: str, url: str, args: argparse.Namespace) -> None:
         }
         agree(conn, middle)
         how = f"loaded in {loaded:.0f} s" if not loaded_already else "loaded before"
-        print(f"{backend}: {args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h of 1% churn every 30 s: "
-              f"{rows:,} socket rows, {how}", flush=True)
+        print(
+            f"{backend}: {args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h of 1% churn every 30 s: "
+            f"{rows:,} socket rows, {how}",
+            flush=True,
+        )
         for name, question in questions.items():
             if args.only and name not in args.only.split(","):
                 continue

@@ -75,10 +75,15 @@ class Workload:
         for index in range(holders):
             count = connections // holders + (1 if index < connections % holders else 0)
             address = f"127.0.{index // 250}.{index % 250 + 1}"
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.benchmarks.bench_snapshot", "--hold", str(count), address],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True,
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.benchmarks.bench_snapshot", "--hold", str(count), address],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    cwd=ROOT,
+                    text=True,
+                )
+            )
         for proc in self.procs:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
@@ -139,7 +144,10 @@ def bench(connections: int, repeat: int) -> dict[str, dict[str, float]]:
         results = {name: median_of([measure(command) for _ in range(repeat)]) for name, command in peers.items()}
         warm = subprocess.run(
             [sys.executable, "-m", "tests.benchmarks.bench_snapshot", "--warm", str(max(repeat, 3))],
-            capture_output=True, text=True, check=True, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
         )
         results["sockfleet warm"] = json.loads(warm.stdout)
     finally:
@@ -149,8 +157,7 @@ def bench(connections: int, repeat: int) -> dict[str, dict[str, float]]:
 
 def report(connections: int, results: dict[str, dict[str, float]]) -> str:
     ss = results["ss -tuanxp"]["wall"]
-    lines = [f"connections={connections:,}",
-             f"  {'':16} {'wall ms':>9} {'cpu ms':>9} {'peak MB':>8} {'wall / ss':>10}"]
+    lines = [f"connections={connections:,}", f"  {'':16} {'wall ms':>9} {'cpu ms':>9} {'peak MB':>8} {'wall / ss':>10}"]
     for name in ("sockfleet cold", "sockfleet warm", "ss -tuanxp", "psutil"):
         r = results[name]
         wall, cpu = r["wall"] * 1000, r["cpu"] * 1000

@@ -11,8 +11,12 @@ from tests.benchmarks import bench_collector
 
 @pytest.mark.benchmark
 def test_collector_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench_collector.main(["--agents", "3", "--rounds", "2", "--sockets", "100", "--snapshot-sockets", "20",
-                                 "--paced", "30"]) == 0
+    assert (
+        bench_collector.main(
+            ["--agents", "3", "--rounds", "2", "--sockets", "100", "--snapshot-sockets", "20", "--paced", "30"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for backend in ("sqlite", "postgresql"):
         assert f"{backend}: 3 agents" in out

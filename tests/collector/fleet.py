@@ -20,79 +20,179 @@ def at(minutes: float) -> datetime:
 
 def hello(host: str = "web-1", interval: int = 60, addresses: tuple[str, ...] = ("10.0.0.1",)) -> pb.Hello:
     return pb.Hello(
-        host_id=f"id-{host}", host_name=host, agent_version="test", boot_id="boot", interval_seconds=interval,
+        host_id=f"id-{host}",
+        host_name=host,
+        agent_version="test",
+        boot_id="boot",
+        interval_seconds=interval,
         addresses=[pb.InterfaceAddress(netns=NETNS, interface="eth0", address=a) for a in addresses],
     )
 
 
-def tcp_listener(port: int, process: str = "nginx", pid: int = 100, address: str = "0.0.0.0",
-                 inode: int | None = None) -> pb.Socket:
+def tcp_listener(
+    port: int, process: str = "nginx", pid: int = 100, address: str = "0.0.0.0", inode: int | None = None
+) -> pb.Socket:
     return pb.Socket(
-        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM,
-                         inode=inode or port * 10, local_address=address, local_port=port),
-        state=pb.STATE_LISTEN, uid=0, user="root", pid=pid, process=process, cmdline=process, owners=1,
+        key=pb.SocketKey(
+            netns=NETNS,
+            proto=pb.PROTO_TCP,
+            family=pb.FAMILY_INET,
+            type=pb.SOCK_TYPE_STREAM,
+            inode=inode or port * 10,
+            local_address=address,
+            local_port=port,
+        ),
+        state=pb.STATE_LISTEN,
+        uid=0,
+        user="root",
+        pid=pid,
+        process=process,
+        cmdline=process,
+        owners=1,
     )
 
 
 def udp_bound(port: int, address: str = "127.0.0.1") -> pb.Socket:
     return pb.Socket(
-        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_UDP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_DGRAM,
-                         inode=port * 10 + 1, local_address=address, local_port=port),
-        state=pb.STATE_UNCONN, uid=0, user="root", pid=200, process="dnsd", owners=1,
+        key=pb.SocketKey(
+            netns=NETNS,
+            proto=pb.PROTO_UDP,
+            family=pb.FAMILY_INET,
+            type=pb.SOCK_TYPE_DGRAM,
+            inode=port * 10 + 1,
+            local_address=address,
+            local_port=port,
+        ),
+        state=pb.STATE_UNCONN,
+        uid=0,
+        user="root",
+        pid=200,
+        process="dnsd",
+        owners=1,
     )
 
 
 def connection(local_port: int, remote: str, remote_port: int, inode: int) -> pb.Socket:
     return pb.Socket(
-        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM,
-                         inode=inode, local_address="10.0.0.1", local_port=local_port,
-                         remote_address=remote, remote_port=remote_port),
-        state=pb.STATE_ESTABLISHED, uid=0, user="root", pid=300, process="curl", owners=1,
+        key=pb.SocketKey(
+            netns=NETNS,
+            proto=pb.PROTO_TCP,
+            family=pb.FAMILY_INET,
+            type=pb.SOCK_TYPE_STREAM,
+            inode=inode,
+            local_address="10.0.0.1",
+            local_port=local_port,
+            remote_address=remote,
+            remote_port=remote_port,
+        ),
+        state=pb.STATE_ESTABLISHED,
+        uid=0,
+        user="root",
+        pid=300,
+        process="curl",
+        owners=1,
     )
 
 
 def unix_listener(path: str, inode: int) -> pb.Socket:
     return pb.Socket(
-        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_STREAM,
-                         inode=inode, path=path),
-        state=pb.STATE_LISTEN, uid=0, user="root", pid=400, process="dockerd", owners=1,
+        key=pb.SocketKey(
+            netns=NETNS, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_STREAM, inode=inode, path=path
+        ),
+        state=pb.STATE_LISTEN,
+        uid=0,
+        user="root",
+        pid=400,
+        process="dockerd",
+        owners=1,
     )
 
 
 def snapshot(seq: int, moment: datetime, sockets: list[pb.Socket], epoch: int = 1) -> pb.Snapshot:
-    return pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=us(moment), sockets=sockets, coverage=pb.Coverage(
-        sources=[pb.SourceStatus(source="netlink", netns=NETNS, ok=True, records=len(sockets))],
-        namespaces_scanned=[NETNS],
-    ))
-
-
-def delta(seq: int, moment: datetime, added: list[pb.Socket] | None = None, removed: list[pb.Socket] | None = None,
-          changed: list[pb.Socket] | None = None, epoch: int = 1, base: int | None = None) -> pb.Delta:
-    return pb.Delta(
-        epoch=epoch, seq=seq, base_seq=seq - 1 if base is None else base, taken_at_us=us(moment),
-        added=added or [], removed=[s.key for s in removed or []], changed=changed or [],
+    return pb.Snapshot(
+        epoch=epoch,
+        seq=seq,
+        taken_at_us=us(moment),
+        sockets=sockets,
+        coverage=pb.Coverage(
+            sources=[pb.SourceStatus(source="netlink", netns=NETNS, ok=True, records=len(sockets))],
+            namespaces_scanned=[NETNS],
+        ),
     )
 
 
-def inet(proto: str, local: str, local_port: int, remote: str | None, remote_port: int, inode: int, process: str,
-         state: int | None = None, pid: int = 1000) -> pb.Socket:
+def delta(
+    seq: int,
+    moment: datetime,
+    added: list[pb.Socket] | None = None,
+    removed: list[pb.Socket] | None = None,
+    changed: list[pb.Socket] | None = None,
+    epoch: int = 1,
+    base: int | None = None,
+) -> pb.Delta:
+    return pb.Delta(
+        epoch=epoch,
+        seq=seq,
+        base_seq=seq - 1 if base is None else base,
+        taken_at_us=us(moment),
+        added=added or [],
+        removed=[s.key for s in removed or []],
+        changed=changed or [],
+    )
+
+
+def inet(
+    proto: str,
+    local: str,
+    local_port: int,
+    remote: str | None,
+    remote_port: int,
+    inode: int,
+    process: str,
+    state: int | None = None,
+    pid: int = 1000,
+) -> pb.Socket:
     """Any TCP or UDP socket; with no ``remote`` it waits for peers (TCP LISTEN, UDP UNCONN)."""
     family = pb.FAMILY_INET6 if ":" in local else pb.FAMILY_INET
     tcp = proto == "tcp"
     if state is None:
         state = pb.STATE_ESTABLISHED if remote else (pb.STATE_LISTEN if tcp else pb.STATE_UNCONN)
     return pb.Socket(
-        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_TCP if tcp else pb.PROTO_UDP, family=family,
-                         type=pb.SOCK_TYPE_STREAM if tcp else pb.SOCK_TYPE_DGRAM, inode=inode,
-                         local_address=local, local_port=local_port, remote_address=remote or "",
-                         remote_port=remote_port if remote else 0),
-        state=state, uid=0, user="root", pid=pid, process=process, owners=1,  # type: ignore[arg-type]
+        key=pb.SocketKey(
+            netns=NETNS,
+            proto=pb.PROTO_TCP if tcp else pb.PROTO_UDP,
+            family=family,
+            type=pb.SOCK_TYPE_STREAM if tcp else pb.SOCK_TYPE_DGRAM,
+            inode=inode,
+            local_address=local,
+            local_port=local_port,
+            remote_address=remote or "",
+            remote_port=remote_port if remote else 0,
+        ),
+        state=state,  # type: ignore[arg-type]
+        uid=0,
+        user="root",
+        pid=pid,
+        process=process,
+        owners=1,
     )
 
 
 def unix(path: str | None, inode: int, peer: int, process: str, pid: int = 2000) -> pb.Socket:
     return pb.Socket(
-        key=pb.SocketKey(netns=NETNS, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_STREAM,
-                         inode=inode, path=path or ""),
-        state=pb.STATE_ESTABLISHED, peer_inode=peer, uid=0, user="root", pid=pid, process=process, owners=1,
+        key=pb.SocketKey(
+            netns=NETNS,
+            proto=pb.PROTO_UNIX,
+            family=pb.FAMILY_UNIX,
+            type=pb.SOCK_TYPE_STREAM,
+            inode=inode,
+            path=path or "",
+        ),
+        state=pb.STATE_ESTABLISHED,
+        peer_inode=peer,
+        uid=0,
+        user="root",
+        pid=pid,
+        process=process,
+        owners=1,
     )

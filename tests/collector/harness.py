@@ -38,7 +38,10 @@ class Collector:
         plain = () if secured else ("--insecure", "--allow-anonymous")
         self.proc = subprocess.Popen(
             sockfleet("collector", "serve", *plain, "--listen", f"127.0.0.1:{port}", "--db", db_url, *extra),
-            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
         )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
@@ -74,9 +77,24 @@ class Agent:
         self.log = log
         self.file = log.open("a") if log is not None else None
         self.proc = subprocess.Popen(
-            sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", interval,
-                      "--namespaces", "current", "--host", host, *extra),
-            stdout=subprocess.DEVNULL, stderr=self.file or subprocess.DEVNULL, env=ENV, cwd=ROOT,
+            sockfleet(
+                "agent",
+                "run",
+                "--collector",
+                f"127.0.0.1:{port}",
+                "--insecure",
+                "--interval",
+                interval,
+                "--namespaces",
+                "current",
+                "--host",
+                host,
+                *extra,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=self.file or subprocess.DEVNULL,
+            env=ENV,
+            cwd=ROOT,
         )
 
     def said(self) -> str:
@@ -92,8 +110,9 @@ class Agent:
 
 
 def ask(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(sockfleet(*args, "--db", db_url), capture_output=True, text=True, env=ENV, cwd=ROOT,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        sockfleet(*args, "--db", db_url), capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60, check=False
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -44,8 +44,15 @@ class Network:
         self.procs: list[subprocess.Popen[str]] = []
 
     def run(self, namespace: str, *command: str, ready: bool = True) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(["ip", "netns", "exec", namespace, *command], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, *command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
         self.procs.append(proc)
         if ready:
             assert proc.stdout is not None

@@ -32,12 +32,19 @@ def audited(engine: Engine, tmp_path: Path) -> Path:
     web = store.hello(fleet.hello("web-1"))
     db_host = store.hello(fleet.hello("db-1", addresses=("10.0.0.2",)))
     store.apply(web, fleet.snapshot(1, at(-3000), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]))
-    store.apply(web, fleet.snapshot(2, at(-1), [
-        inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
-        inet("tcp", "0.0.0.0", 22, None, 0, 2, "dropbear"),
-        inet("tcp", "127.0.0.1", 6379, None, 0, 3, "redis"),
-        inet("tcp", "0.0.0.0", 23, None, 0, 4, "telnetd"),
-    ]))
+    store.apply(
+        web,
+        fleet.snapshot(
+            2,
+            at(-1),
+            [
+                inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
+                inet("tcp", "0.0.0.0", 22, None, 0, 2, "dropbear"),
+                inet("tcp", "127.0.0.1", 6379, None, 0, 3, "redis"),
+                inet("tcp", "0.0.0.0", 23, None, 0, 4, "telnetd"),
+            ],
+        ),
+    )
     store.apply(db_host, fleet.snapshot(1, at(-1), [inet("tcp", "0.0.0.0", 5432, None, 0, 5, "postgres")]))
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
@@ -54,10 +61,18 @@ def test_findings(audited: Path, engine: Engine) -> None:
         ("violation", "wrong owner", "web-1", 22),
     }
     assert {(g[1], g[2], g[3]) for g in got if g[1] == "exposed"} == {
-        ("exposed", "web-1", 80), ("exposed", "web-1", 22), ("exposed", "web-1", 23), ("exposed", "db-1", 5432)}
+        ("exposed", "web-1", 80),
+        ("exposed", "web-1", 22),
+        ("exposed", "web-1", 23),
+        ("exposed", "db-1", 5432),
+    }
     # nginx has listened for two days; the others appeared a minute ago.
     assert {(g[2], g[3]) for g in got if g[1] == "new"} == {
-        ("web-1", 22), ("web-1", 6379), ("web-1", 23), ("db-1", 5432)}
+        ("web-1", 22),
+        ("web-1", 6379),
+        ("web-1", 23),
+        ("db-1", 5432),
+    }
     owner = next(f for f in findings if f["finding"] == "wrong owner")
     assert owner["detail"] == "port 22 must belong to sshd, not dropbear"
     assert owner["rule"] == "rule 1 (web-*)"

@@ -26,8 +26,10 @@ def secured(db_url: str):  # type: ignore[no-untyped-def]
 
 def send(port: int, token: str | None, host: str) -> list[pb.CollectorMessage]:
     now = datetime.now(UTC).replace(tzinfo=None)
-    messages = [pb.AgentMessage(hello=fleet.hello(host)),
-                pb.AgentMessage(snapshot=fleet.snapshot(1, now, [fleet.tcp_listener(80)]))]
+    messages = [
+        pb.AgentMessage(hello=fleet.hello(host)),
+        pb.AgentMessage(snapshot=fleet.snapshot(1, now, [fleet.tcp_listener(80)])),
+    ]
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
@@ -70,9 +72,24 @@ def test_enrolled_agent_streams(secured: int, db_url: str, tmp_path) -> None:  #
     token_file.write_text(ask(db_url, "collector", "enroll", "--host", "enrolled").stdout)
     token_file.chmod(0o600)  # the agent refuses a token others may read
     agent = subprocess.Popen(
-        sockfleet("agent", "run", "--collector", f"127.0.0.1:{secured}", "--insecure", "--interval", "0.5s",
-                  "--namespaces", "current", "--host", "enrolled", "--token-file", str(token_file)),
-        stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+        sockfleet(
+            "agent",
+            "run",
+            "--collector",
+            f"127.0.0.1:{secured}",
+            "--insecure",
+            "--interval",
+            "0.5s",
+            "--namespaces",
+            "current",
+            "--host",
+            "enrolled",
+            "--token-file",
+            str(token_file),
+        ),
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        cwd=ROOT,
     )
     stranger = Agent(secured, "stranger")  # no token: never gets in
     try:

@@ -23,8 +23,9 @@ STREAM = "/sockfleet.v1.Collector/Stream"
 def stream(port: int, messages: list[bytes]) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     """Send raw messages; the status, its details and trailing metadata (OK when every message was taken)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        call = channel.stream_stream(STREAM, request_serializer=lambda b: b,
-                                     response_deserializer=pb.CollectorMessage.FromString)
+        call = channel.stream_stream(
+            STREAM, request_serializer=lambda b: b, response_deserializer=pb.CollectorMessage.FromString
+        )
         try:
             for _ in call(iter(messages), timeout=30):
                 pass
@@ -51,10 +52,13 @@ def snapshot(seq: int = 1, epoch: int = 1, change: Callable[[pb.Snapshot], objec
 def stored(db_url: str, host: str) -> tuple[int, int]:
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT (SELECT count(*) FROM sockets s JOIN hosts h ON h.id = s.host_ref WHERE h.name = :h), "
-            "(SELECT count(*) FROM observations o JOIN hosts h ON h.id = o.host_ref WHERE h.name = :h)"),
-            {"h": host}).one()
+        row = conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM sockets s JOIN hosts h ON h.id = s.host_ref WHERE h.name = :h), "
+                "(SELECT count(*) FROM observations o JOIN hosts h ON h.id = o.host_ref WHERE h.name = :h)"
+            ),
+            {"h": host},
+        ).one()
     engine.dispose()
     return int(row[0]), int(row[1])
 
@@ -66,31 +70,60 @@ def _set(path: str, value: object) -> Callable[[pb.Snapshot], object]:
         for part in parts:
             target = getattr(target, part)
         setattr(target, last, value)
+
     return change
 
 
 CASES = [
-    ("nul", [hello("nul"), snapshot(change=_set("process", "ng\x00inx"))],
-     "snapshot.sockets[0].process: holds a NUL character"),
-    ("pid", [hello("pid"), snapshot(change=_set("pid", 2**32 - 1))],
-     "snapshot.sockets[0].pid: 4294967295 is larger than 4194304"),
-    ("owners", [hello("owners"), snapshot(change=_set("owners", 2**32 - 1))],
-     "snapshot.sockets[0].owners: 4294967295 is larger than 4194304"),
-    ("coverage-text", [hello("coverage-text"), snapshot(change=lambda m: m.coverage.sources[0].__setattr__(
-        "error", "e" * (8 << 20)))], "snapshot.coverage.sources[0].error: 8388608 characters, more than 4096"),
-    ("coverage-pids", [hello("coverage-pids"), snapshot(change=lambda m: m.coverage.processes_unreadable.extend(
-        range(1, 2_000_001)))], "snapshot.coverage.processes_unreadable: 2,000,000 entries, more than 65,536"),
-    ("address", [hello("address", lambda h: h.addresses.add(netns=1, interface="eth1", address="")), snapshot()],
-     "hello.addresses[1].address: empty"),
-    ("interface", [hello("interface", lambda h: h.addresses.add(netns=1, interface="i" * 200, address="10.9.9.9")),
-                   snapshot()], "hello.addresses[1].interface: 200 characters, more than 64"),
+    (
+        "nul",
+        [hello("nul"), snapshot(change=_set("process", "ng\x00inx"))],
+        "snapshot.sockets[0].process: holds a NUL character",
+    ),
+    (
+        "pid",
+        [hello("pid"), snapshot(change=_set("pid", 2**32 - 1))],
+        "snapshot.sockets[0].pid: 4294967295 is larger than 4194304",
+    ),
+    (
+        "owners",
+        [hello("owners"), snapshot(change=_set("owners", 2**32 - 1))],
+        "snapshot.sockets[0].owners: 4294967295 is larger than 4194304",
+    ),
+    (
+        "coverage-text",
+        [
+            hello("coverage-text"),
+            snapshot(change=lambda m: m.coverage.sources[0].__setattr__("error", "e" * (8 << 20))),
+        ],
+        "snapshot.coverage.sources[0].error: 8388608 characters, more than 4096",
+    ),
+    (
+        "coverage-pids",
+        [
+            hello("coverage-pids"),
+            snapshot(change=lambda m: m.coverage.processes_unreadable.extend(range(1, 2_000_001))),
+        ],
+        "snapshot.coverage.processes_unreadable: 2,000,000 entries, more than 65,536",
+    ),
+    (
+        "address",
+        [hello("address", lambda h: h.addresses.add(netns=1, interface="eth1", address="")), snapshot()],
+        "hello.addresses[1].address: empty",
+    ),
+    (
+        "interface",
+        [hello("interface", lambda h: h.addresses.add(netns=1, interface="i" * 200, address="10.9.9.9")), snapshot()],
+        "hello.addresses[1].interface: 200 characters, more than 64",
+    ),
     ("utf8", [hello("utf8").replace(b"utf8", b"\xff\xfe\xfd\xfc")], "not a valid sockfleet.v1.AgentMessage"),
 ]
 
 
 @pytest.mark.parametrize(("host", "messages", "field"), CASES, ids=[case[0] for case in CASES])
-def test_bad_input_is_invalid_argument_naming_the_field(collector: Collector, host: str, messages: list[bytes],
-                                                        field: str) -> None:
+def test_bad_input_is_invalid_argument_naming_the_field(
+    collector: Collector, host: str, messages: list[bytes], field: str
+) -> None:
     code, details, _ = stream(collector.port, messages)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert field in details
@@ -111,8 +144,9 @@ def test_an_older_epoch_is_told_to_start_a_newer_one(collector: Collector) -> No
 async def _idle(port: int, count: int) -> list[tuple[grpc.StatusCode, float]]:
     """``count`` streams that never say hello: how each ended, and after how long."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        method = channel.stream_stream(STREAM, request_serializer=lambda b: b,
-                                       response_deserializer=pb.CollectorMessage.FromString)
+        method = channel.stream_stream(
+            STREAM, request_serializer=lambda b: b, response_deserializer=pb.CollectorMessage.FromString
+        )
 
         async def one() -> tuple[grpc.StatusCode, float]:
             started = time.monotonic()
@@ -143,8 +177,9 @@ SCAN = fleet.us(datetime.now(UTC).replace(tzinfo=None))  # one scan time for eve
 
 
 def part(seq: int, ports: range, more: bool, epoch: int = 1, coverage: bool = False) -> bytes:
-    message = pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=SCAN, sockets=[fleet.tcp_listener(p) for p in ports],
-                          more=more)
+    message = pb.Snapshot(
+        epoch=epoch, seq=seq, taken_at_us=SCAN, sockets=[fleet.tcp_listener(p) for p in ports], more=more
+    )
     if coverage:
         message.coverage.namespaces_scanned.append(fleet.NETNS)
     return pb.AgentMessage(snapshot=message).SerializeToString()
@@ -155,8 +190,9 @@ def test_parts_carry_sockets_only_and_nothing_comes_between_them(collector: Coll
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "only the last part of a snapshot carries its coverage" in details
     delta = pb.AgentMessage(delta=fleet.delta(2, datetime.now(UTC).replace(tzinfo=None))).SerializeToString()
-    code, details, _ = stream(collector.port, [hello("parts-b"), part(1, range(80, 82), True), delta,
-                                               part(1, range(82, 84), False)])
+    code, details, _ = stream(
+        collector.port, [hello("parts-b"), part(1, range(80, 82), True), delta, part(1, range(82, 84), False)]
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "delta: came before the last part of snapshot (1, 1)" in details
     assert stored(collector.db_url, "parts-a") == stored(collector.db_url, "parts-b") == (0, 0)
@@ -168,8 +204,9 @@ def test_parts_carry_sockets_only_and_nothing_comes_between_them(collector: Coll
 async def _half_sent(port: int, count: int) -> list[grpc.StatusCode]:
     """``count`` streams that each send a first part and wait: how each ended."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        method = channel.stream_stream(STREAM, request_serializer=lambda b: b,
-                                       response_deserializer=pb.CollectorMessage.FromString)
+        method = channel.stream_stream(
+            STREAM, request_serializer=lambda b: b, response_deserializer=pb.CollectorMessage.FromString
+        )
         calls: list[Any] = []
         for index in range(count):
             call: Any = method()  # type: ignore[call-arg]

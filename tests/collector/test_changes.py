@@ -35,11 +35,15 @@ def test_history_and_diff(engine: Engine) -> None:
         rows, left_out = diff(conn, at(1), at(3))
         owner_change, _ = diff(conn, at(3), at(5), host="web-1")
     assert [(t["process"], t["valid_from"], t["valid_to"]) for t in timeline] == [
-        ("java", at(2), at(4)), ("jetty", at(4), None)]
+        ("java", at(2), at(4)),
+        ("jetty", at(4), None),
+    ]
     assert {(t["local_port"], t["remote_port"]) for t in since} == {(80, None), (8080, None)}
     assert left_out == []
     assert {(r["change"], r["kind"], r.get("local_port") or r.get("server_port")) for r in rows} == {
-        ("opened", "listener", 8080), ("closed", "edge", 80)}
+        ("opened", "listener", 8080),
+        ("closed", "edge", 80),
+    }
     assert {(r["change"], r["process"]) for r in owner_change} == {("closed", "java"), ("opened", "jetty")}
 
 
@@ -49,10 +53,12 @@ def test_diff_runs_to_now_without_to(engine: Engine) -> None:
     web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
     start = now() - timedelta(minutes=2)
     store.apply(web, fleet.snapshot(1, start, [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]))
-    store.apply(web, fleet.delta(2, start + timedelta(minutes=1), added=[inet("tcp", "0.0.0.0", 8080, None, 0, 2,
-                                                                              "java")]))
+    store.apply(
+        web, fleet.delta(2, start + timedelta(minutes=1), added=[inet("tcp", "0.0.0.0", 8080, None, 0, 2, "java")])
+    )
     since = str(rfc3339(start + timedelta(seconds=30)))
     result = ask(engine.url.render_as_string(hide_password=False), "diff", "--from", since, "--format", "json")
     assert [(r["change"], r["host"], r["local_port"], r["process"]) for r in json.loads(result.stdout)] == [
-        ("opened", "web-1", 8080, "java")]
+        ("opened", "web-1", 8080, "java")
+    ]
     assert result.stderr == ""

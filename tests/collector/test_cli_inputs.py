@@ -16,8 +16,11 @@ from sockfleet.collector.errors import UsageError
 from sockfleet.collector.times import parse_duration, parse_time
 
 T = TypeVar("T")
-TIMEISH = st.text(max_size=40) | st.from_regex(r"-?\d{1,12}(ms|s|m|h|d|w|x)?", fullmatch=True) | st.from_regex(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?", fullmatch=True)
+TIMEISH = (
+    st.text(max_size=40)
+    | st.from_regex(r"-?\d{1,12}(ms|s|m|h|d|w|x)?", fullmatch=True)
+    | st.from_regex(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?", fullmatch=True)
+)
 
 
 def outcome(function: Callable[[str], T], text: str) -> tuple[T | None, str | None]:

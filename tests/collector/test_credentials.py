@@ -103,9 +103,25 @@ def test_revoking_ends_the_open_stream(secured: int, db_url: str, tmp_path: Path
     log = tmp_path / "agent.log"
     with log.open("w") as out:
         agent = subprocess.Popen(
-            sockfleet("agent", "run", "--collector", f"127.0.0.1:{secured}", "--insecure", "--interval", "0.5s",
-                      "--namespaces", "current", "--host", "revoked-host", "--token-file", str(token_file)),
-            stderr=out, env=ENV, cwd=ROOT)
+            sockfleet(
+                "agent",
+                "run",
+                "--collector",
+                f"127.0.0.1:{secured}",
+                "--insecure",
+                "--interval",
+                "0.5s",
+                "--namespaces",
+                "current",
+                "--host",
+                "revoked-host",
+                "--token-file",
+                str(token_file),
+            ),
+            stderr=out,
+            env=ENV,
+            cwd=ROOT,
+        )
         try:
             wait_for(lambda: "revoked-host" in ask(db_url, "hosts").stdout, "the enrolled agent")
             ask(db_url, "collector", "revoke", "--host", "revoked-host")
@@ -116,8 +132,9 @@ def test_revoking_ends_the_open_stream(secured: int, db_url: str, tmp_path: Path
             time.sleep(2)
             engine = create_engine(db_url)
             with engine.connect() as conn:
-                later = conn.execute(text("SELECT count(*) FROM observations WHERE received_at > :t"),
-                                     {"t": cut}).scalar_one()
+                later = conn.execute(
+                    text("SELECT count(*) FROM observations WHERE received_at > :t"), {"t": cut}
+                ).scalar_one()
             engine.dispose()
             assert later == 0  # nothing acknowledged after the revocation
             assert "unknown or revoked agent token" in log.read_text()  # and the reconnection is refused

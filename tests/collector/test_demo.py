@@ -14,8 +14,9 @@ from tests.conftest import ROOT
 
 def own_agents(port: str) -> list[str]:
     """The agents still running for the demo's collector (its port is in their command line)."""
-    found = subprocess.run(["pgrep", "-f", f"agent run --collector 127.0.0.1:{port} "], capture_output=True,
-                           text=True, check=False)
+    found = subprocess.run(
+        ["pgrep", "-f", f"agent run --collector 127.0.0.1:{port} "], capture_output=True, text=True, check=False
+    )
     return found.stdout.split()
 
 
@@ -25,7 +26,11 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     try:
         result = subprocess.run(
             [sys.executable, "-m", "sockfleet", "demo", "--once", "--interval", "1s"],
-            capture_output=True, text=True, env={**ENV, "XDG_DATA_HOME": str(tmp_path)}, cwd=ROOT, timeout=120,
+            capture_output=True,
+            text=True,
+            env={**ENV, "XDG_DATA_HOME": str(tmp_path)},
+            cwd=ROOT,
+            timeout=120,
             check=False,
         )
     finally:
@@ -41,7 +46,7 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     collector_port = re.search(r"collector on 127\.0\.0\.1:(\d+)", result.stderr)
     assert collector_port is not None
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["PROTO", "CLIENT", "SERVER"])
-    calls = [line.split() for line in lines[header + 1:]]
+    calls = [line.split() for line in lines[header + 1 :]]
     assert any(c[0] == "tcp" and collector_port.group(1) in c and c[-1] == "listener" for c in calls), lines
     assert not own_agents(collector_port.group(1))  # the demo stopped its agent
 
@@ -52,8 +57,11 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "sockfleet", "demo", "--interval", "1s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**ENV, "XDG_DATA_HOME": str(tmp_path)}, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**ENV, "XDG_DATA_HOME": str(tmp_path)},
+        cwd=ROOT,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60

@@ -41,8 +41,12 @@ def test_ports_before_between_and_after(collector: Collector) -> None:
         time.sleep(1)
         after = stamp()
         [row] = ports(db_url, "--port", str(port), "--at", between)
-        assert (row["host"], row["proto"], row["state"], row["local_address"]) == ("e2e-host", "tcp", "LISTEN",
-                                                                                 "127.0.0.1")
+        assert (row["host"], row["proto"], row["state"], row["local_address"]) == (
+            "e2e-host",
+            "tcp",
+            "LISTEN",
+            "127.0.0.1",
+        )
         assert row["pid"] == os.getpid()
         assert ports(db_url, "--port", str(port), "--at", before) == []
         assert ports(db_url, "--port", str(port), "--at", after) == []
@@ -116,7 +120,10 @@ def test_cli_errors_are_one_line(collector: Collector) -> None:
     for args, message in [
         (("ports", "--at", "yesterday"), "sockfleet: error: --at: 'yesterday' is not a time"),
         (("ports", "--host", "nowhere"), "sockfleet: error: --host nowhere: no such host"),
-        (("ports", "--at", "2999-01-01T00:00:00Z"), "sockfleet: error: --at 2999-01-01T00:00:00Z: that is in the future"),
+        (
+            ("ports", "--at", "2999-01-01T00:00:00Z"),
+            "sockfleet: error: --at 2999-01-01T00:00:00Z: that is in the future",
+        ),
         (("ports", "--at", "2026-01-01T00:00:00"), "has no time zone"),
     ]:
         result = ask(collector.db_url, *args, check=False)

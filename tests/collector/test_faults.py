@@ -28,9 +28,16 @@ def observation_steps(db_url: str, host: str) -> list[float]:
     """Seconds between the scan times of a host's successive stored observations."""
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        taken = [datetime.fromisoformat(str(row[0])) for row in conn.execute(text(
-            "SELECT o.taken_at FROM observations o JOIN hosts h ON h.id = o.host_ref WHERE h.name = :h "
-            "ORDER BY o.taken_at"), {"h": host})]
+        taken = [
+            datetime.fromisoformat(str(row[0]))
+            for row in conn.execute(
+                text(
+                    "SELECT o.taken_at FROM observations o JOIN hosts h ON h.id = o.host_ref WHERE h.name = :h "
+                    "ORDER BY o.taken_at"
+                ),
+                {"h": host},
+            )
+        ]
     engine.dispose()
     return [(b - a).total_seconds() for a, b in itertools.pairwise(taken)]
 
@@ -38,15 +45,44 @@ def observation_steps(db_url: str, host: str) -> list[float]:
 @pytest.mark.root
 def test_network_cut_then_restored(network: Network, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'cut.db'}"
-    collector = network.run(network.switch, sys.executable, "-m", "sockfleet", "collector", "serve",
-                            "--insecure", "--allow-anonymous", "--listen", f"{SWITCH}:7060", "--db", db_url,
-                            ready=False)
+    collector = network.run(
+        network.switch,
+        sys.executable,
+        "-m",
+        "sockfleet",
+        "collector",
+        "serve",
+        "--insecure",
+        "--allow-anonymous",
+        "--listen",
+        f"{SWITCH}:7060",
+        "--db",
+        db_url,
+        ready=False,
+    )
     assert collector.stderr is not None
     assert "listening on" in collector.stderr.readline()
     host = network.hosts["host-a"]
-    network.run(host, sys.executable, "-m", "sockfleet", "agent", "run", "--collector", f"{SWITCH}:7060",
-                "--insecure", "--interval", f"{INTERVAL}s", "--namespaces", "current", "--host", "host-a",
-                "--spool", str(tmp_path / "spool"), ready=False)
+    network.run(
+        host,
+        sys.executable,
+        "-m",
+        "sockfleet",
+        "agent",
+        "run",
+        "--collector",
+        f"{SWITCH}:7060",
+        "--insecure",
+        "--interval",
+        f"{INTERVAL}s",
+        "--namespaces",
+        "current",
+        "--host",
+        "host-a",
+        "--spool",
+        str(tmp_path / "spool"),
+        ready=False,
+    )
     truth = Truth(ADDRESSES["host-a"], namespace=f"/run/netns/{host}")
     before = truth.open()
     closing = truth.open()
@@ -70,10 +106,26 @@ def test_spool_smaller_than_the_outage(tmp_path: Path) -> None:
     collector = Collector(db_url)
     port = collector.port
     agent = subprocess.Popen(
-        sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", f"{INTERVAL}s",
-                  "--namespaces", "current", "--host", "small", "--spool", str(tmp_path / "spool"),
-                  "--spool-max-bytes", "1"),
-        stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+        sockfleet(
+            "agent",
+            "run",
+            "--collector",
+            f"127.0.0.1:{port}",
+            "--insecure",
+            "--interval",
+            f"{INTERVAL}s",
+            "--namespaces",
+            "current",
+            "--host",
+            "small",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--spool-max-bytes",
+            "1",
+        ),
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        cwd=ROOT,
     )
     truth = Truth()
     try:

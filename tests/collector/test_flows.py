@@ -39,9 +39,12 @@ class Fleet:
         self.serial = 100
         self.listeners = [
             [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"), inet("udp", "0.0.0.0", 53, None, 0, 2, "dnsd")],
-            [inet("tcp", ADDRESSES[1], 5432, None, 0, 3, "postgres"),
-             inet("tcp", "127.0.0.1", 6379, None, 0, 4, "redis")],
-            [], [],
+            [
+                inet("tcp", ADDRESSES[1], 5432, None, 0, 3, "postgres"),
+                inet("tcp", "127.0.0.1", 6379, None, 0, 4, "redis"),
+            ],
+            [],
+            [],
         ]
         self.conversations: list[list[tuple[int, pb.Socket]]] = []
 
@@ -49,8 +52,9 @@ class Fleet:
         self.serial += 1
         return 32768 + self.serial
 
-    def _socket(self, host: int, proto: str, local: str, local_port: int, remote: str, remote_port: int,
-                process: str) -> tuple[int, pb.Socket]:
+    def _socket(
+        self, host: int, proto: str, local: str, local_port: int, remote: str, remote_port: int, process: str
+    ) -> tuple[int, pb.Socket]:
         self.serial += 1
         return host, inet(proto, local, local_port, remote, remote_port, self.serial, process)
 
@@ -65,11 +69,15 @@ class Fleet:
             c_addr, s_addr = ADDRESSES[client], ADDRESSES[server]
             if proto == "udp":  # the server's UDP socket is the unconnected listener itself
                 return [self._socket(client, "udp", c_addr, port, s_addr, 53, process=process)]
-            return [self._socket(client, "tcp", c_addr, port, s_addr, service, process=process),
-                    self._socket(server, "tcp", s_addr, service, c_addr, port, process=serving)]
+            return [
+                self._socket(client, "tcp", c_addr, port, s_addr, service, process=process),
+                self._socket(server, "tcp", s_addr, service, c_addr, port, process=serving),
+            ]
         if kind == 2:  # redis over loopback, inside host 1
-            return [self._socket(1, "tcp", "127.0.0.1", port, "127.0.0.1", 6379, process=process),
-                    self._socket(1, "tcp", "127.0.0.1", 6379, "127.0.0.1", port, process="redis")]
+            return [
+                self._socket(1, "tcp", "127.0.0.1", port, "127.0.0.1", 6379, process=process),
+                self._socket(1, "tcp", "127.0.0.1", 6379, "127.0.0.1", port, process="redis"),
+            ]
         if kind == 3:  # a call out of the fleet
             return [self._socket(client, "tcp", ADDRESSES[client], port, OUTSIDE_SERVER, 443, process=process)]
         if kind == 4:  # an outsider calls in
@@ -77,13 +85,14 @@ class Fleet:
         # Two hosts talk with no listener on either side: the ports decide (lower port, or ephemeral port).
         server = (client + 1) % len(ADDRESSES)
         low, high = (5000 + self.serial % 50, 6000) if kind == 5 else (7000 + self.serial % 50, port)
-        return [self._socket(client, "tcp", ADDRESSES[client], high, ADDRESSES[server], low, process=process),
-                self._socket(server, "tcp", ADDRESSES[server], low, ADDRESSES[client], high, process="peer")]
+        return [
+            self._socket(client, "tcp", ADDRESSES[client], high, ADDRESSES[server], low, process=process),
+            self._socket(server, "tcp", ADDRESSES[server], low, ADDRESSES[client], high, process="peer"),
+        ]
 
     def run(self) -> None:
         for step in range(STEPS):
-            changes: list[dict[str, list[pb.Socket]]] = [{"added": [], "removed": [], "changed": []}
-                                                        for _ in ADDRESSES]
+            changes: list[dict[str, list[pb.Socket]]] = [{"added": [], "removed": [], "changed": []} for _ in ADDRESSES]
             if step == 0:
                 for host, listening in enumerate(self.listeners):
                     changes[host]["added"] += listening
@@ -117,8 +126,9 @@ class Fleet:
         if step % 5 == 0:
             message: Any = fleet.snapshot(self.seq[host], at(step), list(self.open[host].values()))
         else:
-            message = fleet.delta(self.seq[host], at(step), added=change["added"], removed=change["removed"],
-                                  changed=change["changed"])
+            message = fleet.delta(
+                self.seq[host], at(step), added=change["added"], removed=change["removed"], changed=change["changed"]
+            )
         assert self.store.apply(ref, message).acked
 
 
@@ -144,9 +154,21 @@ def rebuilt(engine: Engine) -> tuple[set[tuple[Any, ...]], dict[int, str]]:
 
 
 def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return sorted((r["proto"], r["client_host"] or "", r["client_address"] or "", r["client_process"] or "",
-                   r["server_host"] or "", r["server_address"] or "", r["server_port"] or 0,
-                   r["server_process"] or "", r["connections"], r["direction"]) for r in rows)
+    return sorted(
+        (
+            r["proto"],
+            r["client_host"] or "",
+            r["client_address"] or "",
+            r["client_process"] or "",
+            r["server_host"] or "",
+            r["server_address"] or "",
+            r["server_port"] or 0,
+            r["server_process"] or "",
+            r["connections"],
+            r["direction"],
+        )
+        for r in rows
+    )
 
 
 @pytest.fixture
@@ -160,8 +182,9 @@ def test_store_keeps_flows_as_the_rule_makes_them(random_fleet: Fleet, engine: E
     expected, keys = rebuilt(engine)
     assert stored_flows(engine) == expected
     with engine.connect() as conn:
-        stored = {row.id: row.flow for row in conn.execute(select(sockets.c.id, sockets.c.flow))
-                  if row.flow is not None}
+        stored = {
+            row.id: row.flow for row in conn.execute(select(sockets.c.id, sockets.c.flow)) if row.flow is not None
+        }
     assert stored == keys
     roles = {row[4] for row in expected}
     assert roles == {flows.SERVED, flows.CALLING, flows.NOT_FOLDED}
@@ -185,8 +208,9 @@ def test_edges_from_flows_are_the_edges_from_sockets(random_fleet: Fleet, engine
             assert brief(from_flows) == brief(from_sockets), minute
             for name in ("h0", "h2"):
                 narrowed = edges(conn, Window(at(minute)), host=name)
-                assert brief(narrowed) == brief([e for e in from_sockets if name in (e["client_host"],
-                                                                                     e["server_host"])])
+                assert brief(narrowed) == brief(
+                    [e for e in from_sockets if name in (e["client_host"], e["server_host"])]
+                )
         latest = edges(conn, Window(None))
         assert brief(latest) == brief(edges(conn, Window(at(STEPS), at(STEPS))))
         assert {e["direction"] for e in latest} >= {"listener", "ephemeral port", "lower port"}
@@ -204,15 +228,23 @@ def test_an_accepted_connection_stays_served_after_its_listener_closes(engine: E
     with engine.connect() as conn:
         [edge] = edges(conn, Window(at(2)))
     assert (edge["server_host"], edge["server_port"], edge["client_address"], edge["direction"]) == (
-        "web-1", 40000, "203.0.113.5", "listener")
+        "web-1",
+        40000,
+        "203.0.113.5",
+        "listener",
+    )
     assert edge["first_seen"] == at(0) and edge["last_seen"] == at(1)  # web-1's last scan before minute 2
 
 
 def open_roles(engine: Engine) -> dict[int | None, str]:
     """Open flows by their local port (None where it is folded away): their role."""
     with engine.connect() as conn:
-        return {row.local_port: row.role for row in conn.execute(
-            select(flow_table.c.local_port, flow_table.c.role).where(flow_table.c.valid_to.is_(None)))}
+        return {
+            row.local_port: row.role
+            for row in conn.execute(
+                select(flow_table.c.local_port, flow_table.c.role).where(flow_table.c.valid_to.is_(None))
+            )
+        }
 
 
 def test_listeners_written_by_another_collector_decide_roles(engine: Engine) -> None:

@@ -52,14 +52,42 @@ def test_downgrade_round_trip(engine: Engine) -> None:
 
 
 KEYS = [
-    pb.SocketKey(netns=4026531840, proto=pb.PROTO_TCP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_STREAM, inode=77,
-                 local_address="0.0.0.0", local_port=22),
-    pb.SocketKey(netns=1, proto=pb.PROTO_TCP, family=pb.FAMILY_INET6, type=pb.SOCK_TYPE_STREAM, inode=2**40,
-                 local_address="::ffff:10.0.0.1", local_port=443, remote_address="fe80::1", remote_port=51000),
-    pb.SocketKey(netns=1, proto=pb.PROTO_UDP, family=pb.FAMILY_INET, type=pb.SOCK_TYPE_DGRAM,
-                 local_address="127.0.0.1", local_port=53),
-    pb.SocketKey(netns=1, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_SEQPACKET, inode=9,
-                 path="@/tmp/.X11-unix/X0"),
+    pb.SocketKey(
+        netns=4026531840,
+        proto=pb.PROTO_TCP,
+        family=pb.FAMILY_INET,
+        type=pb.SOCK_TYPE_STREAM,
+        inode=77,
+        local_address="0.0.0.0",
+        local_port=22,
+    ),
+    pb.SocketKey(
+        netns=1,
+        proto=pb.PROTO_TCP,
+        family=pb.FAMILY_INET6,
+        type=pb.SOCK_TYPE_STREAM,
+        inode=2**40,
+        local_address="::ffff:10.0.0.1",
+        local_port=443,
+        remote_address="fe80::1",
+        remote_port=51000,
+    ),
+    pb.SocketKey(
+        netns=1,
+        proto=pb.PROTO_UDP,
+        family=pb.FAMILY_INET,
+        type=pb.SOCK_TYPE_DGRAM,
+        local_address="127.0.0.1",
+        local_port=53,
+    ),
+    pb.SocketKey(
+        netns=1,
+        proto=pb.PROTO_UNIX,
+        family=pb.FAMILY_UNIX,
+        type=pb.SOCK_TYPE_SEQPACKET,
+        inode=9,
+        path="@/tmp/.X11-unix/X0",
+    ),
     pb.SocketKey(netns=1, proto=pb.PROTO_UNIX, family=pb.FAMILY_UNIX, type=pb.SOCK_TYPE_DGRAM, inode=10),
 ]
 
@@ -83,15 +111,21 @@ def test_rows_stored_before_0011_are_the_same_sockets_after(empty_engine: Engine
     revision = importlib.import_module("sockfleet.migrations.versions.0011_hosts_refusals_and_key_digests")
     listener = fleet.tcp_listener(80)
     with empty_engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO hosts (host_id, name, agent_version, boot_id, interval_seconds, epoch, seq, last_taken_at, "
-            "complete, first_seen, last_seen) VALUES ('id-web-1', 'web-1', 'old', 'boot', 60, 1, 1, :t, true, :t, :t)"),
-            {"t": at(0)})
-        conn.execute(text(
-            "INSERT INTO sockets (host_ref, key, netns, proto, family, type, inode, local_address, local_port, state, "
-            "owners, rx_queue, tx_queue, valid_from, process, pid, uid, \"user\", cmdline) VALUES (1, :key, :netns, "
-            "'tcp', 'inet', 'stream', 800, '0.0.0.0', 80, 'LISTEN', 1, 0, 0, :t, 'nginx', 100, 0, 'root', 'nginx')"),
-            {"key": revision.serialized_key_digest(_row(listener.key)), "netns": fleet.NETNS, "t": at(0)})
+        conn.execute(
+            text(
+                "INSERT INTO hosts (host_id, name, agent_version, boot_id, interval_seconds, epoch, seq, last_taken_at, "
+                "complete, first_seen, last_seen) VALUES ('id-web-1', 'web-1', 'old', 'boot', 60, 1, 1, :t, true, :t, :t)"
+            ),
+            {"t": at(0)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO sockets (host_ref, key, netns, proto, family, type, inode, local_address, local_port, state, "
+                'owners, rx_queue, tx_queue, valid_from, process, pid, uid, "user", cmdline) VALUES (1, :key, :netns, '
+                "'tcp', 'inet', 'stream', 800, '0.0.0.0', 80, 'LISTEN', 1, 0, 0, :t, 'nginx', 100, 0, 'root', 'nginx')"
+            ),
+            {"key": revision.serialized_key_digest(_row(listener.key)), "netns": fleet.NETNS, "t": at(0)},
+        )
     db.migrate(empty_engine)
     store = Store(empty_engine)
     outcome = store.apply(1, fleet.snapshot(1, at(1), [listener], epoch=2))

@@ -26,12 +26,25 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root"),
 ]
+
+
 def talks(db_url: str, *args: str) -> set[tuple[Any, ...]]:
     """Edges between the test's processes; the agents' own streams to the collector are left out."""
     rows = json.loads(ask(db_url, "talks", "--format", "json", *args).stdout)
-    return {(r["proto"], r["client_host"] or r["client_address"], r["client_process"],
-             r["server_host"] or r["server_address"], r["server_port"], r["server_process"], r["connections"],
-             r["direction"]) for r in rows if r["server_address"] != SWITCH and r["client_process"] != "python"}
+    return {
+        (
+            r["proto"],
+            r["client_host"] or r["client_address"],
+            r["client_process"],
+            r["server_host"] or r["server_address"],
+            r["server_port"],
+            r["server_process"],
+            r["connections"],
+            r["direction"],
+        )
+        for r in rows
+        if r["server_address"] != SWITCH and r["client_process"] != "python"
+    }
 
 
 def wait_until(check: Any, what: str, timeout: float = 60, show: Any = None) -> None:
@@ -57,14 +70,42 @@ UNIX_A = ("unix", "host-a", "appcli", "host-a", None, "appsvc", 1, "unix path")
 
 def test_three_hosts_and_the_outside(network: Network, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    collector = network.run(network.switch, sys.executable, "-m", "sockfleet", "collector", "serve",
-                            "--insecure", "--allow-anonymous", "--listen", f"{SWITCH}:7050", "--db", db_url, ready=False)
+    collector = network.run(
+        network.switch,
+        sys.executable,
+        "-m",
+        "sockfleet",
+        "collector",
+        "serve",
+        "--insecure",
+        "--allow-anonymous",
+        "--listen",
+        f"{SWITCH}:7050",
+        "--db",
+        db_url,
+        ready=False,
+    )
     assert collector.stderr is not None
     assert "listening on" in collector.stderr.readline()
     for host in ("host-a", "host-b", "host-c"):
-        network.run(network.hosts[host], sys.executable, "-m", "sockfleet", "agent", "run", "--collector",
-                    f"{SWITCH}:7050", "--insecure", "--interval", "0.5s", "--namespaces", "current",
-                    "--host", host, ready=False)
+        network.run(
+            network.hosts[host],
+            sys.executable,
+            "-m",
+            "sockfleet",
+            "agent",
+            "run",
+            "--collector",
+            f"{SWITCH}:7050",
+            "--insecure",
+            "--interval",
+            "0.5s",
+            "--namespaces",
+            "current",
+            "--host",
+            host,
+            ready=False,
+        )
     a = ADDRESSES["host-a"]
     network.process("host-a", "websvc", "tcp-listen", "0.0.0.0", "8080")
     network.process("host-a", "dnssvc", "udp-listen", "0.0.0.0", "5353")
@@ -83,10 +124,20 @@ def test_three_hosts_and_the_outside(network: Network, tmp_path: Path) -> None:
 
     engine = create_engine(db_url)  # the SQL view says the same as the command
     with engine.connect() as conn:
-        viewed = {(r.proto, r.client_host or r.client_address, r.client_process, r.server_host or r.server_address,
-                   r.server_port, r.server_process, r.connections, r.direction)
-                  for r in conn.execute(text("SELECT * FROM edges"))
-                  if r.server_address != SWITCH and r.client_process != "python"}
+        viewed = {
+            (
+                r.proto,
+                r.client_host or r.client_address,
+                r.client_process,
+                r.server_host or r.server_address,
+                r.server_port,
+                r.server_process,
+                r.connections,
+                r.direction,
+            )
+            for r in conn.execute(text("SELECT * FROM edges"))
+            if r.server_address != SWITCH and r.client_process != "python"
+        }
     engine.dispose()
     assert viewed == expected
 
@@ -110,8 +161,11 @@ def test_three_hosts_and_the_outside(network: Network, tmp_path: Path) -> None:
     assert talks(db_url, "--host", "host-c") == {CALL_OUT}
 
     changes = json.loads(ask(db_url, "diff", "--from", earlier, "--to", later, "--format", "json").stdout)
-    closed = {(c["client_host"] or c["client_address"], c["server_host"], c["server_port"])
-              for c in changes if c["kind"] == "edge" and c["change"] == "closed"}
+    closed = {
+        (c["client_host"] or c["client_address"], c["server_host"], c["server_port"])
+        for c in changes
+        if c["kind"] == "edge" and c["change"] == "closed"
+    }
     assert closed == {("host-c", "host-a", 8080), ("10.77.0.50", "host-a", 8080)}
     assert not [c for c in changes if c["kind"] == "listener"]
 

@@ -52,10 +52,13 @@ def sqlite_collector(tmp_path: Path) -> Iterator[Collector]:
 
 
 def test_a_huge_command_line_is_shortened_and_the_host_stays_live(collector: Collector, tmp_path: Path) -> None:
-    program = ("import socket, sys; s = socket.create_server(('127.0.0.1', 0)); "
-               "print(s.getsockname()[1], flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", program, "x" * 5000], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    program = (
+        "import socket, sys; s = socket.create_server(('127.0.0.1', 0)); "
+        "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", program, "x" * 5000], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdin is not None
     port = int(holder.stdout.readline())
     agent = Agent(collector.port, "long-cmdline", log=tmp_path / "agent.log")
@@ -108,9 +111,11 @@ def test_a_scan_the_collector_refuses_costs_that_scan_only(sqlite_collector: Col
 
 def stream(port: int, messages: list[pb.AgentMessage]) -> grpc.RpcError:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_stream("/sockfleet.v1.Collector/Stream",
-                                     request_serializer=pb.AgentMessage.SerializeToString,
-                                     response_deserializer=pb.CollectorMessage.FromString)
+        call = channel.stream_stream(
+            "/sockfleet.v1.Collector/Stream",
+            request_serializer=pb.AgentMessage.SerializeToString,
+            response_deserializer=pb.CollectorMessage.FromString,
+        )
         with pytest.raises(grpc.RpcError) as caught:
             list(call(iter(messages), timeout=20))
     return caught.value
@@ -120,8 +125,10 @@ def test_a_scan_dated_in_the_future_is_refused_with_the_skew_named(collector: Co
     ahead = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=23)
     hello = fleet.hello("fast-clock")
     hello.sent_at_us = fleet.us(ahead)
-    error = stream(collector.port, [pb.AgentMessage(hello=hello), pb.AgentMessage(
-        snapshot=fleet.snapshot(1, ahead, [fleet.tcp_listener(80)]))])
+    error = stream(
+        collector.port,
+        [pb.AgentMessage(hello=hello), pb.AgentMessage(snapshot=fleet.snapshot(1, ahead, [fleet.tcp_listener(80)]))],
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = str(error.details())
     assert "snapshot.taken_at_us: the scan is dated 82,8" in details
@@ -138,8 +145,9 @@ def test_a_scan_dated_in_the_future_is_refused_with_the_skew_named(collector: Co
 def test_an_outage_of_a_hundred_intervals_catches_up_at_once(sqlite_collector: Collector, tmp_path: Path) -> None:
     db_url, port = sqlite_collector.db_url, sqlite_collector.port
     interval = 0.05
-    agent = Agent(port, "catching-up", "--spool", str(tmp_path / "spool"), interval=f"{interval}s",
-                  log=tmp_path / "agent.log")
+    agent = Agent(
+        port, "catching-up", "--spool", str(tmp_path / "spool"), interval=f"{interval}s", log=tmp_path / "agent.log"
+    )
     try:
         wait_for(lambda: hosts(db_url).get("catching-up", {}).get("status") == "live", "the first scans")
         sqlite_collector.stop(signal.SIGKILL)
@@ -149,8 +157,13 @@ def test_an_outage_of_a_hundred_intervals_catches_up_at_once(sqlite_collector: C
         restarted = Collector(db_url, port)
         try:
             # A scan takes some time of its own: about 70 scans in the 100 intervals.
-            wait_for(lambda: (tmp_path / "spool" / "base.snap").exists() is False and _stored_between(
-                db_url, down, up) >= 50, "the outage's scans", timeout=60)
+            wait_for(
+                lambda: (
+                    (tmp_path / "spool" / "base.snap").exists() is False and _stored_between(db_url, down, up) >= 50
+                ),
+                "the outage's scans",
+                timeout=60,
+            )
         finally:
             restarted.stop()
     finally:
@@ -158,9 +171,15 @@ def test_an_outage_of_a_hundred_intervals_catches_up_at_once(sqlite_collector: C
     assert "RESOURCE_EXHAUSTED" not in agent.said() and "per second" not in agent.said()
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        received = [datetime.fromisoformat(str(r)) for r in conn.execute(text(
-            "SELECT received_at FROM observations WHERE taken_at > :down AND taken_at < :up ORDER BY received_at"),
-            {"down": down.isoformat(" "), "up": up.isoformat(" ")}).scalars()]
+        received = [
+            datetime.fromisoformat(str(r))
+            for r in conn.execute(
+                text(
+                    "SELECT received_at FROM observations WHERE taken_at > :down AND taken_at < :up ORDER BY received_at"
+                ),
+                {"down": down.isoformat(" "), "up": up.isoformat(" ")},
+            ).scalars()
+        ]
     engine.dispose()
     # Once reconnected, the agent replays the whole outage as fast as the collector acknowledges.
     assert (received[-1] - received[0]).total_seconds() < 40 * interval
@@ -169,8 +188,10 @@ def test_an_outage_of_a_hundred_intervals_catches_up_at_once(sqlite_collector: C
 def _stored_between(db_url: str, start: datetime, end: datetime) -> int:
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        count = conn.execute(text("SELECT count(*) FROM observations WHERE taken_at > :a AND taken_at < :b"),
-                             {"a": start.isoformat(" "), "b": end.isoformat(" ")}).scalar_one()
+        count = conn.execute(
+            text("SELECT count(*) FROM observations WHERE taken_at > :a AND taken_at < :b"),
+            {"a": start.isoformat(" "), "b": end.isoformat(" ")},
+        ).scalar_one()
     engine.dispose()
     return int(count)
 
@@ -236,20 +257,40 @@ def test_a_full_spool_disk_costs_no_agent(tmp_path: Path) -> None:
             out = log.open("a") if log is not None else subprocess.DEVNULL
             if log is not None:
                 logs.append(out)
-            proc = subprocess.Popen(["ip", "netns", "exec", namespace, *command], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=out, env=ENV, cwd=ROOT)
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, *command],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=out,
+                env=ENV,
+                cwd=ROOT,
+            )
             procs.append(proc)
             return proc
 
         db_url = f"sqlite:///{tmp_path / 'disk.db'}"
-        serve = sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", "127.0.0.1:7071",
-                          "--db", db_url)
+        serve = sockfleet(
+            "collector", "serve", "--insecure", "--allow-anonymous", "--listen", "127.0.0.1:7071", "--db", db_url
+        )
         collector = inside(*serve, log=tmp_path / "collector.log")
         wait_for(lambda: "listening on" in (tmp_path / "collector.log").read_text(), "the collector")
         churn = inside(sys.executable, "-c", CHURN, "x" * 2000)
         assert churn.stdout is not None and churn.stdout.readline().strip() == b"ready"
-        run = sockfleet("agent", "run", "--collector", "127.0.0.1:7071", "--insecure", "--interval", "0.2s",
-                        "--namespaces", "current", "--host", "small-disk", "--spool", str(disk / "spool"))
+        run = sockfleet(
+            "agent",
+            "run",
+            "--collector",
+            "127.0.0.1:7071",
+            "--insecure",
+            "--interval",
+            "0.2s",
+            "--namespaces",
+            "current",
+            "--host",
+            "small-disk",
+            "--spool",
+            str(disk / "spool"),
+        )
         log = tmp_path / "agent.log"
         agent = inside(*run, log=log)
         wait_for(lambda: hosts(db_url).get("small-disk", {}).get("status") == "live", "the host to be live")
@@ -290,13 +331,32 @@ def test_a_full_spool_disk_costs_no_agent(tmp_path: Path) -> None:
 @pytest.mark.root
 def test_an_address_added_later_resolves_to_its_host(network: Network, tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'addresses.db'}"
-    collector = network.run(network.switch, *sockfleet("collector", "serve", "--insecure", "--allow-anonymous",
-                                                       "--listen", f"{SWITCH}:7052", "--db", db_url), ready=False)
+    collector = network.run(
+        network.switch,
+        *sockfleet(
+            "collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"{SWITCH}:7052", "--db", db_url
+        ),
+        ready=False,
+    )
     assert collector.stderr is not None and "listening on" in collector.stderr.readline()
     for host in ("host-a", "host-b"):
-        network.run(network.hosts[host], *sockfleet("agent", "run", "--collector", f"{SWITCH}:7052", "--insecure",
-                                                    "--interval", "0.5s", "--namespaces", "current", "--host", host),
-                    ready=False)
+        network.run(
+            network.hosts[host],
+            *sockfleet(
+                "agent",
+                "run",
+                "--collector",
+                f"{SWITCH}:7052",
+                "--insecure",
+                "--interval",
+                "0.5s",
+                "--namespaces",
+                "current",
+                "--host",
+                host,
+            ),
+            ready=False,
+        )
     wait_for(lambda: {"host-a", "host-b"} <= set(hosts(db_url)), "both hosts")
     # A failover address on host-a, after its agent started; a service there, and host-b calling it.
     subprocess.run(["ip", "-n", network.hosts["host-a"], "addr", "add", "10.77.0.11/24", "dev", "eth0"], check=True)
@@ -325,8 +385,15 @@ def test_a_clock_slightly_ahead_or_far_behind_still_dates_scans_now(collector: C
     for name, clock in (("ahead-90s", now + timedelta(seconds=90)), ("behind-1h", now - timedelta(hours=1))):
         message = fleet.hello(name, interval=15)
         message.sent_at_us = fleet.us(clock)
-        replies = list(_stream(collector.port, [pb.AgentMessage(hello=message), pb.AgentMessage(
-            snapshot=fleet.snapshot(1, clock, [fleet.tcp_listener(7777)]))]))
+        replies = list(
+            _stream(
+                collector.port,
+                [
+                    pb.AgentMessage(hello=message),
+                    pb.AgentMessage(snapshot=fleet.snapshot(1, clock, [fleet.tcp_listener(7777)])),
+                ],
+            )
+        )
         assert replies[0].HasField("ack")
     seen = hosts(collector.db_url)
     assert seen["ahead-90s"]["status"] == seen["behind-1h"]["status"] == "live"
@@ -337,8 +404,13 @@ def test_a_clock_slightly_ahead_or_far_behind_still_dates_scans_now(collector: C
 
 def test_audit_counts_a_host_that_connected_but_was_never_stored(collector: Collector) -> None:
     ahead = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=5)
-    stream(collector.port, [pb.AgentMessage(hello=fleet.hello("never-stored")), pb.AgentMessage(
-        snapshot=fleet.snapshot(1, ahead, [fleet.tcp_listener(80)]))])
+    stream(
+        collector.port,
+        [
+            pb.AgentMessage(hello=fleet.hello("never-stored")),
+            pb.AgentMessage(snapshot=fleet.snapshot(1, ahead, [fleet.tcp_listener(80)])),
+        ],
+    )
     failing = ask(collector.db_url, "audit", "--format", "json", check=False)
     assert failing.returncode == 3
     [finding] = [f for f in json.loads(failing.stdout) if f["host"] == "never-stored"]
@@ -347,7 +419,9 @@ def test_audit_counts_a_host_that_connected_but_was_never_stored(collector: Coll
 
 def _stream(port: int, messages: list[pb.AgentMessage]) -> list[pb.CollectorMessage]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_stream("/sockfleet.v1.Collector/Stream",
-                                     request_serializer=pb.AgentMessage.SerializeToString,
-                                     response_deserializer=pb.CollectorMessage.FromString)
+        call = channel.stream_stream(
+            "/sockfleet.v1.Collector/Stream",
+            request_serializer=pb.AgentMessage.SerializeToString,
+            response_deserializer=pb.CollectorMessage.FromString,
+        )
         return list(call(iter(messages), timeout=20))

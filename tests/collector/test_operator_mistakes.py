@@ -18,8 +18,9 @@ from tests.conftest import ROOT
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sockfleet(*args), capture_output=True, text=True, env=env or ENV, cwd=ROOT, timeout=60,
-                          check=False)
+    return subprocess.run(
+        sockfleet(*args), capture_output=True, text=True, env=env or ENV, cwd=ROOT, timeout=60, check=False
+    )
 
 
 def one_line(result: subprocess.CompletedProcess[str], status: int = 2) -> str:
@@ -46,7 +47,9 @@ def stored(tmp_path: Path) -> str:
 @pytest.mark.parametrize("command", ["ports", "hosts", "sockets"])
 def test_a_time_out_of_range(stored: str, command: str) -> None:
     line = one_line(run(command, "--at", "0001-01-01T00:00:00Z", "--db", stored))
-    assert line == "sockfleet: error: --at: '0001-01-01T00:00:00Z' is before 2000-01-01, where sockfleet's history begins"
+    assert (
+        line == "sockfleet: error: --at: '0001-01-01T00:00:00Z' is before 2000-01-01, where sockfleet's history begins"
+    )
 
 
 def test_times_out_of_range_in_windows(stored: str) -> None:
@@ -69,8 +72,12 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("these are not the tables you are looking for\n" * 100)
     before = notes.read_bytes()
-    for args in (("collector", "serve", "--insecure", "--listen", "127.0.0.1:0"), ("collector", "enroll", "--host", "x"),
-                 ("collector", "migrate"), ("ports",)):
+    for args in (
+        ("collector", "serve", "--insecure", "--listen", "127.0.0.1:0"),
+        ("collector", "enroll", "--host", "x"),
+        ("collector", "migrate"),
+        ("ports",),
+    ):
         assert "not a SQLite database" in one_line(run(*args, "--db", f"sqlite:///{notes}"))
     assert notes.read_bytes() == before
 
@@ -106,8 +113,9 @@ def test_postgres_urls_are_postgresql(db_url: str) -> None:
 
 def test_typos_get_a_suggestion(stored: str) -> None:
     line = one_line(run("ports", "--prot", "tcp", "--db", stored))
-    assert line == ("sockfleet ports: error: unrecognized arguments --prot tcp (did you mean --proto?); "
-                    "see sockfleet ports --help")
+    assert line == (
+        "sockfleet ports: error: unrecognized arguments --prot tcp (did you mean --proto?); see sockfleet ports --help"
+    )
     assert "did you mean 'ports'?" in one_line(run("prots", "--db", stored))
     assert "did you mean 'enroll'?" in one_line(run("collector", "enrol", "--host", "x", "--db", stored))
     assert "did you mean --proto" in one_line(run("agent", "snapshot", "--protocol", "tcp"))
@@ -117,8 +125,17 @@ def test_typos_get_a_suggestion(stored: str) -> None:
 def test_a_port_in_use(tmp_path: Path) -> None:
     busy = Collector(f"sqlite:///{tmp_path / 'first.db'}")
     try:
-        line = one_line(run("collector", "serve", "--insecure", "--listen", f"127.0.0.1:{busy.port}",
-                            "--db", f"sqlite:///{tmp_path / 'second.db'}"))
+        line = one_line(
+            run(
+                "collector",
+                "serve",
+                "--insecure",
+                "--listen",
+                f"127.0.0.1:{busy.port}",
+                "--db",
+                f"sqlite:///{tmp_path / 'second.db'}",
+            )
+        )
         assert line == f"sockfleet: error: cannot listen on 127.0.0.1:{busy.port}: Address already in use"
     finally:
         busy.stop()

@@ -30,8 +30,9 @@ def test_database_outage_costs_nothing() -> None:
             time.sleep(1)  # the agent keeps scanning; the collector answers UNAVAILABLE and it backs off
             assert collector.proc.poll() is None
             cluster.start()
-            wait_for(lambda: bool(ports(db_url, "--port", str(second))), "the listener opened during the outage",
-                     timeout=90)
+            wait_for(
+                lambda: bool(ports(db_url, "--port", str(second))), "the listener opened during the outage", timeout=90
+            )
             time.sleep(1)
             truth.check(db_url, "outage-host", interval=0.5)
         finally:

@@ -35,8 +35,9 @@ def test_store_sets_the_class_when_a_row_closes(engine: Engine) -> None:
     store.apply(ref, fleet.snapshot(2, at(0) + timedelta(minutes=3), base))
     store.apply(ref, fleet.snapshot(3, at(0) + timedelta(hours=5), []))
     with engine.connect() as conn:
-        rows = conn.execute(select(sockets.c.local_port, sockets.c.valid_from, sockets.c.valid_to,
-                                   sockets.c.span)).all()
+        rows = conn.execute(
+            select(sockets.c.local_port, sockets.c.valid_from, sockets.c.valid_to, sockets.c.span)
+        ).all()
     assert len(rows) == 2
     for row in rows:
         assert row.span == spans.span_of(row.valid_from, row.valid_to)
@@ -47,17 +48,43 @@ def test_alive_is_the_interval_test(engine: Engine) -> None:
     """Random lives from seconds to years, asked at random moments and windows: the same rows either way."""
     rng = random.Random(11)
     with engine.begin() as conn:
-        conn.execute(insert(hosts).values(id=1, host_id="h", name="h", agent_version="t", boot_id="",
-                                          interval_seconds=30, epoch=1, seq=1, complete=True, first_seen=T0,
-                                          last_seen=T0))
+        conn.execute(
+            insert(hosts).values(
+                id=1,
+                host_id="h",
+                name="h",
+                agent_version="t",
+                boot_id="",
+                interval_seconds=30,
+                epoch=1,
+                seq=1,
+                complete=True,
+                first_seen=T0,
+                last_seen=T0,
+            )
+        )
         rows = []
         for serial in range(600):
             start = T0 + timedelta(seconds=rng.randrange(0, 3_000_000))
             life = timedelta(seconds=int(10 ** rng.uniform(0, 8))) if rng.random() > 0.1 else None
             end = start + life if life is not None else None
-            rows.append({"host_ref": 1, "key": f"k{serial}", "netns": 1, "proto": "tcp", "family": "inet",
-                         "type": "stream", "state": "ESTABLISHED", "owners": 0, "rx_queue": 0, "tx_queue": 0,
-                         "valid_from": start, "valid_to": end, "span": spans.span_of(start, end)})
+            rows.append(
+                {
+                    "host_ref": 1,
+                    "key": f"k{serial}",
+                    "netns": 1,
+                    "proto": "tcp",
+                    "family": "inet",
+                    "type": "stream",
+                    "state": "ESTABLISHED",
+                    "owners": 0,
+                    "rx_queue": 0,
+                    "tx_queue": 0,
+                    "valid_from": start,
+                    "valid_to": end,
+                    "span": spans.span_of(start, end),
+                }
+            )
         conn.execute(insert(sockets), rows)
     with engine.connect() as conn:
         for _ in range(40):

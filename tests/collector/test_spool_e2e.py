@@ -22,9 +22,24 @@ INTERVAL = 0.5
 
 def agent(port: int, spool: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", f"{INTERVAL}s",
-                  "--namespaces", "current", "--host", "spooler", "--spool", str(spool)),
-        stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+        sockfleet(
+            "agent",
+            "run",
+            "--collector",
+            f"127.0.0.1:{port}",
+            "--insecure",
+            "--interval",
+            f"{INTERVAL}s",
+            "--namespaces",
+            "current",
+            "--host",
+            "spooler",
+            "--spool",
+            str(spool),
+        ),
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        cwd=ROOT,
     )
 
 
@@ -80,9 +95,15 @@ def test_outage_and_agent_kill_leave_no_hole(tmp_path: Path) -> None:
     # No hole: scans were stored for the whole outage, taken while the collector was away.
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        taken = [datetime.fromisoformat(str(t)) for (t,) in conn.execute(text(
-            "SELECT o.taken_at FROM observations o JOIN hosts h ON h.id = o.host_ref "
-            "WHERE h.name = 'spooler' ORDER BY o.taken_at"))]
+        taken = [
+            datetime.fromisoformat(str(t))
+            for (t,) in conn.execute(
+                text(
+                    "SELECT o.taken_at FROM observations o JOIN hosts h ON h.id = o.host_ref "
+                    "WHERE h.name = 'spooler' ORDER BY o.taken_at"
+                )
+            )
+        ]
     engine.dispose()
     during = [t for t in taken if outage_started < t < outage_ended]
     assert len(during) >= 6

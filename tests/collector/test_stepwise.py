@@ -29,8 +29,9 @@ def host_sockets(count: int, variant: int = 0) -> list[pb.Socket]:
     for i in range(count):
         inode = 100 + i
         if i % 5 == 0:
-            out.append(inet("tcp", "10.0.0.1", 80, f"10.2.{i // 250 % 250}.{i % 250}", 40000 + i % 20000, inode,
-                            "nginx"))
+            out.append(
+                inet("tcp", "10.0.0.1", 80, f"10.2.{i // 250 % 250}.{i % 250}", 40000 + i % 20000, inode, "nginx")
+            )
         elif i % 5 in (1, 2):
             process = "worker" if variant and i % 97 == 1 else "client"  # an owner change
             out.append(inet("tcp", "10.0.0.1", 32768 + i % 28000, f"10.3.0.{i % 7}", 5432, inode, process))
@@ -46,8 +47,10 @@ def host_sockets(count: int, variant: int = 0) -> list[pb.Socket]:
 def parts(seq: int, minutes: float, socks: list[pb.Socket], size: int = 5000, epoch: int = 1) -> list[pb.Snapshot]:
     whole = fleet.snapshot(seq, at(minutes), socks)
     chunks = [socks[i : i + size] for i in range(0, len(socks), size)]
-    out = [pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunk, more=True)
-           for chunk in chunks[:-1]]
+    out = [
+        pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunk, more=True)
+        for chunk in chunks[:-1]
+    ]
     last = pb.Snapshot(epoch=epoch, seq=seq, taken_at_us=whole.taken_at_us, sockets=chunks[-1])
     last.coverage.CopyFrom(whole.coverage)
     return [*out, last]
@@ -63,14 +66,21 @@ def run(steps: Iterator[Outcome | None]) -> tuple[Outcome, int]:
 def stored(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Every socket and flow row, without row ids, in a stable order."""
     with engine.connect() as conn:
-        socket_rows = conn.execute(text(
-            "SELECT key, state, process, pid, valid_from, valid_to, span, flow FROM sockets")).all()
-        flow_rows = conn.execute(text(
-            "SELECT key, role, process, local_port, remote_address, remote_port, connections, since, valid_from, "
-            "valid_to, span FROM flows")).all()
+        socket_rows = conn.execute(
+            text("SELECT key, state, process, pid, valid_from, valid_to, span, flow FROM sockets")
+        ).all()
+        flow_rows = conn.execute(
+            text(
+                "SELECT key, role, process, local_port, remote_address, remote_port, connections, since, valid_from, "
+                "valid_to, span FROM flows"
+            )
+        ).all()
         observed = conn.execute(text("SELECT kind, taken_at, added, removed, changed FROM observations")).all()
-    return {"sockets": sorted(map(tuple, socket_rows), key=repr), "flows": sorted(map(tuple, flow_rows), key=repr),
-            "observations": sorted(map(tuple, observed), key=repr)}
+    return {
+        "sockets": sorted(map(tuple, socket_rows), key=repr),
+        "flows": sorted(map(tuple, flow_rows), key=repr),
+        "observations": sorted(map(tuple, observed), key=repr),
+    }
 
 
 @pytest.fixture

@@ -42,8 +42,11 @@ def test_snapshot_then_deltas_answer_as_of(store: Store, engine: Engine) -> None
     assert store.apply(web, fleet.delta(2, at(1), added=[dns])).acked
     assert store.apply(web, fleet.delta(3, at(2), removed=[nginx])).acked
     assert ports_at(engine, 0.5) == {("web-1", "tcp", 80, "nginx"), ("web-1", "tcp", 22, "sshd")}
-    assert ports_at(engine, 1.5) == {("web-1", "tcp", 80, "nginx"), ("web-1", "tcp", 22, "sshd"),
-                                     ("web-1", "udp", 53, "dnsd")}
+    assert ports_at(engine, 1.5) == {
+        ("web-1", "tcp", 80, "nginx"),
+        ("web-1", "tcp", 22, "sshd"),
+        ("web-1", "udp", 53, "dnsd"),
+    }
     assert ports_at(engine, 2.5) == {("web-1", "tcp", 22, "sshd"), ("web-1", "udp", 53, "dnsd")}
     assert ports_at(engine, 2.5, port=53) == {("web-1", "udp", 53, "dnsd")}
     assert ports_at(engine, 2.5, proto="tcp", process="sshd") == {("web-1", "tcp", 22, "sshd")}
@@ -94,8 +97,10 @@ def test_snapshot_reconciles_after_a_gap(store: Store, engine: Engine) -> None:
     web = store.hello(fleet.hello())
     store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), fleet.tcp_listener(22, "sshd", 50)]))
     # The agent restarted (new epoch): port 80 closed and 8080 opened while nobody was looking.
-    assert store.apply(web, fleet.snapshot(1, at(5), [fleet.tcp_listener(22, "sshd", 50),
-                                                      fleet.tcp_listener(8080, "java", 70)], epoch=2)).acked
+    assert store.apply(
+        web,
+        fleet.snapshot(1, at(5), [fleet.tcp_listener(22, "sshd", 50), fleet.tcp_listener(8080, "java", 70)], epoch=2),
+    ).acked
     assert ports_at(engine, 6) == {("web-1", "tcp", 22, "sshd"), ("web-1", "tcp", 8080, "java")}
     assert socket_rows(engine) == 3  # sshd's row was kept, not rewritten
 
@@ -114,11 +119,11 @@ def test_owner_change_versions_the_row_and_queues_do_not(store: Store, engine: E
     assert ports_at(engine, 2.5) == {("web-1", "tcp", 80, "caddy")}
     with engine.connect() as conn:
         history = conn.execute(
-            text("SELECT process, valid_from, valid_to FROM socket_history ORDER BY valid_from")
-            .columns(process=String, valid_from=DateTime, valid_to=DateTime)  # SQLite returns text otherwise
+            text("SELECT process, valid_from, valid_to FROM socket_history ORDER BY valid_from").columns(
+                process=String, valid_from=DateTime, valid_to=DateTime
+            )  # SQLite returns text otherwise
         ).all()
-    assert [(h.process, h.valid_from, h.valid_to) for h in history] == [
-        ("nginx", at(0), at(2)), ("caddy", at(2), None)]
+    assert [(h.process, h.valid_from, h.valid_to) for h in history] == [("nginx", at(0), at(2)), ("caddy", at(2), None)]
 
 
 def test_unchanged_host_writes_no_socket_rows(store: Store, engine: Engine) -> None:
@@ -149,8 +154,9 @@ def test_unchanged_host_writes_no_socket_rows(store: Store, engine: Engine) -> N
         (lambda s: setattr(s, "peer_inode", 2**63), "snapshot.sockets[1].peer_inode: 9223372036854775808 is larger"),
     ],
 )
-def test_malformed_snapshot_is_refused_and_nothing_is_stored(store: Store, engine: Engine, mutate: Any,
-                                                             message: str) -> None:
+def test_malformed_snapshot_is_refused_and_nothing_is_stored(
+    store: Store, engine: Engine, mutate: Any, message: str
+) -> None:
     web = store.hello(fleet.hello())
     bad = fleet.tcp_listener(81)
     mutate(bad)
@@ -173,10 +179,19 @@ def test_absurd_time_is_refused(store: Store) -> None:
 def test_views_and_filters(store: Store, engine: Engine) -> None:
     web = store.hello(fleet.hello("web-1"))
     db_host = store.hello(fleet.hello("db-1", addresses=("10.0.0.2",)))
-    store.apply(web, fleet.snapshot(1, at(0), [
-        fleet.tcp_listener(80), fleet.tcp_listener(8081, "admin", 101, address="127.0.0.1"),
-        fleet.unix_listener("/run/docker.sock", 77), fleet.connection(40000, "10.0.0.2", 5432, 555),
-    ]))
+    store.apply(
+        web,
+        fleet.snapshot(
+            1,
+            at(0),
+            [
+                fleet.tcp_listener(80),
+                fleet.tcp_listener(8081, "admin", 101, address="127.0.0.1"),
+                fleet.unix_listener("/run/docker.sock", 77),
+                fleet.connection(40000, "10.0.0.2", 5432, 555),
+            ],
+        ),
+    )
     store.apply(db_host, fleet.snapshot(1, at(0), [fleet.tcp_listener(5432, "postgres", 900)]))
     assert ports_at(engine, 1, exposed=True) == {("web-1", "tcp", 80, "nginx"), ("db-1", "tcp", 5432, "postgres")}
     assert ports_at(engine, 1, host="db-1") == {("db-1", "tcp", 5432, "postgres")}
@@ -187,7 +202,8 @@ def test_views_and_filters(store: Store, engine: Engine) -> None:
         hosts = {h["host"]: h for h in queries.host_rows(conn, at(1))}
         now = {h["host"]: h for h in queries.host_rows(conn, None)}
     assert sorted((tuple(r) for r in listeners), key=str) == sorted(
-        [("db-1", 5432), ("web-1", None), ("web-1", 80), ("web-1", 8081)], key=str)
+        [("db-1", 5432), ("web-1", None), ("web-1", 80), ("web-1", 8081)], key=str
+    )
     assert current == 1
     assert now["web-1"]["addresses"] == hosts["web-1"]["addresses"] == "10.0.0.1"
     assert now["db-1"]["status"] == "stale"  # its last report is days old
@@ -238,8 +254,9 @@ def test_addresses_reported_with_scans_are_kept_as_intervals(store: Store, engin
     web = store.hello(hello)
 
     def with_addresses(message: Any, *addresses: str) -> Any:
-        message.addresses.items.extend(pb.InterfaceAddress(netns=fleet.NETNS, interface="eth0", address=a)
-                                       for a in addresses)
+        message.addresses.items.extend(
+            pb.InterfaceAddress(netns=fleet.NETNS, interface="eth0", address=a) for a in addresses
+        )
         return message
 
     store.apply(web, with_addresses(fleet.snapshot(1, at(0), []), "10.0.0.1"))
@@ -258,12 +275,15 @@ def test_addresses_reported_with_scans_are_kept_as_intervals(store: Store, engin
         (lambda s: setattr(s, "pid", 2**32 - 1), "snapshot.sockets[1].pid: 4294967295 is larger than 4194304"),
         (lambda s: setattr(s, "owners", 2**32 - 1), "snapshot.sockets[1].owners: 4294967295 is larger"),
         (lambda s: setattr(s.key, "remote_port", 80), "snapshot.sockets[1].key.remote_port: a port without"),
-        (lambda s: s.key.MergeFrom(pb.SocketKey(family=pb.FAMILY_INET6, local_address="fe80::1%\x00ev\x1b")),
-         "snapshot.sockets[1].key.local_address: 'fe80::1%\\x00ev\\x1b' carries a scope"),
+        (
+            lambda s: s.key.MergeFrom(pb.SocketKey(family=pb.FAMILY_INET6, local_address="fe80::1%\x00ev\x1b")),
+            "snapshot.sockets[1].key.local_address: 'fe80::1%\\x00ev\\x1b' carries a scope",
+        ),
     ],
 )
-def test_values_no_database_can_hold_are_refused_by_field(store: Store, engine: Engine, mutate: Any,
-                                                          message: str) -> None:
+def test_values_no_database_can_hold_are_refused_by_field(
+    store: Store, engine: Engine, mutate: Any, message: str
+) -> None:
     web = store.hello(fleet.hello())
     bad = fleet.tcp_listener(81)
     mutate(bad)
@@ -277,8 +297,10 @@ def test_values_no_database_can_hold_are_refused_by_field(store: Store, engine: 
     ("mutate", "message"),
     [
         (lambda h: h.addresses.add(netns=1, interface="eth0", address=""), "hello.addresses[1].address: empty"),
-        (lambda h: h.addresses.add(netns=1, interface="e" * 200, address="10.0.0.7"),
-         "hello.addresses[1].interface: 200 characters, more than 64"),
+        (
+            lambda h: h.addresses.add(netns=1, interface="e" * 200, address="10.0.0.7"),
+            "hello.addresses[1].interface: 200 characters, more than 64",
+        ),
         (lambda h: setattr(h, "host_name", "web\x00"), "hello.host_name: holds a NUL character"),
     ],
 )

@@ -9,6 +9,7 @@ from tests.conftest import ROOT
 
 
 def test_stubs_match_the_schema() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "proto" / "generate.py"), "--check"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr

@@ -23,33 +23,57 @@ def fleet_store(engine: Engine) -> Store:
     web = store.hello(fleet.hello("web-1", addresses=(WEB,)))
     app1 = store.hello(fleet.hello("app-1", addresses=(APP1,)))
     app2 = store.hello(fleet.hello("app-2", addresses=(APP2,)))
-    store.apply(web, fleet.snapshot(1, at(0), [
-        inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
-        inet("tcp", WEB, 80, APP1, 40001, 2, "nginx"),
-        inet("tcp", WEB, 80, APP1, 40002, 3, "nginx"),
-        inet("tcp", WEB, 80, APP2, 40003, 4, "nginx"),
-        inet("tcp", WEB, 80, "203.0.113.5", 51000, 5, "nginx"),
-        inet("udp", "0.0.0.0", 53, None, 0, 6, "dnsd"),
-        inet("tcp", "127.0.0.1", 6379, None, 0, 7, "redis"),
-        inet("tcp", "127.0.0.1", 6379, "127.0.0.1", 45000, 8, "redis"),
-        inet("tcp", "127.0.0.1", 45000, "127.0.0.1", 6379, 9, "worker"),
-        unix("/run/app.sock", 10, 11, "app", pid=2001),
-        unix(None, 11, 10, "worker", pid=2002),
-    ]))
-    store.apply(app1, fleet.snapshot(1, at(0), [
-        inet("tcp", APP1, 40001, WEB, 80, 21, "curl"),
-        inet("tcp", APP1, 40002, WEB, 80, 22, "curl"),
-        inet("tcp", APP1, 40100, "93.184.216.34", 443, 23, "curl"),
-        inet("udp", APP1, 41000, WEB, 53, 24, "dig"),
-    ]))
+    store.apply(
+        web,
+        fleet.snapshot(
+            1,
+            at(0),
+            [
+                inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
+                inet("tcp", WEB, 80, APP1, 40001, 2, "nginx"),
+                inet("tcp", WEB, 80, APP1, 40002, 3, "nginx"),
+                inet("tcp", WEB, 80, APP2, 40003, 4, "nginx"),
+                inet("tcp", WEB, 80, "203.0.113.5", 51000, 5, "nginx"),
+                inet("udp", "0.0.0.0", 53, None, 0, 6, "dnsd"),
+                inet("tcp", "127.0.0.1", 6379, None, 0, 7, "redis"),
+                inet("tcp", "127.0.0.1", 6379, "127.0.0.1", 45000, 8, "redis"),
+                inet("tcp", "127.0.0.1", 45000, "127.0.0.1", 6379, 9, "worker"),
+                unix("/run/app.sock", 10, 11, "app", pid=2001),
+                unix(None, 11, 10, "worker", pid=2002),
+            ],
+        ),
+    )
+    store.apply(
+        app1,
+        fleet.snapshot(
+            1,
+            at(0),
+            [
+                inet("tcp", APP1, 40001, WEB, 80, 21, "curl"),
+                inet("tcp", APP1, 40002, WEB, 80, 22, "curl"),
+                inet("tcp", APP1, 40100, "93.184.216.34", 443, 23, "curl"),
+                inet("udp", APP1, 41000, WEB, 53, 24, "dig"),
+            ],
+        ),
+    )
     store.apply(app2, fleet.snapshot(1, at(0), [inet("tcp", APP2, 40003, WEB, 80, 31, "wget")]))
     return store
 
 
 def brief(rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
-    return {(r["proto"], r["client_host"] or r["client_address"], r["client_process"],
-             r["server_host"] or r["server_address"], r["server_port"], r["server_process"], r["connections"],
-             r["direction"]) for r in rows}
+    return {
+        (
+            r["proto"],
+            r["client_host"] or r["client_address"],
+            r["client_process"],
+            r["server_host"] or r["server_address"],
+            r["server_port"],
+            r["server_process"],
+            r["connections"],
+            r["direction"],
+        )
+        for r in rows
+    }
 
 
 def test_edges_across_hosts(fleet_store: Store, engine: Engine) -> None:
@@ -102,10 +126,19 @@ def test_a_window_keeps_hosts_that_went_silent_within_it(fleet_store: Store, eng
 def test_heuristic_without_listeners(engine: Engine) -> None:
     store = Store(engine)
     lone = store.hello(fleet.hello("lone", addresses=("10.0.0.9",)))
-    store.apply(lone, fleet.snapshot(1, at(0), [
-        inet("tcp", "10.0.0.9", 5000, "198.51.100.7", 6000, 1, "peer"),   # neither ephemeral: the lower port serves
-        inet("tcp", "10.0.0.9", 8443, "198.51.100.8", 50000, 2, "api"),   # the remote port is ephemeral
-    ]))
+    store.apply(
+        lone,
+        fleet.snapshot(
+            1,
+            at(0),
+            [
+                inet(
+                    "tcp", "10.0.0.9", 5000, "198.51.100.7", 6000, 1, "peer"
+                ),  # neither ephemeral: the lower port serves
+                inet("tcp", "10.0.0.9", 8443, "198.51.100.8", 50000, 2, "api"),  # the remote port is ephemeral
+            ],
+        ),
+    )
     with engine.connect() as conn:
         rows = brief(edges(conn, Window(at(1))))
     assert rows == {
@@ -117,8 +150,19 @@ def test_heuristic_without_listeners(engine: Engine) -> None:
 def test_socketpair_inside_one_process_is_not_an_edge(engine: Engine) -> None:
     store = Store(engine)
     host = store.hello(fleet.hello("solo"))
-    store.apply(host, fleet.snapshot(1, at(0), [unix(None, 1, 2, "loop", pid=7), unix(None, 2, 1, "loop", pid=7),
-                                               unix(None, 3, 4, "parent", pid=8), unix(None, 4, 3, "child", pid=9)]))
+    store.apply(
+        host,
+        fleet.snapshot(
+            1,
+            at(0),
+            [
+                unix(None, 1, 2, "loop", pid=7),
+                unix(None, 2, 1, "loop", pid=7),
+                unix(None, 3, 4, "parent", pid=8),
+                unix(None, 4, 3, "child", pid=9),
+            ],
+        ),
+    )
     with engine.connect() as conn:
         assert brief(edges(conn, Window(at(1)))) == {("unix", "solo", "child", "solo", None, "parent", 1, "unix pair")}
         view = [dict(r._mapping) for r in conn.exec_driver_sql("SELECT * FROM edges")]
@@ -140,8 +184,12 @@ def test_window_keeps_the_process_of_a_connection_that_lingered(engine: Engine) 
     store = Store(engine)
     web = store.hello(fleet.hello("web-1", addresses=(WEB,)))
     app = store.hello(fleet.hello("app-1", addresses=(APP1,)))
-    store.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
-                                               inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")]))
+    store.apply(
+        web,
+        fleet.snapshot(
+            1, at(0), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"), inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")]
+        ),
+    )
     client = inet("tcp", APP1, 40001, WEB, 80, 21, "curl")
     store.apply(app, fleet.snapshot(1, at(0), [client]))
     orphan = inet("tcp", APP1, 40001, WEB, 80, 0, "", state=5)  # FIN_WAIT2, inode 0, no process
@@ -170,18 +218,33 @@ def test_asking_for_one_host_or_port_reads_less_and_answers_the_same(fleet_store
 
 
 def test_dot_labels_each_edge_by_port_or_path() -> None:
-    def edge(proto: str, client: tuple[str | None, str | None, str | None], server: tuple[str | None, ...],
-             port: int | None, count: int) -> dict[str, Any]:
-        return {"proto": proto, "client_host": client[0], "client_address": client[1], "client_process": client[2],
-                "server_host": server[0], "server_address": server[1], "server_process": server[2],
-                "server_port": port, "connections": count}
+    def edge(
+        proto: str,
+        client: tuple[str | None, str | None, str | None],
+        server: tuple[str | None, ...],
+        port: int | None,
+        count: int,
+    ) -> dict[str, Any]:
+        return {
+            "proto": proto,
+            "client_host": client[0],
+            "client_address": client[1],
+            "client_process": client[2],
+            "server_host": server[0],
+            "server_address": server[1],
+            "server_process": server[2],
+            "server_port": port,
+            "connections": count,
+        }
 
-    graph = output.dot([
-        edge("tcp", ("app-1", None, "curl"), ("web-1", WEB, "nginx"), 80, 2),
-        edge("tcp", (None, "203.0.113.5", None), ("web-1", WEB, "nginx"), 80, 1),
-        edge("unix", ("web-1", None, "php"), ("web-1", "/run/php.sock", "php-fpm"), None, 3),
-        edge("unix", ("web-1", None, None), ("web-1", None, None), None, 1),
-    ])
+    graph = output.dot(
+        [
+            edge("tcp", ("app-1", None, "curl"), ("web-1", WEB, "nginx"), 80, 2),
+            edge("tcp", (None, "203.0.113.5", None), ("web-1", WEB, "nginx"), 80, 1),
+            edge("unix", ("web-1", None, "php"), ("web-1", "/run/php.sock", "php-fpm"), None, 3),
+            edge("unix", ("web-1", None, None), ("web-1", None, None), None, 1),
+        ]
+    )
     assert '"app-1/curl" -> "web-1/nginx" [label="tcp/80 x2"];' in graph
     assert '"203.0.113.5" -> "web-1/nginx" [label="tcp/80 x1"];' in graph
     assert '"203.0.113.5" [shape=ellipse, style=dashed];' in graph

@@ -33,8 +33,9 @@ sys.stdin.read()
 def holder(tmp_path: Path) -> Iterator[tuple[int, str]]:
     """A process named with escape sequences, holding a TCP listener and a Unix socket whose path has them."""
     path = str(tmp_path / "\x1b[31mred.sock")
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, NAME, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, NAME, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdin is not None
     try:
         yield int(proc.stdout.readline()), path
@@ -61,6 +62,7 @@ def test_collector_output(holder: tuple[int, str], tmp_path: Path) -> None:
     collector = Collector(f"sqlite:///{tmp_path / 'terminal.db'}")
     agent = Agent(collector.port, "escapes")
     try:
+
         def stored() -> bool:
             return bool(json.loads(ask(collector.db_url, "ports", "--port", str(port), "--format", "json").stdout))
 

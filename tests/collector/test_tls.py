@@ -22,13 +22,54 @@ def openssl(folder: Path, *args: str) -> None:
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A CA, and a certificate for 127.0.0.1 and localhost signed by it."""
-    openssl(folder, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=sockfleet test CA")
-    openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "collector.key", "-out", "collector.csr",
-            "-subj", "/CN=localhost")
+    openssl(
+        folder,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=sockfleet test CA",
+    )
+    openssl(
+        folder,
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "collector.key",
+        "-out",
+        "collector.csr",
+        "-subj",
+        "/CN=localhost",
+    )
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(folder, "x509", "-req", "-in", "collector.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "collector.pem", "-days", "1", "-extfile", "san.ext")
+    openssl(
+        folder,
+        "x509",
+        "-req",
+        "-in",
+        "collector.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "collector.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    )
     return folder / "ca.pem", folder / "collector.pem", folder / "collector.key"
 
 
@@ -42,9 +83,25 @@ def test_agent_streams_over_tls(tmp_path: Path, db_url: str) -> None:
     assert "(TLS, enrolled agents only)" in line, line
     port = collector.port
     agent = subprocess.Popen(
-        sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--ca", str(ca), "--interval", "0.5s",
-                  "--namespaces", "current", "--host", "tls-host", "--token-file", str(token_file)),
-        stderr=subprocess.DEVNULL, env=E2E_ENV, cwd=ROOT,
+        sockfleet(
+            "agent",
+            "run",
+            "--collector",
+            f"127.0.0.1:{port}",
+            "--ca",
+            str(ca),
+            "--interval",
+            "0.5s",
+            "--namespaces",
+            "current",
+            "--host",
+            "tls-host",
+            "--token-file",
+            str(token_file),
+        ),
+        stderr=subprocess.DEVNULL,
+        env=E2E_ENV,
+        cwd=ROOT,
     )
     untrusting = Agent(port, "plain-host")  # speaks plain text to a TLS port: never gets in
 
@@ -67,15 +124,38 @@ def test_an_agent_that_does_not_trust_the_collector_says_why(tmp_path: Path) -> 
     other = tmp_path / "other"
     other.mkdir()
     wrong_ca, _, _ = make_certificates(other)
-    collector = Collector(f"sqlite:///{tmp_path / 'tls.db'}", 0, "--tls-cert", str(cert), "--tls-key", str(key),
-                          "--allow-anonymous", secured=True)
+    collector = Collector(
+        f"sqlite:///{tmp_path / 'tls.db'}",
+        0,
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--allow-anonymous",
+        secured=True,
+    )
     log = tmp_path / "agent.log"
     try:
         with log.open("w") as out:
             agent = subprocess.Popen(
-                sockfleet("agent", "run", "--collector", f"127.0.0.1:{collector.port}", "--ca", str(wrong_ca),
-                          "--interval", "0.5s", "--namespaces", "current", "--host", "doubting"),
-                stderr=out, env=E2E_ENV, cwd=ROOT)
+                sockfleet(
+                    "agent",
+                    "run",
+                    "--collector",
+                    f"127.0.0.1:{collector.port}",
+                    "--ca",
+                    str(wrong_ca),
+                    "--interval",
+                    "0.5s",
+                    "--namespaces",
+                    "current",
+                    "--host",
+                    "doubting",
+                ),
+                stderr=out,
+                env=E2E_ENV,
+                cwd=ROOT,
+            )
             deadline = time.monotonic() + 20
             while "retrying" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -84,24 +164,59 @@ def test_an_agent_that_does_not_trust_the_collector_says_why(tmp_path: Path) -> 
     finally:
         collector.stop()
     first = log.read_text().splitlines()[0]
-    assert (f"cannot connect to the collector at 127.0.0.1:{collector.port}: TLS: its certificate is not signed "
-            f"by {wrong_ca}") in first
+    assert (
+        f"cannot connect to the collector at 127.0.0.1:{collector.port}: TLS: its certificate is not signed "
+        f"by {wrong_ca}"
+    ) in first
 
 
 def test_serve_refuses_plain_text_unless_asked(db_url: str) -> None:
-    result = subprocess.run(sockfleet("collector", "serve", "--listen", "127.0.0.1:0", "--db", db_url),
-                            capture_output=True, text=True, env=E2E_ENV, cwd=ROOT, timeout=60, check=False)
+    result = subprocess.run(
+        sockfleet("collector", "serve", "--listen", "127.0.0.1:0", "--db", db_url),
+        capture_output=True,
+        text=True,
+        env=E2E_ENV,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("sockfleet: error: collector serve needs --tls-cert and --tls-key, "
-                                     "or --insecure for plain text")
+    assert result.stderr.strip() == (
+        "sockfleet: error: collector serve needs --tls-cert and --tls-key, or --insecure for plain text"
+    )
 
 
 def client_certificate(folder: Path, name: str) -> tuple[Path, Path]:
     """A client certificate whose common name is ``name``, signed by the test CA."""
-    openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-    openssl(folder, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "1")
+    openssl(
+        folder,
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+    )
+    openssl(
+        folder,
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "1",
+    )
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
@@ -109,16 +224,34 @@ def test_mutual_tls_names_the_host(tmp_path: Path, db_url: str) -> None:
     ca, cert, key = make_certificates(tmp_path)
     mine = client_certificate(tmp_path, "mtls-host")
     other = client_certificate(tmp_path, "someone-else")
-    collector = Collector(db_url, 0, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca),
-                          secured=True)
+    collector = Collector(
+        db_url, 0, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca), secured=True
+    )
     port = collector.port
 
     def agent(host: str, pair: tuple[Path, Path]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            sockfleet("agent", "run", "--collector", f"127.0.0.1:{port}", "--ca", str(ca), "--interval", "0.5s",
-                      "--namespaces", "current", "--host", host, "--tls-cert", str(pair[0]),
-                      "--tls-key", str(pair[1])),
-            stderr=subprocess.DEVNULL, env=E2E_ENV, cwd=ROOT,
+            sockfleet(
+                "agent",
+                "run",
+                "--collector",
+                f"127.0.0.1:{port}",
+                "--ca",
+                str(ca),
+                "--interval",
+                "0.5s",
+                "--namespaces",
+                "current",
+                "--host",
+                host,
+                "--tls-cert",
+                str(pair[0]),
+                "--tls-key",
+                str(pair[1]),
+            ),
+            stderr=subprocess.DEVNULL,
+            env=E2E_ENV,
+            cwd=ROOT,
         )
 
     good, impostor = agent("mtls-host", mine), agent("victim-host", other)

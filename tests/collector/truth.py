@@ -55,8 +55,14 @@ class Truth:
         for port in list(self.sockets):
             self.close(port)
 
-    def check(self, db_url: str, host: str, interval: float, slack: float = 1.5,
-              gaps: tuple[tuple[datetime, datetime], ...] | list[tuple[datetime, datetime]] = ()) -> None:
+    def check(
+        self,
+        db_url: str,
+        host: str,
+        interval: float,
+        slack: float = 1.5,
+        gaps: tuple[tuple[datetime, datetime], ...] | list[tuple[datetime, datetime]] = (),
+    ) -> None:
         """Each listener has exactly one stored life, opened and closed within one scan of the truth.
 
         An edge inside a recorded gap (scans the agent dropped, up to the first scan it kept) may be
@@ -68,8 +74,10 @@ class Truth:
             late = (stored - actual).total_seconds()
             if 0 <= late <= interval + slack:
                 return True
-            return any(start - timedelta(seconds=interval) <= actual <= end and stored <= end + timedelta(seconds=slack)
-                       for start, end in gaps)
+            return any(
+                start - timedelta(seconds=interval) <= actual <= end and stored <= end + timedelta(seconds=slack)
+                for start, end in gaps
+            )
 
         for life in self.lives:
             rows = [r for r in history if r["local_port"] == life.port and r["state"] == "LISTEN"]
@@ -86,9 +94,16 @@ def recorded_gaps(db_url: str, host: str) -> list[tuple[datetime, datetime]]:
     """(first dropped scan, first kept scan) of each gap the host's observations record."""
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT o.taken_at, o.coverage FROM observations o JOIN hosts h ON h.id = o.host_ref "
-            "WHERE h.name = :h AND o.gaps > 0"), {"h": host}).all()
+        rows = conn.execute(
+            text(
+                "SELECT o.taken_at, o.coverage FROM observations o JOIN hosts h ON h.id = o.host_ref "
+                "WHERE h.name = :h AND o.gaps > 0"
+            ),
+            {"h": host},
+        ).all()
     engine.dispose()
-    return [(datetime.fromisoformat(gap["from"].rstrip("Z")), datetime.fromisoformat(str(taken)))
-            for taken, coverage in rows for gap in json.loads(coverage)["gaps"]]
+    return [
+        (datetime.fromisoformat(gap["from"].rstrip("Z")), datetime.fromisoformat(str(taken)))
+        for taken, coverage in rows
+        for gap in json.loads(coverage)["gaps"]
+    ]
