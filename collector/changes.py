@@ -62,44 +62,58 @@ def diff(
     left_out = sorted({*before.unknown.values(), *after.unknown.values()} - set(both.values()))
     if host is not None:
         left_out = [name for name in left_out if name == host]
-    names = set(both.values())
-
-    def fleet_edges(connection: Connection, moment: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
-        found = {}
-        for edge in edges(connection, Window(moment), host):  # with host: only the edges it is an end of
-            ends = {edge["client_host"], edge["server_host"]} - {None}
-            if ends <= names:
-                found[_key(edge, EDGE_KEY)] = edge
-        return found
-
-    def earlier_edges() -> dict[tuple[Any, ...], dict[str, Any]]:
-        with conn.engine.connect() as other:
-            return fleet_edges(other, start)
-
     # The edges at the first moment are asked on a connection of their own, alongside the rest.
     separate = conn.engine.url.database not in (None, "", ":memory:")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        edges_then_later = pool.submit(earlier_edges) if separate else None
-        filters = Filters(host=host)
-        rows: list[dict[str, Any]] = []
-        # The listeners open at either moment, read once: those open from start to end.
-        then, now = {}, {}
-        for row in sockets_at(conn, start, filters, True, Observed(both, {}), until=end):
-            valid_from, valid_to = row.pop("valid_from"), row.pop("valid_to")
-            if valid_from <= start and (valid_to is None or valid_to > start):
-                then[_key(row, LISTENER_KEY)] = row
-            if valid_from <= end and (valid_to is None or valid_to > end):
-                now[_key(row, LISTENER_KEY)] = row
-        rows += [{"change": "closed", "kind": "listener", **then[k]} for k in then.keys() - now.keys()]
-        rows += [{"change": "opened", "kind": "listener", **now[k]} for k in now.keys() - then.keys()]
-        edges_now = fleet_edges(conn, end)
-        edges_then = edges_then_later.result() if edges_then_later else fleet_edges(conn, start)
-    rows += [{"change": "closed", "kind": "edge", **edges_then[k]} for k in edges_then.keys() - edges_now.keys()]
-    rows += [{"change": "opened", "kind": "edge", **edges_now[k]} for k in edges_now.keys() - edges_then.keys()]
+        earlier = pool.submit(_edges_apart, conn, start, host, set(both.values())) if separate else None
+        rows = _listener_changes(conn, start, end, both, host)
+        edges_now = _fleet_edges(conn, end, host, set(both.values()))
+        edges_then = earlier.result() if earlier else _fleet_edges(conn, start, host, set(both.values()))
+    rows += _changes("edge", edges_then, edges_now)
     rows.sort(
         key=lambda r: (r["kind"], r.get("host") or r.get("server_host") or "", str(r.get("local_port")), r["change"])
     )
     return rows, left_out
+
+
+def _listener_changes(
+    conn: Connection, start: datetime, end: datetime, both: dict[int, str], host: str | None
+) -> list[dict[str, Any]]:
+    """The listeners open at one moment and not the other, read once: those open from start to end."""
+    then, now = {}, {}
+    for row in sockets_at(conn, start, Filters(host=host), True, Observed(both, {}), until=end):
+        valid_from, valid_to = row.pop("valid_from"), row.pop("valid_to")
+        if valid_from <= start and (valid_to is None or valid_to > start):
+            then[_key(row, LISTENER_KEY)] = row
+        if valid_from <= end and (valid_to is None or valid_to > end):
+            now[_key(row, LISTENER_KEY)] = row
+    return _changes("listener", then, now)
+
+
+def _changes(
+    kind: str, then: dict[tuple[Any, ...], dict[str, Any]], now: dict[tuple[Any, ...], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    closed = [{"change": "closed", "kind": kind, **then[key]} for key in then.keys() - now.keys()]
+    return closed + [{"change": "opened", "kind": kind, **now[key]} for key in now.keys() - then.keys()]
+
+
+def _fleet_edges(
+    conn: Connection, moment: datetime, host: str | None, names: set[str]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The edges at ``moment`` between hosts observed at both moments (with ``host``, only its own)."""
+    found = {}
+    for edge in edges(conn, Window(moment), host):
+        if {edge.client_host, edge.server_host} - {None} <= names:
+            row = edge.row()
+            found[_key(row, EDGE_KEY)] = row
+    return found
+
+
+def _edges_apart(
+    conn: Connection, moment: datetime, host: str | None, names: set[str]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    with conn.engine.connect() as other:
+        return _fleet_edges(other, moment, host, names)
 
 
 def _key(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:

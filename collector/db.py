@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
@@ -152,6 +154,26 @@ def _check(eng: Engine, write: bool, init: bool) -> None:
             f"--db {shown(eng.url)} holds {len(tables)} tables of another application; "
             "sockfleet adds its own beside them only when told --init"
         )
+
+
+@contextmanager
+def large_joins(conn: Connection) -> Iterator[None]:
+    """Planner settings for a question that joins many rows (``talks``), for its transaction only.
+
+    PostgreSQL cannot estimate how many rows "alive at T" keeps, and a guess of one row makes it pair sockets in
+    nested loops: hash joins are right for every size here; grouping half a million sockets by connection is
+    done in memory, by hashing, not by sorting.  SQLite needs nothing.
+    """
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+        conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+    try:
+        yield
+    finally:
+        if postgres:
+            conn.exec_driver_sql("RESET enable_nestloop")
+            conn.exec_driver_sql("RESET work_mem")
 
 
 def reason(exc: BaseException) -> str:

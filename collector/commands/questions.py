@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine
 
 from sockfleet.collector import audit, changes, db, output, queries
 from sockfleet.collector.errors import UsageError
-from sockfleet.collector.talks import EDGE_FIELDS, Window, edges
+from sockfleet.collector.talks import EDGE_FIELDS, Edge, Window, edges
 from sockfleet.collector.times import now, parse_duration, parse_time, rfc3339
 
 SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
@@ -63,14 +63,15 @@ def talks_command(args: argparse.Namespace) -> int:
         rows = edges(conn, window, host, args.port)
         seen = queries.observed(conn, window.end or window.start, window.since)
     if args.process is not None:
-        rows = [r for r in rows if args.process in (r["client_process"], r["server_process"])]
+        rows = [e for e in rows if args.process in (e.client_process, e.server_process)]
     write_edges(rows, args.format)
     _warn_unknown(seen, window.end or window.start, host, window.since)
     return 0
 
 
-def write_edges(rows: list[dict[str, Any]], fmt: str) -> None:
+def write_edges(found: list[Edge], fmt: str) -> None:
     """Edges on standard output: a Graphviz graph, or rows (the table names each end in one column)."""
+    rows = [edge.row() for edge in found]
     if fmt == "dot":
         sys.stdout.write(output.dot(rows))
         return

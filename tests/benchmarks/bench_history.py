@@ -27,7 +27,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -426,7 +426,7 @@ def agree(conn: Any, moment: datetime) -> None:
         "direction",
     )
 
-    def brief(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    def brief(rows: Sequence[Any]) -> list[tuple[str, ...]]:
         return sorted(tuple(str(row[f]) for f in fields) for row in rows)
 
     from_flows = brief(edges(conn, Window(moment)))

@@ -4,6 +4,7 @@ and edges read from flows at a moment are the edges read from the socket rows th
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -153,7 +154,7 @@ def rebuilt(engine: Engine) -> tuple[set[tuple[Any, ...]], dict[int, str]]:
     return {tuple(v[f] for f in FLOW_FIELDS) for v in versions}, keys
 
 
-def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def brief(rows: Sequence[Any]) -> list[tuple[Any, ...]]:
     return sorted(
         (
             r["proto"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -60,7 +61,7 @@ def fleet_store(engine: Engine) -> Store:
     return store
 
 
-def brief(rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+def brief(rows: Sequence[Any]) -> set[tuple[Any, ...]]:
     return {
         (
             r["proto"],
