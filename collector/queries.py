@@ -19,21 +19,6 @@ from sockfleet.collector.schema import host_addresses, hosts, observations, sock
 from sockfleet.collector.times import now
 
 STALE_INTERVALS = 3
-# Socket states, as stored and as ``--state`` takes them.
-STATES = (
-    "LISTEN",
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "CLOSING",
-    "UNCONN",
-)
 SOCKET_FIELDS = (
     "host",
     "netns",

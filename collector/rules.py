@@ -31,6 +31,21 @@ WILDCARDS = ("0.0.0.0", "::")
 MAPPED = "::ffff:"
 LOOPBACK_V4, LOOPBACK_V6 = "127.", "::1"
 LISTEN, UNCONN = "LISTEN", "UNCONN"
+# Socket states, as stored and as ``--state`` takes them.
+STATES = (
+    "LISTEN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "CLOSING",
+    "UNCONN",
+)
 # How the server side of an edge was decided, weakest first; an edge takes its strongest connection's.
 LOWER_PORT, EPHEMERAL_PORT, LISTENER, UNIX_PAIR, UNIX_PATH = 1, 2, 3, 4, 5
 DIRECTIONS = {

@@ -149,39 +149,14 @@ def parse_inet(chunks: Iterable[bytes], netns: int, proto: Proto) -> list[Socket
             cache = names.get(family)
             if cache is None:
                 raise ParseError(NAME, f"unknown address family {family} in inet_diag answer")
-            local = cache.get(src)
-            if local is None:
-                local = cache[src] = _address(family, src)
+            local = cache.get(src) or cache.setdefault(src, _address(family, src))
             if dport == 0 and dst == _ZERO:
-                remote: str | None = None
-                rport: int | None = None
+                remote, rport = None, None
             else:
-                remote = cache.get(dst)
-                if remote is None:
-                    remote = cache[dst] = _address(family, dst)
-                rport = dport
-            append(
-                new(
-                    SocketRecord,
-                    (
-                        netns,
-                        proto,
-                        _FAMILIES[family],
-                        kind,
-                        states.get(kstate, fallback),
-                        local,
-                        sport,
-                        remote,
-                        rport,
-                        None,
-                        None,
-                        inode,
-                        uid,
-                        rqueue,
-                        wqueue,
-                    ),
-                )
-            )
+                remote, rport = cache.get(dst) or cache.setdefault(dst, _address(family, dst)), dport
+            state = states.get(kstate, fallback)
+            append(new(SocketRecord, (netns, proto, _FAMILIES[family], kind, state, local, sport,
+                                      remote, rport, None, None, inode, uid, rqueue, wqueue)))  # fmt: skip
     raise ParseError(NAME, "the dump ended without NLMSG_DONE")
 
 

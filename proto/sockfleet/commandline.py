@@ -34,6 +34,18 @@ class Parser(argparse.ArgumentParser):
         return args
 
 
+Option = tuple[tuple[str, ...], dict[str, Any]]  # an option's flags, and how argparse takes it
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    """Add each option; those of one ``group`` exclude each other."""
+    groups: dict[str, Any] = {}
+    for flags, settings in options:
+        group = settings.get("group")
+        target = parser if group is None else groups.setdefault(group, parser.add_mutually_exclusive_group())
+        target.add_argument(*flags, **{key: value for key, value in settings.items() if key != "group"})
+
+
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The innermost subparser the parsed arguments went through."""
     for action in parser._actions:  # argparse keeps its subparsers nowhere else

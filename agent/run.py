@@ -1,0 +1,119 @@
+"""``sockfleet agent run``: the agent's long-running command, checked before it starts (interval, token file,
+TLS files, spool) and run until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from sockfleet.agent.errors import UsageError
+from sockfleet.agent.snapshot import Scanner
+from sockfleet.agent.spool import Spool
+from sockfleet.agent.stream import Streamer, identity
+from sockfleet.v1.limits import MAX_NAME
+
+
+def parse_interval(text: str) -> float:
+    """``"15s"`` → 15.0, ``"2m"`` → 120.0, ``"500ms"`` → 0.5; a bare number is seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    value = text.strip()
+    unit = next((u for u in ("ms", "s", "m", "h") if value.endswith(u)), "")
+    try:
+        seconds = float(value[: len(value) - len(unit)]) * units.get(unit, 1.0)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise UsageError(f"--interval: {text!r} is not a duration (like 15s, 2m, 500ms)")
+    return seconds
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Check every option first (one line and exit status 2 for a mistake), then stream until SIGINT or SIGTERM."""
+    interval = parse_interval(args.interval)
+    if ":" not in args.collector:
+        raise UsageError(f"--collector: {args.collector!r} is not HOST:PORT")
+    if args.host is not None and not 0 < len(args.host) <= MAX_NAME:
+        raise UsageError(f"--host: a host name has 1 to {MAX_NAME} characters")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.spool_max_bytes <= 0:
+        raise UsageError("--spool-max-bytes must be more than 0")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    streamer = _streamer(args, interval)
+    asyncio.run(_until_signalled(streamer))
+    return 0
+
+
+def _streamer(args: argparse.Namespace, interval: float) -> Streamer:
+    ident = identity(args.host)
+    token = read_token(args.token_file) if args.token_file else os.environ.get("SOCKFLEET_TOKEN")
+    if not args.insecure:
+        check_tls_files(args.ca, args.tls_cert, args.tls_key)
+    try:
+        spool = Spool(args.spool, args.spool_max_bytes, ident.host_id)
+    except OSError as exc:
+        raise UsageError(f"--spool {args.spool}: {exc.strerror}") from exc
+    scanner = Scanner(ident.host_name, args.namespaces, with_addresses=True)
+    client_cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    return Streamer(
+        args.collector,
+        scanner,
+        ident,
+        interval,
+        insecure=args.insecure,
+        ca_file=args.ca,
+        token=token,
+        spool=spool,
+        client_cert=client_cert,
+    )
+
+
+async def _until_signalled(streamer: Streamer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await streamer.run(stop)
+
+
+def read_token(path: str) -> str:
+    """The token in ``path``, a file only its owner may read (as ssh wants of a private key)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            raise UsageError(f"--token-file {path}: other users may read it (mode {mode:04o}); `chmod 600 {path}`")
+        with open(path, encoding="ascii") as file:
+            token = file.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--token-file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--token-file {path}: not a token (it is not text)") from exc
+    if not token or any(c.isspace() for c in token):
+        raise UsageError(f"--token-file {path}: not a token (one line, as `sockfleet collector enroll` prints it)")
+    return token
+
+
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """Read the TLS files now, so that a wrong one is one line at start rather than a retry forever."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            raise UsageError(f"--ca {ca}: not a PEM certificate ({exc.reason or exc})") from exc
+        except OSError as exc:
+            raise UsageError(f"--ca {ca}: {exc.strerror}") from exc
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise UsageError(
+                f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key ({exc.reason or exc})"
+            ) from exc
+        except OSError as exc:
+            raise UsageError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror}") from exc
