@@ -49,6 +49,14 @@ def apply(state: State, delta: pb.Delta) -> State:
     return state
 
 
+# What a socket's waiting change becomes when a later change of it follows; any other pair is the later one.
+_THEN: dict[tuple[str | None, str], str] = {
+    ("added", "removed"): "gone",
+    ("added", "changed"): "added",
+    ("removed", "added"): "changed",
+}
+
+
 def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
     """One Delta with the effect of ``first`` then ``second``, at ``second``'s time, number and coverage."""
     ops: dict[bytes, tuple[str, pb.Socket | pb.SocketKey]] = {}
@@ -56,22 +64,15 @@ def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
         for kind, items in (("added", delta.added), ("changed", delta.changed), ("removed", delta.removed)):
             for item in items:
                 key = key_bytes(item.key if isinstance(item, pb.Socket) else item)
-                before = ops.get(key, (None, item))[0]
-                if kind == "removed":
-                    ops[key] = ("gone", item) if before == "added" else ("removed", item)
-                elif kind == "added":
-                    ops[key] = ("changed", item) if before == "removed" else ("added", item)
-                else:
-                    ops[key] = ("added", item) if before == "added" else ("changed", item)
+                before = ops[key][0] if key in ops else None
+                ops[key] = (_THEN.get((before, kind), kind), item)
     merged = pb.Delta(seq=second.seq, taken_at_us=second.taken_at_us)
     merged.coverage.CopyFrom(second.coverage)
-    earlier = [*first.coverage.gaps, *second.coverage.gaps]
     del merged.coverage.gaps[:]
-    merged.coverage.gaps.extend(earlier)
-    for source in (second, first):
-        if source.HasField("addresses"):
-            merged.addresses.CopyFrom(source.addresses)
-            break
+    merged.coverage.gaps.extend([*first.coverage.gaps, *second.coverage.gaps])
+    latest = next((source for source in (second, first) if source.HasField("addresses")), None)
+    if latest is not None:
+        merged.addresses.CopyFrom(latest.addresses)
     for op, item in ops.values():
         if op == "removed":
             merged.removed.append(item if isinstance(item, pb.SocketKey) else item.key)
@@ -327,7 +328,7 @@ class Spool:
         self.persisting = False
 
     def _load(self) -> None:
-        assert self.disk is not None and self.folder is not None
+        assert self.disk is not None
         loaded = self.disk.load()
         if loaded is None:
             since = self.disk.unsaved_since()

@@ -141,45 +141,9 @@ class Collector(pb_grpc.CollectorServicer):
     async def Stream(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
     ) -> AsyncIterator[pb.CollectorMessage]:
-        if self.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is stopping; connect again")
-        if self.pending >= self.max_pending:
-            log.warning(
-                "refused a stream from %s: %d streams are waiting for their hello", context.peer(), self.pending
-            )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to say hello")
-        self.pending += 1
-        try:
-            reader = aiter(request_iterator)
-            hello, credential = await self._greeted(reader, context)
-            try:
-                ref = await self._run(self.store.hello, hello, credential)
-            except RejectedMessage as exc:
-                log.warning(
-                    "refused the hello of %r from %s: %s", hello.host_id[:255], context.peer(), printable(str(exc))
-                )
-                await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-            except DBAPIError as exc:
-                await self._database_error(context, exc)
-        finally:
-            self.pending -= 1
-        interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
-        behind = timedelta(0)
-        if hello.sent_at_us:
-            lag = _now() - convert.utc(hello.sent_at_us)  # hello_fields checked that it is a plausible time
-            behind = lag if lag > self.store.max_skew else timedelta(0)
-        # Names as logs show them: an agent's text never acts on the terminal or journal that prints it.
-        peer = Peer(
-            ref, printable(hello.host_id[:255]), printable((hello.host_name or hello.host_id)[:255]), interval, behind
-        )
+        reader = aiter(request_iterator)
+        peer, credential = await self._admit(reader, context)
         await context.send_initial_metadata((("sockfleet-features", FEATURES),))
-        log.info(
-            "host %s (%s) connected from %s, agent %s",
-            peer.name,
-            peer.host_id,
-            context.peer(),
-            printable(hello.agent_version[:64]) or "unknown",
-        )
         stop = asyncio.Event()
         self.open[stop] = credential.token_hash if credential is not None else None
         ended = "the agent closed the stream"
@@ -191,9 +155,7 @@ class Collector(pb_grpc.CollectorServicer):
                     yield reply
             if stop.is_set():
                 ended = "the collector is stopping" if self.closing else "its token was revoked"
-                if self.closing:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is stopping; connect again")
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this agent's token was revoked")
+                await self._stopped(context)
         except DecodeError as exc:
             ended = "refused (see above)"
             await self._refuse(context, peer, RejectedMessage(_undecodable(exc)))
@@ -201,14 +163,56 @@ class Collector(pb_grpc.CollectorServicer):
             ended = str(exc)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc} within {PART_PATIENCE:g} s")
         except BaseException as exc:
-            if not stop.is_set():
-                ended = _ending(exc)
+            ended = ended if stop.is_set() else _ending(exc)
             raise
         finally:
-            if parts.pending() is not None:
-                self.assembling -= 1
+            self.assembling -= 0 if parts.pending() is None else 1
             self.open.pop(stop, None)
             log.info("host %s (%s) disconnected: %s", peer.name, peer.host_id, ended)
+
+    async def _admit(self, reader: AsyncIterator[pb.AgentMessage], context: Context) -> tuple[Peer, Credential | None]:
+        """Let a stream in: a free place among the streams waiting to say hello, then a hello the store accepts."""
+        if self.closing:
+            await self._stopped(context)
+        if self.pending >= self.max_pending:
+            log.warning(
+                "refused a stream from %s: %d streams are waiting for their hello", context.peer(), self.pending
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to say hello")
+        self.pending += 1
+        try:
+            hello, credential = await self._greeted(reader, context)
+            try:
+                ref = await self._run(self.store.hello, hello, credential)
+            except RejectedMessage as exc:
+                name = hello.host_id[:255]
+                log.warning("refused the hello of %r from %s: %s", name, context.peer(), printable(str(exc)))
+                await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+            except DBAPIError as exc:
+                await self._database_error(context, exc)
+        finally:
+            self.pending -= 1
+        peer = self._peer(ref, hello)
+        agent = printable(hello.agent_version[:64]) or "unknown"
+        log.info("host %s (%s) connected from %s, agent %s", peer.name, peer.host_id, context.peer(), agent)
+        return peer, credential
+
+    def _peer(self, ref: int, hello: pb.Hello) -> Peer:
+        """The host of an accepted hello, with names as logs show them: an agent's text never acts on the
+        terminal or journal that prints it."""
+        interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
+        behind = timedelta(0)
+        if hello.sent_at_us:
+            lag = _now() - convert.utc(hello.sent_at_us)  # hello_fields checked that it is a plausible time
+            behind = lag if lag > self.store.max_skew else timedelta(0)
+        name = printable((hello.host_name or hello.host_id)[:255])
+        return Peer(ref, printable(hello.host_id[:255]), name, interval, behind)
+
+    async def _stopped(self, context: Context) -> NoReturn:
+        """End a stream the collector stopped: it is stopping, or the stream's token was revoked."""
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is stopping; connect again")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this agent's token was revoked")
 
     async def _answer(
         self, context: Context, peer: Peer, message: pb.AgentMessage, pacer: Pacer, parts: Parts

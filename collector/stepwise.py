@@ -23,8 +23,8 @@ sends a full snapshot again, and the steps already done change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Generator, Iterator
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, func, select
@@ -95,7 +95,32 @@ def apply_in_steps(
         yield Outcome(acked=True, replay=True)
         return
     total = sum(len(part.sockets) for part in parts)
-    count = max(1, -(-total // STEP_SOCKETS))
+    groups, listening = yield from _filed(parts, max(1, -(-total // STEP_SOCKETS)))
+    store.remember_listening(ref, last, moment, None)
+    steps = _Steps(store, ref, moment, frozenset(listening))
+    try:
+        counts = yield from steps.groups_written(groups)
+        yield from steps.flows_moved()
+        with store.engine.begin() as conn:
+            current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
+            written = (current.epoch, current.seq) != (host.epoch, host.seq)
+            if written or conn.execute(OPEN_COUNT, {"ref": ref}).scalar_one() != total:
+                raise Resync("another stream wrote this host while its large snapshot was applied")
+            store.finish(conn, ref, current, last, header, moment, "snapshot", counts)
+    except Resync as resync:
+        # Another stream of the same host wrote it meanwhile: what was written is true row by row, and the
+        # agent's next full snapshot settles the rest.
+        yield Outcome(acked=False, resync_reason=str(resync))
+        return
+    store.remember_listening(ref, last, moment, frozenset(listening))
+    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
+
+
+def _filed(
+    parts: list[pb.Snapshot], count: int
+) -> Generator[None, None, tuple[list[dict[str, pb.Socket]], set[flows.Listener]]]:
+    """Every socket checked and filed into its group by key digest, and the host's listeners; a socket
+    listed twice refuses the whole snapshot."""
     groups: list[dict[str, pb.Socket]] = [{} for _ in range(count)]
     listening: set[flows.Listener] = set()
     index = 0
@@ -114,77 +139,63 @@ def apply_in_steps(
             index += 1
             if index % (2 * STEP_SOCKETS) == 0:
                 yield None
-    store.remember_listening(ref, last, moment, None)
-    counts = [0, 0, 0]
-    changes: dict[str, int] = {}
-    identities: dict[str, tuple[Any, ...]] = {}
-    try:
+    return groups, listening
+
+
+class _Steps:
+    """The writing steps of one snapshot, and what they learn on the way: each flow's net change, and the
+    identity of each socket that moves a flow."""
+
+    def __init__(self, store: Store, ref: int, moment: datetime, listening: frozenset[flows.Listener]) -> None:
+        self.store, self.ref, self.moment, self.listening = store, ref, moment, listening
+        self.changes: dict[str, int] = {}
+        self.identities: dict[str, tuple[Any, ...]] = {}
+
+    def groups_written(self, groups: list[dict[str, pb.Socket]]) -> Generator[None, None, tuple[int, int, int]]:
+        """Each group in a transaction of its own: (added, removed, changed) over all of them."""
+        added = removed = changed = 0
         for number, group in enumerate(groups):
-            with store.engine.begin() as conn:
-                added, removed, changed = _group(
-                    store, conn, ref, moment, group, bounds(number, count), frozenset(listening), changes, identities
-                )
-            counts[0] += added
-            counts[1] += removed
-            counts[2] += changed
+            with self.store.engine.begin() as conn:
+                counts = self.group(conn, group, bounds(number, len(groups)))
+            added, removed, changed = added + counts[0], removed + counts[1], changed + counts[2]
             groups[number] = {}  # written: let it go
             yield None
-        moving = [key for key, change in changes.items() if change]
+        return added, removed, changed
+
+    def flows_moved(self) -> Iterator[None]:
+        """The host's flows moved by their net change, in groups of flows."""
+        moving = [key for key, change in self.changes.items() if change]
         for chunk in chunks(moving, STEP_SOCKETS):
-            with store.engine.begin() as conn:
-                store.move_flows(conn, ref, {key: changes[key] for key in chunk}, identities, moment)
+            with self.store.engine.begin() as conn:
+                moves = {key: self.changes[key] for key in chunk}
+                self.store.move_flows(conn, self.ref, moves, self.identities, self.moment)
             yield None
-        with store.engine.begin() as conn:
-            current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
-            if (current.epoch, current.seq) != (host.epoch, host.seq) or conn.execute(
-                OPEN_COUNT, {"ref": ref}
-            ).scalar_one() != total:
-                raise Resync("another stream wrote this host while its large snapshot was applied")
-            store.finish(conn, ref, current, last, header, moment, "snapshot", (counts[0], counts[1], counts[2]))
-    except Resync as resync:
-        # Another stream of the same host wrote it meanwhile: what was written is true row by row, and the
-        # agent's next full snapshot settles the rest.
-        yield Outcome(acked=False, resync_reason=str(resync))
-        return
-    store.remember_listening(ref, last, moment, frozenset(listening))
-    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
 
-
-def _group(
-    store: Store,
-    conn: Any,
-    ref: int,
-    moment: Any,
-    group: dict[str, pb.Socket],
-    edges: tuple[str, str | None],
-    listening: frozenset[flows.Listener],
-    changes: dict[str, int],
-    identities: dict[str, tuple[Any, ...]],
-) -> tuple[int, int, int]:
-    """One group's sockets against its stored open rows: (added, removed, changed)."""
-    low, high = edges
-    query, params = (
-        (OPEN_FROM, {"ref": ref, "low": low})
-        if high is None
-        else (OPEN_IN_RANGE, {"ref": ref, "low": low, "high": high})
-    )
-    held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(query, params)}
-    opening = []
-    for digest, sock in group.items():
-        stored = held.get(digest)
-        if stored is not None and stored[1] == convert.stored_versioned(sock):
-            continue
-        opening.append(convert.socket_row(sock))
-    changed_keys = {row.key for row in opening}
-    closing = [row_id for key, (row_id, _) in held.items() if key not in group or key in changed_keys]
-    for chunk in chunks(closing):
-        for left in conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)}):
-            if left.flow is not None:
-                changes[left.flow] = changes.get(left.flow, 0) - 1
-    stamp = store.stamp(moment)
-    values = [(ref, stamp, *row.values()) for row in opening]
-    if values:
-        keys = file_flows(values, listening, changes, identities)
-        store.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, keys, strict=True)])
-    changed = sum(1 for row in opening if row.key in held)
-    return len(opening) - changed, len(closing) - changed, changed
+    def group(self, conn: Any, group: dict[str, pb.Socket], edges: tuple[str, str | None]) -> tuple[int, int, int]:
+        """One group's sockets against its stored open rows: (added, removed, changed)."""
+        low, high = edges
+        query, params = (
+            (OPEN_FROM, {"ref": self.ref, "low": low})
+            if high is None
+            else (OPEN_IN_RANGE, {"ref": self.ref, "low": low, "high": high})
+        )
+        held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(query, params)}
+        opening = [
+            convert.socket_row(sock)
+            for digest, sock in group.items()
+            if (stored := held.get(digest)) is None or stored[1] != convert.stored_versioned(sock)
+        ]
+        changed_keys = {row.key for row in opening}
+        closing = [row_id for key, (row_id, _) in held.items() if key not in group or key in changed_keys]
+        cutoffs = spans.cutoffs(self.moment)
+        for chunk in chunks(closing):
+            for left in conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": self.moment, **cutoffs}):
+                if left.flow is not None:
+                    self.changes[left.flow] = self.changes.get(left.flow, 0) - 1
+        stamp = self.store.stamp(self.moment)
+        values = [(self.ref, stamp, *row.values()) for row in opening]
+        if values:
+            keys = file_flows(values, self.listening, self.changes, self.identities)
+            self.store.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, keys, strict=True)])
+        changed = sum(1 for row in opening if row.key in held)
+        return len(opening) - changed, len(closing) - changed, changed

@@ -15,57 +15,81 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+from collections.abc import Callable
+
+
+def _serve(conn: socket.socket) -> None:
+    while conn.recv(4096):  # like a real server: close when the client has closed
+        pass
+    conn.close()
+
+
+def _in_background(accept: Callable[[], None]) -> None:
+    def loop() -> None:
+        while True:
+            accept()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def tcp_listen(address: str, port: str) -> list[socket.socket]:
+    server = socket.create_server((address, int(port)))
+    _in_background(lambda: threading.Thread(target=_serve, args=(server.accept()[0],), daemon=True).start())
+    return [server]
+
+
+def tcp_connect(address: str, port: str, count: str) -> list[socket.socket]:
+    return [socket.create_connection((address, int(port)), timeout=10) for _ in range(int(count))]
+
+
+def udp_listen(address: str, port: str) -> list[socket.socket]:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((address, int(port)))
+    return [udp]
+
+
+def udp_connect(address: str, port: str) -> list[socket.socket]:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect((address, int(port)))
+    udp.send(b"query")
+    return [udp]
+
+
+def unix_listen(path: str) -> list[socket.socket]:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    keep = [listener]
+    _in_background(lambda: keep.append(listener.accept()[0]))
+    return keep
+
+
+def unix_connect(path: str) -> list[socket.socket]:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    return [client]
+
+
+ACTIONS: dict[str, Callable[..., list[socket.socket]]] = {
+    "tcp-listen": tcp_listen,
+    "tcp-connect": tcp_connect,
+    "udp-listen": udp_listen,
+    "udp-connect": udp_connect,
+    "unix-listen": unix_listen,
+    "unix-connect": unix_connect,
+}
 
 
 def main() -> None:
     name, action, *args = sys.argv[1:]
     with open("/proc/self/comm", "w") as comm:
         comm.write(name)
-    keep: list[socket.socket] = []
-    if action == "tcp-listen":
-        server = socket.create_server((args[0], int(args[1])))
-        keep.append(server)
-
-        def serve(conn: socket.socket) -> None:
-            while conn.recv(4096):  # like a real server: close when the client has closed
-                pass
-            conn.close()
-
-        def accept() -> None:
-            while True:
-                threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-    elif action == "tcp-connect":
-        keep += [socket.create_connection((args[0], int(args[1])), timeout=10) for _ in range(int(args[2]))]
-    elif action == "udp-listen":
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind((args[0], int(args[1])))
-        keep.append(udp)
-    elif action == "udp-connect":
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.connect((args[0], int(args[1])))
-        udp.send(b"query")
-        keep.append(udp)
-    elif action == "unix-listen":
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(args[0])
-        listener.listen()
-        keep.append(listener)
-
-        def accept_unix() -> None:
-            while True:
-                keep.append(listener.accept()[0])
-
-        threading.Thread(target=accept_unix, daemon=True).start()
-    elif action == "unix-connect":
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(args[0])
-        keep.append(client)
-    else:
+    if action not in ACTIONS:
         raise SystemExit(f"unknown action {action}")
+    keep = ACTIONS[action](*args)
     print("ready", flush=True)
     sys.stdin.read()
+    del keep
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from sockfleet.collector import db, output, queries, talks
 from sockfleet.collector.commands import questions
@@ -32,58 +32,21 @@ async def demo(args: argparse.Namespace) -> int:
     db.migrate(engine)
     url = db.shown(engine.url)
     server, port, service = await start(Store(engine), "127.0.0.1:0", None, anonymous=True)
-    print(
-        f"demo: collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), database {url}",
-        file=sys.stderr,
-    )
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sockfleet",
-            "agent",
-            "run",
-            "--collector",
-            f"127.0.0.1:{port}",
-            "--insecure",
-            "--interval",
-            args.interval,
-        ]
-    )
+    note(f"collector on 127.0.0.1:{port} (plain text and no agent tokens: loopback only), database {url}")
+    command = ["agent", "run", "--collector", f"127.0.0.1:{port}", "--insecure", "--interval", args.interval]
+    agent = subprocess.Popen([sys.executable, "-m", "sockfleet", *command])  # noqa: S603 (our own agent)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        started = now()
-        while not stopping.is_set():
-            with engine.connect() as conn:
-                seen = conn.execute(
-                    select(func.count()).select_from(observations).where(observations.c.received_at >= started)
-                ).scalar_one()
-            if seen >= 2:  # the first snapshot, and the next scan: it holds the agent's own call to the collector
-                break
-            if agent.poll() is not None:
-                raise CollectorError(f"the agent exited with status {agent.returncode}")
-            await asyncio.sleep(0.2)
+        await _first_scans(engine, agent, stopping)
         if not stopping.is_set():
-            print(f"demo: first scans stored; open ports (sockfleet ports --db {url}):", file=sys.stderr)
-            with engine.connect() as conn:
-                rows = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
-            for row in rows:
-                row["local"], row["remote"] = output.endpoint(row), questions.remote(row)
-            output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", questions.SOCKET_TABLE)
-            sys.stdout.flush()
-            print(f"demo: who talks to whom (sockfleet talks --db {url}):", file=sys.stderr)
-            with engine.connect() as conn:
-                questions.write_edges(talks.edges(conn, talks.Window(None)), "table")
-            sys.stdout.flush()
+            _found(engine, url)
             if not args.once:
-                print(
-                    f"demo: the agent scans every {interval:g}s; ask with `sockfleet ports --db {url}` "
-                    "in another terminal; Ctrl-C stops",
-                    file=sys.stderr,
-                    flush=True,
+                note(
+                    f"the agent scans every {interval:g}s; ask with `sockfleet ports --db {url}` "
+                    "in another terminal; Ctrl-C stops"
                 )
                 await stopping.wait()
     finally:
@@ -94,6 +57,39 @@ async def demo(args: argparse.Namespace) -> int:
             agent.kill()
         await stop(server, service, grace=2)
     return 0
+
+
+def note(text: str) -> None:
+    print(f"demo: {text}", file=sys.stderr, flush=True)
+
+
+async def _first_scans(engine: Engine, agent: subprocess.Popen[bytes], stopping: asyncio.Event) -> None:
+    """Wait for the agent's first snapshot and the scan after it, which holds the agent's own call to the
+    collector."""
+    started = now()
+    seen = select(func.count()).select_from(observations).where(observations.c.received_at >= started)
+    while not stopping.is_set():
+        with engine.connect() as conn:
+            if conn.execute(seen).scalar_one() >= 2:
+                return
+        if agent.poll() is not None:
+            raise CollectorError(f"the agent exited with status {agent.returncode}")
+        await asyncio.sleep(0.2)
+
+
+def _found(engine: Engine, url: str) -> None:
+    """The open ports and who talks to whom, as `sockfleet ports` and `sockfleet talks` show them."""
+    note(f"first scans stored; open ports (sockfleet ports --db {url}):")
+    with engine.connect() as conn:
+        rows = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
+    for row in rows:
+        row["local"], row["remote"] = output.endpoint(row), questions.remote(row)
+    output.write(rows, queries.SOCKET_FIELDS, sys.stdout, "table", questions.SOCKET_TABLE)
+    sys.stdout.flush()
+    note(f"who talks to whom (sockfleet talks --db {url}):")
+    with engine.connect() as conn:
+        questions.write_edges(talks.edges(conn, talks.Window(None)), "table")
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,19 +97,7 @@ class Fleet:
             if step == 0:
                 for host, listening in enumerate(self.listeners):
                     changes[host]["added"] += listening
-            for conversation in list(self.conversations[:-3]):
-                roll = self.rng.random()
-                if roll < 0.25:  # both ends go in the same minute
-                    self.conversations.remove(conversation)
-                    for host, sock in conversation:
-                        changes[host]["removed"].append(sock)
-                elif roll < 0.3 and conversation[0][1].state == pb.STATE_ESTABLISHED:  # the client end closes first
-                    host, sock = conversation[0]
-                    closing = pb.Socket()
-                    closing.CopyFrom(sock)
-                    closing.state = pb.STATE_FIN_WAIT1
-                    conversation[0] = (host, closing)
-                    changes[host]["changed"].append(closing)
+            self._churn(changes)
             for _ in range(self.rng.randrange(3, 9)):
                 conversation = self._conversation()
                 self.conversations.append(conversation)
@@ -117,6 +105,22 @@ class Fleet:
                     changes[host]["added"].append(sock)
             for host, ref in enumerate(self.refs):
                 self._send(host, ref, step, changes[host])
+
+    def _churn(self, changes: list[dict[str, list[pb.Socket]]]) -> None:
+        """Some conversations end, both ends in the same minute; in a few, the client end closes first."""
+        for conversation in list(self.conversations[:-3]):
+            roll = self.rng.random()
+            if roll < 0.25:  # both ends go in the same minute
+                self.conversations.remove(conversation)
+                for host, sock in conversation:
+                    changes[host]["removed"].append(sock)
+            elif roll < 0.3 and conversation[0][1].state == pb.STATE_ESTABLISHED:  # the client end closes first
+                host, sock = conversation[0]
+                closing = pb.Socket()
+                closing.CopyFrom(sock)
+                closing.state = pb.STATE_FIN_WAIT1
+                conversation[0] = (host, closing)
+                changes[host]["changed"].append(closing)
 
     def _send(self, host: int, ref: int, step: int, change: dict[str, list[pb.Socket]]) -> None:
         for sock in change["removed"]:
