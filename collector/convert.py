@@ -1,4 +1,9 @@
-"""Wire messages to plain rows: the one place the collector touches protobuf types.
+"""Wire messages to plain rows: the one place past the gRPC service where the collector touches protobuf types.
+
+``greeting`` turns a Hello into a ``Greeting``; ``scan`` turns a Snapshot (or the parts of one) or a
+Delta into a ``Scan``, which the store applies.  A scan's header fields are checked at once; its sockets
+when the store writes them (``Listing``, ``Changes``): a snapshot's socket whose stored row is unchanged
+needs neither checking nor converting, which is most of them.
 
 Every field is checked here against the bounds of ``sockfleet.v1.limits``, so that nothing malformed
 reaches the store and the same message gets the same answer on SQLite and PostgreSQL: an enum out of
@@ -12,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 from sockfleet.collector.errors import RejectedMessage
 from sockfleet.v1 import fleet_pb2 as pb
@@ -29,6 +35,7 @@ TYPES: dict[int, str] = {
     pb.SOCK_TYPE_SEQPACKET: "seqpacket",
 }
 STATES = {number: name.removeprefix("STATE_") for name, number in pb.State.items() if number}
+Address: TypeAlias = tuple[int, str, str]  # (netns, interface, address)
 EARLIEST = datetime(2000, 1, 1)
 DEFAULT_SKEW = timedelta(minutes=2)
 
@@ -329,7 +336,7 @@ def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]
     return json.dumps(document), complete
 
 
-def addresses(items: Any, where: str) -> list[tuple[int, str, str]]:
+def addresses(items: Any, where: str) -> list[Address]:
     """(netns, interface, address) of each interface address, sorted and without repeats."""
     found = set()
     for index, item in enumerate(_many(items, limits.MAX_ADDRESSES, where)):
@@ -342,20 +349,151 @@ def addresses(items: Any, where: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def hello_fields(hello: pb.Hello, received: datetime | None = None) -> dict[str, Any]:
-    """The hosts row of a hello, its ``addresses``, and ``clock_skew``: seconds its clock is ahead (or behind)."""
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    """A checked hello: the host's row (``fields``: host_id, name, agent_version, boot_id, interval_seconds and
+    clock_skew, seconds its clock is ahead or behind), its addresses, and whether its scans carry them."""
+
+    fields: dict[str, Any]
+    addresses: list[Address]
+    addresses_in_scans: bool
+
+    @property
+    def host_id(self) -> str:
+        return str(self.fields["host_id"])
+
+
+def greeting(hello: pb.Hello, received: datetime | None = None) -> Greeting:
+    """A hello, checked field by field."""
     skew = None
     if hello.sent_at_us:
         try:
             skew = round((utc(hello.sent_at_us) - (received or now())).total_seconds(), 3)
         except OverflowError:
             raise RejectedMessage(f"hello.sent_at_us: {hello.sent_at_us} is not a plausible time") from None
-    return {
+    fields = {
         "host_id": text(hello.host_id, "hello.host_id", required=True),
         "name": text(hello.host_name, "hello.host_name") or hello.host_id,
         "agent_version": text(hello.agent_version, "hello.agent_version", MAX_SHORT) or "",
         "boot_id": text(hello.boot_id, "hello.boot_id", MAX_SHORT) or "",
         "interval_seconds": min(max(hello.interval_seconds, 1), 86400),
         "clock_skew": skew,
-        "addresses": addresses(hello.addresses, "hello.addresses"),
     }
+    return Greeting(fields, addresses(hello.addresses, "hello.addresses"), hello.addresses_in_scans)
+
+
+# A stored open row as the store reads it for comparison: its id, and its versioned columns.
+Held = Mapping[str, tuple[int, tuple[Any, ...]]]
+
+
+class Listing:
+    """The sockets a snapshot lists (over all its parts), each checked and converted when it is written."""
+
+    def __init__(self, parts: Iterable[Sequence[pb.Socket]]) -> None:
+        self._sockets = [sock for part in parts for sock in part]
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def indexed(self) -> Iterator[tuple[str, int]]:
+        """Each socket's key digest and place in the listing; a socket listed twice refuses the snapshot."""
+        index: dict[str, int] = {}
+        for number, sock in enumerate(self._sockets):
+            digest = key_digest(sock.key)
+            if digest in index:
+                raise RejectedMessage(f"snapshot.sockets[{number}]: the same socket is listed twice")
+            index[digest] = number
+            yield digest, number
+        self._index = index
+
+    def digests(self) -> Mapping[str, int]:
+        """Key digest → place in the listing, for every socket."""
+        if self._index is None:
+            for _ in self.indexed():
+                pass
+        assert self._index is not None
+        return self._index
+
+    def row(self, number: int) -> SocketRow:
+        return socket_row(self._sockets[number], f"snapshot.sockets[{number}]")
+
+    def opening(self, held: Held, listed: Iterable[tuple[str, int]]) -> list[SocketRow]:
+        """The rows to open for ``listed`` (digest, place) against the host's open rows: sockets new, or
+        changed since their row was stored.  An unchanged socket was checked when it was stored."""
+        sockets = self._sockets
+        return [
+            socket_row(sockets[number], f"snapshot.sockets[{number}]")
+            for digest, number in listed
+            if (stored := held.get(digest)) is None or stored[1] != stored_versioned(sockets[number])
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a delta changes: rows of the sockets added and changed, key digests of those removed."""
+
+    added: list[SocketRow]
+    changed: list[SocketRow]
+    removed: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+def changes(delta: pb.Delta) -> Changes:
+    """A delta's sockets, checked; a socket may appear once among added, changed and removed."""
+    added = [socket_row(s, f"delta.added[{i}]") for i, s in enumerate(delta.added)]
+    changed = [socket_row(s, f"delta.changed[{i}]") for i, s in enumerate(delta.changed)]
+    removed = [key_row(k, f"delta.removed[{i}]")[0] for i, k in enumerate(delta.removed)]
+    keys = [row.key for row in added] + [row.key for row in changed] + removed
+    if len(set(keys)) != len(keys):
+        raise RejectedMessage("delta: a socket appears twice among added, changed and removed")
+    return Changes(added, changed, removed)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One snapshot or delta of a host, as the store applies it: header fields checked, and its sockets: a
+    snapshot's ``Listing``, or a delta's ``Changes``."""
+
+    where: str  # "snapshot" or "delta", as refusals name its fields
+    epoch: int
+    seq: int
+    base_seq: int  # the message a delta follows; 0 for a snapshot
+    taken_at_us: int
+    coverage: str | None  # JSON, see ``coverage_json``; None when the message has none
+    complete: bool | None
+    gaps: int
+    addresses: list[Address] | None
+    body: Listing | Changes
+
+
+def scan(message: pb.Snapshot | pb.Delta) -> Scan:
+    return snapshot(message) if isinstance(message, pb.Snapshot) else delta(message)
+
+
+def snapshot(parts: pb.Snapshot | Sequence[pb.Snapshot]) -> Scan:
+    """A snapshot, or the parts of one (the last part holds the header)."""
+    parts = [parts] if isinstance(parts, pb.Snapshot) else parts
+    return _scan(parts[-1], "snapshot", 0, lambda: Listing(part.sockets for part in parts))
+
+
+def delta(message: pb.Delta) -> Scan:
+    return _scan(message, "delta", message.base_seq, lambda: changes(message))
+
+
+def _scan(message: pb.Snapshot | pb.Delta, where: str, base_seq: int, body: Callable[[], Listing | Changes]) -> Scan:
+    """The header fields checked first, then the sockets (``body``)."""
+    if message.epoch == 0 or message.seq == 0:
+        raise RejectedMessage(f"{where}: epoch and seq start at 1")
+    if max(message.epoch, message.seq, base_seq) > MAX_BIGINT:
+        raise RejectedMessage(f"{where}: epoch and seq must be below 2**63")
+    coverage, complete, gaps = None, None, 0
+    if message.HasField("coverage"):
+        coverage, complete = coverage_json(message.coverage, f"{where}.coverage")
+        gaps = len(message.coverage.gaps)
+    found = addresses(message.addresses.items, f"{where}.addresses") if message.HasField("addresses") else None
+    return Scan(
+        where, message.epoch, message.seq, base_seq, message.taken_at_us, coverage, complete, gaps, found, body()
+    )

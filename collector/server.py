@@ -30,8 +30,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sockfleet.collector import convert
 from sockfleet.collector.credentials import Credential, revoked_since, token_hash, verify
 from sockfleet.collector.errors import CollectorError, RejectedMessage, UsageError
-from sockfleet.collector.stepwise import apply_in_steps
 from sockfleet.collector.store import Outcome, Store
+from sockfleet.collector.store.stepwise import apply_in_steps
 from sockfleet.commandline import printable
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
@@ -183,7 +183,7 @@ class Collector(pb_grpc.CollectorServicer):
         try:
             hello, credential = await self._greeted(reader, context)
             try:
-                ref = await self._run(self.store.hello, hello, credential)
+                ref = await self._run(self._hello, hello, credential)
             except RejectedMessage as exc:
                 name = hello.host_id[:255]
                 log.warning("refused the hello of %r from %s: %s", name, context.peer(), printable(str(exc)))
@@ -203,7 +203,7 @@ class Collector(pb_grpc.CollectorServicer):
         interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
         behind = timedelta(0)
         if hello.sent_at_us:
-            lag = _now() - convert.utc(hello.sent_at_us)  # hello_fields checked that it is a plausible time
+            lag = _now() - convert.utc(hello.sent_at_us)  # convert.greeting checked that it is a plausible time
             behind = lag if lag > self.store.max_skew else timedelta(0)
         name = printable((hello.host_name or hello.host_id)[:255])
         return Peer(ref, printable(hello.host_id[:255]), name, interval, behind)
@@ -279,11 +279,14 @@ class Collector(pb_grpc.CollectorServicer):
         """Apply one message (a snapshot may be several parts): in one transaction, or, for a large snapshot,
         in steps that let other agents' messages through between them."""
         try:
-            if len(messages) == 1 and not self.store.stepwise(messages[0]):
-                return await self._run(self.store.apply, peer.ref, messages[0], peer.behind)
+            if isinstance(messages[-1], pb.Delta):
+                return await self._run(self._applied, peer, messages[-1])
+            scan = convert.snapshot(messages)  # its sockets are checked as they are written
+            if not self.store.stepwise(scan):
+                return await self._run(self.store.apply, peer.ref, scan, peer.behind)
             # The steps run in a worker thread, on SQLite too: the event loop stays free for the other
             # streams, whose messages (applied in the loop's thread) go between two steps' transactions.
-            steps = apply_in_steps(self.store, peer.ref, messages, peer.behind)
+            steps = apply_in_steps(self.store, peer.ref, scan, peer.behind)
             while (step := await self._run(next, steps, inline=False)) is None:
                 pass
             outcome: Outcome = step
@@ -292,6 +295,13 @@ class Collector(pb_grpc.CollectorServicer):
             await self._refuse(context, peer, exc)
         except DBAPIError as exc:
             await self._database_error(context, exc)
+
+    def _hello(self, hello: pb.Hello, credential: Credential | None) -> int:
+        return self.store.hello(convert.greeting(hello), credential)
+
+    def _applied(self, peer: Peer, delta: pb.Delta) -> Outcome:
+        """A delta checked and applied, both where the store works (a worker thread on PostgreSQL)."""
+        return self.store.apply(peer.ref, convert.delta(delta), peer.behind)
 
     async def _refuse(self, context: Context, peer: Peer, exc: RejectedMessage) -> NoReturn:
         """End the stream with the refusal's status; an invalid message is remembered for `sockfleet hosts`."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from sockfleet.collector import db
+from sockfleet.collector import convert, db
 from sockfleet.collector.store import Store
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1.limits import PART_SOCKETS
@@ -173,12 +173,12 @@ def one_transaction(sockets: int, folder: Path) -> float:
     engine = db.engine(f"sqlite:///{folder / 'peer.db'}")
     db.migrate(engine)
     store = Store(engine)
-    ref = store.hello(fleet.hello("big"))
+    ref = store.hello(convert.greeting(fleet.hello("big")))
     snapshot = pb.Snapshot(
         epoch=1, seq=1, taken_at_us=fleet.us(datetime.now(UTC).replace(tzinfo=None)), sockets=connections(0, sockets)
     )
     started = time.perf_counter()
-    store.apply(ref, snapshot)
+    store.apply(ref, convert.scan(snapshot))
     took = time.perf_counter() - started
     engine.dispose()
     return took

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, Table, insert, text
 from sockfleet.collector import changes, db, flows, queries, spans
 from sockfleet.collector.schema import flows as flow_table
 from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
-from sockfleet.collector.store import INSERT_COLUMNS
+from sockfleet.collector.store.statements import INSERT_COLUMNS
 from sockfleet.collector.talks import Window, edges
 from tests import postgres
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from sockfleet.collector import convert
 from sockfleet.collector.audit import audit, load_policy
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.store import Store
@@ -29,23 +30,27 @@ forbid = [23]
 @pytest.fixture
 def audited(engine: Engine, tmp_path: Path) -> Path:
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1"))
-    db_host = store.hello(fleet.hello("db-1", addresses=("10.0.0.2",)))
-    store.apply(web, fleet.snapshot(1, at(-3000), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]))
+    web = store.hello(convert.greeting(fleet.hello("web-1")))
+    db_host = store.hello(convert.greeting(fleet.hello("db-1", addresses=("10.0.0.2",))))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(-3000), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")])))
     store.apply(
         web,
-        fleet.snapshot(
-            2,
-            at(-1),
-            [
-                inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
-                inet("tcp", "0.0.0.0", 22, None, 0, 2, "dropbear"),
-                inet("tcp", "127.0.0.1", 6379, None, 0, 3, "redis"),
-                inet("tcp", "0.0.0.0", 23, None, 0, 4, "telnetd"),
-            ],
+        convert.scan(
+            fleet.snapshot(
+                2,
+                at(-1),
+                [
+                    inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
+                    inet("tcp", "0.0.0.0", 22, None, 0, 2, "dropbear"),
+                    inet("tcp", "127.0.0.1", 6379, None, 0, 3, "redis"),
+                    inet("tcp", "0.0.0.0", 23, None, 0, 4, "telnetd"),
+                ],
+            )
         ),
     )
-    store.apply(db_host, fleet.snapshot(1, at(-1), [inet("tcp", "0.0.0.0", 5432, None, 0, 5, "postgres")]))
+    store.apply(
+        db_host, convert.scan(fleet.snapshot(1, at(-1), [inet("tcp", "0.0.0.0", 5432, None, 0, 5, "postgres")]))
+    )
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     return policy

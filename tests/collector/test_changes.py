@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
+from sockfleet.collector import convert
 from sockfleet.collector.changes import diff, history
 from sockfleet.collector.store import Store
 from sockfleet.collector.times import now, rfc3339
@@ -17,18 +18,18 @@ from tests.collector.harness import ask
 
 def test_history_and_diff(engine: Engine) -> None:
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
-    app = store.hello(fleet.hello("app-1", addresses=("10.0.0.2",)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
+    app = store.hello(convert.greeting(fleet.hello("app-1", addresses=("10.0.0.2",))))
     nginx = inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")
     java = inet("tcp", "0.0.0.0", 8080, None, 0, 2, "java")
     served = inet("tcp", "10.0.0.1", 80, "10.0.0.2", 40000, 3, "nginx")
     client = inet("tcp", "10.0.0.2", 40000, "10.0.0.1", 80, 4, "curl")
-    store.apply(web, fleet.snapshot(1, at(0), [nginx, served]))
-    store.apply(app, fleet.snapshot(1, at(0), [client]))
-    store.apply(web, fleet.delta(2, at(2), added=[java], removed=[served]))
-    store.apply(app, fleet.delta(2, at(2), removed=[client]))
-    store.apply(web, fleet.delta(3, at(4), changed=[inet("tcp", "0.0.0.0", 8080, None, 0, 2, "jetty")]))
-    store.apply(app, fleet.delta(3, at(4)))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [nginx, served])))
+    store.apply(app, convert.scan(fleet.snapshot(1, at(0), [client])))
+    store.apply(web, convert.scan(fleet.delta(2, at(2), added=[java], removed=[served])))
+    store.apply(app, convert.scan(fleet.delta(2, at(2), removed=[client])))
+    store.apply(web, convert.scan(fleet.delta(3, at(4), changed=[inet("tcp", "0.0.0.0", 8080, None, 0, 2, "jetty")])))
+    store.apply(app, convert.scan(fleet.delta(3, at(4))))
     with engine.connect() as conn:
         timeline = history(conn, "web-1", port=8080)
         since = history(conn, "web-1", since=at(3))
@@ -50,11 +51,14 @@ def test_history_and_diff(engine: Engine) -> None:
 def test_diff_runs_to_now_without_to(engine: Engine) -> None:
     """``sockfleet diff --from T`` compares T with now."""
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
     start = now() - timedelta(minutes=2)
-    store.apply(web, fleet.snapshot(1, start, [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]))
+    store.apply(web, convert.scan(fleet.snapshot(1, start, [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")])))
     store.apply(
-        web, fleet.delta(2, start + timedelta(minutes=1), added=[inet("tcp", "0.0.0.0", 8080, None, 0, 2, "java")])
+        web,
+        convert.scan(
+            fleet.delta(2, start + timedelta(minutes=1), added=[inet("tcp", "0.0.0.0", 8080, None, 0, 2, "java")])
+        ),
     )
     since = str(rfc3339(start + timedelta(seconds=30)))
     result = ask(engine.url.render_as_string(hide_password=False), "diff", "--from", since, "--format", "json")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select
 
-from sockfleet.collector import db, flows
+from sockfleet.collector import convert, db, flows
 from sockfleet.collector.schema import flows as flow_table
 from sockfleet.collector.schema import sockets
 from sockfleet.collector.store import Store
@@ -34,7 +34,9 @@ class Fleet:
 
     def __init__(self, store: Store, seed: int) -> None:
         self.store, self.rng = store, random.Random(seed)
-        self.refs = [store.hello(fleet.hello(f"h{n}", addresses=(a,))) for n, a in enumerate(ADDRESSES)]
+        self.refs = [
+            store.hello(convert.greeting(fleet.hello(f"h{n}", addresses=(a,)))) for n, a in enumerate(ADDRESSES)
+        ]
         self.open: list[dict[tuple[Any, ...], pb.Socket]] = [{} for _ in ADDRESSES]
         self.seq = [0 for _ in ADDRESSES]
         self.serial = 100
@@ -134,7 +136,7 @@ class Fleet:
             message = fleet.delta(
                 self.seq[host], at(step), added=change["added"], removed=change["removed"], changed=change["changed"]
             )
-        assert self.store.apply(ref, message).acked
+        assert self.store.apply(ref, convert.scan(message)).acked
 
 
 def _key(sock: pb.Socket) -> tuple[Any, ...]:
@@ -225,11 +227,11 @@ def test_edges_from_flows_are_the_edges_from_sockets(random_fleet: Fleet, engine
 def test_an_accepted_connection_stays_served_after_its_listener_closes(engine: Engine) -> None:
     """The role is decided when the socket opens: closing the listener later does not turn it around."""
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
     listener = inet("tcp", "0.0.0.0", 40000, None, 0, 1, "api")
     accepted = inet("tcp", "10.0.0.1", 40000, "203.0.113.5", 8000, 2, "api")
-    store.apply(web, fleet.snapshot(1, at(0), [listener, accepted]))
-    store.apply(web, fleet.delta(2, at(1), removed=[listener]))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [listener, accepted])))
+    store.apply(web, convert.scan(fleet.delta(2, at(1), removed=[listener])))
     with engine.connect() as conn:
         [edge] = edges(conn, Window(at(2)))
     assert (edge["server_host"], edge["server_port"], edge["client_address"], edge["direction"]) == (
@@ -255,15 +257,17 @@ def open_roles(engine: Engine) -> dict[int | None, str]:
 def test_listeners_written_by_another_collector_decide_roles(engine: Engine) -> None:
     """Two collectors on one database take turns with one host: each sees the listeners the other wrote."""
     first, second = Store(engine), Store(engine)
-    web = first.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    web = first.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
     listener = inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")
     calls = [inet("tcp", "10.0.0.1", 7000, "203.0.113.5", 40001 + n, 10 + n, "api") for n in range(3)]
-    assert first.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "10.0.0.1", 40500, "10.0.0.9", 443, 2, "app")]))
-    assert second.apply(web, fleet.delta(2, at(1), added=[listener])).acked
-    assert first.apply(web, fleet.delta(3, at(2), added=[calls[0]])).acked
+    assert first.apply(
+        web, convert.scan(fleet.snapshot(1, at(0), [inet("tcp", "10.0.0.1", 40500, "10.0.0.9", 443, 2, "app")]))
+    )
+    assert second.apply(web, convert.scan(fleet.delta(2, at(1), added=[listener]))).acked
+    assert first.apply(web, convert.scan(fleet.delta(3, at(2), added=[calls[0]]))).acked
     assert open_roles(engine)[7000] == flows.SERVED
-    assert second.apply(web, fleet.delta(4, at(3), removed=[listener])).acked
-    assert first.apply(web, fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]])).acked
+    assert second.apply(web, convert.scan(fleet.delta(4, at(3), removed=[listener]))).acked
+    assert first.apply(web, convert.scan(fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]]))).acked
     assert open_roles(engine)[7000] == flows.NOT_FOLDED  # no listener holds 7000 any more: both ports kept
     assert stored_flows(engine) == rebuilt(engine)[0]
 
@@ -271,25 +275,27 @@ def test_listeners_written_by_another_collector_decide_roles(engine: Engine) -> 
 def test_listeners_opened_and_closed_in_earlier_messages_decide_roles(engine: Engine) -> None:
     """One collector: a listener opened, then closed, by earlier messages of the host it keeps in mind."""
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
     listener = inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")
     calls = [inet("tcp", "10.0.0.1", 7000, "203.0.113.5", 40001 + n, 10 + n, "api") for n in range(3)]
-    store.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "10.0.0.1", 40500, "10.0.0.9", 443, 2, "app")]))
-    store.apply(web, fleet.delta(2, at(1), added=[listener]))
-    store.apply(web, fleet.delta(3, at(2), added=[calls[0]]))
+    store.apply(
+        web, convert.scan(fleet.snapshot(1, at(0), [inet("tcp", "10.0.0.1", 40500, "10.0.0.9", 443, 2, "app")]))
+    )
+    store.apply(web, convert.scan(fleet.delta(2, at(1), added=[listener])))
+    store.apply(web, convert.scan(fleet.delta(3, at(2), added=[calls[0]])))
     assert open_roles(engine)[7000] == flows.SERVED
-    store.apply(web, fleet.delta(4, at(3), removed=[listener]))
-    store.apply(web, fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]]))
+    store.apply(web, convert.scan(fleet.delta(4, at(3), removed=[listener])))
+    store.apply(web, convert.scan(fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]])))
     assert open_roles(engine)[7000] == flows.NOT_FOLDED
-    store.apply(web, fleet.snapshot(6, at(5), [listener, calls[1]]))  # a snapshot opens it again
-    store.apply(web, fleet.delta(7, at(6), added=[calls[2]], removed=[calls[1]]))
+    store.apply(web, convert.scan(fleet.snapshot(6, at(5), [listener, calls[1]])))  # a snapshot opens it again
+    store.apply(web, convert.scan(fleet.delta(7, at(6), added=[calls[2]], removed=[calls[1]])))
     assert open_roles(engine)[7000] == flows.SERVED
     assert stored_flows(engine) == rebuilt(engine)[0]
 
 
 def test_a_host_s_listeners_are_read_once_while_the_collector_alone_writes_it(engine: Engine) -> None:
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
     reads: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -298,10 +304,10 @@ def test_a_host_s_listeners_are_read_once_while_the_collector_alone_writes_it(en
 
     event.listen(engine, "before_cursor_execute", count)
     try:
-        store.apply(web, fleet.snapshot(1, at(0), [inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")]))
+        store.apply(web, convert.scan(fleet.snapshot(1, at(0), [inet("tcp", "0.0.0.0", 7000, None, 0, 1, "api")])))
         for n in range(4):
             call = inet("tcp", "10.0.0.1", 7000, "203.0.113.5", 40001 + n, 10 + n, "api")
-            assert store.apply(web, fleet.delta(2 + n, at(1 + n), added=[call])).acked
+            assert store.apply(web, convert.scan(fleet.delta(2 + n, at(1 + n), added=[call]))).acked
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert len(reads) == 1

@@ -128,7 +128,7 @@ def test_rows_stored_before_0011_are_the_same_sockets_after(empty_engine: Engine
         )
     db.migrate(empty_engine)
     store = Store(empty_engine)
-    outcome = store.apply(1, fleet.snapshot(1, at(1), [listener], epoch=2))
+    outcome = store.apply(1, convert.scan(fleet.snapshot(1, at(1), [listener], epoch=2)))
     assert outcome.acked and outcome.rows_written == 0  # the stored row is still this socket's
     with empty_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM sockets WHERE valid_to IS NULL")).scalar_one() == 1

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, insert, or_, select
 
-from sockfleet.collector import spans
+from sockfleet.collector import convert, spans
 from sockfleet.collector.schema import hosts, sockets
 from sockfleet.collector.store import Store
 from tests.collector import fleet
@@ -28,12 +28,14 @@ def test_classes_follow_the_limits() -> None:
 
 def test_store_sets_the_class_when_a_row_closes(engine: Engine) -> None:
     store = Store(engine)
-    ref = store.hello(fleet.hello("web-1", addresses=("10.0.0.1",)))
+    ref = store.hello(convert.greeting(fleet.hello("web-1", addresses=("10.0.0.1",))))
     base = [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx")]
-    store.apply(ref, fleet.snapshot(1, at(0), [*base, inet("tcp", "10.0.0.1", 80, "10.0.0.2", 40001, 2, "nginx")]))
+    store.apply(
+        ref, convert.scan(fleet.snapshot(1, at(0), [*base, inet("tcp", "10.0.0.1", 80, "10.0.0.2", 40001, 2, "nginx")]))
+    )
     # A snapshot closes the connection after a few minutes, and a later one the listener after hours.
-    store.apply(ref, fleet.snapshot(2, at(0) + timedelta(minutes=3), base))
-    store.apply(ref, fleet.snapshot(3, at(0) + timedelta(hours=5), []))
+    store.apply(ref, convert.scan(fleet.snapshot(2, at(0) + timedelta(minutes=3), base)))
+    store.apply(ref, convert.scan(fleet.snapshot(3, at(0) + timedelta(hours=5), [])))
     with engine.connect() as conn:
         rows = conn.execute(
             select(sockets.c.local_port, sockets.c.valid_from, sockets.c.valid_to, sockets.c.span)

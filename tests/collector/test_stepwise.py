@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from sockfleet.collector import db
+from sockfleet.collector import convert, db
 from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.schema import observations, sockets
-from sockfleet.collector.stepwise import apply_in_steps, bounds, group_of
 from sockfleet.collector.store import STEP_SOCKETS, Outcome, Store
+from sockfleet.collector.store.stepwise import apply_in_steps, bounds, group_of
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
 from tests.collector.fleet import at, inet, unix
@@ -100,33 +100,33 @@ def test_steps_store_what_one_transaction_stores(engine: Engine, twin: Engine) -
     stepped, whole = Store(engine), Store(twin)
     first, second = host_sockets(SIZE), host_sockets(SIZE, variant=1)
     for store in (stepped, whole):
-        store.hello(fleet.hello("big"))
+        store.hello(convert.greeting(fleet.hello("big")))
     ref = 1
-    outcome, count = run(apply_in_steps(stepped, ref, parts(1, 0, first)))
+    outcome, count = run(apply_in_steps(stepped, ref, convert.snapshot(parts(1, 0, first))))
     assert outcome.acked and outcome.rows_written == len(first)
     assert count > SIZE // STEP_SOCKETS  # in many short transactions
-    assert whole.apply(ref, fleet.snapshot(1, at(0), first)).acked
+    assert whole.apply(ref, convert.scan(fleet.snapshot(1, at(0), first))).acked
     assert stored(engine) == stored(twin)
     # The next scan of the same host: a listener more, some sockets gone, owners changed.
-    outcome, _ = run(apply_in_steps(stepped, ref, parts(2, 1, second)))
+    outcome, _ = run(apply_in_steps(stepped, ref, convert.snapshot(parts(2, 1, second))))
     assert outcome.acked
-    assert whole.apply(ref, fleet.snapshot(2, at(1), second)).acked
+    assert whole.apply(ref, convert.scan(fleet.snapshot(2, at(1), second))).acked
     assert stored(engine) == stored(twin)
     # The same scan again (a reconnection): nothing to write.
     again = parts(3, 2, second)
-    outcome, _ = run(apply_in_steps(stepped, ref, again))
+    outcome, _ = run(apply_in_steps(stepped, ref, convert.snapshot(again)))
     assert outcome.rows_written == 0
-    replayed, _ = run(apply_in_steps(stepped, ref, again))
+    replayed, _ = run(apply_in_steps(stepped, ref, convert.snapshot(again)))
     assert replayed.replay
 
 
 def test_a_bad_socket_anywhere_refuses_the_whole_snapshot(engine: Engine) -> None:
     store = Store(engine)
-    ref = store.hello(fleet.hello("big"))
+    ref = store.hello(convert.greeting(fleet.hello("big")))
     socks = host_sockets(SIZE)
     socks[-3].key.local_port = 70000
     with pytest.raises(RejectedMessage, match=rf"snapshot\.sockets\[{len(socks) - 3}\]\.key\.local_port"):
-        run(apply_in_steps(store, ref, parts(1, 0, socks)))
+        run(apply_in_steps(store, ref, convert.snapshot(parts(1, 0, socks))))
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sockets)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(observations)).scalar_one() == 0
@@ -136,12 +136,12 @@ def test_another_stream_of_the_host_meanwhile_asks_for_a_snapshot_again(engine: 
     """An agent that reconnected while its large snapshot was being applied: the first stream's steps end
     with a request for a full snapshot, and the rows both wrote are one set."""
     store = Store(engine)
-    ref = store.hello(fleet.hello("big"))
+    ref = store.hello(convert.greeting(fleet.hello("big")))
     socks = host_sockets(SIZE)
-    first = apply_in_steps(store, ref, parts(1, 0, socks))
+    first = apply_in_steps(store, ref, convert.snapshot(parts(1, 0, socks)))
     for _ in range(12):
         assert next(first) is None  # part of the way
-    second, _ = run(apply_in_steps(store, ref, parts(1, 1, socks, epoch=2)))
+    second, _ = run(apply_in_steps(store, ref, convert.snapshot(parts(1, 1, socks, epoch=2))))
     assert second.acked
     outcome, _ = run(first)
     assert not outcome.acked and "another stream wrote this host" in (outcome.resync_reason or "")

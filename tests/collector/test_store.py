@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import DateTime, Engine, String, func, select, text
 
-from sockfleet.collector import queries
+from sockfleet.collector import convert, queries
 from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.schema import observations, sockets
 from sockfleet.collector.store import Store
@@ -36,11 +36,11 @@ def store(engine: Engine) -> Store:
 
 
 def test_snapshot_then_deltas_answer_as_of(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello("web-1"))
+    web = store.hello(convert.greeting(fleet.hello("web-1")))
     nginx, ssh, dns = fleet.tcp_listener(80), fleet.tcp_listener(22, "sshd", 50), fleet.udp_bound(53)
-    assert store.apply(web, fleet.snapshot(1, at(0), [nginx, ssh])).acked
-    assert store.apply(web, fleet.delta(2, at(1), added=[dns])).acked
-    assert store.apply(web, fleet.delta(3, at(2), removed=[nginx])).acked
+    assert store.apply(web, convert.scan(fleet.snapshot(1, at(0), [nginx, ssh]))).acked
+    assert store.apply(web, convert.scan(fleet.delta(2, at(1), added=[dns]))).acked
+    assert store.apply(web, convert.scan(fleet.delta(3, at(2), removed=[nginx]))).acked
     assert ports_at(engine, 0.5) == {("web-1", "tcp", 80, "nginx"), ("web-1", "tcp", 22, "sshd")}
     assert ports_at(engine, 1.5) == {
         ("web-1", "tcp", 80, "nginx"),
@@ -53,8 +53,8 @@ def test_snapshot_then_deltas_answer_as_of(store: Store, engine: Engine) -> None
 
 
 def test_host_not_observed_is_unknown_not_empty(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello("web-1", interval=60))
-    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))
+    web = store.hello(convert.greeting(fleet.hello("web-1", interval=60)))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80)])))
     assert ports_at(engine, -1) == set()  # before its first report
     assert ports_at(engine, 2) == {("web-1", "tcp", 80, "nginx")}  # within three intervals
     with engine.connect() as conn:
@@ -66,55 +66,61 @@ def test_host_not_observed_is_unknown_not_empty(store: Store, engine: Engine) ->
 
 
 def test_replayed_message_changes_nothing(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     first = fleet.snapshot(1, at(0), [fleet.tcp_listener(80)])
-    assert store.apply(web, first).acked
-    again = store.apply(web, first)
+    assert store.apply(web, convert.scan(first)).acked
+    again = store.apply(web, convert.scan(first))
     assert again.acked and again.replay
-    assert store.apply(web, fleet.delta(2, at(1), added=[fleet.tcp_listener(81)])).acked
-    assert store.apply(web, fleet.delta(2, at(1), added=[fleet.tcp_listener(81)])).replay
+    assert store.apply(web, convert.scan(fleet.delta(2, at(1), added=[fleet.tcp_listener(81)]))).acked
+    assert store.apply(web, convert.scan(fleet.delta(2, at(1), added=[fleet.tcp_listener(81)]))).replay
     assert socket_rows(engine) == 2
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(observations)).scalar_one() == 2
 
 
 def test_delta_on_an_unknown_base_asks_for_a_snapshot(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
-    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))
-    outcome = store.apply(web, fleet.delta(5, at(1), added=[fleet.tcp_listener(81)], base=4))
+    web = store.hello(convert.greeting(fleet.hello()))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80)])))
+    outcome = store.apply(web, convert.scan(fleet.delta(5, at(1), added=[fleet.tcp_listener(81)], base=4)))
     assert not outcome.acked
     assert outcome.resync_reason == "delta is based on (1, 4), the collector holds (1, 1)"
-    other_epoch = store.apply(web, fleet.delta(2, at(1), epoch=2, base=1))
+    other_epoch = store.apply(web, convert.scan(fleet.delta(2, at(1), epoch=2, base=1)))
     assert not other_epoch.acked
-    removes_unknown = store.apply(web, fleet.delta(2, at(1), removed=[fleet.tcp_listener(99)]))
+    removes_unknown = store.apply(web, convert.scan(fleet.delta(2, at(1), removed=[fleet.tcp_listener(99)])))
     assert removes_unknown.resync_reason == "delta removes or changes a socket the collector does not hold"
-    adds_held = store.apply(web, fleet.delta(2, at(1), added=[fleet.tcp_listener(80)]))
+    adds_held = store.apply(web, convert.scan(fleet.delta(2, at(1), added=[fleet.tcp_listener(80)])))
     assert adds_held.resync_reason == "a message opens a socket the collector already holds"
     assert socket_rows(engine) == 1  # nothing of the refused deltas was written
 
 
 def test_snapshot_reconciles_after_a_gap(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
-    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), fleet.tcp_listener(22, "sshd", 50)]))
+    web = store.hello(convert.greeting(fleet.hello()))
+    store.apply(
+        web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80), fleet.tcp_listener(22, "sshd", 50)]))
+    )
     # The agent restarted (new epoch): port 80 closed and 8080 opened while nobody was looking.
     assert store.apply(
         web,
-        fleet.snapshot(1, at(5), [fleet.tcp_listener(22, "sshd", 50), fleet.tcp_listener(8080, "java", 70)], epoch=2),
+        convert.scan(
+            fleet.snapshot(
+                1, at(5), [fleet.tcp_listener(22, "sshd", 50), fleet.tcp_listener(8080, "java", 70)], epoch=2
+            )
+        ),
     ).acked
     assert ports_at(engine, 6) == {("web-1", "tcp", 22, "sshd"), ("web-1", "tcp", 8080, "java")}
     assert socket_rows(engine) == 3  # sshd's row was kept, not rewritten
 
 
 def test_owner_change_versions_the_row_and_queues_do_not(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     listener = fleet.tcp_listener(80, "nginx", 100)
-    store.apply(web, fleet.snapshot(1, at(0), [listener]))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [listener])))
     busier = pb.Socket()
     busier.CopyFrom(listener)
     busier.rx_queue = 1000
-    assert store.apply(web, fleet.snapshot(2, at(1), [busier])).rows_written == 0
+    assert store.apply(web, convert.scan(fleet.snapshot(2, at(1), [busier]))).rows_written == 0
     assert socket_rows(engine) == 1
-    store.apply(web, fleet.delta(3, at(2), changed=[fleet.tcp_listener(80, "caddy", 120)]))
+    store.apply(web, convert.scan(fleet.delta(3, at(2), changed=[fleet.tcp_listener(80, "caddy", 120)])))
     assert ports_at(engine, 1.5) == {("web-1", "tcp", 80, "nginx")}
     assert ports_at(engine, 2.5) == {("web-1", "tcp", 80, "caddy")}
     with engine.connect() as conn:
@@ -127,11 +133,11 @@ def test_owner_change_versions_the_row_and_queues_do_not(store: Store, engine: E
 
 
 def test_unchanged_host_writes_no_socket_rows(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
-    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(p) for p in range(1000, 1500)]))
+    web = store.hello(convert.greeting(fleet.hello()))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(p) for p in range(1000, 1500)])))
     before = socket_rows(engine)
     for seq in range(2, 12):
-        outcome = store.apply(web, fleet.delta(seq, at(seq)))
+        outcome = store.apply(web, convert.scan(fleet.delta(seq, at(seq))))
         assert outcome.acked
         assert outcome.rows_written == 0
     assert socket_rows(engine) == before == 500
@@ -157,11 +163,11 @@ def test_unchanged_host_writes_no_socket_rows(store: Store, engine: Engine) -> N
 def test_malformed_snapshot_is_refused_and_nothing_is_stored(
     store: Store, engine: Engine, mutate: Any, message: str
 ) -> None:
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     bad = fleet.tcp_listener(81)
     mutate(bad)
     with pytest.raises(RejectedMessage) as caught:
-        store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad]))
+        store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad])))
     assert message in str(caught.value)
     assert socket_rows(engine) == 0
     with engine.connect() as conn:
@@ -169,30 +175,32 @@ def test_malformed_snapshot_is_refused_and_nothing_is_stored(
 
 
 def test_absurd_time_is_refused(store: Store) -> None:
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     message = fleet.snapshot(1, at(0), [])
     message.taken_at_us = 1
     with pytest.raises(RejectedMessage, match=r"^snapshot\.taken_at_us: 1 µs since the epoch is not a plausible time$"):
-        store.apply(web, message)
+        store.apply(web, convert.scan(message))
 
 
 def test_views_and_filters(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello("web-1"))
-    db_host = store.hello(fleet.hello("db-1", addresses=("10.0.0.2",)))
+    web = store.hello(convert.greeting(fleet.hello("web-1")))
+    db_host = store.hello(convert.greeting(fleet.hello("db-1", addresses=("10.0.0.2",))))
     store.apply(
         web,
-        fleet.snapshot(
-            1,
-            at(0),
-            [
-                fleet.tcp_listener(80),
-                fleet.tcp_listener(8081, "admin", 101, address="127.0.0.1"),
-                fleet.unix_listener("/run/docker.sock", 77),
-                fleet.connection(40000, "10.0.0.2", 5432, 555),
-            ],
+        convert.scan(
+            fleet.snapshot(
+                1,
+                at(0),
+                [
+                    fleet.tcp_listener(80),
+                    fleet.tcp_listener(8081, "admin", 101, address="127.0.0.1"),
+                    fleet.unix_listener("/run/docker.sock", 77),
+                    fleet.connection(40000, "10.0.0.2", 5432, 555),
+                ],
+            )
         ),
     )
-    store.apply(db_host, fleet.snapshot(1, at(0), [fleet.tcp_listener(5432, "postgres", 900)]))
+    store.apply(db_host, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(5432, "postgres", 900)])))
     assert ports_at(engine, 1, exposed=True) == {("web-1", "tcp", 80, "nginx"), ("db-1", "tcp", 5432, "postgres")}
     assert ports_at(engine, 1, host="db-1") == {("db-1", "tcp", 5432, "postgres")}
     assert ("web-1", "unix", None, "dockerd") in ports_at(engine, 1, proto="unix")
@@ -213,35 +221,35 @@ def test_views_and_filters(store: Store, engine: Engine) -> None:
 
 def test_a_key_with_fields_this_collector_does_not_know_stays_one_row(store: Store, engine: Engine) -> None:
     """A newer agent may add fields to the socket key: the socket is still the one it was."""
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     plain = fleet.tcp_listener(80)
     extended = pb.Socket()
     extended.CopyFrom(plain)
     # Field 99 of SocketKey, a varint: unknown here, kept by protobuf and serialized again.
     extended.key.MergeFromString(bytes([99 << 3 & 0x7F | 0x80, 99 << 3 >> 7, 1]))
     assert extended.key.SerializeToString() != plain.key.SerializeToString()
-    assert store.apply(web, fleet.snapshot(1, at(0), [plain])).acked
-    assert store.apply(web, fleet.snapshot(2, at(1), [extended])).rows_written == 0
-    assert store.apply(web, fleet.delta(3, at(2), removed=[extended])).acked
+    assert store.apply(web, convert.scan(fleet.snapshot(1, at(0), [plain]))).acked
+    assert store.apply(web, convert.scan(fleet.snapshot(2, at(1), [extended]))).rows_written == 0
+    assert store.apply(web, convert.scan(fleet.delta(3, at(2), removed=[extended]))).acked
     assert socket_rows(engine) == 1
     assert ports_at(engine, 2.5) == set()
 
 
 def test_a_scan_ahead_of_the_collectors_clock_is_refused(engine: Engine) -> None:
     store = Store(engine, max_skew=timedelta(minutes=2))
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     now = datetime.now(UTC).replace(tzinfo=None)
     with pytest.raises(RejectedMessage, match=r"^snapshot\.taken_at_us: the scan is dated 3,600 s ahead"):
-        store.apply(web, fleet.snapshot(1, now + timedelta(hours=1), [fleet.tcp_listener(80)]))
+        store.apply(web, convert.scan(fleet.snapshot(1, now + timedelta(hours=1), [fleet.tcp_listener(80)])))
     assert socket_rows(engine) == 0
-    assert store.apply(web, fleet.snapshot(1, now + timedelta(minutes=1), [fleet.tcp_listener(80)])).acked
+    assert store.apply(web, convert.scan(fleet.snapshot(1, now + timedelta(minutes=1), [fleet.tcp_listener(80)]))).acked
 
 
 def test_an_epoch_older_than_the_hosts_is_refused_with_the_one_held(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
-    assert store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)], epoch=5)).acked
+    web = store.hello(convert.greeting(fleet.hello()))
+    assert store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80)], epoch=5))).acked
     with pytest.raises(RejectedMessage) as caught:
-        store.apply(web, fleet.snapshot(1, at(1), [fleet.tcp_listener(81)], epoch=4))
+        store.apply(web, convert.scan(fleet.snapshot(1, at(1), [fleet.tcp_listener(81)], epoch=4)))
     assert caught.value.code == "FAILED_PRECONDITION"
     assert caught.value.metadata == (("sockfleet-epoch", "5"),)
     assert "snapshot.epoch: 4 is older than the host's epoch 5" in str(caught.value)
@@ -251,17 +259,17 @@ def test_an_epoch_older_than_the_hosts_is_refused_with_the_one_held(store: Store
 def test_addresses_reported_with_scans_are_kept_as_intervals(store: Store, engine: Engine) -> None:
     hello = fleet.hello("web-1", addresses=("10.0.0.1",))
     hello.addresses_in_scans = True
-    web = store.hello(hello)
+    web = store.hello(convert.greeting(hello))
 
-    def with_addresses(message: Any, *addresses: str) -> Any:
+    def with_addresses(message: Any, *addresses: str) -> convert.Scan:
         message.addresses.items.extend(
             pb.InterfaceAddress(netns=fleet.NETNS, interface="eth0", address=a) for a in addresses
         )
-        return message
+        return convert.scan(message)
 
     store.apply(web, with_addresses(fleet.snapshot(1, at(0), []), "10.0.0.1"))
     store.apply(web, with_addresses(fleet.delta(2, at(2)), "10.0.0.1", "10.0.0.9"))
-    store.apply(web, fleet.delta(3, at(4)))  # unchanged: no addresses sent
+    store.apply(web, convert.scan(fleet.delta(3, at(4))))  # unchanged: no addresses sent
     store.apply(web, with_addresses(fleet.delta(4, at(6)), "10.0.0.9"))
     with engine.connect() as conn:
         held = {minutes: queries.host_rows(conn, at(minutes))[0]["addresses"] for minutes in (1, 3, 5, 7)}
@@ -284,11 +292,11 @@ def test_addresses_reported_with_scans_are_kept_as_intervals(store: Store, engin
 def test_values_no_database_can_hold_are_refused_by_field(
     store: Store, engine: Engine, mutate: Any, message: str
 ) -> None:
-    web = store.hello(fleet.hello())
+    web = store.hello(convert.greeting(fleet.hello()))
     bad = fleet.tcp_listener(81)
     mutate(bad)
     with pytest.raises(RejectedMessage) as caught:
-        store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad]))
+        store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad])))
     assert message in str(caught.value)
     assert socket_rows(engine) == 0
 
@@ -308,15 +316,15 @@ def test_a_bad_hello_is_refused_by_field(store: Store, engine: Engine, mutate: A
     hello = fleet.hello()
     mutate(hello)
     with pytest.raises(RejectedMessage, match=re.escape(message)):
-        store.hello(hello)
+        store.hello(convert.greeting(hello))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM hosts")).scalar_one() == 0
 
 
 def test_hosts_at_a_moment_were_last_seen_by_then(store: Store, engine: Engine) -> None:
-    web = store.hello(fleet.hello())
-    store.apply(web, fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))
-    store.apply(web, fleet.delta(2, at(2)))
+    web = store.hello(convert.greeting(fleet.hello()))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80)])))
+    store.apply(web, convert.scan(fleet.delta(2, at(2))))
     with engine.connect() as conn:
         then = queries.host_rows(conn, at(1))[0]
         after = queries.host_rows(conn, at(3))[0]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from sockfleet.collector import output
+from sockfleet.collector import convert, output
 from sockfleet.collector.store import Store
 from sockfleet.collector.talks import Window, edges
 from tests.collector import fleet
@@ -21,43 +21,47 @@ WEB, APP1, APP2 = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 def fleet_store(engine: Engine) -> Store:
     """web-1 serves HTTP, DNS and (on loopback) redis; app-1 and app-2 call it; outsiders call in and out."""
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=(WEB,)))
-    app1 = store.hello(fleet.hello("app-1", addresses=(APP1,)))
-    app2 = store.hello(fleet.hello("app-2", addresses=(APP2,)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=(WEB,))))
+    app1 = store.hello(convert.greeting(fleet.hello("app-1", addresses=(APP1,))))
+    app2 = store.hello(convert.greeting(fleet.hello("app-2", addresses=(APP2,))))
     store.apply(
         web,
-        fleet.snapshot(
-            1,
-            at(0),
-            [
-                inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
-                inet("tcp", WEB, 80, APP1, 40001, 2, "nginx"),
-                inet("tcp", WEB, 80, APP1, 40002, 3, "nginx"),
-                inet("tcp", WEB, 80, APP2, 40003, 4, "nginx"),
-                inet("tcp", WEB, 80, "203.0.113.5", 51000, 5, "nginx"),
-                inet("udp", "0.0.0.0", 53, None, 0, 6, "dnsd"),
-                inet("tcp", "127.0.0.1", 6379, None, 0, 7, "redis"),
-                inet("tcp", "127.0.0.1", 6379, "127.0.0.1", 45000, 8, "redis"),
-                inet("tcp", "127.0.0.1", 45000, "127.0.0.1", 6379, 9, "worker"),
-                unix("/run/app.sock", 10, 11, "app", pid=2001),
-                unix(None, 11, 10, "worker", pid=2002),
-            ],
+        convert.scan(
+            fleet.snapshot(
+                1,
+                at(0),
+                [
+                    inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"),
+                    inet("tcp", WEB, 80, APP1, 40001, 2, "nginx"),
+                    inet("tcp", WEB, 80, APP1, 40002, 3, "nginx"),
+                    inet("tcp", WEB, 80, APP2, 40003, 4, "nginx"),
+                    inet("tcp", WEB, 80, "203.0.113.5", 51000, 5, "nginx"),
+                    inet("udp", "0.0.0.0", 53, None, 0, 6, "dnsd"),
+                    inet("tcp", "127.0.0.1", 6379, None, 0, 7, "redis"),
+                    inet("tcp", "127.0.0.1", 6379, "127.0.0.1", 45000, 8, "redis"),
+                    inet("tcp", "127.0.0.1", 45000, "127.0.0.1", 6379, 9, "worker"),
+                    unix("/run/app.sock", 10, 11, "app", pid=2001),
+                    unix(None, 11, 10, "worker", pid=2002),
+                ],
+            )
         ),
     )
     store.apply(
         app1,
-        fleet.snapshot(
-            1,
-            at(0),
-            [
-                inet("tcp", APP1, 40001, WEB, 80, 21, "curl"),
-                inet("tcp", APP1, 40002, WEB, 80, 22, "curl"),
-                inet("tcp", APP1, 40100, "93.184.216.34", 443, 23, "curl"),
-                inet("udp", APP1, 41000, WEB, 53, 24, "dig"),
-            ],
+        convert.scan(
+            fleet.snapshot(
+                1,
+                at(0),
+                [
+                    inet("tcp", APP1, 40001, WEB, 80, 21, "curl"),
+                    inet("tcp", APP1, 40002, WEB, 80, 22, "curl"),
+                    inet("tcp", APP1, 40100, "93.184.216.34", 443, 23, "curl"),
+                    inet("udp", APP1, 41000, WEB, 53, 24, "dig"),
+                ],
+            )
         ),
     )
-    store.apply(app2, fleet.snapshot(1, at(0), [inet("tcp", APP2, 40003, WEB, 80, 31, "wget")]))
+    store.apply(app2, convert.scan(fleet.snapshot(1, at(0), [inet("tcp", APP2, 40003, WEB, 80, 31, "wget")])))
     return store
 
 
@@ -100,9 +104,11 @@ def test_edges_change_with_time(fleet_store: Store, engine: Engine) -> None:
     with engine.connect() as conn:
         web = conn.exec_driver_sql("SELECT id FROM hosts WHERE name = 'web-1'").scalar_one()
     # app-2's connection ends at minute 2: gone from the picture at minute 3, still there at minute 1.
-    app2 = fleet_store.hello(fleet.hello("app-2", addresses=(APP2,)))
-    fleet_store.apply(app2, fleet.delta(2, at(2), removed=[inet("tcp", APP2, 40003, WEB, 80, 31, "wget")]))
-    fleet_store.apply(web, fleet.delta(2, at(2), removed=[inet("tcp", WEB, 80, APP2, 40003, 4, "nginx")]))
+    app2 = fleet_store.hello(convert.greeting(fleet.hello("app-2", addresses=(APP2,))))
+    fleet_store.apply(
+        app2, convert.scan(fleet.delta(2, at(2), removed=[inet("tcp", APP2, 40003, WEB, 80, 31, "wget")]))
+    )
+    fleet_store.apply(web, convert.scan(fleet.delta(2, at(2), removed=[inet("tcp", WEB, 80, APP2, 40003, 4, "nginx")])))
     with engine.connect() as conn:
         before, after = edges(conn, Window(at(1))), edges(conn, Window(at(3)))
         during = edges(conn, Window(at(0), at(3)))
@@ -126,18 +132,20 @@ def test_a_window_keeps_hosts_that_went_silent_within_it(fleet_store: Store, eng
 
 def test_heuristic_without_listeners(engine: Engine) -> None:
     store = Store(engine)
-    lone = store.hello(fleet.hello("lone", addresses=("10.0.0.9",)))
+    lone = store.hello(convert.greeting(fleet.hello("lone", addresses=("10.0.0.9",))))
     store.apply(
         lone,
-        fleet.snapshot(
-            1,
-            at(0),
-            [
-                inet(
-                    "tcp", "10.0.0.9", 5000, "198.51.100.7", 6000, 1, "peer"
-                ),  # neither ephemeral: the lower port serves
-                inet("tcp", "10.0.0.9", 8443, "198.51.100.8", 50000, 2, "api"),  # the remote port is ephemeral
-            ],
+        convert.scan(
+            fleet.snapshot(
+                1,
+                at(0),
+                [
+                    inet(
+                        "tcp", "10.0.0.9", 5000, "198.51.100.7", 6000, 1, "peer"
+                    ),  # neither ephemeral: the lower port serves
+                    inet("tcp", "10.0.0.9", 8443, "198.51.100.8", 50000, 2, "api"),  # the remote port is ephemeral
+                ],
+            )
         ),
     )
     with engine.connect() as conn:
@@ -150,18 +158,20 @@ def test_heuristic_without_listeners(engine: Engine) -> None:
 
 def test_socketpair_inside_one_process_is_not_an_edge(engine: Engine) -> None:
     store = Store(engine)
-    host = store.hello(fleet.hello("solo"))
+    host = store.hello(convert.greeting(fleet.hello("solo")))
     store.apply(
         host,
-        fleet.snapshot(
-            1,
-            at(0),
-            [
-                unix(None, 1, 2, "loop", pid=7),
-                unix(None, 2, 1, "loop", pid=7),
-                unix(None, 3, 4, "parent", pid=8),
-                unix(None, 4, 3, "child", pid=9),
-            ],
+        convert.scan(
+            fleet.snapshot(
+                1,
+                at(0),
+                [
+                    unix(None, 1, 2, "loop", pid=7),
+                    unix(None, 2, 1, "loop", pid=7),
+                    unix(None, 3, 4, "parent", pid=8),
+                    unix(None, 4, 3, "child", pid=9),
+                ],
+            )
         ),
     )
     with engine.connect() as conn:
@@ -183,21 +193,25 @@ def test_edges_view_agrees_with_talks(fleet_store: Store, engine: Engine) -> Non
 def test_window_keeps_the_process_of_a_connection_that_lingered(engine: Engine) -> None:
     """A client exits: its socket lingers in FIN_WAIT2 without an owner before it goes."""
     store = Store(engine)
-    web = store.hello(fleet.hello("web-1", addresses=(WEB,)))
-    app = store.hello(fleet.hello("app-1", addresses=(APP1,)))
+    web = store.hello(convert.greeting(fleet.hello("web-1", addresses=(WEB,))))
+    app = store.hello(convert.greeting(fleet.hello("app-1", addresses=(APP1,))))
     store.apply(
         web,
-        fleet.snapshot(
-            1, at(0), [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"), inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")]
+        convert.scan(
+            fleet.snapshot(
+                1,
+                at(0),
+                [inet("tcp", "0.0.0.0", 80, None, 0, 1, "nginx"), inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")],
+            )
         ),
     )
     client = inet("tcp", APP1, 40001, WEB, 80, 21, "curl")
-    store.apply(app, fleet.snapshot(1, at(0), [client]))
+    store.apply(app, convert.scan(fleet.snapshot(1, at(0), [client])))
     orphan = inet("tcp", APP1, 40001, WEB, 80, 0, "", state=5)  # FIN_WAIT2, inode 0, no process
     orphan.ClearField("pid")
-    store.apply(app, fleet.delta(2, at(1), added=[orphan], removed=[client]))
-    store.apply(app, fleet.delta(3, at(2), removed=[orphan]))
-    store.apply(web, fleet.delta(2, at(2), removed=[inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")]))
+    store.apply(app, convert.scan(fleet.delta(2, at(1), added=[orphan], removed=[client])))
+    store.apply(app, convert.scan(fleet.delta(3, at(2), removed=[orphan])))
+    store.apply(web, convert.scan(fleet.delta(2, at(2), removed=[inet("tcp", WEB, 80, APP1, 40001, 2, "nginx")])))
     with engine.connect() as conn:
         rows = brief(edges(conn, Window(at(0), at(3))))
     assert rows == {("tcp", "app-1", "curl", "web-1", 80, "nginx", 1, "listener")}

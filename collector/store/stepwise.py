@@ -25,30 +25,23 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select
 
 from sockfleet.collector import convert, flows, rules, spans
-from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.schema import sockets
-from sockfleet.collector.store import (
+from sockfleet.collector.store import Outcome, Resync, Store, us
+from sockfleet.collector.store.statements import (
     CLOSE_IDS,
     HOST,
     HOST_FOR_UPDATE,
     SOCKETS_BULK,
     STEP_SOCKETS,
     VERSIONED,
-    Outcome,
-    Resync,
     chunks,
-    file_flows,
-    us,
 )
-from sockfleet.v1 import fleet_pb2 as pb
-
-if TYPE_CHECKING:
-    from sockfleet.collector.store import Store
+from sockfleet.collector.store.writing import file_flows
 
 # A group's stored open rows: one range of the open rows' unique index (host_ref, key); keys compare as
 # plain text (the column's collation is "C" on PostgreSQL).
@@ -83,62 +76,55 @@ def bounds(group: int, count: int) -> tuple[str, str | None]:
 
 
 def apply_in_steps(
-    store: Store, ref: int, parts: list[pb.Snapshot], behind: timedelta = timedelta(0)
+    store: Store, ref: int, scan: convert.Scan, behind: timedelta = timedelta(0)
 ) -> Iterator[Outcome | None]:
     """Yield None after each step, and the Outcome last.  Raises ``RejectedMessage`` before any write."""
-    last = parts[-1]
-    header = store.header(last, behind)
+    assert isinstance(scan.body, convert.Listing)
+    listing = scan.body
+    at = store.moment(scan, behind)
     with store.engine.connect() as conn:
         host = conn.execute(HOST, {"ref": ref}).one()
-    moment = store.check_host(host, last, header)
+    moment = store.check_host(host, scan, at)
     if moment is None:
         yield Outcome(acked=True, replay=True)
         return
-    total = sum(len(part.sockets) for part in parts)
-    groups, listening = yield from _filed(parts, max(1, -(-total // STEP_SOCKETS)))
-    store.remember_listening(ref, last, moment, None)
-    steps = _Steps(store, ref, moment, frozenset(listening))
+    groups, listening = yield from _filed(listing, max(1, -(-len(listing) // STEP_SOCKETS)))
+    store.remember_listening(ref, scan, moment, None)
+    steps = _Steps(store, ref, moment, listing, frozenset(listening))
     try:
         counts = yield from steps.groups_written(groups)
         yield from steps.flows_moved()
         with store.engine.begin() as conn:
             current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
             written = (current.epoch, current.seq) != (host.epoch, host.seq)
-            if written or conn.execute(OPEN_COUNT, {"ref": ref}).scalar_one() != total:
+            if written or conn.execute(OPEN_COUNT, {"ref": ref}).scalar_one() != len(listing):
                 raise Resync("another stream wrote this host while its large snapshot was applied")
-            store.finish(conn, ref, current, last, header, moment, "snapshot", counts)
+            store.finish(conn, ref, current, scan, moment, "snapshot", counts)
     except Resync as resync:
         # Another stream of the same host wrote it meanwhile: what was written is true row by row, and the
         # agent's next full snapshot settles the rest.
         yield Outcome(acked=False, resync_reason=str(resync))
         return
-    store.remember_listening(ref, last, moment, frozenset(listening))
+    store.remember_listening(ref, scan, moment, frozenset(listening))
     yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
 
 
-def _filed(
-    parts: list[pb.Snapshot], count: int
-) -> Generator[None, None, tuple[list[dict[str, pb.Socket]], set[flows.Listener]]]:
+Group = dict[str, int]  # key digest -> place in the listing
+
+
+def _filed(listing: convert.Listing, count: int) -> Generator[None, None, tuple[list[Group], set[flows.Listener]]]:
     """Every socket checked and filed into its group by key digest, and the host's listeners; a socket
     listed twice refuses the whole snapshot."""
-    groups: list[dict[str, pb.Socket]] = [{} for _ in range(count)]
+    groups: list[Group] = [{} for _ in range(count)]
     listening: set[flows.Listener] = set()
-    index = 0
-    for part in parts:
-        for sock in part.sockets:
-            where = f"snapshot.sockets[{index}]"
-            digest = convert.key_digest(sock.key)
-            group = groups[group_of(digest, count)]
-            if digest in group:
-                raise RejectedMessage(f"{where}: the same socket is listed twice")
-            row = convert.socket_row(sock, where)
-            group[digest] = sock
-            _, proto, _, _, _, laddr, lport, *_ = row.identity
-            if rules.accepts(proto, row.versioned[0]):
-                listening.add(flows.listener_of(row.identity[0], proto, laddr, lport))
-            index += 1
-            if index % (2 * STEP_SOCKETS) == 0:
-                yield None
+    for digest, number in listing.indexed():
+        groups[group_of(digest, count)][digest] = number
+        row = listing.row(number)
+        netns, proto, _, _, _, laddr, lport, *_ = row.identity
+        if rules.accepts(proto, row.versioned[0]):
+            listening.add(flows.listener_of(netns, proto, laddr, lport))
+        if number % (2 * STEP_SOCKETS) == 0:
+            yield None
     return groups, listening
 
 
@@ -146,12 +132,14 @@ class _Steps:
     """The writing steps of one snapshot, and what they learn on the way: each flow's net change, and the
     identity of each socket that moves a flow."""
 
-    def __init__(self, store: Store, ref: int, moment: datetime, listening: frozenset[flows.Listener]) -> None:
-        self.store, self.ref, self.moment, self.listening = store, ref, moment, listening
+    def __init__(
+        self, store: Store, ref: int, moment: datetime, listing: convert.Listing, listening: frozenset[flows.Listener]
+    ) -> None:
+        self.store, self.ref, self.moment, self.listing, self.listening = store, ref, moment, listing, listening
         self.changes: dict[str, int] = {}
         self.identities: dict[str, tuple[Any, ...]] = {}
 
-    def groups_written(self, groups: list[dict[str, pb.Socket]]) -> Generator[None, None, tuple[int, int, int]]:
+    def groups_written(self, groups: list[Group]) -> Generator[None, None, tuple[int, int, int]]:
         """Each group in a transaction of its own: (added, removed, changed) over all of them."""
         added = removed = changed = 0
         for number, group in enumerate(groups):
@@ -171,7 +159,7 @@ class _Steps:
                 self.store.move_flows(conn, self.ref, moves, self.identities, self.moment)
             yield None
 
-    def group(self, conn: Any, group: dict[str, pb.Socket], edges: tuple[str, str | None]) -> tuple[int, int, int]:
+    def group(self, conn: Any, group: Group, edges: tuple[str, str | None]) -> tuple[int, int, int]:
         """One group's sockets against its stored open rows: (added, removed, changed)."""
         low, high = edges
         query, params = (
@@ -180,11 +168,7 @@ class _Steps:
             else (OPEN_IN_RANGE, {"ref": self.ref, "low": low, "high": high})
         )
         held = {r[1]: (r[0], tuple(r[2:])) for r in conn.execute(query, params)}
-        opening = [
-            convert.socket_row(sock)
-            for digest, sock in group.items()
-            if (stored := held.get(digest)) is None or stored[1] != convert.stored_versioned(sock)
-        ]
+        opening = self.listing.opening(held, group.items())
         changed_keys = {row.key for row in opening}
         closing = [row_id for key, (row_id, _) in held.items() if key not in group or key in changed_keys]
         cutoffs = spans.cutoffs(self.moment)
