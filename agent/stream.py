@@ -279,36 +279,22 @@ class Streamer:
             features = asyncio.ensure_future(call.initial_metadata())
             try:
                 await call.write(await asyncio.to_thread(hello, self.ident, self.scanner, self.interval))
-                connected = False
-                full, acked_seq, sent_coverage = True, 0, b""
+                full, acked_seq, sent_coverage, replied = True, 0, b"", False
                 while (head := await self._next(stop)) is not None:
                     self.seq += 1
                     coverage = _coverage_key(head.coverage)
                     if full:
                         await self._send_snapshot(call, features)
                     else:
-                        delta = pb.Delta()
-                        delta.CopyFrom(head)
-                        delta.epoch, delta.seq, delta.base_seq = self.epoch, self.seq, acked_seq
-                        if coverage == sent_coverage:
-                            delta.ClearField("coverage")  # unchanged: a heartbeat stays a few bytes
-                        await call.write(pb.AgentMessage(delta=delta))
-                    reply = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
-                    if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
-                        await _raise_status(call)
-                        raise ConnectionError("the collector closed the stream")
-                    if not connected:
-                        connected = True
+                        await call.write(self._delta(head, acked_seq, coverage == sent_coverage))
+                    reply = await self._reply(call)
+                    if not replied:
+                        replied = True
                         log.info("connected to the collector at %s; %d scans waiting", self.target, len(self.spool))
                     if reply.HasField("resync"):
                         log.info("collector asks for a full snapshot: %s", reply.resync.reason)
                         full = True
                         continue
-                    if (reply.ack.epoch, reply.ack.seq) != (self.epoch, self.seq):
-                        raise ConnectionError(
-                            f"acknowledgement for ({reply.ack.epoch}, {reply.ack.seq}) "
-                            f"while waiting for ({self.epoch}, {self.seq})"
-                        )
                     self.spool.pop()
                     full, acked_seq, sent_coverage = False, self.seq, coverage
                     self.acked += 1
@@ -319,6 +305,27 @@ class Streamer:
             finally:
                 features.cancel()
                 call.cancel()
+
+    def _delta(self, head: pb.Delta, acked_seq: int, same_coverage: bool) -> pb.AgentMessage:
+        """The head as a delta on the last acknowledged scan; coverage only when it changed."""
+        delta = pb.Delta()
+        delta.CopyFrom(head)
+        delta.epoch, delta.seq, delta.base_seq = self.epoch, self.seq, acked_seq
+        if same_coverage:
+            delta.ClearField("coverage")  # unchanged: a heartbeat stays a few bytes
+        return pb.AgentMessage(delta=delta)
+
+    async def _reply(self, call: Any) -> pb.CollectorMessage:
+        """The collector's answer to the message just sent: a Resync, or the Ack of exactly that message."""
+        reply = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
+        if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+            await _raise_status(call)
+            raise ConnectionError("the collector closed the stream")
+        if not reply.HasField("resync") and (reply.ack.epoch, reply.ack.seq) != (self.epoch, self.seq):
+            raise ConnectionError(
+                f"acknowledgement for ({reply.ack.epoch}, {reply.ack.seq}) while waiting for ({self.epoch}, {self.seq})"
+            )
+        return reply  # type: ignore[no-any-return]
 
     async def _send_snapshot(self, call: Any, features: asyncio.Future[Any]) -> None:
         """The head as a full snapshot; in parts when it is large and the collector takes parts."""

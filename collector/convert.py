@@ -184,40 +184,32 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
     kind = _enum(TYPES, key.type, f"{where}.key.type")
     if (proto == "unix") != (family == "unix"):
         raise RejectedMessage(f"{where}.key: proto {proto} does not go with family {family}")
-    if proto == "unix":
-        if key.local_address or key.remote_address or key.local_port or key.remote_port:
-            raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
-        identity: tuple[Any, ...] = (
-            key.netns,
-            proto,
-            family,
-            kind,
-            key.inode or None,
-            None,
-            None,
-            None,
-            None,
-            text(key.path, f"{where}.key.path", MAX_TEXT),
-        )
-    else:
-        if key.path:
-            raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
-        remote = _address(key.remote_address, family, f"{where}.key.remote_address")
-        if remote is None and key.remote_port:
-            raise RejectedMessage(f"{where}.key.remote_port: a port without a remote address")
-        identity = (
-            key.netns,
-            proto,
-            family,
-            kind,
-            key.inode or None,
-            _address(key.local_address, family, f"{where}.key.local_address"),
-            _port(key.local_port, f"{where}.key.local_port"),
-            remote,
-            _port(key.remote_port, f"{where}.key.remote_port") if remote else None,
-            None,
-        )
+    columns = _unix_columns(key, where) if proto == "unix" else _inet_columns(key, proto, family, where)
+    identity = (key.netns, proto, family, kind, key.inode or None, *columns)
     return key_digest(key), identity
+
+
+def _unix_columns(key: pb.SocketKey, where: str) -> tuple[Any, ...]:
+    """Address, ports and path of a Unix socket's key: only the path."""
+    if key.local_address or key.remote_address or key.local_port or key.remote_port:
+        raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
+    return (None, None, None, None, text(key.path, f"{where}.key.path", MAX_TEXT))
+
+
+def _inet_columns(key: pb.SocketKey, proto: str, family: str, where: str) -> tuple[Any, ...]:
+    """Address, ports and path of an internet socket's key: no path, and a remote port only with an address."""
+    if key.path:
+        raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
+    remote = _address(key.remote_address, family, f"{where}.key.remote_address")
+    if remote is None and key.remote_port:
+        raise RejectedMessage(f"{where}.key.remote_port: a port without a remote address")
+    return (
+        _address(key.local_address, family, f"{where}.key.local_address"),
+        _port(key.local_port, f"{where}.key.local_port"),
+        remote,
+        _port(key.remote_port, f"{where}.key.remote_port") if remote else None,
+        None,
+    )
 
 
 def key_digest(key: pb.SocketKey) -> str:
@@ -294,17 +286,7 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
 
 def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]:
     """Coverage as stored (JSON) and whether the scan saw everything."""
-    sources = [
-        {
-            "source": text(s.source, f"{where}.sources[{i}].source"),
-            "netns": _number(s.netns, f"{where}.sources[{i}]"),
-            "ok": s.ok,
-            "seconds": s.duration_us / 1e6,
-            "records": s.records,
-            "error": text(s.error, f"{where}.sources[{i}].error", MAX_TEXT),
-        }
-        for i, s in enumerate(_many(cov.sources, limits.MAX_SOURCES, f"{where}.sources"))
-    ]
+    sources = _sources(cov, where)
     unscanned = [
         [
             text(u.netns, f"{where}.namespaces_unscanned[{i}].netns"),
@@ -317,14 +299,7 @@ def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]
         for n in _many(cov.namespaces_scanned, limits.MAX_NAMESPACES, f"{where}.namespaces_scanned")
     ]
     unreadable = list(_many(cov.processes_unreadable, limits.MAX_PIDS, f"{where}.processes_unreadable"))
-    gaps = [
-        {
-            "from": convert_time(g.from_us),
-            "to": convert_time(g.to_us),
-            "reason": text(g.reason, f"{where}.gaps[{i}].reason", MAX_TEXT),
-        }
-        for i, g in enumerate(_many(cov.gaps, limits.MAX_GAPS, f"{where}.gaps"))
-    ]
+    gaps = _gaps(cov, where)
     document = {
         "sources": sources,
         "namespaces_scanned": scanned,
@@ -334,6 +309,31 @@ def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]
     }
     complete = all(s["ok"] for s in sources) and not unscanned and not unreadable and not gaps
     return json.dumps(document), complete
+
+
+def _sources(cov: pb.Coverage, where: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "source": text(s.source, f"{where}.sources[{i}].source"),
+            "netns": _number(s.netns, f"{where}.sources[{i}]"),
+            "ok": s.ok,
+            "seconds": s.duration_us / 1e6,
+            "records": s.records,
+            "error": text(s.error, f"{where}.sources[{i}].error", MAX_TEXT),
+        }
+        for i, s in enumerate(_many(cov.sources, limits.MAX_SOURCES, f"{where}.sources"))
+    ]
+
+
+def _gaps(cov: pb.Coverage, where: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "from": convert_time(g.from_us),
+            "to": convert_time(g.to_us),
+            "reason": text(g.reason, f"{where}.gaps[{i}].reason", MAX_TEXT),
+        }
+        for i, g in enumerate(_many(cov.gaps, limits.MAX_GAPS, f"{where}.gaps"))
+    ]
 
 
 def addresses(items: Any, where: str) -> list[Address]:

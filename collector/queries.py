@@ -117,25 +117,7 @@ def sockets_at(
     seen = hosts_known or observed(conn, at)
     # Now: every host's last known state (the caller flags stale hosts); at T: hosts observed then.
     refs = list(seen.known) + list(seen.unknown) if at is None else list(seen.known)
-    conditions: list[ColumnElement[bool]] = [sockets.c.host_ref.in_(refs)]
-    if only_listening:
-        # The IN term repeats what listening() implies, in the form the partial listener indexes name: with
-        # literal values, which SQLite needs to see that they apply (in every lifetime class's term).
-        conditions += [spans.alive(at, until, within=(rules.waiting_sql(sockets.c),)), rules.listening_sql(sockets.c)]
-    else:
-        conditions.append(spans.alive(at, until))
-    if filters.host is not None:
-        conditions.append(hosts.c.name == filters.host)
-    if filters.port is not None:
-        conditions.append(sockets.c.local_port == filters.port)
-    if filters.proto is not None:
-        conditions.append(sockets.c.proto == filters.proto)
-    if filters.process is not None:
-        conditions.append(sockets.c.process == filters.process)
-    if filters.exposed:
-        conditions.append(rules.exposed_sql(sockets.c))
-    if filters.states is not None:
-        conditions.append(sockets.c.state.in_(filters.states))
+    conditions = [sockets.c.host_ref.in_(refs), *_lifetime(at, until, only_listening), *_filtered(filters)]
     columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in SOCKET_FIELDS[1:])]
     if until is not None:
         columns += [sockets.c.valid_from, sockets.c.valid_to]
@@ -152,6 +134,27 @@ def sockets_at(
         )
     )
     return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _lifetime(at: datetime | None, until: datetime | None, only_listening: bool) -> list[ColumnElement[bool]]:
+    if not only_listening:
+        return [spans.alive(at, until)]
+    # The IN term repeats what listening() implies, in the form the partial listener indexes name: with
+    # literal values, which SQLite needs to see that they apply (in every lifetime class's term).
+    return [spans.alive(at, until, within=(rules.waiting_sql(sockets.c),)), rules.listening_sql(sockets.c)]
+
+
+def _filtered(filters: Filters) -> list[ColumnElement[bool]]:
+    """The conditions that the command line's filters name."""
+    equal = {"host": hosts.c.name, "port": sockets.c.local_port, "proto": sockets.c.proto, "process": sockets.c.process}
+    conditions = [
+        column == getattr(filters, name) for name, column in equal.items() if getattr(filters, name) is not None
+    ]
+    if filters.exposed:
+        conditions.append(rules.exposed_sql(sockets.c))
+    if filters.states is not None:
+        conditions.append(sockets.c.state.in_(filters.states))
+    return conditions
 
 
 def host_names(conn: Connection) -> set[str]:
@@ -172,40 +175,17 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
     """Every host with its addresses and socket count at ``at``, and whether it was observed then."""
     seen = observed(conn, at)
     moment = at or now()
-    address_rows = conn.execute(
-        select(host_addresses.c.host_ref, host_addresses.c.address)
-        .where(
-            host_addresses.c.valid_from <= moment,
-            or_(host_addresses.c.valid_to.is_(None), host_addresses.c.valid_to > moment),
-        )
-        .order_by(host_addresses.c.address)
-    ).all()
-    addresses: dict[int, list[str]] = {}
-    for row in address_rows:
-        if row.address not in addresses.setdefault(row.host_ref, []):
-            addresses[row.host_ref].append(row.address)
-    counts: dict[int, int] = {
-        row[0]: row[1]
-        for row in conn.execute(
-            select(sockets.c.host_ref, func.count()).where(spans.alive(at)).group_by(sockets.c.host_ref)
-        )
-    }
-    gaps: dict[int, int] = {
-        row[0]: int(row[1] or 0)
-        for row in conn.execute(
-            select(observations.c.host_ref, func.sum(observations.c.gaps))
-            .where(observations.c.taken_at <= moment)
-            .group_by(observations.c.host_ref)
-        )
-    }
+    addresses = _addresses_at(conn, moment)
+    counts = _socket_counts(conn, at)
+    gaps = _gap_counts(conn, moment)
     out = []
     for row in conn.execute(select(hosts).order_by(hosts.c.name)):
+        if at is not None and row.first_seen > at:
+            continue
         if at is None:
             status = "live" if row.id in seen.known else "stale"
         else:
             status = "observed" if row.id in seen.known else "unknown"
-        if at is not None and row.first_seen > at:
-            continue
         out.append(
             {
                 "host": row.name,
@@ -215,7 +195,7 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
                 "first_seen": row.first_seen,
                 "last_seen": row.last_seen if at is None else seen.last.get(row.id),
                 "status": status,
-                "sockets": counts.get(row.id, 0) if status in ("live", "stale", "observed") else None,
+                "sockets": counts.get(row.id, 0) if status != "unknown" else None,
                 "gaps": gaps.get(row.id, 0),
                 "clock_skew": row.clock_skew,
                 "last_refusal_at": row.last_refusal_at,
@@ -223,3 +203,34 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _addresses_at(conn: Connection, moment: datetime) -> dict[int, list[str]]:
+    """Each host's addresses at ``moment``, in order, each once."""
+    rows = conn.execute(
+        select(host_addresses.c.host_ref, host_addresses.c.address)
+        .where(
+            host_addresses.c.valid_from <= moment,
+            or_(host_addresses.c.valid_to.is_(None), host_addresses.c.valid_to > moment),
+        )
+        .order_by(host_addresses.c.address)
+    ).all()
+    addresses: dict[int, list[str]] = {}
+    for row in rows:
+        if row.address not in addresses.setdefault(row.host_ref, []):
+            addresses[row.host_ref].append(row.address)
+    return addresses
+
+
+def _socket_counts(conn: Connection, at: datetime | None) -> dict[int, int]:
+    query = select(sockets.c.host_ref, func.count()).where(spans.alive(at)).group_by(sockets.c.host_ref)
+    return {row[0]: row[1] for row in conn.execute(query)}
+
+
+def _gap_counts(conn: Connection, moment: datetime) -> dict[int, int]:
+    query = (
+        select(observations.c.host_ref, func.sum(observations.c.gaps))
+        .where(observations.c.taken_at <= moment)
+        .group_by(observations.c.host_ref)
+    )
+    return {row[0]: int(row[1] or 0) for row in conn.execute(query)}

@@ -223,23 +223,8 @@ class Collector(pb_grpc.CollectorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
         payload = getattr(message, body)
         pending = parts.pending()
-        if pending is not None and body != "snapshot":
-            await self._refuse(
-                context, peer, RejectedMessage(f"delta: came before the last part of snapshot {pending}")
-            )
-        if pending is None and not pacer.allow(payload.taken_at_us):  # the parts of a snapshot count once
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"more than {self.rate_limit:g} repeated scans per second from this agent",
-            )
+        await self._pace(context, peer, body, payload, pacer, pending)
         received = time.perf_counter()
-        if pending is None and body == "snapshot" and payload.more:
-            if self.assembling >= MAX_ASSEMBLING:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the collector takes {MAX_ASSEMBLING} snapshots in parts at once; retry",
-                )
-            self.assembling += 1
         try:
             whole = parts.add(payload) if body == "snapshot" else [payload]
         except RejectedMessage as exc:
@@ -257,6 +242,27 @@ class Collector(pb_grpc.CollectorServicer):
             return pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
         log.info("asking %s for a full snapshot: %s", peer.name, outcome.resync_reason)
         return pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
+
+    async def _pace(
+        self, context: Context, peer: Peer, body: str, payload: Any, pacer: Pacer, pending: tuple[int, int] | None
+    ) -> None:
+        """Refuse a message out of order or too fast; count a snapshot that begins to arrive in parts."""
+        if pending is not None and body != "snapshot":
+            await self._refuse(
+                context, peer, RejectedMessage(f"delta: came before the last part of snapshot {pending}")
+            )
+        if pending is None and not pacer.allow(payload.taken_at_us):  # the parts of a snapshot count once
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {self.rate_limit:g} repeated scans per second from this agent",
+            )
+        if pending is None and body == "snapshot" and payload.more:
+            if self.assembling >= MAX_ASSEMBLING:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the collector takes {MAX_ASSEMBLING} snapshots in parts at once; retry",
+                )
+            self.assembling += 1
 
     async def _greeted(
         self, reader: AsyncIterator[pb.AgentMessage], context: Context
@@ -327,26 +333,7 @@ class Collector(pb_grpc.CollectorServicer):
     async def _authenticate(self, context: Context, host_id: str) -> Credential:
         """The stream's token must be active and belong to the host its hello names (or, with mutual TLS, its
         certificate's common name must be that host's id)."""
-        metadata = dict(context.invocation_metadata() or ())
-        header = str(metadata.get("authorization", ""))
-        names = list((context.auth_context() or {}).get("x509_common_name") or [])
-        if header.startswith("Bearer ") and len(header) <= 512:
-            try:
-                found = await self._run(self._verify, token_hash(header.removeprefix("Bearer ")))
-            except DBAPIError as exc:
-                await self._database_error(context, exc)
-            if found is None:
-                log.warning("refused a stream from %s: unknown or revoked agent token", context.peer())
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
-            credential = found
-        elif names:  # mutual TLS: the client certificate, verified by gRPC, names the host
-            credential = Credential(names[0].decode("utf-8", "replace"), None, None)
-        else:
-            log.warning("refused a stream from %s: no agent token or client certificate", context.peer())
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "no agent token or client certificate: enroll the host with `sockfleet collector enroll`",
-            )
+        credential = await self._credential(context)
         if credential.host_id != host_id:
             log.warning(
                 "refused a stream from %s: its credential is for host %r, its hello names %r",
@@ -360,6 +347,28 @@ class Collector(pb_grpc.CollectorServicer):
                 f"not {host_id[:255]!r}",
             )
         return credential
+
+    async def _credential(self, context: Context) -> Credential:
+        """The credential the stream came with: an active token, or a client certificate verified by gRPC."""
+        metadata = dict(context.invocation_metadata() or ())
+        header = str(metadata.get("authorization", ""))
+        names = list((context.auth_context() or {}).get("x509_common_name") or [])
+        if header.startswith("Bearer ") and len(header) <= 512:
+            try:
+                found = await self._run(self._verify, token_hash(header.removeprefix("Bearer ")))
+            except DBAPIError as exc:
+                await self._database_error(context, exc)
+            if found is None:
+                log.warning("refused a stream from %s: unknown or revoked agent token", context.peer())
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
+            return found
+        if names:  # mutual TLS: the client certificate names the host
+            return Credential(names[0].decode("utf-8", "replace"), None, None)
+        log.warning("refused a stream from %s: no agent token or client certificate", context.peer())
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "no agent token or client certificate: enroll the host with `sockfleet collector enroll`",
+        )
 
     def _verify(self, digest: str) -> Credential | None:
         with self.store.engine.begin() as conn:
