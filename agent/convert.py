@@ -1,4 +1,8 @@
-"""Snapshots to wire messages: the one place the agent touches protobuf types.
+"""Records to wire messages: the one place the agent makes protobuf messages from its records.
+
+Past this module the agent holds wire messages as they are: the spool keeps each waiting scan in its
+wire form (that is what it writes to disk and sends again after an outage, unchanged), and the stream
+numbers and sends them.
 
 A socket travels as its ``SocketKey`` (what identifies it for life) and its
 attributes: versioned ones (state, peer, owner) and volatile readings (queue
@@ -9,6 +13,7 @@ heartbeats only.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 from sockfleet.agent.records import Coverage, Family, Proto, Snapshot, SockType, State
@@ -135,4 +140,29 @@ def coverage(cov: Coverage) -> pb.Coverage:
             for ns, why in cov.namespaces_unscanned[: limits.MAX_NAMESPACES]
         ],
         processes_unreadable=cov.processes_unreadable[: limits.MAX_PIDS],
+    )
+
+
+Address = tuple[int, str, str]  # (netns, interface, address)
+
+
+def interface_addresses(found: list[Address]) -> list[pb.InterfaceAddress]:
+    return [pb.InterfaceAddress(netns=netns, interface=name, address=address) for netns, name, address in found]
+
+
+def hello(host: tuple[str, str, str], found: list[Address], interval: float, version: str) -> pb.AgentMessage:
+    """The first message of a stream, for the host (id, name, boot id) with its interface addresses."""
+    host_id, host_name, boot_id = host
+    return pb.AgentMessage(
+        hello=pb.Hello(
+            host_id=host_id,
+            host_name=host_name,
+            agent_version=version,
+            boot_id=boot_id,
+            addresses=interface_addresses(found[: limits.MAX_ADDRESSES]),
+            interval_seconds=max(1, round(interval)),
+            interval_ms=max(1, min(round(interval * 1000), 2**32 - 1)),
+            sent_at_us=time.time_ns() // 1000,
+            addresses_in_scans=True,
+        )
     )

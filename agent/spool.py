@@ -33,7 +33,7 @@ from sockfleet.v1 import fleet_pb2 as pb
 log = logging.getLogger("sockfleet.agent")
 FULL = "agent spool full"
 State = dict[bytes, pb.Socket]
-Address = tuple[int, str, str]
+Address = convert.Address
 
 
 def key_bytes(key: pb.SocketKey) -> bytes:
@@ -79,10 +79,6 @@ def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
         elif op != "gone" and isinstance(item, pb.Socket):
             (merged.added if op == "added" else merged.changed).append(item)
     return merged
-
-
-def address_items(found: list[Address]) -> list[pb.InterfaceAddress]:
-    return [pb.InterfaceAddress(netns=netns, interface=name, address=address) for netns, name, address in found]
 
 
 class Spool:
@@ -155,7 +151,7 @@ class Spool:
         delta.coverage.gaps.extend(self.gaps)
         self.gaps = []
         if addresses is not None and addresses != self.tail_addresses:
-            delta.addresses.items.extend(address_items(addresses))
+            delta.addresses.items.extend(convert.interface_addresses(addresses))
             self.tail_addresses = addresses
         if changes is None:
             self._full_diff(current, delta)

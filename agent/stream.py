@@ -63,27 +63,15 @@ def _read(path: str) -> str:
 def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage:
     """The first message of a stream.  Its addresses are for collectors that do not read them in scans."""
     spaces, _ = namespaces(scanner.scope, scanner.proc_root)
-    found: list[pb.InterfaceAddress] = []
+    found: list[convert.Address] = []
     for ns in spaces:
         try:
             pairs = addresses.collect(ns)
         except SourceError as exc:
             log.warning("%s", exc)
             continue
-        found.extend(pb.InterfaceAddress(netns=ns.inode, interface=name, address=addr) for name, addr in pairs)
-    return pb.AgentMessage(
-        hello=pb.Hello(
-            host_id=ident.host_id,
-            host_name=ident.host_name,
-            agent_version=__version__,
-            boot_id=ident.boot_id,
-            addresses=found[: limits.MAX_ADDRESSES],
-            interval_seconds=max(1, round(interval)),
-            interval_ms=max(1, min(round(interval * 1000), 2**32 - 1)),
-            sent_at_us=time.time_ns() // 1000,
-            addresses_in_scans=True,
-        )
-    )
+        found.extend((ns.inode, name, addr) for name, addr in pairs)
+    return convert.hello((ident.host_id, ident.host_name, ident.boot_id), found, interval, __version__)
 
 
 # Keepalive pings notice a silent network (a cut link drops packets without any reset) within seconds.
