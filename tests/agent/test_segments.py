@@ -18,7 +18,7 @@ from sockfleet.agent.errors import UsageError
 from sockfleet.agent.segments import SEGMENT_BYTES, Segments
 from sockfleet.agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
-from tests.agent.test_spool import add, ports, scan
+from tests.agent.scans import add, ports, scan
 from tests.collector.harness import ENV
 from tests.conftest import ROOT
 

@@ -17,7 +17,7 @@ import pytest
 from sockfleet.agent.records import Namespace, Proto, SocketRecord
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.sources import netlink, procfs
-from tests.agent.test_parsers import TCP6_TABLE, TCP_TABLE, UNIX_TABLE
+from tests.agent.tables import TCP6_TABLE, TCP_TABLE, UNIX_TABLE
 from tests.conftest import Zoo, run_sockfleet, snapshot_json
 
 FIXTURES = Path(__file__).parent / "fixtures"

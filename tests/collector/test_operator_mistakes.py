@@ -36,7 +36,7 @@ def stored(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'stored.db'}"
     collector = Collector(url)
     try:
-        from tests.collector.test_bad_input import hello, snapshot, stream
+        from tests.collector.raw import hello, snapshot, stream
 
         stream(collector.port, [hello("web-1"), snapshot()])
     finally:
