@@ -33,9 +33,9 @@ from datetime import datetime
 from typing import Any
 
 from sockfleet.collector import spans
-from sockfleet.collector.rules import WILDCARDS, accepts, connected, ephemeral, plain
+from sockfleet.collector.rules import accepts, connected
+from sockfleet.connections import CALLING, NOT_FOLDED, SERVED, WILDCARDS, ephemeral, plain
 
-SERVED, CALLING, NOT_FOLDED = "s", "c", "n"
 # Identity of a flow within its host, in the order of the flows table's columns.
 IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address", "remote_port")
 # A listener as a flow's role needs it: namespace, protocol, port, address (IPv4-mapped made plain).

@@ -17,6 +17,7 @@ constants, so that the store, the flows builder, ``talks``, ``ports`` and ``audi
 
 The SQL forms take columns (of ``sockets`` or anything with the same names) and write literal values where
 a partial index must see them (SQLite applies a partial index only to a query that names its condition).
+The constants and plain predicates the agent needs too live in ``sockfleet.connections``.
 Migrations do not import this module: each revision keeps the rules as they were when it was written.
 """
 
@@ -26,9 +27,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal_column, not_, or_
 
-EPHEMERAL = (32768, 60999)
-WILDCARDS = ("0.0.0.0", "::")
-MAPPED = "::ffff:"
+from sockfleet.connections import EPHEMERAL, MAPPED, ephemeral, plain
+
 LOOPBACK_V4, LOOPBACK_V6 = "127.", "::1"
 LISTEN, UNCONN = "LISTEN", "UNCONN"
 # Socket states, as stored and as ``--state`` takes them.
@@ -55,13 +55,6 @@ DIRECTIONS = {
     UNIX_PAIR: "unix pair",
     UNIX_PATH: "unix path",
 }
-
-
-def plain(address: str | None) -> str | None:
-    """``::ffff:10.0.0.5`` → ``10.0.0.5``; any other address as it is."""
-    if address is not None and address.startswith(MAPPED) and "." in address:
-        return address[len(MAPPED) :]
-    return address
 
 
 def plain_sql(column: Any) -> ColumnElement[Any]:
@@ -92,10 +85,6 @@ def exposed_sql(c: Any) -> ColumnElement[bool]:
         address != LOOPBACK_V6,
         not_(address.like(f"{MAPPED}{LOOPBACK_V4}%")),
     )
-
-
-def ephemeral(port: int | None) -> bool:
-    return port is not None and EPHEMERAL[0] <= port <= EPHEMERAL[1]
 
 
 def ephemeral_sql(column: Any) -> ColumnElement[int]:

@@ -13,11 +13,11 @@ from sqlalchemy import CTE, ColumnElement, DateTime, Select, Subquery, and_, bin
 from sqlalchemy import select as select_
 
 from sockfleet.collector import rules, spans
-from sockfleet.collector.rules import WILDCARDS
 from sockfleet.collector.schema import flows
 from sockfleet.collector.talks.ends import ends_of, listener_rows, listeners, on_listener, with_peers
 from sockfleet.collector.talks.fold import fold, sided
 from sockfleet.collector.talks.narrow import Narrow
+from sockfleet.connections import WILDCARDS
 
 KEYS = ("proto", "c_addr", "s_addr", "s_port")  # a connection's endpoints, the client's port folded away
 

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Table, literal, or_, select
 
-from sockfleet.collector.rules import MAPPED
 from sockfleet.collector.schema import host_addresses, sockets
+from sockfleet.connections import MAPPED
 
 
 @dataclass(frozen=True, slots=True)

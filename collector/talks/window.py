@@ -10,11 +10,11 @@ from sqlalchemy import CTE, ColumnElement, DateTime, Select, Subquery, bindparam
 from sqlalchemy import select as select_
 
 from sockfleet.collector import rules, spans
-from sockfleet.collector.rules import WILDCARDS
 from sockfleet.collector.schema import sockets
 from sockfleet.collector.talks.ends import ends_of, listener_rows, listeners, with_peers
 from sockfleet.collector.talks.fold import fold, sided
 from sockfleet.collector.talks.narrow import Narrow
+from sockfleet.connections import WILDCARDS
 
 CARRIED = (
     "proto",

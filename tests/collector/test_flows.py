@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select
 
+from sockfleet import connections
 from sockfleet.collector import convert, db, flows
 from sockfleet.collector.schema import flows as flow_table
 from sockfleet.collector.schema import sockets
@@ -194,7 +195,7 @@ def test_store_keeps_flows_as_the_rule_makes_them(random_fleet: Fleet, engine: E
         }
     assert stored == keys
     roles = {row[4] for row in expected}
-    assert roles == {flows.SERVED, flows.CALLING, flows.NOT_FOLDED}
+    assert roles == {connections.SERVED, connections.CALLING, connections.NOT_FOLDED}
     assert len(expected) > 50
     assert any(row[13] is None for row in expected) and any(row[11] != row[12] for row in expected)
 
@@ -265,10 +266,10 @@ def test_listeners_written_by_another_collector_decide_roles(engine: Engine) -> 
     )
     assert second.apply(web, convert.scan(fleet.delta(2, at(1), added=[listener]))).acked
     assert first.apply(web, convert.scan(fleet.delta(3, at(2), added=[calls[0]]))).acked
-    assert open_roles(engine)[7000] == flows.SERVED
+    assert open_roles(engine)[7000] == connections.SERVED
     assert second.apply(web, convert.scan(fleet.delta(4, at(3), removed=[listener]))).acked
     assert first.apply(web, convert.scan(fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]]))).acked
-    assert open_roles(engine)[7000] == flows.NOT_FOLDED  # no listener holds 7000 any more: both ports kept
+    assert open_roles(engine)[7000] == connections.NOT_FOLDED  # no listener holds 7000 any more: both ports kept
     assert stored_flows(engine) == rebuilt(engine)[0]
 
 
@@ -283,13 +284,13 @@ def test_listeners_opened_and_closed_in_earlier_messages_decide_roles(engine: En
     )
     store.apply(web, convert.scan(fleet.delta(2, at(1), added=[listener])))
     store.apply(web, convert.scan(fleet.delta(3, at(2), added=[calls[0]])))
-    assert open_roles(engine)[7000] == flows.SERVED
+    assert open_roles(engine)[7000] == connections.SERVED
     store.apply(web, convert.scan(fleet.delta(4, at(3), removed=[listener])))
     store.apply(web, convert.scan(fleet.delta(5, at(4), added=[calls[1]], removed=[calls[0]])))
-    assert open_roles(engine)[7000] == flows.NOT_FOLDED
+    assert open_roles(engine)[7000] == connections.NOT_FOLDED
     store.apply(web, convert.scan(fleet.snapshot(6, at(5), [listener, calls[1]])))  # a snapshot opens it again
     store.apply(web, convert.scan(fleet.delta(7, at(6), added=[calls[2]], removed=[calls[1]])))
-    assert open_roles(engine)[7000] == flows.SERVED
+    assert open_roles(engine)[7000] == connections.SERVED
     assert stored_flows(engine) == rebuilt(engine)[0]
 
 
@@ -311,4 +312,4 @@ def test_a_host_s_listeners_are_read_once_while_the_collector_alone_writes_it(en
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert len(reads) == 1
-    assert open_roles(engine) == {7000: flows.SERVED}
+    assert open_roles(engine) == {7000: connections.SERVED}

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Boolean, Engine, Integer, String, cast, literal, null, select, union_all
 
+from sockfleet import connections
 from sockfleet.collector import rules
 
 ADDRESSES = [
@@ -50,7 +51,7 @@ def answers(engine: Engine, expression: Any, source: Any) -> list[Any]:
 def test_addresses(engine: Engine) -> None:
     rows = [(proto, address) for proto in PROTOS for address in ADDRESSES]
     v = table(rows, proto=String, local_address=String)
-    assert answers(engine, rules.plain_sql(v.c.local_address), v) == [rules.plain(a) for _, a in rows]
+    assert answers(engine, rules.plain_sql(v.c.local_address), v) == [connections.plain(a) for _, a in rows]
     loop = answers(engine, rules.loopback_sql(rules.plain_sql(v.c.local_address)), v)
     assert [bool(x) for x in loop] == [a is not None and rules.loopback(a) for _, a in rows]
     assert [bool(x) for x in answers(engine, rules.exposed_sql(v.c), v)] == [rules.exposed(p, a) for p, a in rows]
@@ -58,7 +59,7 @@ def test_addresses(engine: Engine) -> None:
 
 def test_ports(engine: Engine) -> None:
     v = table([(port,) for port in PORTS], port=Integer)
-    assert answers(engine, rules.ephemeral_sql(v.c.port), v) == [int(rules.ephemeral(p)) for p in PORTS]
+    assert answers(engine, rules.ephemeral_sql(v.c.port), v) == [int(connections.ephemeral(p)) for p in PORTS]
 
 
 def test_kinds_of_socket(engine: Engine) -> None:

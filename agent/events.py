@@ -1,0 +1,350 @@
+"""Connections that closed between two scans, from the kernel's socket-destroy events.
+
+Linux (4.10 and later) broadcasts every destroyed TCP and UDP socket on four ``NETLINK_SOCK_DIAG``
+multicast groups (``SKNLGRP_INET_TCP_DESTROY``, ``..._UDP_DESTROY`` and their INET6 twins).  Each event is
+one ``inet_diag_msg`` as a dump answers it, with ``INET_DIAG_PROTOCOL`` (u8) and ``INET_DIAG_INFO``: for TCP
+a ``tcp_info`` whose ``tcpi_bytes_acked`` and ``tcpi_bytes_received`` (u64 at bytes 120 and 128) are the
+bytes this end sent and received over the connection's life (each counts the connection's FIN as one byte).
+Joining another namespace's groups needs CAP_SYS_ADMIN (to enter it) and, on some kernels, CAP_NET_ADMIN
+in it; a namespace where either is refused is reported in the scan's coverage, never fatal.
+
+``Events`` reads one netlink socket per scanned namespace in a thread and folds the events into counters
+per flow, keyed as the collector keys flows (``sockfleet.connections``): namespace, protocol, role,
+process, local address and port, remote address and port, the client's port folded away.  An end whose
+local port a listener holds (as of the last scan) serves and takes the listener's process; an end whose
+peer is a listener of the same namespace (a call on the host itself), or whose own port is ephemeral and
+the peer's is not, calls; a socket the last scan saw keeps its owner; otherwise the process is unknown
+(null), never guessed.  Events without a
+peer (unconnected UDP sockets, listeners) are not connections and are not counted.  A connection a scan
+saw is counted in ``connections`` but not in ``short_lived``: the collector already counts it from its
+socket rows.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from sockfleet.agent.errors import ParseError
+from sockfleet.agent.netns import entered
+from sockfleet.agent.records import Namespace, Proto, Snapshot, State
+from sockfleet.agent.sources.netlink import INET_MSG, NETLINK_SOCK_DIAG, NLMSGHDR, PORTS, RTATTR, SOCK_DIAG_BY_FAMILY
+from sockfleet.connections import CALLING, NOT_FOLDED, SERVED, WILDCARDS, ephemeral, plain
+
+log = logging.getLogger("sockfleet.agent")
+
+NAME = "events"
+GROUPS = 0b1111  # SKNLGRP_INET_TCP_DESTROY, _INET_UDP_, _INET6_TCP_, _INET6_UDP_DESTROY (groups 1-4)
+INET_DIAG_INFO, INET_DIAG_PROTOCOL = 2, 10
+TCP_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
+TCP_BYTES_AT = 120
+PROTOCOLS = {socket.IPPROTO_TCP: Proto.TCP, socket.IPPROTO_UDP: Proto.UDP}
+FAMILIES = {socket.AF_INET: socket.AF_INET, socket.AF_INET6: socket.AF_INET6}
+RECEIVE_BUFFER = 4 << 20  # room for a burst of about 10,000 events while the thread is busy
+MAX_FLOWS = 10_000  # distinct flows folded per interval; events beyond are counted as overflowed
+NLMSG_ERROR = 2
+
+
+class Closed(NamedTuple):
+    """One destroyed socket with a peer: its endpoints and the bytes this end sent and received (None: UDP)."""
+
+    netns: int
+    proto: Proto
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    sent: int | None
+    received: int | None
+
+
+def parse(data: bytes, netns: int) -> list[Closed]:
+    """The connected sockets in one datagram of destroy events; others (no peer) are left out."""
+    found: list[Closed] = []
+    offset, size = 0, len(data)
+    while offset < size:
+        if offset + NLMSGHDR.size > size:
+            raise ParseError(NAME, f"truncated netlink header at byte {offset} of {size}")
+        length, kind, _, _, _ = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > size:
+            raise ParseError(NAME, f"netlink message of {length} bytes at byte {offset} overruns {size}")
+        if kind == SOCK_DIAG_BY_FAMILY:
+            closed = _closed(data, offset + NLMSGHDR.size, offset + length, netns)
+            if closed is not None:
+                found.append(closed)
+        offset += (length + 3) & ~3
+    return found
+
+
+def _closed(data: bytes, start: int, end: int, netns: int) -> Closed | None:
+    if end - start < INET_MSG.size:
+        raise ParseError(NAME, f"destroy event of {end - start} bytes is shorter than {INET_MSG.size}")
+    family, _, _, src, dst, _, _, _, _ = INET_MSG.unpack_from(data, start)
+    sport, dport = PORTS.unpack_from(data, start + 4)
+    if family not in FAMILIES:
+        raise ParseError(NAME, f"unknown address family {family} in a destroy event")
+    protocol, info = _attributes(data, start + INET_MSG.size, end)
+    proto = PROTOCOLS.get(protocol or 0)
+    if proto is None or dport == 0:
+        return None  # not TCP or UDP, or no peer: not a connection
+    width = 4 if family == socket.AF_INET else 16
+    local = socket.inet_ntop(family, src[:width])
+    remote = socket.inet_ntop(family, dst[:width])
+    sent = received = None
+    if proto is Proto.TCP and info is not None and len(info) >= TCP_BYTES_AT + TCP_BYTES.size:
+        sent, received = TCP_BYTES.unpack_from(info, TCP_BYTES_AT)
+    return Closed(netns, proto, local, sport, remote, dport, sent, received)
+
+
+def _attributes(data: bytes, offset: int, end: int) -> tuple[int | None, bytes | None]:
+    """The event's protocol and its ``INET_DIAG_INFO`` bytes, where present."""
+    protocol: int | None = None
+    info: bytes | None = None
+    while offset + RTATTR.size <= end:
+        length, kind = RTATTR.unpack_from(data, offset)
+        if length < RTATTR.size or offset + length > end:
+            raise ParseError(NAME, f"attribute of {length} bytes at byte {offset} overruns {end}")
+        if kind == INET_DIAG_PROTOCOL and length > RTATTR.size:
+            protocol = data[offset + RTATTR.size]
+        elif kind == INET_DIAG_INFO:
+            info = data[offset + RTATTR.size : offset + length]
+        offset += (length + 3) & ~3
+    return protocol, info
+
+
+FlowKey = tuple[int, str, str, str | None, str, int | None, str, int | None]  # netns, proto, role, process, ...
+
+
+@dataclass(slots=True)
+class Counts:
+    """One flow's closed connections in an interval."""
+
+    connections: int = 0
+    short_lived: int = 0
+    sent: int = 0
+    received: int = 0
+    bytes_known: bool = True
+    first: float = 0.0
+    last: float = 0.0
+
+
+@dataclass(slots=True)
+class Closings:
+    """What ``Events.take`` hands to a scan: the folded flows, and what could not be counted."""
+
+    flows: dict[FlowKey, Counts] = field(default_factory=dict)
+    lost: int = 0  # times the kernel dropped events (ENOBUFS): at least one event each
+    overflowed: int = 0  # events beyond MAX_FLOWS distinct flows
+    unseen: dict[int, str] = field(default_factory=dict)  # namespace -> why its events cannot be read
+
+
+class Known(NamedTuple):
+    """What the last scan knew: listeners by (netns, proto, port) -> {address: process}, and connected
+    sockets by their endpoints -> process."""
+
+    listeners: dict[tuple[int, str, int], dict[str, str | None]]
+    connected: dict[tuple[int, str, str, int, str, int], str | None]
+
+
+def known(snap: Snapshot) -> Known:
+    listeners: dict[tuple[int, str, int], dict[str, str | None]] = {}
+    connected: dict[tuple[int, str, str, int, str, int], str | None] = {}
+    for s in snap.sockets:
+        if s.proto is Proto.UNIX or s.local_port is None:
+            continue
+        pids = snap.owners.get(s.inode)
+        process = snap.processes[pids[0]].name if pids and pids[0] in snap.processes else None
+        if s.remote_address is None or s.state is State.LISTEN:
+            listeners.setdefault((s.netns, s.proto.value, s.local_port), {})[plain(s.local_address) or ""] = process
+        elif s.remote_port is not None:
+            key = (s.netns, s.proto.value, plain(s.local_address) or "", s.local_port)
+            connected[(*key, plain(s.remote_address) or "", s.remote_port)] = process
+    return Known(listeners, connected)
+
+
+def fold(event: Closed, knowledge: Iterable[Known]) -> tuple[FlowKey, bool]:
+    """The flow an event belongs to, and whether a scan saw its connection."""
+    proto = event.proto.value
+    laddr, raddr = plain(event.local_address) or "", plain(event.remote_address) or ""
+    ends = (event.netns, proto, laddr, event.local_port, raddr, event.remote_port)
+    seen, process, listener, calls_listener = False, None, None, False
+    for k in knowledge:
+        if ends in k.connected:
+            seen, process = True, k.connected[ends]
+        if listener is None:
+            listener = _held(k, event.netns, proto, event.local_port, laddr)
+        calls_listener = calls_listener or _held(k, event.netns, proto, event.remote_port, raddr) is not None
+    if listener is not None:
+        owner = process or listener[0]
+        return (event.netns, proto, SERVED, owner, laddr, event.local_port, raddr, None), seen
+    if calls_listener or (ephemeral(event.local_port) and not ephemeral(event.remote_port)):
+        return (event.netns, proto, CALLING, process, laddr, None, raddr, event.remote_port), seen
+    return (event.netns, proto, NOT_FOLDED, process, laddr, event.local_port, raddr, event.remote_port), seen
+
+
+def _held(k: Known, netns: int, proto: str, port: int, address: str) -> tuple[str | None] | None:
+    """The process of the listener in ``netns`` that holds ``address``:``port`` (or a wildcard), if any."""
+    held = k.listeners.get((netns, proto, port))
+    if held is None:
+        return None
+    found = next((a for a in (address, *WILDCARDS) if a in held), None)
+    return None if found is None else (held[found],)
+
+
+class Events:
+    """Destroy events of every scanned namespace, read in a thread and folded until the next scan takes them.
+
+    ``hold`` at a scan's start keeps events raw until ``learn`` has the scan's sockets, so that a connection
+    that the scan read and that closed while it ran is judged against both scans, and never counted twice.
+    """
+
+    def __init__(self, receive_buffer: int = RECEIVE_BUFFER, max_flows: int = MAX_FLOWS) -> None:
+        self.receive_buffer = receive_buffer
+        self.max_flows = max_flows
+        self.sockets: dict[int, socket.socket] = {}
+        self.unseen: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.current = Closings()
+        self.knowledge = Known({}, {})
+        self.held: list[tuple[Closed, float]] | None = None
+        self.stopping = False
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.thread = threading.Thread(target=self._read, name="sockfleet-events", daemon=True)
+        self.thread.start()
+
+    def watch(self, spaces: Iterable[Namespace]) -> None:
+        """Listen in each of ``spaces`` not yet listened in; stop listening in namespaces that are gone."""
+        wanted = {ns.inode: ns for ns in spaces}
+        with self.lock:
+            for inode in [i for i in self.sockets if i not in wanted]:
+                self.sockets.pop(inode).close()
+            for inode in [i for i in self.unseen if i not in wanted]:
+                del self.unseen[inode]
+            for inode, ns in wanted.items():
+                if inode not in self.sockets and inode not in self.unseen:
+                    self._open(ns)
+        self.wake_w.send(b"w")
+
+    def _open(self, ns: Namespace) -> None:
+        try:
+            with entered(ns):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_SOCK_DIAG)
+            try:
+                sock.bind((0, GROUPS))
+                _grow(sock, self.receive_buffer)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            reason = "not permitted: needs CAP_SYS_ADMIN and CAP_NET_ADMIN" if exc.errno == errno.EPERM else str(exc)
+            self.unseen[ns.inode] = f"connections between scans not seen: joining sock_diag events refused ({reason})"
+            log.warning("namespace %d: %s", ns.inode, self.unseen[ns.inode])
+            return
+        self.sockets[ns.inode] = sock
+
+    def hold(self) -> None:
+        with self.lock:
+            self.held = []
+
+    def learn(self, snap: Snapshot) -> None:
+        """The scan's listeners and connections; events held since ``hold`` are folded against both scans."""
+        fresh = known(snap)
+        with self.lock:
+            held, self.held = self.held or [], None
+            for event, at in held:
+                self._add(event, at, (self.knowledge, fresh))
+            self.knowledge = fresh
+
+    def take(self) -> Closings:
+        """The flows folded since the last take, and what could not be counted; counting starts again."""
+        with self.lock:
+            taken, self.current = self.current, Closings()
+            taken.unseen = dict(self.unseen)
+        return taken
+
+    def close(self) -> None:
+        self.stopping = True
+        self.wake_w.send(b"s")
+        self.thread.join(timeout=5)
+        with self.lock:
+            for sock in self.sockets.values():
+                sock.close()
+            self.sockets.clear()
+        self.wake_r.close()
+        self.wake_w.close()
+
+    def _read(self) -> None:
+        while not self.stopping:
+            with self.lock:
+                watched = dict(self.sockets)
+            readable, _, _ = select.select([self.wake_r, *watched.values()], [], [], 1.0)
+            if self.wake_r in readable:
+                self.wake_r.recv(64)
+            for inode, sock in watched.items():
+                if sock in readable:
+                    try:
+                        self._drain(inode, sock)
+                    except Exception as exc:  # never let one bad read end the listening
+                        log.error("reading socket-destroy events: %s", exc)
+                        with self.lock:
+                            self.current.lost += 1
+
+    def _drain(self, inode: int, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # the kernel dropped events: count it, read on
+                    with self.lock:
+                        self.current.lost += 1
+                    continue
+                return  # the socket was closed by watch()
+            try:
+                events = parse(data, inode)
+            except ParseError as exc:
+                log.warning("%s", exc)
+                with self.lock:
+                    self.current.lost += 1
+                continue
+            now = time.time()
+            with self.lock:
+                for event in events:
+                    if self.held is not None:
+                        self.held.append((event, now))
+                    else:
+                        self._add(event, now, (self.knowledge,))
+
+    def _add(self, event: Closed, at: float, knowledge: tuple[Known, ...]) -> None:
+        key, seen = fold(event, knowledge)
+        counts = self.current.flows.get(key)
+        if counts is None:
+            if len(self.current.flows) >= self.max_flows:
+                self.current.overflowed += 1
+                return
+            counts = self.current.flows[key] = Counts(first=at)
+        counts.connections += 1
+        counts.short_lived += 0 if seen else 1
+        if event.sent is None or event.received is None:
+            counts.bytes_known = False
+        else:
+            counts.sent += event.sent
+            counts.received += event.received
+        counts.last = at
+
+
+def _grow(sock: socket.socket, size: int) -> None:
+    """A receive buffer of ``size``: forced past the system's limit where allowed (CAP_NET_ADMIN)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
