@@ -54,6 +54,14 @@ RUN: tuple[Option, ...] = (
     NAMESPACES,
     (("--ca",), {"help": "PEM file of the CA that signed the collector's certificate"}),
     (("--insecure",), {"action": "store_true", "help": "plain text, without TLS (local trials only)"}),
+    (
+        ("--no-events",),
+        {
+            "action": "store_true",
+            "help": "do not listen to socket-destroy events (connections that open and close between two "
+            "scans are then not seen)",
+        },
+    ),
     (("--tls-cert",), {"help": "mutual TLS: this host's certificate (its common name is the host id)"}),
     (("--tls-key",), {"help": "mutual TLS: the certificate's private key"}),
     (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from sockfleet.agent.events import Closings
 from sockfleet.agent.records import Coverage, Family, Proto, Snapshot, SockType, State
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import limits
@@ -166,3 +167,69 @@ def hello(host: tuple[str, str, str], found: list[Address], interval: float, ver
             addresses_in_scans=True,
         )
     )
+
+
+def closings(taken: Closings) -> pb.Closings:
+    """The connections that closed between two scans, as the wire carries them (bounded)."""
+    out = pb.Closings(lost=taken.lost, overflowed=taken.overflowed)
+    for (netns, proto, role, process, laddr, lport, raddr, rport), c in taken.flows.items():
+        flow = out.flows.add(
+            netns=netns,
+            proto=PROTOS[Proto(proto)],
+            role=role,
+            process=clean(process or "", MAX_NAME),
+            local_address=laddr,
+            local_port=lport or 0,
+            remote_address=raddr,
+            remote_port=rport or 0,
+            connections=c.connections,
+            short_lived=c.short_lived,
+            first_us=int(c.first * 1e6),
+            last_us=int(c.last * 1e6),
+        )
+        if c.bytes_known:
+            flow.sent_bytes, flow.received_bytes = c.sent, c.received
+    return bounded(out)
+
+
+def _flow_key(flow: pb.ClosedFlow) -> tuple[object, ...]:
+    return (flow.netns, flow.proto, flow.role, flow.process, flow.local_address, flow.local_port,
+            flow.remote_address, flow.remote_port)  # fmt: skip
+
+
+def merge_closings(first: pb.Closings, second: pb.Closings) -> pb.Closings:
+    """Two intervals' closed connections as one: counts and bytes of the same flow summed."""
+    merged = pb.Closings(lost=first.lost + second.lost, overflowed=first.overflowed + second.overflowed)
+    flows: dict[tuple[object, ...], pb.ClosedFlow] = {}
+    for flow in (*first.flows, *second.flows):
+        key = _flow_key(flow)
+        held = flows.get(key)
+        if held is None:
+            flows[key] = held = merged.flows.add()
+            held.CopyFrom(flow)
+            continue
+        held.connections += flow.connections
+        held.short_lived += flow.short_lived
+        if held.HasField("sent_bytes") and flow.HasField("sent_bytes"):
+            held.sent_bytes += flow.sent_bytes
+            held.received_bytes += flow.received_bytes
+        else:
+            held.ClearField("sent_bytes")
+            held.ClearField("received_bytes")
+        held.first_us, held.last_us = min(held.first_us, flow.first_us), max(held.last_us, flow.last_us)
+    return bounded(merged)
+
+
+def bounded(closed: pb.Closings) -> pb.Closings:
+    """At most ``MAX_CLOSED_FLOWS`` flows; the connections of those cut are counted as overflowed."""
+    extra = closed.flows[limits.MAX_CLOSED_FLOWS :]
+    if extra:
+        closed.overflowed += sum(flow.connections for flow in extra)
+        del closed.flows[limits.MAX_CLOSED_FLOWS :]
+    return closed
+
+
+def unseen(namespaces: dict[int, str]) -> list[pb.UnscannedNamespace]:
+    """Namespaces whose socket-destroy events cannot be read, with why (coverage ``events_unseen``)."""
+    items = sorted(namespaces.items())[: limits.MAX_NAMESPACES]
+    return [pb.UnscannedNamespace(netns=str(netns), reason=clean(why, MAX_TEXT)) for netns, why in items]

@@ -254,9 +254,10 @@ class Events:
         with self.lock:
             self.held = []
 
-    def learn(self, snap: Snapshot) -> None:
-        """The scan's listeners and connections; events held since ``hold`` are folded against both scans."""
-        fresh = known(snap)
+    def learn(self, snap: Snapshot | None) -> None:
+        """The scan's listeners and connections; events held since ``hold`` are folded against both scans.
+        None: the scan failed, and what the previous one knew stays."""
+        fresh = known(snap) if snap is not None else self.knowledge
         with self.lock:
             held, self.held = self.held or [], None
             for event, at in held:

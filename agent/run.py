@@ -8,8 +8,10 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from sockfleet.agent.errors import UsageError
+from sockfleet.agent.events import Events
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.spool import Spool
 from sockfleet.agent.stream import Streamer, identity
@@ -58,6 +60,7 @@ def _streamer(args: argparse.Namespace, interval: float) -> Streamer:
         raise UsageError(f"--spool {args.spool}: {exc.strerror}") from exc
     scanner = Scanner(ident.host_name, args.namespaces, with_addresses=True)
     client_cert = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    events = None if args.no_events or not sys.platform.startswith("linux") else Events()
     return Streamer(
         args.collector,
         scanner,
@@ -68,6 +71,7 @@ def _streamer(args: argparse.Namespace, interval: float) -> Streamer:
         token=token,
         spool=spool,
         client_cert=client_cert,
+        events=events,
     )
 
 

@@ -77,6 +77,7 @@ class Scanner:
         self.prefetch_owners = prefetch_owners
         self.with_addresses = with_addresses
         self.address_errors: set[str] = set()  # each failing namespace's error, logged once
+        self.spaces: list[Namespace] = []  # the namespaces the last scan read
 
     def snapshot(self) -> Snapshot:
         if self.prefetch_owners:
@@ -109,7 +110,8 @@ class Scanner:
         users = {uid: self.owners.user(uid) for uid in {s.uid for s in sockets} if uid is not None}
         unreadable = sorted(set(self.owners.unreadable) | set(ns_unreadable))
         coverage = Coverage(tuple(statuses), tuple(scanned), tuple(unscanned), tuple(unreadable))
-        found = self._addresses([ns for ns in spaces if ns.inode in scanned]) if self.with_addresses else None
+        self.spaces = [ns for ns in spaces if ns.inode in scanned]
+        found = self._addresses(self.spaces) if self.with_addresses else None
         return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, users, coverage, found)
 
     def _addresses(self, spaces: list[Namespace]) -> tuple[tuple[int, str, str], ...]:

@@ -70,6 +70,8 @@ def compose(first: pb.Delta, second: pb.Delta) -> pb.Delta:
     merged.coverage.CopyFrom(second.coverage)
     del merged.coverage.gaps[:]
     merged.coverage.gaps.extend([*first.coverage.gaps, *second.coverage.gaps])
+    if first.HasField("closed") or second.HasField("closed"):
+        merged.closed.CopyFrom(convert.merge_closings(first.closed, second.closed))
     latest = next((source for source in (second, first) if source.HasField("addresses")), None)
     if latest is not None:
         merged.addresses.CopyFrom(latest.addresses)
@@ -134,9 +136,13 @@ class Spool:
         taken_at_us: int,
         coverage: pb.Coverage,
         addresses: list[Address] | None = None,
+        closed: pb.Closings | None = None,
     ) -> None:
-        """Queue one scan; ``changes`` is the diff from the previous scan (None: compute it from the spool)."""
+        """Queue one scan; ``changes`` is the diff from the previous scan (None: compute it from the spool);
+        ``closed``: the connections that closed since the previous scan."""
         delta = pb.Delta(seq=self.next_number, taken_at_us=taken_at_us)
+        if closed is not None:
+            delta.closed.CopyFrom(closed)
         self.next_number += 1
         delta.coverage.CopyFrom(coverage)
         if self.restarted_after_us is not None:
@@ -210,6 +216,8 @@ class Spool:
         state = apply(dict(self.base), head)
         snapshot = pb.Snapshot(taken_at_us=head.taken_at_us, sockets=list(state.values()))
         snapshot.coverage.CopyFrom(head.coverage)
+        if head.HasField("closed"):
+            snapshot.closed.CopyFrom(head.closed)
         addresses = head.addresses.items if head.HasField("addresses") else self.base_addresses
         if addresses is not None:
             snapshot.addresses.items.extend(addresses)

@@ -25,6 +25,8 @@ import grpc
 from sockfleet.agent import __version__, addresses, convert
 from sockfleet.agent.delta import diff
 from sockfleet.agent.errors import AgentError, SourceError
+from sockfleet.agent.events import Closings, Events
+from sockfleet.agent.records import Snapshot
 from sockfleet.agent.snapshot import Scanner, namespaces
 from sockfleet.agent.spool import Spool
 from sockfleet.v1 import fleet_pb2 as pb
@@ -138,8 +140,10 @@ class Streamer:
         token: str | None = None,
         spool: Spool | None = None,
         client_cert: tuple[str, str] | None = None,
+        events: Events | None = None,
     ) -> None:
         self.target = target
+        self.events = events
         self.scanner = scanner
         self.ident = ident
         self.interval = interval
@@ -178,6 +182,8 @@ class Streamer:
         finally:
             scanning.cancel()
             await asyncio.gather(scanning, return_exceptions=True)
+            if self.events is not None:
+                self.events.close()
             if len(self.spool):
                 self.spool.persist()  # stopping: what was not acknowledged waits on disk for the next run
 
@@ -231,11 +237,15 @@ class Streamer:
     async def _scan(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                snap = await asyncio.to_thread(self.scanner.snapshot)
+                snap, closed = await asyncio.to_thread(self._snapshot)
                 current = convert.entries(snap)
                 changes = diff(self.spool.tail, current) if self.spool.tail is not None else None
                 found = list(snap.addresses) if snap.addresses is not None else None
-                self.spool.add(current, changes, int(snap.taken_at * 1e6), convert.coverage(snap.coverage), found)
+                coverage = convert.coverage(snap.coverage)
+                if closed is not None:
+                    coverage.events_unseen.extend(convert.unseen(closed.unseen))
+                closings = convert.closings(closed) if closed is not None else None
+                self.spool.add(current, changes, int(snap.taken_at * 1e6), coverage, found, closings)
             except Exception as exc:  # one failed scan must not end the agent's scanning
                 log.error(
                     "scan failed: %s; the next one in %gs", exc, self.interval, exc_info=log.isEnabledFor(logging.DEBUG)
@@ -244,6 +254,20 @@ class Streamer:
                 assert self.queued is not None
                 self.queued.set()
             await _sleep_or_stop(stop, self.interval)
+
+    def _snapshot(self) -> tuple[Snapshot, Closings | None]:
+        """One scan, and the connections that closed since the previous one (when listening to events)."""
+        if self.events is None:
+            return self.scanner.snapshot(), None
+        self.events.hold()
+        try:
+            snap = self.scanner.snapshot()
+        except BaseException:
+            self.events.learn(None)
+            raise
+        self.events.learn(snap)
+        self.events.watch(self.scanner.spaces)
+        return snap, self.events.take()
 
     async def _next(self, stop: asyncio.Event) -> pb.Delta | None:
         """The oldest waiting record, waiting for the scanner when there is none."""

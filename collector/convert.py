@@ -287,28 +287,32 @@ def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
 def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]:
     """Coverage as stored (JSON) and whether the scan saw everything."""
     sources = _sources(cov, where)
-    unscanned = [
-        [
-            text(u.netns, f"{where}.namespaces_unscanned[{i}].netns"),
-            text(u.reason, f"{where}.namespaces_unscanned[{i}].reason", MAX_TEXT),
-        ]
-        for i, u in enumerate(_many(cov.namespaces_unscanned, limits.MAX_NAMESPACES, f"{where}.namespaces_unscanned"))
-    ]
+    unscanned = _namespaces(cov.namespaces_unscanned, f"{where}.namespaces_unscanned")
     scanned = [
         _number(n, f"{where}.namespaces_scanned")
         for n in _many(cov.namespaces_scanned, limits.MAX_NAMESPACES, f"{where}.namespaces_scanned")
     ]
     unreadable = list(_many(cov.processes_unreadable, limits.MAX_PIDS, f"{where}.processes_unreadable"))
     gaps = _gaps(cov, where)
+    events_unseen = _namespaces(cov.events_unseen, f"{where}.events_unseen")
     document = {
         "sources": sources,
         "namespaces_scanned": scanned,
         "namespaces_unscanned": unscanned,
         "processes_unreadable": unreadable,
         "gaps": gaps,
+        **({"events_unseen": events_unseen} if events_unseen else {}),
     }
     complete = all(s["ok"] for s in sources) and not unscanned and not unreadable and not gaps
     return json.dumps(document), complete
+
+
+def _namespaces(items: Any, where: str) -> list[list[str | None]]:
+    """Namespaces with a reason (not scanned, or their events not seen), as the coverage document lists them."""
+    return [
+        [text(u.netns, f"{where}[{i}].netns"), text(u.reason, f"{where}[{i}].reason", MAX_TEXT)]
+        for i, u in enumerate(_many(items, limits.MAX_NAMESPACES, where))
+    ]
 
 
 def _sources(cov: pb.Coverage, where: str) -> list[dict[str, Any]]:
@@ -452,6 +456,80 @@ def changes(delta: pb.Delta) -> Changes:
     return Changes(added, changed, removed)
 
 
+ROLES = ("s", "c", "n")  # served, calling, not folded (sockfleet.connections)
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Connections that closed between two scans (``Closings``): flow rows as ``closed_flows`` stores them
+    (without host and time), and what the agent could not count."""
+
+    flows: list[dict[str, Any]]
+    lost: int
+    overflowed: int
+
+
+def closed(message: pb.Closings, where: str) -> Closed:
+    flows = [
+        closed_flow(f, f"{where}.flows[{i}]")
+        for i, f in enumerate(_many(message.flows, limits.MAX_CLOSED_FLOWS, f"{where}.flows"))
+    ]
+    return Closed(flows, message.lost, message.overflowed)
+
+
+def closed_flow(flow: pb.ClosedFlow, where: str) -> dict[str, Any]:
+    """One flow of closed connections, checked: its role, addresses and ports as a flow keeps them."""
+    proto = _enum(PROTOS, flow.proto, f"{where}.proto")
+    if proto == "unix":
+        raise RejectedMessage(f"{where}.proto: closed connections are tcp or udp")
+    if flow.role not in ROLES:
+        raise RejectedMessage(f"{where}.role: {flow.role!r} is not one of s, c, n")
+    local = _required_address(flow.local_address, f"{where}.local_address")
+    remote = _required_address(flow.remote_address, f"{where}.remote_address")
+    if address_version(local, f"{where}.local_address") != address_version(remote, f"{where}.remote_address"):
+        raise RejectedMessage(f"{where}: the local and remote addresses are of different families")
+    if flow.short_lived > flow.connections:
+        raise RejectedMessage(f"{where}.short_lived: {flow.short_lived} is more than connections {flow.connections}")
+    if flow.HasField("sent_bytes") != flow.HasField("received_bytes"):
+        raise RejectedMessage(f"{where}: sent_bytes and received_bytes go together")
+    return {
+        "netns": _number(flow.netns, f"{where}.netns"),
+        "proto": proto,
+        "role": flow.role,
+        "process": text(flow.process, f"{where}.process"),
+        "local_address": local,
+        "local_port": _folded_port(flow.local_port, flow.role == "c", f"{where}.local_port"),
+        "remote_address": remote,
+        "remote_port": _folded_port(flow.remote_port, flow.role == "s", f"{where}.remote_port"),
+        "connections": flow.connections,
+        "short_lived": flow.short_lived,
+        "sent_bytes": _number(flow.sent_bytes, f"{where}.sent_bytes") if flow.HasField("sent_bytes") else None,
+        "received_bytes": (
+            _number(flow.received_bytes, f"{where}.received_bytes") if flow.HasField("received_bytes") else None
+        ),
+        "first_at": utc(_number(flow.first_us, f"{where}.first_us")),
+        "last_at": utc(_number(flow.last_us, f"{where}.last_us")),
+    }
+
+
+def _required_address(value: str, field: str) -> str:
+    if not value:
+        raise RejectedMessage(f"{field}: an address is required")
+    address_version(value, field)
+    return value
+
+
+def _folded_port(value: int, folded: bool, field: str) -> int | None:
+    """A port of a closed flow: 0 where its role folds it away (stored as null), else 1-65535."""
+    if folded:
+        if value:
+            raise RejectedMessage(f"{field}: folded away by the flow's role, so 0")
+        return None
+    if not 0 < value <= 65535:
+        raise RejectedMessage(f"{field}: {value} is not a port (1-65535)")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Scan:
     """One snapshot or delta of a host, as the store applies it: header fields checked, and its sockets: a
@@ -467,6 +545,7 @@ class Scan:
     gaps: int
     addresses: list[Address] | None
     body: Listing | Changes
+    closed: Closed | None = None  # connections that closed since the previous scan, when the agent sends them
 
 
 def scan(message: pb.Snapshot | pb.Delta) -> Scan:
@@ -494,6 +573,7 @@ def _scan(message: pb.Snapshot | pb.Delta, where: str, base_seq: int, body: Call
         coverage, complete = coverage_json(message.coverage, f"{where}.coverage")
         gaps = len(message.coverage.gaps)
     found = addresses(message.addresses.items, f"{where}.addresses") if message.HasField("addresses") else None
+    ended = closed(message.closed, f"{where}.closed") if message.HasField("closed") else None
     return Scan(
-        where, message.epoch, message.seq, base_seq, message.taken_at_us, coverage, complete, gaps, found, body()
+        where, message.epoch, message.seq, base_seq, message.taken_at_us, coverage, complete, gaps, found, body(), ended
     )

@@ -89,7 +89,7 @@ def dot(rows: list[dict[str, Any]]) -> str:
                 node = f"{host}/{process}"
                 clusters.setdefault(host, set()).add(process)
             ends.append(node)
-        label = quote(f"{service(row)} x{row['connections']}")
+        label = quote(_label(row))
         links.append(f"  {quote(ends[0])} -> {quote(ends[1])} [label={label}];")
     for index, (host, processes) in enumerate(sorted(clusters.items())):
         lines.append(f"  subgraph cluster_{index} {{ label={quote(host)};")
@@ -97,3 +97,13 @@ def dot(rows: list[dict[str, Any]]) -> str:
         lines.append("  }")
     lines += [f"  {quote(node)} [shape=ellipse, style=dashed];" for node in sorted(external)]
     return "\n".join([*lines, *links, "}"]) + "\n"
+
+
+def _label(row: dict[str, Any]) -> str:
+    """An edge's label: its service and connections, then short-lived ones and bytes where known."""
+    label = f"{service(row)} x{row['connections']}"
+    if row.get("short_lived"):
+        label += f" ({row['short_lived']} short-lived)"
+    if row.get("client_bytes") is not None and row.get("server_bytes") is not None:
+        label += f", {row['client_bytes']:,} B up, {row['server_bytes']:,} B down"
+    return label

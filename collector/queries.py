@@ -52,6 +52,7 @@ HOST_FIELDS = (
     "status",
     "sockets",
     "gaps",
+    "events_lost",
     "clock_skew",
     "last_refusal_at",
     "last_refusal",
@@ -196,7 +197,8 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
                 "last_seen": row.last_seen if at is None else seen.last.get(row.id),
                 "status": status,
                 "sockets": counts.get(row.id, 0) if status != "unknown" else None,
-                "gaps": gaps.get(row.id, 0),
+                "gaps": gaps.get(row.id, (0, 0))[0],
+                "events_lost": gaps.get(row.id, (0, 0))[1],
                 "clock_skew": row.clock_skew,
                 "last_refusal_at": row.last_refusal_at,
                 "last_refusal": row.last_refusal,
@@ -227,10 +229,11 @@ def _socket_counts(conn: Connection, at: datetime | None) -> dict[int, int]:
     return {row[0]: row[1] for row in conn.execute(query)}
 
 
-def _gap_counts(conn: Connection, moment: datetime) -> dict[int, int]:
+def _gap_counts(conn: Connection, moment: datetime) -> dict[int, tuple[int, int]]:
+    """Each host's scans lost (gaps) and times its kernel dropped socket-destroy events, up to ``moment``."""
     query = (
-        select(observations.c.host_ref, func.sum(observations.c.gaps))
+        select(observations.c.host_ref, func.sum(observations.c.gaps), func.sum(observations.c.events_lost))
         .where(observations.c.taken_at <= moment)
         .group_by(observations.c.host_ref)
     )
-    return {row[0]: int(row[1] or 0) for row in conn.execute(query)}
+    return {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in conn.execute(query)}

@@ -207,8 +207,35 @@ observations = Table(
     Column("complete", Boolean, nullable=False),  # the scan saw everything
     Column("gaps", Integer, nullable=False, server_default="0"),  # scans before it the agent had to drop
     Column("coverage", Text),  # JSON; null when unchanged since the previous message
+    Column("events_lost", Integer, nullable=False, server_default="0"),  # times the kernel dropped destroy events
     UniqueConstraint("host_ref", "epoch", "seq"),
     Index(None, "host_ref", "taken_at"),
+)
+
+# Connections that closed between two scans, from socket-destroy events: one row per flow per message,
+# keyed as ``flows`` (client ports folded away by role); ``taken_at`` is the reporting scan's time.
+closed_flows = Table(
+    "closed_flows",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("taken_at", DateTime, nullable=False),
+    Column("netns", BigInteger, nullable=False),
+    Column("proto", String(8), nullable=False),
+    Column("role", String(1), nullable=False),  # s: this end served, c: it called, n: both ports kept
+    Column("process", String(255)),  # this end's process; null when unknown
+    Column("local_address", String(64), nullable=False),
+    Column("local_port", Integer),  # null when folded away (role c)
+    Column("remote_address", String(64), nullable=False),
+    Column("remote_port", Integer),  # null when folded away (role s)
+    Column("connections", Integer, nullable=False),  # closed in the interval
+    Column("short_lived", Integer, nullable=False),  # of which no scan saw open
+    Column("sent_bytes", BigInteger),  # by this end; null when unknown (UDP)
+    Column("received_bytes", BigInteger),
+    Column("first_at", DateTime, nullable=False),
+    Column("last_at", DateTime, nullable=False),
+    Index(None, "last_at"),
+    Index(None, "host_ref", "last_at"),
 )
 
 credentials = Table(

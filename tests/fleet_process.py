@@ -2,6 +2,7 @@
 
     python -m tests.fleet_process NAME tcp-listen ADDRESS PORT
     python -m tests.fleet_process NAME tcp-connect ADDRESS PORT COUNT
+    python -m tests.fleet_process NAME tcp-burst ADDRESS PORT COUNT SIZE
     python -m tests.fleet_process NAME udp-listen ADDRESS PORT
     python -m tests.fleet_process NAME udp-connect ADDRESS PORT
     python -m tests.fleet_process NAME unix-listen PATH
@@ -42,6 +43,17 @@ def tcp_connect(address: str, port: str, count: str) -> list[socket.socket]:
     return [socket.create_connection((address, int(port)), timeout=10) for _ in range(int(count))]
 
 
+def tcp_burst(address: str, port: str, count: str, size: str) -> list[socket.socket]:
+    """COUNT short connections, one after another: each sends SIZE bytes, then waits for the server to close."""
+    for _ in range(int(count)):
+        with socket.create_connection((address, int(port)), timeout=10) as client:
+            client.sendall(b"b" * int(size))
+            client.shutdown(socket.SHUT_WR)
+            while client.recv(4096):
+                pass
+    return []
+
+
 def udp_listen(address: str, port: str) -> list[socket.socket]:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((address, int(port)))
@@ -73,6 +85,7 @@ def unix_connect(path: str) -> list[socket.socket]:
 ACTIONS: dict[str, Callable[..., list[socket.socket]]] = {
     "tcp-listen": tcp_listen,
     "tcp-connect": tcp_connect,
+    "tcp-burst": tcp_burst,
     "udp-listen": udp_listen,
     "udp-connect": udp_connect,
     "unix-listen": unix_listen,

@@ -205,6 +205,8 @@ def host_notes(row: dict[str, Any]) -> str:
     notes = []
     if row["gaps"]:
         notes.append(f"{row['gaps']} scan(s) dropped")
+    if row["events_lost"]:
+        notes.append(f"short-lived connections lost {row['events_lost']} time(s) (kernel event queue full)")
     skew = row["clock_skew"]
     if skew is not None and abs(skew) >= CLOCK_NOTICE:
         notes.append(f"clock {abs(skew):,.0f} s {'ahead' if skew > 0 else 'behind'}")

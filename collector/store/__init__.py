@@ -29,6 +29,7 @@ from sockfleet.collector.schema import host_addresses, hosts
 from sockfleet.collector.store.delta import apply_delta
 from sockfleet.collector.store.snapshot import apply_snapshot
 from sockfleet.collector.store.statements import (
+    CLOSED_FLOWS,
     HOST_APPLIED,
     HOST_FOR_UPDATE,
     KNOWN_HOST,
@@ -209,7 +210,10 @@ class Store(Writer):
         observed = {"host_ref": ref, "epoch": scan.epoch, "seq": scan.seq, "kind": kind, "taken_at": moment}
         counted = {"added": added, "removed": removed, "changed": changed, "gaps": scan.gaps}
         described = {"complete": complete, "coverage": scan.coverage, "received_at": convert.now()}
-        conn.execute(OBSERVED, {**observed, **counted, **described})
+        lost = scan.closed.lost if scan.closed is not None else 0
+        conn.execute(OBSERVED, {**observed, **counted, **described, "events_lost": lost})
+        if scan.closed is not None and scan.closed.flows:
+            conn.execute(CLOSED_FLOWS, _closed_rows(ref, scan, moment))
 
     def remember_listening(self, ref: int, scan: convert.Scan, moment: datetime, listening: Listeners | None) -> None:
         """Keep the host's open listeners after a committed message (see the module's docstring)."""
@@ -217,6 +221,18 @@ class Store(Writer):
             self._listening.pop(ref, None)
         else:
             self._listening[ref] = ((scan.epoch, scan.seq, moment), listening)
+
+
+def _closed_rows(ref: int, scan: convert.Scan, moment: datetime) -> list[dict[str, Any]]:
+    """A message's closed flows as rows: their times moved as the scan's time was (clamped or corrected for
+    the agent's clock), and never after it."""
+    assert scan.closed is not None
+    shift = moment - convert.utc(scan.taken_at_us)
+    rows = []
+    for flow in scan.closed.flows:
+        first, last = min(flow["first_at"] + shift, moment), min(flow["last_at"] + shift, moment)
+        rows.append({**flow, "host_ref": ref, "taken_at": moment, "first_at": min(first, last), "last_at": last})
+    return rows
 
 
 def _check_name(conn: Connection, host_id: str, name: str, held: str | None = None) -> None:

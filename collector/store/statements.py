@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, select, update
 
 from sockfleet.collector import convert, flows, rules, spans
+from sockfleet.collector.schema import closed_flows, host_addresses, hosts, observations, sockets
 from sockfleet.collector.schema import flows as flow_rows
-from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
 
 CHUNK = 500  # keys per IN (...) list
 STEP_SOCKETS = 500  # sockets a step of a large snapshot writes, about 20 ms of work (collector.stepwise)
@@ -44,6 +44,7 @@ HOST_APPLIED = (
     )
 )
 OBSERVED = insert(observations)
+CLOSED_FLOWS = insert(closed_flows)
 OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
     sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None)
 )

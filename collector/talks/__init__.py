@@ -16,7 +16,7 @@ flows the store keeps (``moment``); over a window, from the socket rows (``windo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,8 +26,8 @@ from sockfleet.collector import db
 from sockfleet.collector.queries import Observed, observed
 from sockfleet.collector.rules import DIRECTIONS
 from sockfleet.collector.schema import hosts
+from sockfleet.collector.talks import closed, unix
 from sockfleet.collector.talks import moment as at_moment
-from sockfleet.collector.talks import unix
 from sockfleet.collector.talks import window as over_window
 from sockfleet.collector.talks.narrow import Narrow, held_addresses
 from sockfleet.collector.times import now
@@ -42,9 +42,25 @@ EDGE_FIELDS = (
     "server_port",
     "server_process",
     "connections",
+    "short_lived",
+    "client_bytes",
+    "server_bytes",
     "first_seen",
     "last_seen",
     "direction",
+)
+
+
+# The fields an edge's folded row gives as they are.
+SQL_FIELDS = (
+    "proto",
+    "client_address",
+    "client_process",
+    "server_address",
+    "server_port",
+    "server_process",
+    "connections",
+    "first_seen",
 )
 
 
@@ -64,6 +80,9 @@ class Edge:
     first_seen: datetime | None
     last_seen: datetime | None
     direction: str
+    short_lived: int = 0  # connections in the window that no scan saw (from socket-destroy events)
+    client_bytes: int | None = None  # bytes each side sent over the connections that closed in the window
+    server_bytes: int | None = None
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
@@ -105,7 +124,10 @@ def edges(conn: Connection, window: Window, host: str | None = None, port: int |
     query = _query(window, sorted(refs), len(refs) == len(names), moment, narrow)
     with db.large_joins(conn):
         rows = conn.execute(query).all()
-    found = (_edge(row._mapping, names, seen) for row in rows)
+    found = [_edge(row._mapping, names, seen) for row in rows]
+    if window.end is not None and window.start is not None:
+        ended = closed.closings(conn, window.start, window.end, sorted(refs), narrow)
+        found = with_closed(found, closed.merged(ended), names)
     kept = [e for e in found if host in (None, e.client_host, e.server_host) and port in (None, e.server_port)]
     return sorted(kept, key=_order)
 
@@ -128,7 +150,7 @@ def _edge(row: Any, names: dict[int, str], seen: Observed) -> Edge:
     scans = [seen.last[ref] for ref in (row["client_ref"], row["server_ref"]) if ref in seen.last]
     if scans and last_seen is not None:
         last_seen = min(last_seen, max(scans))
-    fields = {name: row[name] for name in EDGE_FIELDS[:10] if name not in ("client_host", "server_host")}
+    fields = {name: row[name] for name in SQL_FIELDS}
     return Edge(
         **fields,
         client_host=names.get(row["client_ref"]),
@@ -145,4 +167,55 @@ def _order(edge: Edge) -> tuple[Any, ...]:
         edge.client_host or "~",
         edge.client_process or "",
         edge.proto,
+    )
+
+
+def with_closed(found: list[Edge], ended: list[closed.Closing], names: dict[int, str]) -> list[Edge]:
+    """The window's edges with the connections that closed in it: short-lived ones counted (on the edge they
+    belong to, or on a new one), and the bytes each side sent."""
+    out = list(found)
+    index = {(e.proto, e.client_host, e.client_address, e.client_process, e.server_host, e.server_port): i
+             for i, e in enumerate(out)}  # fmt: skip
+    for c in ended:
+        client_host, server_host = names.get(c.client_ref or -1), names.get(c.server_ref or -1)
+        at = index.get((c.proto, client_host, c.client_address, c.client_process, server_host, c.server_port))
+        if at is not None:
+            e = out[at]
+            out[at] = replace(
+                e,
+                connections=e.connections + c.short_lived,
+                short_lived=e.short_lived + c.short_lived,
+                client_bytes=_plus(e.client_bytes, c.client_bytes),
+                server_bytes=_plus(e.server_bytes, c.server_bytes),
+                first_seen=min(e.first_seen, c.first_seen) if e.first_seen else c.first_seen,
+                last_seen=max(e.last_seen, c.last_seen) if e.last_seen else c.last_seen,
+            )
+        elif c.short_lived:
+            out.append(_new_edge(c, client_host, server_host))
+    return out
+
+
+def _plus(held: int | None, more: int | None) -> int | None:
+    if more is None:
+        return held
+    return more if held is None else held + more
+
+
+def _new_edge(c: closed.Closing, client_host: str | None, server_host: str | None) -> Edge:
+    return Edge(
+        proto=c.proto,
+        client_host=client_host,
+        client_address=c.client_address if client_host is None else None,
+        client_process=c.client_process,
+        server_host=server_host,
+        server_address=c.server_address,
+        server_port=c.server_port,
+        server_process=c.server_process,
+        connections=c.short_lived,
+        first_seen=c.first_seen,
+        last_seen=c.last_seen,
+        direction=c.direction,
+        short_lived=c.short_lived,
+        client_bytes=c.client_bytes,
+        server_bytes=c.server_bytes,
     )

@@ -100,3 +100,31 @@ def test_bound_on_disk_writes_each_record_once(tmp_path: Path) -> None:
     again = Spool(str(tmp_path))
     assert [r.taken_at_us for r in again.records] == [r.taken_at_us for r in spool.records]
     assert ports(again.state()) == ports(spool.state()) == {443}
+
+
+def closing(connections: int, sent: int | None, port: int = 8080) -> pb.Closings:
+    flow = pb.ClosedFlow(
+        netns=1, proto=pb.PROTO_TCP, role="s", process="web", local_address="10.0.0.1", local_port=port,
+        remote_address="10.0.0.2", connections=connections, short_lived=connections, first_us=10, last_us=20,
+    )  # fmt: skip
+    if sent is not None:
+        flow.sent_bytes, flow.received_bytes = sent, 2 * sent
+    return pb.Closings(flows=[flow], lost=1)
+
+
+def test_composed_scans_sum_their_closed_connections() -> None:
+    first = pb.Delta(seq=1, taken_at_us=100, closed=closing(2, 100))
+    second = pb.Delta(
+        seq=2, taken_at_us=200, closed=pb.Closings(flows=[*closing(3, 50).flows, *closing(1, None, 9090).flows])
+    )
+    merged = compose(first, second).closed
+    assert merged.lost == 1
+    by_port = {f.local_port: f for f in merged.flows}
+    assert (by_port[8080].connections, by_port[8080].sent_bytes, by_port[8080].received_bytes) == (5, 150, 300)
+    assert not by_port[9090].HasField("sent_bytes")  # unknown bytes stay unknown
+
+
+def test_a_full_snapshot_of_the_head_carries_its_closed_connections() -> None:
+    spool = Spool()
+    spool.add(scan(80), None, 1, pb.Coverage(namespaces_scanned=[1]), closed=closing(4, 10))
+    assert spool.head_snapshot().closed.flows[0].connections == 4

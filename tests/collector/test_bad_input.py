@@ -44,6 +44,16 @@ def _set(path: str, value: object) -> Callable[[pb.Snapshot], object]:
     return change
 
 
+def _closed_flow(**change: object) -> dict[str, object]:
+    """A flow of closed connections as an agent sends it (served on 8080, both TCP ends' bytes), changed."""
+    flow: dict[str, object] = {
+        "netns": 1, "proto": pb.PROTO_TCP, "role": "s", "process": "web", "local_address": "10.0.0.1",
+        "local_port": 8080, "remote_address": "10.0.0.2", "remote_port": 0, "connections": 2, "short_lived": 2,
+        "sent_bytes": 10, "received_bytes": 20, "first_us": 1_700_000_000_000_000, "last_us": 1_700_000_001_000_000,
+    }  # fmt: skip
+    return {**flow, **change}
+
+
 CASES = [
     (
         "nul",
@@ -87,6 +97,21 @@ CASES = [
         "hello.addresses[1].interface: 200 characters, more than 64",
     ),
     ("utf8", [hello("utf8").replace(b"utf8", b"\xff\xfe\xfd\xfc")], "not a valid sockfleet.v1.AgentMessage"),
+    (
+        "closed-role",
+        [hello("closed-role"), snapshot(change=lambda m: m.closed.flows.add(**_closed_flow(role="x")))],
+        "snapshot.closed.flows[0].role: 'x' is not one of s, c, n",
+    ),
+    (
+        "closed-count",
+        [hello("closed-count"), snapshot(change=lambda m: m.closed.flows.add(**_closed_flow(short_lived=9)))],
+        "snapshot.closed.flows[0].short_lived: 9 is more than connections 2",
+    ),
+    (
+        "closed-port",
+        [hello("closed-port"), snapshot(change=lambda m: m.closed.flows.add(**_closed_flow(remote_port=443)))],
+        "snapshot.closed.flows[0].remote_port: folded away by the flow's role, so 0",
+    ),
 ]
 
 

@@ -176,18 +176,20 @@ class Socket(_message.Message):
     def __init__(self, key: _Optional[_Union[SocketKey, _Mapping]] = ..., state: _Optional[_Union[State, str]] = ..., peer_inode: _Optional[int] = ..., uid: _Optional[int] = ..., user: _Optional[str] = ..., pid: _Optional[int] = ..., process: _Optional[str] = ..., cmdline: _Optional[str] = ..., owners: _Optional[int] = ..., rx_queue: _Optional[int] = ..., tx_queue: _Optional[int] = ...) -> None: ...
 
 class Coverage(_message.Message):
-    __slots__ = ("sources", "namespaces_scanned", "namespaces_unscanned", "processes_unreadable", "gaps")
+    __slots__ = ("sources", "namespaces_scanned", "namespaces_unscanned", "processes_unreadable", "gaps", "events_unseen")
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_SCANNED_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_UNSCANNED_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     GAPS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_UNSEEN_FIELD_NUMBER: _ClassVar[int]
     sources: _containers.RepeatedCompositeFieldContainer[SourceStatus]
     namespaces_scanned: _containers.RepeatedScalarFieldContainer[int]
     namespaces_unscanned: _containers.RepeatedCompositeFieldContainer[UnscannedNamespace]
     processes_unreadable: _containers.RepeatedScalarFieldContainer[int]
     gaps: _containers.RepeatedCompositeFieldContainer[Gap]
-    def __init__(self, sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., namespaces_scanned: _Optional[_Iterable[int]] = ..., namespaces_unscanned: _Optional[_Iterable[_Union[UnscannedNamespace, _Mapping]]] = ..., processes_unreadable: _Optional[_Iterable[int]] = ..., gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ...) -> None: ...
+    events_unseen: _containers.RepeatedCompositeFieldContainer[UnscannedNamespace]
+    def __init__(self, sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., namespaces_scanned: _Optional[_Iterable[int]] = ..., namespaces_unscanned: _Optional[_Iterable[_Union[UnscannedNamespace, _Mapping]]] = ..., processes_unreadable: _Optional[_Iterable[int]] = ..., gaps: _Optional[_Iterable[_Union[Gap, _Mapping]]] = ..., events_unseen: _Optional[_Iterable[_Union[UnscannedNamespace, _Mapping]]] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("from_us", "to_us", "reason")
@@ -224,7 +226,7 @@ class UnscannedNamespace(_message.Message):
     def __init__(self, netns: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("epoch", "seq", "taken_at_us", "sockets", "coverage", "addresses", "more")
+    __slots__ = ("epoch", "seq", "taken_at_us", "sockets", "coverage", "addresses", "more", "closed")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TAKEN_AT_US_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +234,7 @@ class Snapshot(_message.Message):
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     seq: int
     taken_at_us: int
@@ -239,10 +242,11 @@ class Snapshot(_message.Message):
     coverage: Coverage
     addresses: Addresses
     more: bool
-    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., sockets: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., more: _Optional[bool] = ...) -> None: ...
+    closed: Closings
+    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., sockets: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., more: _Optional[bool] = ..., closed: _Optional[_Union[Closings, _Mapping]] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("epoch", "seq", "base_seq", "taken_at_us", "added", "removed", "changed", "coverage", "addresses")
+    __slots__ = ("epoch", "seq", "base_seq", "taken_at_us", "added", "removed", "changed", "coverage", "addresses", "closed")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     BASE_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +256,7 @@ class Delta(_message.Message):
     CHANGED_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     seq: int
     base_seq: int
@@ -261,7 +266,50 @@ class Delta(_message.Message):
     changed: _containers.RepeatedCompositeFieldContainer[Socket]
     coverage: Coverage
     addresses: Addresses
-    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., base_seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., added: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[SocketKey, _Mapping]]] = ..., changed: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ...) -> None: ...
+    closed: Closings
+    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., base_seq: _Optional[int] = ..., taken_at_us: _Optional[int] = ..., added: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[SocketKey, _Mapping]]] = ..., changed: _Optional[_Iterable[_Union[Socket, _Mapping]]] = ..., coverage: _Optional[_Union[Coverage, _Mapping]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., closed: _Optional[_Union[Closings, _Mapping]] = ...) -> None: ...
+
+class Closings(_message.Message):
+    __slots__ = ("flows", "lost", "overflowed")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOWED_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[ClosedFlow]
+    lost: int
+    overflowed: int
+    def __init__(self, flows: _Optional[_Iterable[_Union[ClosedFlow, _Mapping]]] = ..., lost: _Optional[int] = ..., overflowed: _Optional[int] = ...) -> None: ...
+
+class ClosedFlow(_message.Message):
+    __slots__ = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address", "remote_port", "connections", "short_lived", "sent_bytes", "received_bytes", "first_us", "last_us")
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PORT_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SHORT_LIVED_FIELD_NUMBER: _ClassVar[int]
+    SENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_US_FIELD_NUMBER: _ClassVar[int]
+    LAST_US_FIELD_NUMBER: _ClassVar[int]
+    netns: int
+    proto: Proto
+    role: str
+    process: str
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    connections: int
+    short_lived: int
+    sent_bytes: int
+    received_bytes: int
+    first_us: int
+    last_us: int
+    def __init__(self, netns: _Optional[int] = ..., proto: _Optional[_Union[Proto, str]] = ..., role: _Optional[str] = ..., process: _Optional[str] = ..., local_address: _Optional[str] = ..., local_port: _Optional[int] = ..., remote_address: _Optional[str] = ..., remote_port: _Optional[int] = ..., connections: _Optional[int] = ..., short_lived: _Optional[int] = ..., sent_bytes: _Optional[int] = ..., received_bytes: _Optional[int] = ..., first_us: _Optional[int] = ..., last_us: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("epoch", "seq")

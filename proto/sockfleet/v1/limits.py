@@ -31,6 +31,7 @@ MAX_SOURCES = 65_536  # source statuses in one coverage (sources x namespaces)
 MAX_NAMESPACES = 65_536  # namespaces scanned, and not scanned, in one coverage
 MAX_PIDS = 65_536  # unreadable processes listed in one coverage
 MAX_GAPS = 1_024  # gaps in one coverage
+MAX_CLOSED_FLOWS = 100_000  # flows of connections closed between scans, in one message
 
 # A snapshot of more sockets than this travels in parts (Snapshot.more).
 PART_SOCKETS = 20_000
