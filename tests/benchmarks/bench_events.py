@@ -2,7 +2,7 @@
 
     python -m tests.benchmarks.bench_events --rates 1000,10000 --seconds 30
 
-For each rate C a load process (a server and a client on loopback) makes C short TCP connections per second
+For each rate C two caller processes make C short TCP connections per second in all to a server on loopback
 (each sends 100 bytes and gets 100) for the given time, while a scanning loop runs as the agent's does
 (a scan every ``--interval``, events folded between scans), in a process of its own:
 
@@ -71,9 +71,9 @@ def _count(taken: Any, port: int, found: dict[str, int]) -> None:
             found["calling"] += counts.connections
 
 
-def load(rate: int, seconds: float, server: socket.socket) -> int:
-    """``rate`` short connections a second to ``server`` for ``seconds``; the number made."""
-    address = server.getsockname()
+def load(rate: int, seconds: float, server: socket.socket, callers: int = 2) -> int:
+    """``rate`` short connections a second to ``server`` for ``seconds``, from ``callers`` processes (one
+    Python process makes about 4,000 a second here); the number made."""
     stop = threading.Event()
 
     def serve() -> None:
@@ -89,19 +89,29 @@ def load(rate: int, seconds: float, server: socket.socket) -> int:
 
     thread = threading.Thread(target=serve)
     thread.start()
-    made, started = 0, time.monotonic()
+    host, port = server.getsockname()[:2]
+    command = [sys.executable, "-m", "tests.benchmarks.bench_events", "--caller", f"{host}:{port}",
+               "--rates", str(rate / callers), "--seconds", str(seconds)]  # fmt: skip
     try:
-        while (elapsed := time.monotonic() - started) < seconds:
-            if made >= rate * elapsed:
-                time.sleep(0.001)
-                continue
-            with socket.create_connection(address) as client:
-                client.sendall(b"r" * 100)
-                client.recv(100)
-            made += 1
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(callers)]
+        return sum(int(proc.communicate(timeout=seconds + 60)[0]) for proc in procs)
     finally:
         stop.set()
         thread.join()
+
+
+def call(address: str, rate: float, seconds: float) -> int:
+    """One caller: ``rate`` connections a second for ``seconds``, each sending 100 bytes and reading 100."""
+    host, port = address.rsplit(":", 1)
+    made, started = 0, time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        if made >= rate * elapsed:
+            time.sleep(0.001)
+            continue
+        with socket.create_connection((host, int(port))) as client:
+            client.sendall(b"r" * 100)
+            client.recv(100)
+        made += 1
     return made
 
 
@@ -133,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between scans")
     parser.add_argument("--child", choices=("events", "plain"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--caller", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.caller:
+        print(call(args.caller, float(args.rates), args.seconds))
+        return 0
     if args.child:
         print(json.dumps(scanning(args.child == "events", args.seconds, args.interval, args.port)))
         return 0

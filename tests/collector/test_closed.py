@@ -51,10 +51,12 @@ def edges_to(db_url: str, port: int, since: str, *extra: str) -> list[dict[str, 
     return [e for e in found if e["server_port"] == port]
 
 
-def test_short_connections_between_scans_are_counted_once_with_their_bytes(collector: Collector) -> None:
+def test_short_connections_between_scans_are_counted_once_with_their_bytes(
+    collector: Collector, tmp_path: Path
+) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    agent = Agent(collector.port, "events-host", interval="1s")
+    agent = Agent(collector.port, "events-host", interval="1s", log=tmp_path / "agent.log")
     try:
         wait_for(lambda: any(p["local_port"] == port for p in ports(collector.db_url)), "the listener in a scan")
         since = stamp()
@@ -64,7 +66,11 @@ def test_short_connections_between_scans_are_counted_once_with_their_bytes(colle
         def counted() -> bool:
             return bool(sum(e["connections"] for e in edges_to(collector.db_url, port, since)) >= count)
 
-        wait_for(counted, "the closed connections in talks", timeout=30)
+        try:
+            wait_for(counted, "the closed connections in talks", timeout=30)
+        except BaseException:
+            print(agent.said(), collector.said(), ask(collector.db_url, "talks", "--since", since, "--format", "json").stdout)
+            raise
         found = edges_to(collector.db_url, port, since)
     finally:
         agent.stop()

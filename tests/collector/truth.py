@@ -4,6 +4,7 @@ compared with the history the collector stored."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -80,7 +81,9 @@ class Truth:
             )
 
         for life in self.lives:
-            rows = [r for r in history if r["local_port"] == life.port and r["state"] == "LISTEN"]
+            # This process's listeners only: another test may bind the same port once this one let it go.
+            mine = (life.port, "LISTEN", os.getpid())
+            rows = [r for r in history if (r["local_port"], r["state"], r["pid"]) == mine]
             assert len(rows) == 1, f"port {life.port}: {len(rows)} stored lives, expected one"
             row = rows[0]
             assert near(datetime.fromisoformat(row["valid_from"].rstrip("Z")), life.opened), (life, row)
