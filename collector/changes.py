@@ -51,9 +51,10 @@ def history(
 
 
 def diff(
-    conn: Connection, start: datetime, end: datetime, host: str | None = None
+    conn: Connection, start: datetime, end: datetime, host: str | None = None, short_lived: bool = False
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Listeners and edges opened or closed between ``start`` and ``end``, on hosts observed at both.
+    """Listeners and edges opened or closed between ``start`` and ``end``, on hosts observed at both; with
+    ``short_lived``, also the edges that existed only in between (``opened and closed``).
 
     Returns the rows and the names of hosts left out because they were not observed at one of the moments.
     """
@@ -70,6 +71,8 @@ def diff(
         edges_now = _fleet_edges(conn, end, host, set(both.values()))
         edges_then = earlier.result() if earlier else _fleet_edges(conn, start, host, set(both.values()))
     rows += _changes("edge", edges_then, edges_now)
+    if short_lived:
+        rows += _between(conn, start, end, host, set(both.values()), edges_then.keys() | edges_now.keys())
     rows.sort(
         key=lambda r: (r["kind"], r.get("host") or r.get("server_host") or "", str(r.get("local_port")), r["change"])
     )
@@ -107,6 +110,19 @@ def _fleet_edges(
             row = edge.row()
             found[_key(row, EDGE_KEY)] = row
     return found
+
+
+def _between(
+    conn: Connection, start: datetime, end: datetime, host: str | None, names: set[str], seen: set[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """Edges with connections that opened and closed between the two moments, open at neither."""
+    rows = []
+    for edge in edges(conn, Window(start, end), host):
+        row = edge.row()
+        ours = {edge.client_host, edge.server_host} - {None} <= names
+        if edge.short_lived and ours and _key(row, EDGE_KEY) not in seen:
+            rows.append({"change": "opened and closed", "kind": "edge", **row})
+    return rows
 
 
 def _edges_apart(

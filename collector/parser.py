@@ -166,6 +166,13 @@ COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
             (("--from",), {"dest": "start", "required": True, "help": "the earlier moment"}),
             (("--to",), {"dest": "end", "help": "the later moment (default: now)"}),
             (("--host",), {"help": "only this host (name or id)"}),
+            (
+                ("--short-lived",),
+                {
+                    "action": "store_true",
+                    "help": "also edges whose connections opened and closed in between (seen by socket-destroy events)",
+                },
+            ),
             FORMAT,
         ),
     ),

@@ -116,7 +116,7 @@ def diff_command(args: argparse.Namespace) -> int:
         raise UsageError("--to is earlier than --from")
     engine = open_db(args.db)
     with engine.connect() as conn:
-        rows, left_out = changes.diff(conn, start, end, _host(conn, args.host))
+        rows, left_out = changes.diff(conn, start, end, _host(conn, args.host), args.short_lived)
     for row in rows:
         if row["kind"] == "listener":
             row["what"] = f"{row['host']} {output.endpoint(row)} {row.get('process') or ''}".rstrip()

@@ -51,6 +51,11 @@ def edges_to(db_url: str, port: int, since: str, *extra: str) -> list[dict[str, 
     return [e for e in found if e["server_port"] == port]
 
 
+def diff(db_url: str, since: str, port: int, *extra: str) -> list[dict[str, Any]]:
+    rows = json.loads(ask(db_url, "diff", "--from", since, "--format", "json", *extra).stdout)
+    return [r for r in rows if r["kind"] == "edge" and r["server_port"] == port]
+
+
 def test_short_connections_between_scans_are_counted_once_with_their_bytes(
     collector: Collector, tmp_path: Path
 ) -> None:
@@ -69,9 +74,14 @@ def test_short_connections_between_scans_are_counted_once_with_their_bytes(
         try:
             wait_for(counted, "the closed connections in talks", timeout=30)
         except BaseException:
-            print(agent.said(), collector.said(), ask(collector.db_url, "talks", "--since", since, "--format", "json").stdout)
+            print(
+                agent.said(),
+                collector.said(),
+                ask(collector.db_url, "talks", "--since", since, "--format", "json").stdout,
+            )
             raise
         found = edges_to(collector.db_url, port, since)
+        between, plain_diff = diff(collector.db_url, since, port, "--short-lived"), diff(collector.db_url, since, port)
     finally:
         agent.stop()
         server.close()
@@ -86,6 +96,9 @@ def test_short_connections_between_scans_are_counted_once_with_their_bytes(
     assert server_bytes == pytest.approx(count * answer, rel=0.01)
     dot = ask(collector.db_url, "talks", "--since", since, "--port", str(port), "--format", "dot").stdout
     assert "short-lived" in dot
+    assert {r["change"] for r in between} == {"opened and closed"}
+    assert sum(r["short_lived"] for r in between) >= count - 2
+    assert plain_diff == []  # open at neither moment: only --short-lived shows them
 
 
 def test_an_agent_without_events_reports_no_short_lived_connections(collector: Collector) -> None:
