@@ -18,6 +18,11 @@ the peer's is not, calls; a socket the last scan saw keeps its owner; otherwise 
 peer (unconnected UDP sockets, listeners) are not connections and are not counted.  A connection a scan
 saw is counted in ``connections`` but not in ``short_lived``: the collector already counts it from its
 socket rows.
+
+Bytes of connections that stay open: at each scan (``learn``) one more TCP dump with ``INET_DIAG_INFO``
+reads every open connection's counters; a flow gets what its connections moved since the previous
+reading (flows with no closed connection carry bytes only), and a connection that closes later counts
+only what it moved after the last reading.  The first reading of a namespace is a baseline.
 """
 
 from __future__ import annotations
@@ -36,7 +41,17 @@ from typing import NamedTuple
 from sockfleet.agent.errors import ParseError
 from sockfleet.agent.netns import entered
 from sockfleet.agent.records import Namespace, Proto, Snapshot, State
-from sockfleet.agent.sources.netlink import INET_MSG, NETLINK_SOCK_DIAG, NLMSGHDR, PORTS, RTATTR, SOCK_DIAG_BY_FAMILY
+from sockfleet.agent.sources.netlink import (
+    INET_MSG,
+    NETLINK_SOCK_DIAG,
+    NLMSG_DONE,
+    NLMSGHDR,
+    PORTS,
+    RTATTR,
+    SOCK_DIAG_BY_FAMILY,
+    dump,
+    request,
+)
 from sockfleet.connections import CALLING, NOT_FOLDED, SERVED, WILDCARDS, ephemeral, plain
 
 log = logging.getLogger("sockfleet.agent")
@@ -128,6 +143,40 @@ def _attributes(data: bytes, offset: int, end: int) -> tuple[int | None, int, in
             info_at, info_size = offset + RTATTR.size, length - RTATTR.size
         offset += (length + 3) & ~3
     return protocol, info_at, info_size
+
+
+Ends = tuple[int, str, str, int, str, int]  # netns, proto, local address and port, remote address and port
+# TCP states that can move bytes: every state but LISTEN (10) and TIME_WAIT (6), as a bit mask.
+MOVING = 0xFFF & ~(1 << 10) & ~(1 << 6)
+
+
+def readings(chunks: Iterable[bytes], netns: int) -> dict[Ends, tuple[int, int]]:
+    """Bytes sent and received so far by each TCP connection of a dump asked with ``INET_DIAG_INFO``."""
+    found: dict[Ends, tuple[int, int]] = {}
+    for data in chunks:
+        offset, size = 0, len(data)
+        while offset < size:
+            if offset + NLMSGHDR.size > size:
+                raise ParseError(NAME, f"truncated netlink header at byte {offset} of {size}")
+            length, kind, _, _, _ = NLMSGHDR.unpack_from(data, offset)
+            if length < NLMSGHDR.size or offset + length > size:
+                raise ParseError(NAME, f"netlink message of {length} bytes at byte {offset} overruns {size}")
+            if kind == NLMSG_DONE:
+                return found
+            start, end = offset + NLMSGHDR.size, offset + length
+            offset += (length + 3) & ~3
+            if kind != SOCK_DIAG_BY_FAMILY or end - start < INET_MSG.size:
+                continue
+            family, _, _, src, dst, _, _, _, _ = INET_MSG.unpack_from(data, start)
+            sport, dport = PORTS.unpack_from(data, start + 4)
+            names = _NAMES.get(family)
+            _, info_at, info_size = _attributes(data, start + INET_MSG.size, end)
+            if names is None or dport == 0 or info_size < TCP_BYTES_AT + TCP_BYTES.size:
+                continue
+            local = plain(names.get(src) or _name(names, family, src)) or ""
+            remote = plain(names.get(dst) or _name(names, family, dst)) or ""
+            found[(netns, "tcp", local, sport, remote, dport)] = TCP_BYTES.unpack_from(data, info_at + TCP_BYTES_AT)
+    raise ParseError(NAME, "the dump ended without NLMSG_DONE")
 
 
 FlowKey = tuple[int, str, str, str | None, str, int | None, str, int | None]  # netns, proto, role, process, ...
@@ -224,6 +273,10 @@ class Events:
         self.lock = threading.Lock()
         self.current = Closings()
         self.knowledge = Known({}, {})
+        self.spaces: dict[int, Namespace] = {}
+        self.readings: dict[Ends, tuple[int, int]] | None = None  # bytes of open connections at the last scan
+        self.read_at = 0.0
+        self.read_spaces: set[int] = set()  # namespaces the last reading covered
         self.held: list[tuple[Closed, float]] | None = None
         self.stopping = False
         self.wake_r, self.wake_w = socket.socketpair()
@@ -234,6 +287,7 @@ class Events:
         """Listen in each of ``spaces`` not yet listened in; stop listening in namespaces that are gone."""
         wanted = {ns.inode: ns for ns in spaces}
         with self.lock:
+            self.spaces = wanted
             for inode in [i for i in self.sockets if i not in wanted]:
                 self.sockets.pop(inode).close()
             for inode in [i for i in self.unseen if i not in wanted]:
@@ -265,14 +319,62 @@ class Events:
             self.held = []
 
     def learn(self, snap: Snapshot | None) -> None:
-        """The scan's listeners and connections; events held since ``hold`` are folded against both scans.
-        None: the scan failed, and what the previous one knew stays."""
+        """The scan's listeners and connections; events held since ``hold`` are folded against both scans,
+        and the bytes open TCP connections moved since the previous scan are counted.  None: the scan
+        failed, and what the previous one knew stays."""
         fresh = known(snap) if snap is not None else self.knowledge
+        now = time.time()
+        current = self._read_bytes() if snap is not None else None
         with self.lock:
             held, self.held = self.held or [], None
-            for event, at in held:
-                self._add(event, at, (self.knowledge, fresh))
+            for event, at in held:  # closed after this reading: only what it moved since counts
+                baseline = current if current is not None and at > now and _ends(event) in current else None
+                self._add(event, at, (self.knowledge, fresh), baseline)
+            if current is not None:
+                if self.readings is not None:
+                    self._moved(current, fresh, now)
+                self.readings, self.read_at = current, now
+                self.read_spaces = {ends[0] for ends in current} | set(self.spaces)
             self.knowledge = fresh
+
+    def _read_bytes(self) -> dict[Ends, tuple[int, int]] | None:
+        """Bytes sent and received so far by every open TCP connection of the watched namespaces."""
+        with self.lock:
+            spaces = [ns for inode, ns in self.spaces.items() if inode in self.sockets]
+        if not spaces:
+            return None
+        found: dict[Ends, tuple[int, int]] = {}
+        ask = 1 << (INET_DIAG_INFO - 1)
+        try:
+            for ns in spaces:
+                with entered(ns):
+                    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+                with sock:
+                    for family in (socket.AF_INET, socket.AF_INET6):
+                        chunks = dump(sock, request(family, socket.IPPROTO_TCP, ask, MOVING))
+                        found.update(readings(chunks, ns.inode))
+        except (OSError, ParseError) as exc:
+            log.warning("bytes of open connections not read: %s", exc)
+            return None
+        return found
+
+    def _moved(self, current: dict[Ends, tuple[int, int]], fresh: Known, now: float) -> None:
+        """Bytes each open connection moved since the last reading (all of them for one opened since)."""
+        assert self.readings is not None
+        for ends, (sent, received) in current.items():
+            if ends[0] not in self.read_spaces:
+                continue  # a namespace read for the first time: its connections' bytes so far are the baseline
+            before = self.readings.get(ends, (0, 0))
+            moved = (sent - before[0], received - before[1])
+            if moved[0] <= 0 and moved[1] <= 0:
+                continue
+            netns, _, local, local_port, remote, remote_port = ends
+            key, _ = fold(Closed(netns, Proto.TCP, local, local_port, remote, remote_port, None, None), (fresh,))
+            counts = self._counts(key, self.read_at)
+            if counts is not None:
+                counts.sent += max(moved[0], 0)
+                counts.received += max(moved[1], 0)
+                counts.last = now
 
     def take(self) -> Closings:
         """The flows folded since the last take, and what could not be counted; counting starts again."""
@@ -334,24 +436,39 @@ class Events:
                     if self.held is not None:
                         self.held.append((event, now))
                     else:
-                        self._add(event, now, (self.knowledge,))
+                        self._add(event, now, (self.knowledge,), None)
 
-    def _add(self, event: Closed, at: float, knowledge: tuple[Known, ...]) -> None:
-        key, seen = fold(event, knowledge)
+    def _counts(self, key: FlowKey, at: float) -> Counts | None:
         counts = self.current.flows.get(key)
         if counts is None:
             if len(self.current.flows) >= self.max_flows:
                 self.current.overflowed += 1
-                return
-            counts = self.current.flows[key] = Counts(first=at)
+                return None
+            counts = self.current.flows[key] = Counts(first=at, last=at)
+        return counts
+
+    def _add(
+        self, event: Closed, at: float, knowledge: tuple[Known, ...], baseline: dict[Ends, tuple[int, int]] | None
+    ) -> None:
+        """Count one closed connection; its bytes less what the last reading of open connections counted."""
+        key, seen = fold(event, knowledge)
+        counts = self._counts(key, at)
+        if counts is None:
+            return
         counts.connections += 1
         counts.short_lived += 0 if seen else 1
         if event.sent is None or event.received is None:
             counts.bytes_known = False
         else:
-            counts.sent += event.sent
-            counts.received += event.received
-        counts.last = at
+            before = (baseline if baseline is not None else self.readings or {}).get(_ends(event), (0, 0))
+            counts.sent += max(event.sent - before[0], 0)
+            counts.received += max(event.received - before[1], 0)
+        counts.last = max(counts.last, at)
+
+
+def _ends(event: Closed) -> Ends:
+    local, remote = plain(event.local_address) or "", plain(event.remote_address) or ""
+    return (event.netns, event.proto.value, local, event.local_port, remote, event.remote_port)
 
 
 def _grow(sock: socket.socket, size: int) -> None:

@@ -58,12 +58,13 @@ _DATAGRAM_STATES = {1: State.ESTABLISHED, 10: State.LISTEN}  # anything else: UN
 _ATTR_SIZES = {UNIX_DIAG_PEER: 4, UNIX_DIAG_RQLEN: 8, UNIX_DIAG_UID: 4}
 
 
-def request(family: int, protocol: int | None = None) -> bytes:
-    """The dump request for one family (and, for inet, one protocol)."""
+def request(family: int, protocol: int | None = None, extensions: int = 0, states: int = ALL_STATES) -> bytes:
+    """The dump request for one family (and, for inet, one protocol, the extensions asked for as
+    ``idiag_ext`` bits, and the states as a bit mask)."""
     if family == socket.AF_UNIX:
         body = UNIX_REQ.pack(socket.AF_UNIX, 0, ALL_STATES, 0, UDIAG_SHOW, 0, 0)
     else:
-        body = INET_REQ.pack(family, protocol or 0, 0, ALL_STATES)
+        body = INET_REQ.pack(family, protocol or 0, extensions, states)
     header = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, _SEQ, 0)
     return header + body
 

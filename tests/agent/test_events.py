@@ -274,3 +274,39 @@ def test_events_in_another_namespace_carry_its_inode() -> None:
     mine = {key: counts.connections for key, counts in taken.flows.items() if key[0] == inode}
     assert sum(mine.values()) == 6  # three connections, both ends in the namespace
     assert taken.unseen == {}
+
+
+def pump(a: socket.socket, b: socket.socket, size: int) -> None:
+    """``size`` bytes from ``a`` to ``b``, all read."""
+    a.sendall(b"p" * size)
+    got = 0
+    while got < size:
+        got += len(b.recv(65536))
+
+
+@ROOT_ONLY
+def test_bytes_of_a_long_lived_connection_are_counted_once_per_interval(watching: tuple[Events, Scanner]) -> None:
+    """A connection open across scans: each scan counts what it moved since the previous one, and its
+    close counts only what it moved after the last scan, so the intervals add up to what it sent."""
+    listener, scanner = watching
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        scan_between(listener, scanner)  # the baseline: what the connection moved so far
+        listener.take()
+        pump(client, accepted, 50_000)
+        pump(accepted, client, 80_000)
+        scan_between(listener, scanner)
+        first = flows_of(listener.take(), port, SERVED)
+        pump(client, accepted, 20_000)
+    finally:
+        client.close()
+        accepted.close()
+        server.close()
+    last = flows_of(settle(listener), port, SERVED)
+    assert [(c.connections, c.received, c.sent) for c in first] == [(0, 50_000, 80_000)]  # still open
+    assert [(c.connections, c.short_lived) for c in last] == [(1, 0)]
+    assert last[0].received == pytest.approx(20_000, abs=2)  # the close adds the FIN
+    assert last[0].sent == pytest.approx(0, abs=2)

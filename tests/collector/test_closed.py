@@ -156,3 +156,32 @@ def test_a_connection_between_two_hosts_with_agents_counts_once(network: Network
     assert {e["server_host"] for e in found} == {"host-a"}
     assert {e["server_process"] for e in found} == {"websvc"}
     assert sum(e["client_bytes"] or 0 for e in found) == pytest.approx(count * size, rel=0.01)
+
+
+def test_bytes_of_a_connection_open_across_scans_reach_its_edge(collector: Collector) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    agent = Agent(collector.port, "busy-host", interval="1s")
+    try:
+        wait_for(lambda: any(p["local_port"] == port for p in ports(collector.db_url)), "the listener in a scan")
+        since = stamp()
+        time.sleep(1.5)  # a scan reads the connection's bytes so far: what follows is counted from there
+        client.sendall(b"u" * 40_000)
+        got = 0
+        while got < 40_000:
+            got += len(accepted.recv(65536))
+
+        def moved() -> int:
+            return sum(e["client_bytes"] or 0 for e in edges_to(collector.db_url, port, since))
+
+        wait_for(lambda: moved() >= 40_000, "the bytes in talks", timeout=30)
+        found = edges_to(collector.db_url, port, since)
+    finally:
+        agent.stop()
+        client.close()
+        accepted.close()
+        server.close()
+    assert [(e["connections"], e["short_lived"]) for e in found] == [(1, 0)]  # one connection, seen by scans
+    assert found[0]["client_bytes"] == 40_000
