@@ -52,7 +52,7 @@ from sockfleet.agent.sources.netlink import (
     dump,
     request,
 )
-from sockfleet.connections import CALLING, NOT_FOLDED, SERVED, WILDCARDS, ephemeral, plain
+from sockfleet.connections import CALLING, GONE, NOT_FOLDED, SERVED, WILDCARDS, ephemeral, plain
 
 log = logging.getLogger("sockfleet.agent")
 
@@ -223,7 +223,7 @@ def known(snap: Snapshot) -> Known:
         process = snap.processes[pids[0]].name if pids and pids[0] in snap.processes else None
         if s.remote_address is None or s.state is State.LISTEN:
             listeners.setdefault((s.netns, s.proto.value, s.local_port), {})[plain(s.local_address) or ""] = process
-        elif s.remote_port is not None:
+        elif s.remote_port is not None and s.state.value not in GONE:  # as the collector counts connections
             key = (s.netns, s.proto.value, plain(s.local_address) or "", s.local_port)
             connected[(*key, plain(s.remote_address) or "", s.remote_port)] = process
     return Known(listeners, connected)

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal_column, not_, or_
 
-from sockfleet.connections import EPHEMERAL, MAPPED, ephemeral, plain
+from sockfleet.connections import EPHEMERAL, GONE, MAPPED, ephemeral, plain
 
 LOOPBACK_V4, LOOPBACK_V6 = "127.", "::1"
 LISTEN, UNCONN = "LISTEN", "UNCONN"
@@ -90,9 +90,6 @@ def exposed_sql(c: Any) -> ColumnElement[bool]:
 def ephemeral_sql(column: Any) -> ColumnElement[int]:
     """1 for a port in the ephemeral range, else 0 (a flag SQL can compare)."""
     return case((column.between(*EPHEMERAL), 1), else_=0)
-
-
-GONE = ("TIME_WAIT", LISTEN)  # states of an inet socket with a peer that is not one end of a connection
 
 
 def connected(proto: str, state: str, remote_address: str | None) -> bool:

@@ -172,27 +172,38 @@ def _order(edge: Edge) -> tuple[Any, ...]:
 
 def with_closed(found: list[Edge], ended: list[closed.Closing], names: dict[int, str]) -> list[Edge]:
     """The window's edges with the connections that closed in it: short-lived ones counted (on the edge they
-    belong to, or on a new one), and the bytes each side sent."""
+    belong to, or on a new one), and the bytes each side sent.  A view whose processes match no edge goes
+    to an edge between the same ends and port (the processes one end could not know), so that no byte is
+    left out; short-lived connections with no edge at all make one."""
     out = list(found)
-    index = {(e.proto, e.client_host, e.client_address, e.client_process, e.server_host, e.server_port): i
+    exact = {(e.proto, e.client_host, e.client_address, e.client_process, e.server_host, e.server_port): i
              for i, e in enumerate(out)}  # fmt: skip
-    for c in ended:
+    loose = {(e.proto, e.client_host, e.client_address, e.server_host, e.server_port): i for i, e in enumerate(out)}
+    for c in sorted(ended, key=lambda view: not view.short_lived):  # edges first, then bytes onto them
         client_host, server_host = names.get(c.client_ref or -1), names.get(c.server_ref or -1)
-        at = index.get((c.proto, client_host, c.client_address, c.client_process, server_host, c.server_port))
+        address = c.client_address if client_host is None else None
+        at = exact.get((c.proto, client_host, address, c.client_process, server_host, c.server_port))
+        if at is None and not c.short_lived:
+            at = loose.get((c.proto, client_host, address, server_host, c.server_port))
         if at is not None:
-            e = out[at]
-            out[at] = replace(
-                e,
-                connections=e.connections + c.short_lived,
-                short_lived=e.short_lived + c.short_lived,
-                client_bytes=_plus(e.client_bytes, c.client_bytes),
-                server_bytes=_plus(e.server_bytes, c.server_bytes),
-                first_seen=min(e.first_seen, c.first_seen) if e.first_seen else c.first_seen,
-                last_seen=max(e.last_seen, c.last_seen) if e.last_seen else c.last_seen,
-            )
+            out[at] = _added(out[at], c)
         elif c.short_lived:
             out.append(_new_edge(c, client_host, server_host))
+            exact[(c.proto, client_host, address, c.client_process, server_host, c.server_port)] = len(out) - 1
+            loose.setdefault((c.proto, client_host, address, server_host, c.server_port), len(out) - 1)
     return out
+
+
+def _added(e: Edge, c: closed.Closing) -> Edge:
+    return replace(
+        e,
+        connections=e.connections + c.short_lived,
+        short_lived=e.short_lived + c.short_lived,
+        client_bytes=_plus(e.client_bytes, c.client_bytes),
+        server_bytes=_plus(e.server_bytes, c.server_bytes),
+        first_seen=min(e.first_seen, c.first_seen) if e.first_seen else c.first_seen,
+        last_seen=max(e.last_seen, c.last_seen) if e.last_seen else c.last_seen,
+    )
 
 
 def _plus(held: int | None, more: int | None) -> int | None:
