@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from sockfleet.agent.records import Namespace, Proto
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.connections import CALLING, SERVED
 from tests.conftest import ROOT
+from tests.traffic import exchange
 
 NS = 4026531840
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="joining sock_diag groups needs CAP_NET_ADMIN")
@@ -104,35 +104,6 @@ def scan_between(listener: Events, scanner: Scanner) -> None:
 def settle(listener: Events) -> Closings:
     time.sleep(0.3)  # the reading thread folds what the kernel already sent
     return listener.take()
-
-
-def exchange(server: socket.socket, count: int, request: int, answer: int) -> int:
-    """``count`` short TCP connections to ``server``: each sends ``request`` bytes and gets ``answer``."""
-    host, port = server.getsockname()[:2]
-    assert isinstance(port, int)
-
-    def serve() -> None:
-        for _ in range(count):
-            conn, _ = server.accept()
-            with conn:
-                got = 0
-                while got < request:
-                    got += len(conn.recv(65536))
-                conn.sendall(b"a" * answer)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        for _ in range(count):
-            with socket.create_connection((host, port)) as client:
-                client.sendall(b"r" * request)
-                got = 0
-                while got < answer:
-                    got += len(client.recv(65536))
-    finally:
-        thread.join()
-        server.close()
-    return port
 
 
 def flows_of(taken: Closings, port: int, role: str) -> list[events.Counts]:

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,34 +15,9 @@ import pytest
 
 from tests.collector.harness import Agent, Collector, ask, ports, stamp, wait_for
 from tests.collector.network import ADDRESSES, SWITCH, Network
+from tests.traffic import exchange
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent reads every process's sockets as root")
-
-
-def exchange(server: socket.socket, count: int, request: int, answer: int) -> None:
-    """``count`` short TCP connections to ``server``: each sends ``request`` bytes and gets ``answer``."""
-    host, port = server.getsockname()[:2]
-
-    def serve() -> None:
-        for _ in range(count):
-            conn, _ = server.accept()
-            with conn:
-                got = 0
-                while got < request:
-                    got += len(conn.recv(65536))
-                conn.sendall(b"a" * answer)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        for _ in range(count):
-            with socket.create_connection((host, port)) as client:
-                client.sendall(b"r" * request)
-                got = 0
-                while got < answer:
-                    got += len(client.recv(65536))
-    finally:
-        thread.join()
 
 
 def edges_to(db_url: str, port: int, since: str, *extra: str) -> list[dict[str, Any]]:

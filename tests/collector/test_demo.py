@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -12,27 +13,43 @@ from tests.collector.harness import ENV
 from tests.conftest import ROOT
 
 
-def own_agents(port: str) -> list[str]:
-    """The agents still running for the demo's collector (its port is in their command line)."""
-    found = subprocess.run(
-        ["pgrep", "-f", f"agent run --collector 127.0.0.1:{port} "], capture_output=True, text=True, check=False
-    )
-    return found.stdout.split()
+def left_in_session(session: int) -> list[int]:
+    """The processes still in ``session``: the demo was started as the leader of a session of its own, so
+    its collector and agent are in it, and nothing the test did not start is."""
+    left = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == session:  # state, ppid, pgrp, session
+            left.append(int(entry))
+    return left
 
 
 def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     try:
-        result = subprocess.run(
+        demo = subprocess.Popen(
             [sys.executable, "-m", "sockfleet", "demo", "--once", "--interval", "1s"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env={**ENV, "XDG_DATA_HOME": str(tmp_path)},
             cwd=ROOT,
-            timeout=120,
-            check=False,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = demo.communicate(timeout=120)
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, 9)  # its session: the demo, its collector and its agent
+                demo.communicate()
+        result = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     finally:
         listener.close()
     assert result.returncode == 0, result.stderr
@@ -48,7 +65,7 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["PROTO", "CLIENT", "SERVER"])
     calls = [line.split() for line in lines[header + 1 :]]
     assert any(c[0] == "tcp" and collector_port.group(1) in c and c[-1] == "listener" for c in calls), lines
-    assert not own_agents(collector_port.group(1))  # the demo stopped its agent
+    assert not left_in_session(demo.pid)  # the demo stopped its agent
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -62,6 +79,7 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         text=True,
         env={**ENV, "XDG_DATA_HOME": str(tmp_path)},
         cwd=ROOT,
+        start_new_session=True,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -73,6 +91,4 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "LISTEN" in stdout
-    collector_port = re.search(r"collector on 127\.0\.0\.1:(\d+)", seen)
-    assert collector_port is not None
-    assert not own_agents(collector_port.group(1))
+    assert not left_in_session(proc.pid)
