@@ -15,7 +15,7 @@ from sockfleet.agent.output import FORMATS, write
 from sockfleet.agent.records import Coverage, Proto
 from sockfleet.agent.snapshot import ALL_PROTOS, Scanner, default_sources
 from sockfleet.agent.sources import SOURCES, by_name
-from sockfleet.commandline import Option, Parser, add_options, fail
+from sockfleet.commandline import CONFIG, LOG_FORMAT, Option, Parser, add_options, fail
 
 NAMESPACES: Option = (
     ("--namespaces",),
@@ -48,6 +48,7 @@ SNAPSHOT: tuple[Option, ...] = (
     DEBUG,
 )
 RUN: tuple[Option, ...] = (
+    CONFIG,
     (("--collector",), {"required": True, "help": "the collector's HOST:PORT"}),
     (("--interval",), {"default": "15s", "help": "time between scans (default 15s)"}),
     (("--host",), {"help": "host name and id to report (default: hostname and /etc/machine-id)"}),
@@ -90,6 +91,11 @@ RUN: tuple[Option, ...] = (
             "default": "info",
             "help": "connecting, leaving and why are logged at info (default)",
         },
+    ),
+    LOG_FORMAT,
+    (
+        ("--metrics-listen",),
+        {"help": "HOST:PORT to serve Prometheus metrics (/metrics) and /healthz on (default: not served)"},
     ),
     DEBUG,
 )

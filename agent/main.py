@@ -21,6 +21,8 @@ commands:
   collector rename    give a host another name
   collector tokens    the agent tokens issued, and when each was last used
   collector migrate   create or upgrade the database schema
+  collector prune     remove history that ended before a horizon
+  collector status    the database: schema revision, retention horizon, hosts reporting
   hosts               hosts, their addresses and whether they report
   sockets             every socket on the fleet's hosts (--at TIME for the past)
   ports               listening sockets (--at TIME for the past)

@@ -7,7 +7,7 @@ import argparse
 
 from sockfleet.collector import db, output
 from sockfleet.collector.rules import STATES
-from sockfleet.commandline import Option, Parser, add_options
+from sockfleet.commandline import CONFIG, LOG_FORMAT, Option, Parser, add_options
 
 PROTOS = ("tcp", "udp", "unix")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -48,6 +48,7 @@ FILTERS: tuple[Option, ...] = (
     (("--exposed",), {"action": "store_true", "help": "only inet sockets bound beyond loopback"}),
 )
 SERVE: tuple[Option, ...] = (
+    CONFIG,
     (("--listen",), {"default": "[::]:50051", "help": "HOST:PORT to listen on (default [::]:50051)"}),
     (("--tls-cert",), {"help": "PEM certificate chain to serve with"}),
     (("--tls-key",), {"help": "PEM private key of the certificate"}),
@@ -96,6 +97,18 @@ SERVE: tuple[Option, ...] = (
             "help": "agents connecting, leaving and refused are logged at info (default)",
         },
     ),
+    LOG_FORMAT,
+    (
+        ("--metrics-listen",),
+        {"help": "HOST:PORT to serve Prometheus metrics (/metrics) and /healthz on (default: not served)"},
+    ),
+    (
+        ("--retain",),
+        {
+            "help": "remove history that ended longer ago than this, like 30d, in small batches while serving "
+            "(default: keep everything)"
+        },
+    ),
     DB,
 )
 ACTIONS: dict[str, tuple[str, tuple[Option, ...]]] = {
@@ -130,6 +143,11 @@ ACTIONS: dict[str, tuple[str, tuple[Option, ...]]] = {
     ),
     "tokens": ("the agent tokens issued: for which host, when, last used, revoked", (FORMAT, DB)),
     "migrate": ("create or upgrade the database schema", (INIT, DB)),
+    "prune": (
+        "remove history that ended before a horizon; questions about earlier moments are then refused",
+        ((("--older-than",), {"required": True, "help": "the horizon, as an age: 30d, 12h"}), DB),
+    ),
+    "status": ("the database: schema revision, retention horizon, hosts reporting", (FORMAT, DB)),
 }
 COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
     "hosts": ("hosts, their addresses and whether they report", (DB, AT, FORMAT)),

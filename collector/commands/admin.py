@@ -63,4 +63,16 @@ def _existing(url: str | None) -> Engine:
     return engine
 
 
-COMMANDS = {"migrate": migrate, "enroll": enroll, "revoke": revoke, "rename": rename, "tokens": tokens}
+def _not_yet(args: argparse.Namespace) -> int:
+    raise UsageError(f"collector {args.action}: not available yet")
+
+
+COMMANDS = {
+    "prune": _not_yet,
+    "status": _not_yet,
+    "migrate": migrate,
+    "enroll": enroll,
+    "revoke": revoke,
+    "rename": rename,
+    "tokens": tokens,
+}

@@ -36,6 +36,20 @@ class Parser(argparse.ArgumentParser):
 
 Option = tuple[tuple[str, ...], dict[str, Any]]  # an option's flags, and how argparse takes it
 
+# Options of every long-running command (agent run, collector serve, web).
+CONFIG: Option = (
+    ("--config",),
+    {
+        "metavar": "FILE",
+        "help": "TOML file of these options, keys named like them (default: /etc/sockfleet/<program>.toml when "
+        "it exists); flags win over $SOCKFLEET_<OPTION>, which wins over the file",
+    },
+)
+LOG_FORMAT: Option = (
+    ("--log-format",),
+    {"choices": ("text", "json"), "default": "text", "help": "text lines (default) or one JSON object a line"},
+)
+
 
 def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
     """Add each option; those of one ``group`` exclude each other."""
