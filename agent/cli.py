@@ -16,6 +16,7 @@ from sockfleet.agent.records import Coverage, Proto
 from sockfleet.agent.snapshot import ALL_PROTOS, Scanner, default_sources
 from sockfleet.agent.sources import SOURCES, by_name
 from sockfleet.commandline import CONFIG, LOG_FORMAT, Option, Parser, add_options, fail
+from sockfleet.config import configurable
 
 NAMESPACES: Option = (
     ("--namespaces",),
@@ -119,7 +120,9 @@ def build_parser() -> Parser:
     add_options(parser, (DEBUG,))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_options(commands.add_parser("snapshot", help="print every socket of this host with its owner"), SNAPSHOT)
-    add_options(commands.add_parser("run", help="scan every interval and stream to a collector"), RUN)
+    run = commands.add_parser("run", help="scan every interval and stream to a collector")
+    add_options(run, RUN)
+    run.config = configurable(run, "agent")
     return parser
 
 

@@ -8,6 +8,7 @@ import argparse
 from sockfleet.collector import db, output
 from sockfleet.collector.rules import STATES
 from sockfleet.commandline import CONFIG, LOG_FORMAT, Option, Parser, add_options
+from sockfleet.config import configurable
 
 PROTOS = ("tcp", "udp", "unix")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -232,4 +233,7 @@ def build_parser() -> Parser:
     for group, table in ((actions, ACTIONS), (commands, COMMANDS)):
         for name, (text, options) in table.items():
             add_options(group.add_parser(name, help=text), options)
+    serve = actions.choices["serve"]
+    assert isinstance(serve, Parser)
+    serve.config = configurable(serve, "collector")
     return parser

@@ -12,11 +12,20 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from sockfleet.config import Configurable
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line; subparsers are of the same kind."""
+    """An argument parser whose errors are one line; subparsers are of the same kind.
+
+    A subcommand given a ``Configurable`` (``sockfleet.config``) also takes its options from the
+    environment and a TOML file.
+    """
+
+    config: Configurable | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -29,8 +38,16 @@ class Parser(argparse.ArgumentParser):
     def parse(self, argv: Sequence[str]) -> argparse.Namespace:
         """Parse ``argv``; an argument no (sub)command knows is reported by the subcommand it was given to."""
         args, extra = self.parse_known_args(argv)
+        chosen = _chosen(self, args)
         if extra:
-            _chosen(self, args).error(f"unrecognized arguments: {' '.join(extra)}")
+            chosen.error(f"unrecognized arguments: {' '.join(extra)}")
+        if isinstance(chosen, Parser) and chosen.config is not None:
+            from sockfleet.config import ConfigError
+
+            try:
+                chosen.config.apply(args)
+            except ConfigError as exc:
+                chosen.exit(2, f"{chosen.prog}: error: {one_line(exc)}\n")
         return args
 
 
@@ -83,7 +100,7 @@ def _explained(parser: argparse.ArgumentParser, message: str) -> str:
         flags = [word.split("=")[0] for word in words if word.startswith("-")]
         word = flags[0] if flags else words[0]
         text = f"unrecognized argument{'s' if len(words) > 1 else ''} {' '.join(words)}"
-        return text + _suggestion(word, _options(parser))
+        return text + suggestion(word, _options(parser))
     choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if choice:
         known = re.findall(r"'([^']*)'", choice.group(3))
@@ -92,12 +109,12 @@ def _explained(parser: argparse.ArgumentParser, message: str) -> str:
             if choice.group(1).isupper() or choice.group(1) in ("command", "action")
             else f"value for {choice.group(1)}"
         )
-        near = _suggestion(choice.group(2), [repr(name) for name in known], repr(choice.group(2)))
+        near = suggestion(choice.group(2), [repr(name) for name in known], repr(choice.group(2)))
         return f"unknown {what} {choice.group(2)!r}{near} (one of {', '.join(known)})"
     return message
 
 
-def _suggestion(word: str, known: list[str], shown: str | None = None) -> str:
+def suggestion(word: str, known: list[str], shown: str | None = None) -> str:
     import difflib
 
     near = difflib.get_close_matches(shown or word, known, n=1, cutoff=0.6)
