@@ -60,7 +60,7 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
 def main(argv: list[str]) -> int:
     # --debug may follow the command as well as precede it: `sockfleet hosts --debug`.
     debug = "--debug" in argv[1:]
-    args = build_parser().parse(join_relative_times([argv[0], *(a for a in argv[1:] if a != "--debug")]))
+    args = build_parser().parse(join_relative_times([*argv[:1], *(a for a in argv[1:] if a != "--debug")]))
     args.debug = args.debug or debug
     level = getattr(args, "log_level", None) or ("debug" if args.debug else "warning")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s: %(message)s")
