@@ -5,8 +5,9 @@ multicast groups (``SKNLGRP_INET_TCP_DESTROY``, ``..._UDP_DESTROY`` and their IN
 one ``inet_diag_msg`` as a dump answers it, with ``INET_DIAG_PROTOCOL`` (u8) and ``INET_DIAG_INFO``: for TCP
 a ``tcp_info`` whose ``tcpi_bytes_acked`` and ``tcpi_bytes_received`` (u64 at bytes 120 and 128) are the
 bytes this end sent and received over the connection's life (each counts the connection's FIN as one byte).
-Joining another namespace's groups needs CAP_SYS_ADMIN (to enter it) and, on some kernels, CAP_NET_ADMIN
-in it; a namespace where either is refused is reported in the scan's coverage, never fatal.
+Joining another namespace's groups needs CAP_SYS_ADMIN (to enter it); no more: any process may join the
+groups of the namespace it is in.  A namespace where this is refused is reported in the scan's coverage,
+never fatal.
 
 ``Events`` reads one netlink socket per scanned namespace in a thread and folds the events into counters
 per flow, keyed as the collector keys flows (``sockfleet.connections``): namespace, protocol, role,
@@ -308,7 +309,8 @@ class Events:
                 sock.close()
                 raise
         except OSError as exc:
-            reason = "not permitted: needs CAP_SYS_ADMIN and CAP_NET_ADMIN" if exc.errno == errno.EPERM else str(exc)
+            refused = exc.errno == errno.EPERM
+            reason = "not permitted: entering the namespace needs CAP_SYS_ADMIN" if refused else str(exc)
             self.unseen[ns.inode] = f"connections between scans not seen: joining sock_diag events refused ({reason})"
             log.warning("namespace %d: %s", ns.inode, self.unseen[ns.inode])
             return

@@ -1,0 +1,27 @@
+"""Whether a secret file (an agent's token, the web page's password file) is kept private.
+
+A file is private when no one but its owner may read it (mode 0600 or stricter), as ssh asks of a key,
+or when it is one of the service's systemd credentials (under ``$CREDENTIALS_DIRECTORY``): systemd
+shows those as mode 0440 with an access list that names the service's user alone, in a folder only
+that user may enter.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def exposed_mode(path: str) -> int | None:
+    """The file's permission bits if users other than its owner may read it; ``None`` when it is private.
+
+    Raises ``OSError`` when the file cannot be looked at.
+    """
+    mode = os.stat(path).st_mode & 0o777
+    if not mode & 0o077:
+        return None
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        folder, found = os.path.realpath(credentials), os.path.realpath(path)
+        if os.path.commonpath((folder, found)) == folder:
+            return None
+    return mode
