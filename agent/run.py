@@ -9,13 +9,21 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
+from sockfleet import logs
 from sockfleet.agent.errors import UsageError
 from sockfleet.agent.events import Events
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.spool import Spool
 from sockfleet.agent.stream import Streamer, identity
+from sockfleet.private import exposed_mode
 from sockfleet.v1.limits import MAX_NAME
+
+if TYPE_CHECKING:
+    from sockfleet.monitoring import Endpoint
+
+log = logging.getLogger("sockfleet.agent")
 
 
 def parse_interval(text: str) -> float:
@@ -43,10 +51,30 @@ def run_command(args: argparse.Namespace) -> int:
         raise UsageError("--tls-cert and --tls-key go together")
     if args.spool_max_bytes <= 0:
         raise UsageError("--spool-max-bytes must be more than 0")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     streamer = _streamer(args, interval)
-    asyncio.run(_until_signalled(streamer))
+    endpoint = _metrics(args.metrics_listen, streamer) if args.metrics_listen else None
+    try:
+        asyncio.run(_until_signalled(streamer))
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     return 0
+
+
+def _metrics(listen: str, streamer: Streamer) -> Endpoint:
+    """``/metrics`` and ``/healthz`` on ``--metrics-listen``; prometheus_client is loaded only then."""
+    from sockfleet.agent.metrics import AgentMetrics
+    from sockfleet.monitoring import Endpoint
+
+    metrics = AgentMetrics(streamer.spool, streamer.interval)
+    try:
+        endpoint = Endpoint(listen, metrics.registry, metrics.problem)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    streamer.observer = metrics
+    log.info("serving metrics on http://%s:%d/metrics", listen.rsplit(":", 1)[0], endpoint.port)
+    return endpoint
 
 
 def _streamer(args: argparse.Namespace, interval: float) -> Streamer:
@@ -86,8 +114,8 @@ async def _until_signalled(streamer: Streamer) -> None:
 def read_token(path: str) -> str:
     """The token in ``path``, a file only its owner may read (as ssh wants of a private key)."""
     try:
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
+        mode = exposed_mode(path)
+        if mode is not None:
             raise UsageError(f"--token-file {path}: other users may read it (mode {mode:04o}); `chmod 600 {path}`")
         with open(path, encoding="ascii") as file:
             token = file.read().strip()

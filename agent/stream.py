@@ -122,6 +122,31 @@ CAUSES = (
 )
 
 
+class Observer:
+    """What a ``Streamer`` tells of its work as it goes (``agent.metrics`` counts it); by default nothing."""
+
+    def scanned(self, snap: Snapshot, closed: Closings | None, seconds: float) -> None:
+        """A scan that took ``seconds`` is queued."""
+
+    def scan_failed(self) -> None:
+        """A scan failed (it is logged); the next one comes an interval later."""
+
+    def connecting(self) -> None:
+        """A connection to the collector begins."""
+
+    def disconnected(self) -> None:
+        """The stream ended, for whatever reason."""
+
+    def sent(self, kind: str) -> None:
+        """A ``snapshot`` or a ``delta`` went out."""
+
+    def acked(self) -> None:
+        """The collector acknowledged the message sent last."""
+
+    def dropped(self) -> None:
+        """The collector refused a scan as invalid: it is dropped, and the gap recorded."""
+
+
 class Streamer:
     """Keeps one host's stream to the collector going until ``stop`` is set.
 
@@ -141,8 +166,10 @@ class Streamer:
         spool: Spool | None = None,
         client_cert: tuple[str, str] | None = None,
         events: Events | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.target = target
+        self.observer = observer or Observer()
         self.events = events
         self.scanner = scanner
         self.ident = ident
@@ -157,6 +184,12 @@ class Streamer:
         self.acked = 0  # messages acknowledged, for tests and logs
         self.dropped = 0  # messages the collector refused, dropped
         self.queued: asyncio.Event | None = None
+        self.up = False  # a stream is open and the collector answered on it
+
+    def fields(self, reason: str | None = None) -> dict[str, str]:
+        """What a log line about the stream carries (``--log-format json``)."""
+        fields = {"host": self.ident.host_name, "address": self.target, "agent_version": __version__}
+        return fields if reason is None else {**fields, "reason": reason}
 
     async def run(self, stop: asyncio.Event) -> None:
         self.queued = asyncio.Event()
@@ -165,7 +198,14 @@ class Streamer:
         try:
             while not stop.is_set():
                 try:
+                    self.observer.connecting()
+                    log.debug("connecting to the collector at %s", self.target, extra=self.fields())
                     await self._connected(stop)
+                    log.info(
+                        "disconnected from the collector at %s: the agent is stopping",
+                        self.target,
+                        extra=self.fields("stopping"),
+                    )
                     backoff = 1.0
                 except grpc.aio.AioRpcError as exc:
                     if self._settled(exc):
@@ -179,6 +219,8 @@ class Streamer:
                     )
                     await _sleep_or_stop(stop, self._retry(f"the collector at {self.target}: {detail}", backoff))
                     backoff = min(backoff * 2, MAX_BACKOFF)
+                finally:
+                    self.up = False
         finally:
             scanning.cancel()
             await asyncio.gather(scanning, return_exceptions=True)
@@ -191,7 +233,14 @@ class Streamer:
         if len(self.spool):
             self.spool.persist()
         delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrecy
-        log.warning("%s; %d scans waiting; retrying in %.1fs", detail, len(self.spool), delay)
+        log.warning(
+            "%s%s; %d scans waiting; retrying in %.1fs",
+            "disconnected: " if self.up else "",
+            detail,
+            len(self.spool),
+            delay,
+            extra=self.fields(detail),
+        )
         return delay
 
     def explain(self, code: grpc.StatusCode, details: str) -> str:
@@ -226,6 +275,7 @@ class Streamer:
             )
             self.spool.drop_head(exc.details() or exc.code().name)
             self.dropped += 1
+            self.observer.dropped()
             return True
         held = metadata.get("sockfleet-epoch", "")
         if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and held.isdigit():
@@ -237,7 +287,9 @@ class Streamer:
     async def _scan(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
+                began = time.perf_counter()
                 snap, closed = await asyncio.to_thread(self._snapshot)
+                took = time.perf_counter() - began
                 current = convert.entries(snap)
                 changes = diff(self.spool.tail, current) if self.spool.tail is not None else None
                 found = list(snap.addresses) if snap.addresses is not None else None
@@ -247,10 +299,12 @@ class Streamer:
                 closings = convert.closings(closed) if closed is not None else None
                 self.spool.add(current, changes, int(snap.taken_at * 1e6), coverage, found, closings)
             except Exception as exc:  # one failed scan must not end the agent's scanning
+                self.observer.scan_failed()
                 log.error(
                     "scan failed: %s; the next one in %gs", exc, self.interval, exc_info=log.isEnabledFor(logging.DEBUG)
                 )
             else:
+                self.observer.scanned(snap, closed, took)
                 assert self.queued is not None
                 self.queued.set()
             await _sleep_or_stop(stop, self.interval)
@@ -299,10 +353,16 @@ class Streamer:
                         await self._send_snapshot(call, features)
                     else:
                         await call.write(self._delta(head, acked_seq, coverage == sent_coverage))
+                    self.observer.sent("snapshot" if full else "delta")
                     reply = await self._reply(call)
                     if not replied:
-                        replied = True
-                        log.info("connected to the collector at %s; %d scans waiting", self.target, len(self.spool))
+                        replied = self.up = True
+                        log.info(
+                            "connected to the collector at %s; %d scans waiting",
+                            self.target,
+                            len(self.spool),
+                            extra=self.fields(),
+                        )
                     if reply.HasField("resync"):
                         log.info("collector asks for a full snapshot: %s", reply.resync.reason)
                         full = True
@@ -310,6 +370,7 @@ class Streamer:
                     self.spool.pop()
                     full, acked_seq, sent_coverage = False, self.seq, coverage
                     self.acked += 1
+                    self.observer.acked()
             except asyncio.InvalidStateError:
                 # A write after the collector ended the call ("RPC already finished"): its status says why.
                 await _raise_status(call)
@@ -317,6 +378,7 @@ class Streamer:
             finally:
                 features.cancel()
                 call.cancel()
+                self.observer.disconnected()
 
     def _delta(self, head: pb.Delta, acked_seq: int, same_coverage: bool) -> pb.AgentMessage:
         """The head as a delta on the last acknowledged scan; coverage only when it changed."""

@@ -25,11 +25,15 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from sockfleet.collector import convert
 from sockfleet.collector.credentials import Credential, revoked_since, token_hash, verify
 from sockfleet.collector.errors import CollectorError, RejectedMessage, UsageError
+from sockfleet.collector.health import SERVICE, Health
+from sockfleet.collector.metrics import REFUSAL_BY_CODE, CollectorMetrics
 from sockfleet.collector.store import Outcome, Store
 from sockfleet.collector.store.stepwise import apply_in_steps
 from sockfleet.commandline import printable
@@ -58,6 +62,12 @@ class Peer:
     name: str
     interval: float
     behind: timedelta = timedelta(0)
+    address: str = ""  # where the stream comes from, as gRPC names it (ipv4:10.0.0.5:40112)
+    agent: str = ""  # the agent's version
+
+    def fields(self) -> dict[str, str]:
+        """What a log line about this stream carries (``--log-format json``)."""
+        return {"host": self.name, "host_id": self.host_id, "address": self.address, "agent_version": self.agent}
 
 
 class Collector(pb_grpc.CollectorServicer):
@@ -94,6 +104,8 @@ class Collector(pb_grpc.CollectorServicer):
         self.closing = False
         self.watcher: asyncio.Task[None] | None = None
         self.assembling = 0  # streams whose snapshot is coming in parts
+        self.metrics = CollectorMetrics()
+        self.health = Health(store.engine)
 
     def summary(self) -> str:
         """One line on recent messages: how many, and the median and 95th percentile from receipt to Ack."""
@@ -128,6 +140,7 @@ class Collector(pb_grpc.CollectorServicer):
             try:
                 revoked = await self._run(self._revoked_since, since - timedelta(seconds=every), inline=False)
             except DBAPIError as exc:
+                self.metrics.database_errors.inc()
                 log.warning("cannot look for revoked tokens: %s", _reason(exc))
                 continue
             since = moment
@@ -148,6 +161,7 @@ class Collector(pb_grpc.CollectorServicer):
         self.open[stop] = credential.token_hash if credential is not None else None
         ended = "the agent closed the stream"
         pacer, parts = Pacer(self.rate_limit, peer.interval), Parts()
+        self.metrics.agents.inc()
         try:
             async for message in _until(reader, stop, lambda: PART_PATIENCE if parts.pending() else None):
                 reply = await self._answer(context, peer, message, pacer, parts)
@@ -161,6 +175,9 @@ class Collector(pb_grpc.CollectorServicer):
             await self._refuse(context, peer, RejectedMessage(_undecodable(exc)))
         except TimeoutError as exc:
             ended = str(exc)
+            log.warning(
+                "refused a message from host %s: %s", peer.name, exc, extra=self._refusal("timeout", context, peer)
+            )
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc} within {PART_PATIENCE:g} s")
         except BaseException as exc:
             ended = ended if stop.is_set() else _ending(exc)
@@ -168,7 +185,14 @@ class Collector(pb_grpc.CollectorServicer):
         finally:
             self.assembling -= 0 if parts.pending() is None else 1
             self.open.pop(stop, None)
-            log.info("host %s (%s) disconnected: %s", peer.name, peer.host_id, ended)
+            self.metrics.agents.dec()
+            log.info(
+                "host %s (%s) disconnected: %s",
+                peer.name,
+                peer.host_id,
+                ended,
+                extra={**peer.fields(), "reason": ended},
+            )
 
     async def _admit(self, reader: AsyncIterator[pb.AgentMessage], context: Context) -> tuple[Peer, Credential | None]:
         """Let a stream in: a free place among the streams waiting to say hello, then a hello the store accepts."""
@@ -176,7 +200,10 @@ class Collector(pb_grpc.CollectorServicer):
             await self._stopped(context)
         if self.pending >= self.max_pending:
             log.warning(
-                "refused a stream from %s: %d streams are waiting for their hello", context.peer(), self.pending
+                "refused a stream from %s: %d streams are waiting for their hello",
+                context.peer(),
+                self.pending,
+                extra=self._refusal("busy", context),
             )
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to say hello")
         self.pending += 1
@@ -186,18 +213,35 @@ class Collector(pb_grpc.CollectorServicer):
                 ref = await self._run(self._hello, hello, credential)
             except RejectedMessage as exc:
                 name = hello.host_id[:255]
-                log.warning("refused the hello of %r from %s: %s", name, context.peer(), printable(str(exc)))
+                log.warning(
+                    "refused the hello of %r from %s: %s",
+                    name,
+                    context.peer(),
+                    printable(str(exc)),
+                    extra={**self._refusal(REFUSAL_BY_CODE.get(exc.code, "invalid"), context), "host_id": name},
+                )
                 await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
             except DBAPIError as exc:
                 await self._database_error(context, exc)
         finally:
             self.pending -= 1
-        peer = self._peer(ref, hello)
-        agent = printable(hello.agent_version[:64]) or "unknown"
-        log.info("host %s (%s) connected from %s, agent %s", peer.name, peer.host_id, context.peer(), agent)
+        peer = self._peer(ref, hello, context.peer())
+        log.info(
+            "host %s (%s) connected from %s, agent %s",
+            peer.name,
+            peer.host_id,
+            peer.address,
+            peer.agent,
+            extra=peer.fields(),
+        )
         return peer, credential
 
-    def _peer(self, ref: int, hello: pb.Hello) -> Peer:
+    def _refusal(self, reason: str, context: Context, peer: Peer | None = None) -> dict[str, str]:
+        """Count a refusal (``reason``: one of ``metrics.REFUSALS``); the fields its log line carries."""
+        self.metrics.refusal(reason)
+        return {**(peer.fields() if peer is not None else {}), "address": context.peer(), "reason": reason}
+
+    def _peer(self, ref: int, hello: pb.Hello, address: str) -> Peer:
         """The host of an accepted hello, with names as logs show them: an agent's text never acts on the
         terminal or journal that prints it."""
         interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
@@ -206,7 +250,8 @@ class Collector(pb_grpc.CollectorServicer):
             lag = _now() - convert.utc(hello.sent_at_us)  # convert.greeting checked that it is a plausible time
             behind = lag if lag > self.store.max_skew else timedelta(0)
         name = printable((hello.host_name or hello.host_id)[:255])
-        return Peer(ref, printable(hello.host_id[:255]), name, interval, behind)
+        agent = printable(hello.agent_version[:64]) or "unknown"
+        return Peer(ref, printable(hello.host_id[:255]), name, interval, behind, address, agent)
 
     async def _stopped(self, context: Context) -> NoReturn:
         """End a stream the collector stopped: it is stopping, or the stream's token was revoked."""
@@ -220,6 +265,12 @@ class Collector(pb_grpc.CollectorServicer):
         """Apply one message of the stream: its Ack, a Resync, or None while a snapshot's parts come in."""
         body = message.WhichOneof("body")
         if body not in ("snapshot", "delta"):
+            log.warning(
+                "refused a message from host %s: unexpected %s message",
+                peer.name,
+                body or "empty",
+                extra=self._refusal("invalid", context, peer),
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {body or 'empty'} message")
         payload = getattr(message, body)
         pending = parts.pending()
@@ -236,9 +287,12 @@ class Collector(pb_grpc.CollectorServicer):
             self.assembling -= 1
         outcome = await self._apply(context, peer, whole)
         self.apply_seconds.append(time.perf_counter() - received)
+        self.metrics.apply_seconds.observe(self.apply_seconds[-1])
         pacer.stored(outcome)
         if outcome.acked:
-            self.applied += 0 if outcome.replay else 1
+            if not outcome.replay:
+                self.applied += 1
+                self._count(body, whole[-1])
             return pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
         log.info("asking %s for a full snapshot: %s", peer.name, outcome.resync_reason)
         return pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
@@ -252,12 +306,24 @@ class Collector(pb_grpc.CollectorServicer):
                 context, peer, RejectedMessage(f"delta: came before the last part of snapshot {pending}")
             )
         if pending is None and not pacer.allow(payload.taken_at_us):  # the parts of a snapshot count once
+            log.warning(
+                "refused a message from host %s: more than %g repeated scans per second",
+                peer.name,
+                self.rate_limit,
+                extra=self._refusal("rate_limited", context, peer),
+            )
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"more than {self.rate_limit:g} repeated scans per second from this agent",
             )
         if pending is None and body == "snapshot" and payload.more:
             if self.assembling >= MAX_ASSEMBLING:
+                log.warning(
+                    "refused a snapshot in parts from host %s: %d are coming in already",
+                    peer.name,
+                    self.assembling,
+                    extra=self._refusal("busy", context, peer),
+                )
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the collector takes {MAX_ASSEMBLING} snapshots in parts at once; retry",
@@ -271,12 +337,27 @@ class Collector(pb_grpc.CollectorServicer):
         try:
             first = await asyncio.wait_for(anext(reader, None), self.hello_timeout)
         except TimeoutError:
-            log.info("closed a stream from %s: no hello within %g s", context.peer(), self.hello_timeout)
+            log.info(
+                "closed a stream from %s: no hello within %g s",
+                context.peer(),
+                self.hello_timeout,
+                extra=self._refusal("timeout", context),
+            )
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {self.hello_timeout:g} s")
         except DecodeError as exc:
-            log.warning("refused a stream from %s: %s", context.peer(), _undecodable(exc))
+            log.warning(
+                "refused a stream from %s: %s",
+                context.peer(),
+                _undecodable(exc),
+                extra=self._refusal("invalid", context),
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc))
         if first is None or not first.HasField("hello"):
+            log.warning(
+                "refused a stream from %s: its first message is not a hello",
+                context.peer(),
+                extra=self._refusal("invalid", context),
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be a hello")
         credential = None if self.anonymous else await self._authenticate(context, first.hello.host_id)
         return first.hello, credential
@@ -302,6 +383,14 @@ class Collector(pb_grpc.CollectorServicer):
         except DBAPIError as exc:
             await self._database_error(context, exc)
 
+    def _count(self, body: str, payload: pb.Snapshot | pb.Delta) -> None:
+        """Count a message applied: its kind, and the gaps its agent reports."""
+        if isinstance(payload, pb.Delta):
+            body = "delta" if payload.added or payload.changed or payload.removed else "heartbeat"
+        self.metrics.applied.labels(body).inc()
+        if payload.HasField("coverage"):
+            self.metrics.gaps.inc(len(payload.coverage.gaps))
+
     def _hello(self, hello: pb.Hello, credential: Credential | None) -> int:
         return self.store.hello(convert.greeting(hello), credential)
 
@@ -311,21 +400,31 @@ class Collector(pb_grpc.CollectorServicer):
 
     async def _refuse(self, context: Context, peer: Peer, exc: RejectedMessage) -> NoReturn:
         """End the stream with the refusal's status; an invalid message is remembered for `sockfleet hosts`."""
-        log.warning("refused a message from host %s (%s): %s", peer.name, peer.host_id, printable(str(exc)))
+        reason = REFUSAL_BY_CODE.get(exc.code, "invalid")
+        log.warning(
+            "refused a message from host %s (%s): %s",
+            peer.name,
+            peer.host_id,
+            printable(str(exc)),
+            extra=self._refusal(reason, context, peer),
+        )
         metadata = exc.metadata
         if exc.code == "INVALID_ARGUMENT":
             metadata = (("sockfleet-refused", "message"), *metadata)
             try:
                 await self._run(self.store.refused, peer.ref, str(exc))
             except DBAPIError as error:
+                self.metrics.database_errors.inc()
                 log.warning("could not record the refusal: %s", _reason(error))
         context.set_trailing_metadata(metadata)
         await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
 
     async def _database_error(self, context: Context, exc: DBAPIError) -> NoReturn:
         """A database that cannot be reached is UNAVAILABLE (the agent retries); anything else is a fault of ours."""
+        self.metrics.database_errors.inc()
         if isinstance(exc, (OperationalError, InterfaceError)):
             log.warning("database unavailable: %s", _reason(exc))
+            await self.health.failed(f"the database is unavailable: {_reason(exc)[:200]}")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector's database is unavailable; retry")
         log.error("database error: %s", _reason(exc), exc_info=log.isEnabledFor(logging.DEBUG))
         await context.abort(grpc.StatusCode.INTERNAL, "the collector could not store the message")
@@ -340,6 +439,7 @@ class Collector(pb_grpc.CollectorServicer):
                 context.peer(),
                 credential.host_id,
                 host_id[:255],
+                extra=self._refusal("permission_denied", context),
             )
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -359,12 +459,20 @@ class Collector(pb_grpc.CollectorServicer):
             except DBAPIError as exc:
                 await self._database_error(context, exc)
             if found is None:
-                log.warning("refused a stream from %s: unknown or revoked agent token", context.peer())
+                log.warning(
+                    "refused a stream from %s: unknown or revoked agent token",
+                    context.peer(),
+                    extra=self._refusal("unauthenticated", context),
+                )
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked agent token")
             return found
         if names:  # mutual TLS: the client certificate names the host
             return Credential(names[0].decode("utf-8", "replace"), None, None)
-        log.warning("refused a stream from %s: no agent token or client certificate", context.peer())
+        log.warning(
+            "refused a stream from %s: no agent token or client certificate",
+            context.peer(),
+            extra=self._refusal("unauthenticated", context),
+        )
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "no agent token or client certificate: enroll the host with `sockfleet collector enroll`",
@@ -578,11 +686,15 @@ async def start(
     )
     service = Collector(store, anonymous, rate_limit, hello_timeout)
     pb_grpc.add_CollectorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    # Health and reflection answer anyone, without a token: they tell no more than that the service is there.
+    service.health.add_to(server)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
     except RuntimeError as exc:
         raise UsageError(f"cannot listen on {listen}: {_bind_failure(listen)}") from exc
     await server.start()
+    await service.health.start()
     if not anonymous:
         service.watcher = asyncio.get_running_loop().create_task(service.watch_revocations())
     return server, port, service
@@ -591,6 +703,7 @@ async def start(
 async def stop(server: grpc.aio.Server, service: Collector, grace: float = 5.0) -> None:
     """Stop the open streams after the message each is applying, then the server."""
     service.close()
+    await service.health.stop()
     if service.watcher is not None:
         service.watcher.cancel()
     await server.stop(grace)

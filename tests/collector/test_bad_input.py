@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
-from tests.collector.harness import Collector
+from tests.collector.harness import Collector, wait_for
 from tests.collector.raw import STREAM, hello, snapshot, stream
 
 
@@ -124,7 +124,8 @@ def test_bad_input_is_invalid_argument_naming_the_field(
     assert field in details
     assert stored(collector.db_url, host) == (0, 0)
     assert "Traceback" not in collector.said()
-    assert any(field[:30] in line for line in collector.lines if "refused" in line)  # one log line says why
+    # One log line says why; the collector's standard error is read by a thread, so it may come a moment later.
+    wait_for(lambda: any(field[:30] in line for line in collector.lines if "refused" in line), "the refusal's log line")
 
 
 def test_an_older_epoch_is_told_to_start_a_newer_one(collector: Collector) -> None:
