@@ -31,7 +31,7 @@ from sqlalchemy import Connection, func, literal_column, select
 from sockfleet.collector import rules
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.queries import STALE_INTERVALS, Filters, observed, sockets_at
-from sockfleet.collector.schema import credentials, hosts, sockets
+from sockfleet.collector.schema import credentials, hosts, pruned_listeners, sockets
 from sockfleet.collector.times import rfc3339
 
 FINDING_FIELDS = (
@@ -221,13 +221,22 @@ def _finding(row: dict[str, Any], severity: str, finding: str, rule: Rule | None
     }
 
 
+LISTENED = ("LISTEN", "UNCONN")  # the states in which a socket counts as first seen listening
+
+
 def _first_seen(conn: Connection) -> dict[tuple[Any, ...], datetime]:
-    """When each (host, proto, port or path) first listened."""
+    """When each (host, proto, port or path) first listened, among its rows and those retention removed."""
     query = (
         select(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path, func.min(sockets.c.valid_from))
         .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
         # Literal values, as the partial index ix_sockets_listening is written, so that SQLite reads only it.
-        .where(sockets.c.state.in_([literal_column("'LISTEN'"), literal_column("'UNCONN'")]))
+        .where(sockets.c.state.in_([literal_column(f"'{state}'") for state in LISTENED]))
         .group_by(hosts.c.name, sockets.c.proto, sockets.c.local_port, sockets.c.path)
     )
-    return {(r[0], r[1], r[2], r[3]): r[4] for r in conn.execute(query)}
+    first = {(r[0], r[1], r[2], r[3]): r[4] for r in conn.execute(query)}
+    p = pruned_listeners.c
+    removed = select(hosts.c.name, p.proto, p.local_port, p.path, p.first_seen).join(hosts, hosts.c.id == p.host_ref)
+    for name, proto, port, path, seen in conn.execute(removed):
+        key = (name, proto, port, path)
+        first[key] = min(first.get(key, seen), seen)
+    return first

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, or_, select
+from sqlalchemy import ColumnElement, Connection, case, func, or_, select
 
 from sockfleet.collector import rules, spans
 from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
@@ -91,7 +91,10 @@ def observed(conn: Connection, at: datetime | None, since: datetime | None = Non
         .limit(1)
         .scalar_subquery()
     )
-    rows = conn.execute(select(hosts.c.id, hosts.c.name, hosts.c.interval_seconds, last.label("taken_at"))).all()
+    # Observations removed by retention (collector.retention) leave the host's last one on its row.
+    pruned = case((hosts.c.last_pruned_observation <= moment, hosts.c.last_pruned_observation))
+    taken_at = func.coalesce(last, pruned).label("taken_at")
+    rows = conn.execute(select(hosts.c.id, hosts.c.name, hosts.c.interval_seconds, taken_at)).all()
     known, unknown = {}, {}
     scans = {row.id: row.taken_at for row in rows if row.taken_at is not None}
     for row in rows:
@@ -230,10 +233,24 @@ def _socket_counts(conn: Connection, at: datetime | None) -> dict[int, int]:
 
 
 def _gap_counts(conn: Connection, moment: datetime) -> dict[int, tuple[int, int]]:
-    """Each host's scans lost (gaps) and times its kernel dropped socket-destroy events, up to ``moment``."""
+    """Each host's scans lost (gaps) and times its kernel dropped socket-destroy events, up to ``moment``,
+    those of observations removed by retention included."""
     query = (
         select(observations.c.host_ref, func.sum(observations.c.gaps), func.sum(observations.c.events_lost))
         .where(observations.c.taken_at <= moment)
         .group_by(observations.c.host_ref)
     )
-    return {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in conn.execute(query)}
+    counts = {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in conn.execute(query)}
+    pruned = select(hosts.c.id, hosts.c.pruned_gaps, hosts.c.pruned_events_lost).where(
+        or_(hosts.c.pruned_gaps > 0, hosts.c.pruned_events_lost > 0)
+    )
+    for ref, gaps, lost in conn.execute(pruned):
+        held = counts.get(ref, (0, 0))
+        counts[ref] = (held[0] + gaps, held[1] + lost)
+    return counts
+
+
+def recorded(conn: Connection) -> tuple[datetime | None, datetime | None]:
+    """The first and the last moment any host was observed: the stretch of history questions can ask about."""
+    first, last = conn.execute(select(func.min(observations.c.taken_at), func.max(observations.c.taken_at))).one()
+    return first, last

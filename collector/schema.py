@@ -60,6 +60,11 @@ hosts = Table(
     # The host's last message the collector refused, and why.
     Column("last_refusal_at", DateTime),
     Column("last_refusal", Text),
+    # What the observations removed by retention (collector/retention.py) still tell: the host's last one,
+    # and the scans it dropped and the times its kernel lost events, summed.
+    Column("pruned_gaps", Integer, nullable=False, server_default="0"),
+    Column("pruned_events_lost", Integer, nullable=False, server_default="0"),
+    Column("last_pruned_observation", DateTime),
 )
 
 host_addresses = Table(
@@ -249,6 +254,32 @@ credentials = Table(
     Column("host_name", String(255)),  # the name the host reports under, when given at enrollment
     Column("last_used_at", DateTime),  # the last stream that presented the token
     Index(None, "host_id"),
+)
+
+# One row: history that ended before ``horizon`` was removed (collector/retention.py), and the last prune.
+# On PostgreSQL sockets, flows, observations and closed_flows are partitioned by time (migration 0014).
+retention = Table(
+    "retention",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("horizon", DateTime),
+    Column("last_pruned_at", DateTime),
+    Column("rows_removed", BigInteger),
+    Column("partitions_removed", Integer),
+)
+
+# When each listener (host, proto, port or path) whose rows retention removed first listened: `audit` says
+# when a listener was first seen.
+pruned_listeners = Table(
+    "pruned_listeners",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("proto", String(8), nullable=False),
+    Column("local_port", Integer),
+    Column("path", Text),
+    Column("first_seen", DateTime, nullable=False),
+    Index(None, "host_ref"),
 )
 
 # The documented views (current_sockets, listeners, socket_history, edges) are made by the

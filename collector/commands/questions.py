@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Connection, Engine
 
-from sockfleet.collector import audit, changes, db, output, queries
+from sockfleet.collector import audit, changes, db, output, queries, retention
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.talks import EDGE_FIELDS, Edge, Window, edges
 from sockfleet.collector.times import now, parse_duration, parse_time, rfc3339
@@ -21,10 +21,17 @@ from sockfleet.collector.times import now, parse_duration, parse_time, rfc3339
 SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
 
 
-def open_db(url: str | None) -> Engine:
-    """The database, opened to read only (a question never writes, nor makes a file)."""
-    engine = db.engine(url, write=False)
-    db.require_current(engine)
+def open_db(url: str | Engine | None, moments: dict[str, datetime | None]) -> Engine:
+    """The database, opened to read only (a question never writes, nor makes a file); a question about a
+    moment (``moments``: each option and its value) before the retention horizon is refused.  A server
+    that asks many questions (``sockfleet web``) passes the engine it opened once."""
+    if isinstance(url, Engine):
+        engine = url
+    else:
+        engine = db.engine(url, write=False)
+        db.require_current(engine)
+    with engine.connect() as conn:
+        retention.refuse_before(conn, moments)
     return engine
 
 
@@ -47,7 +54,8 @@ def _moment(text: str | None, option: str) -> datetime | None:
     return moment
 
 
-def talks_command(args: argparse.Namespace) -> int:
+def talks_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     at = _moment(args.at, "--at")
     since, until = _moment(args.since, "--since"), _moment(args.until, "--until")
     if at is not None and (since or until):
@@ -57,23 +65,23 @@ def talks_command(args: argparse.Namespace) -> int:
     if since is not None and until is not None and until < since:
         raise UsageError("--until is earlier than --since")
     window = Window(since, until or now()) if since is not None else Window(at)
-    engine = open_db(args.db)
+    engine = open_db(args.db, {"--at": at, "--since": since})
     with engine.connect() as conn:
         host = _host(conn, args.host)
         rows = edges(conn, window, host, args.port)
         seen = queries.observed(conn, window.end or window.start, window.since)
     if args.process is not None:
         rows = [e for e in rows if args.process in (e.client_process, e.server_process)]
-    write_edges(rows, args.format)
-    _warn_unknown(seen, window.end or window.start, host, window.since)
+    write_edges(rows, args.format, out)
+    _warn_unknown(err, seen, window.end or window.start, host, window.since)
     return 0
 
 
-def write_edges(found: list[Edge], fmt: str) -> None:
+def write_edges(found: list[Edge], fmt: str, out: IO[str]) -> None:
     """Edges on standard output: a Graphviz graph, or rows (the table names each end in one column)."""
     rows = [edge.row() for edge in found]
     if fmt == "dot":
-        sys.stdout.write(output.dot(rows))
+        out.write(output.dot(rows))
         return
     for row in rows:
         row["client"] = _end(row["client_host"], row["client_address"], row["client_process"])
@@ -81,7 +89,7 @@ def write_edges(found: list[Edge], fmt: str) -> None:
     output.write(
         rows,
         EDGE_FIELDS,
-        sys.stdout,
+        out,
         fmt,
         ("proto", "client", "server", "server_port", "connections", "last_seen", "direction"),
     )
@@ -92,9 +100,10 @@ def _end(host: str | None, address: str | None, process: str | None) -> str:
     return f"{place} {process}" if process else place
 
 
-def history_command(args: argparse.Namespace) -> int:
+def history_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     since = _moment(args.since, "--since")
-    engine = open_db(args.db)
+    engine = open_db(args.db, {"--since": since})
     with engine.connect() as conn:
         rows = changes.history(conn, _host(conn, args.host) or "", args.port, args.path, since)
     for row in rows:
@@ -102,19 +111,20 @@ def history_command(args: argparse.Namespace) -> int:
     output.write(
         rows,
         changes.HISTORY_FIELDS,
-        sys.stdout,
+        out,
         args.format,
         ("valid_from", "valid_to", "proto", "state", "local", "remote", "pid", "process"),
     )
     return 0
 
 
-def diff_command(args: argparse.Namespace) -> int:
+def diff_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     start, end = _moment(args.start, "--from"), _moment(args.end, "--to") or now()
     assert start is not None
     if end < start:
         raise UsageError("--to is earlier than --from")
-    engine = open_db(args.db)
+    engine = open_db(args.db, {"--from": start})
     with engine.connect() as conn:
         rows, left_out = changes.diff(conn, start, end, _host(conn, args.host), args.short_lived)
     for row in rows:
@@ -124,19 +134,20 @@ def diff_command(args: argparse.Namespace) -> int:
             client = _end(row["client_host"], row["client_address"], row["client_process"])
             server = _end(row["server_host"], row["server_address"], row["server_process"])
             row["what"] = f"{client} -> {server} {output.service(row)}"
-    output.write(rows, changes.DIFF_FIELDS, sys.stdout, args.format, ("change", "kind", "what"))
+    output.write(rows, changes.DIFF_FIELDS, out, args.format, ("change", "kind", "what"))
     if left_out:
-        print(f"left out (not observed at both moments): {', '.join(left_out)}", file=sys.stderr)
+        print(f"left out (not observed at both moments): {', '.join(left_out)}", file=err)
     return 0
 
 
-def audit_command(args: argparse.Namespace) -> int:
+def audit_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Exit status: 1 when a rule is broken, else 3 when a host that should be seen is not, else 0."""
+    out, err = out or sys.stdout, err or sys.stderr
     at = _moment(args.at, "--at")
     rules = audit.load_policy(args.policy) if args.policy else []
     window = timedelta(seconds=parse_duration(args.new_within, "--new-within"))
     lookback = timedelta(seconds=parse_duration(args.lookback, "--lookback"))
-    engine = open_db(args.db)
+    engine = open_db(args.db, {"--at": at})
     with engine.connect() as conn:
         findings, unknown = audit.audit(conn, at, rules, window, at or now(), lookback)
     if args.allow_unobserved:
@@ -146,31 +157,28 @@ def audit_command(args: argparse.Namespace) -> int:
     violations = [f for f in findings if f["severity"] == "violation"]
     unobserved = [f for f in findings if f["severity"] == "unknown"]
     if args.format == "json":
-        output.write(findings, audit.FINDING_FIELDS, sys.stdout, "json")
+        output.write(findings, audit.FINDING_FIELDS, out, "json")
     else:
         for finding in findings:
             finding["listener"] = (
                 f"{finding['host']} {output.endpoint(finding)}" if finding["proto"] else finding["host"]
             )
         output.write(
-            findings,
-            audit.FINDING_FIELDS,
-            sys.stdout,
-            "table",
-            ("severity", "finding", "listener", "process", "detail"),
+            findings, audit.FINDING_FIELDS, out, "table", ("severity", "finding", "listener", "process", "detail")
         )
         notices = len(findings) - len(violations) - len(unobserved)
-        print(f"{len(violations)} violation(s), {len(unobserved)} host(s) not observed, {notices} notice(s)")
+        print(f"{len(violations)} violation(s), {len(unobserved)} host(s) not observed, {notices} notice(s)", file=out)
     if unknown:
-        print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=sys.stderr)
+        print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=err)
     if violations:
         return 1
     return 3 if unobserved else 0
 
 
-def question(args: argparse.Namespace) -> int:
+def question(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     at = _moment(args.at, "--at")
-    engine = open_db(args.db)
+    engine = open_db(args.db, {"--at": at})
     with engine.connect() as conn:
         if args.command == "hosts":
             rows = queries.host_rows(conn, at)
@@ -179,7 +187,7 @@ def question(args: argparse.Namespace) -> int:
             output.write(
                 rows,
                 queries.HOST_FIELDS,
-                sys.stdout,
+                out,
                 args.format,
                 ("host", "status", "addresses", "sockets", "last_seen", "agent_version", "notes"),
             )
@@ -192,8 +200,8 @@ def question(args: argparse.Namespace) -> int:
         for row in rows:
             row["local"] = output.endpoint(row)
             row["remote"] = remote(row)
-    output.write(rows, queries.SOCKET_FIELDS, sys.stdout, args.format, SOCKET_TABLE)
-    _warn_unknown(seen, at, host)
+    output.write(rows, queries.SOCKET_FIELDS, out, args.format, SOCKET_TABLE)
+    _warn_unknown(err, seen, at, host)
     return 0
 
 
@@ -224,15 +232,15 @@ def remote(row: dict[str, Any]) -> str:
     return f"[{address}]:{row['remote_port']}" if ":" in address else f"{address}:{row['remote_port']}"
 
 
-def _warn_unknown(seen: queries.Observed, at: datetime | None, host: str | None, since: datetime | None = None) -> None:
+def _warn_unknown(
+    err: IO[str], seen: queries.Observed, at: datetime | None, host: str | None, since: datetime | None = None
+) -> None:
     names = sorted(name for name in seen.unknown.values() if host is None or name == host)
     if not names:
         return
     if since is not None:
-        print(
-            f"unknown from {rfc3339(since)} to {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr
-        )
+        print(f"unknown from {rfc3339(since)} to {rfc3339(at)} (not observed then): {', '.join(names)}", file=err)
     elif at is None:
-        print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=sys.stderr)
+        print(f"stale (no report for 3 intervals; last known state shown): {', '.join(names)}", file=err)
     else:
-        print(f"unknown at {rfc3339(at)} (not observed then): {', '.join(names)}", file=sys.stderr)
+        print(f"unknown at {rfc3339(at)} (not observed then): {', '.join(names)}", file=err)

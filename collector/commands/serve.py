@@ -8,9 +8,12 @@ import signal
 import sys
 from datetime import timedelta
 
-from sockfleet.collector import db
+import grpc
+
+from sockfleet import monitoring
+from sockfleet.collector import db, retention
 from sockfleet.collector.errors import UsageError
-from sockfleet.collector.server import credentials, start, stop
+from sockfleet.collector.server import Collector, credentials, start, stop
 from sockfleet.collector.store import Store
 from sockfleet.collector.times import parse_duration
 
@@ -25,6 +28,7 @@ async def serve(args: argparse.Namespace) -> int:
     hello_timeout = parse_duration(args.hello_timeout, "--hello-timeout")
     engine = db.engine(args.db, init=args.init)
     db.migrate(engine)
+    retain = retention.ready(engine, args.retain)  # partitions ahead before any message; --retain
     server, port, service = await start(
         Store(engine, skew),
         args.listen,
@@ -34,22 +38,40 @@ async def serve(args: argparse.Namespace) -> int:
         hello_timeout=hello_timeout,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
     )
+    endpoint = await _metrics(args.metrics_listen, server, service)
     mode = "TLS" if creds else "plain text (--insecure)"
     mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
+    served = f", metrics on http://{args.metrics_listen.rsplit(':', 1)[0]}:{endpoint.port}/metrics" if endpoint else ""
     print(
         f"sockfleet collector: listening on {args.listen.rsplit(':', 1)[0]}:{port} ({mode}), "
-        f"database {db.shown(engine.url)}",
+        f"database {db.shown(engine.url)}{served}",
         file=sys.stderr,
         flush=True,
     )
+    upkeep = asyncio.create_task(retention.keep(engine, retain))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
+    upkeep.cancel()  # a prune under way stops between two batches
     await stop(server, service)  # each stream finishes the message it is applying, then ends
+    if endpoint is not None:
+        endpoint.close()
     print(f"sockfleet collector: stopped; {service.summary()}", file=sys.stderr, flush=True)
     return 0
+
+
+async def _metrics(listen: str | None, server: grpc.aio.Server, service: Collector) -> monitoring.Endpoint | None:
+    """``/metrics`` and ``/healthz`` on ``--metrics-listen``, when given; a bad address stops the collector."""
+    if not listen:
+        return None
+    service.metrics.watch_hosts(service.store.engine)
+    try:
+        return monitoring.Endpoint(listen, service.metrics.registry, lambda: service.health.problem)
+    except ValueError as exc:
+        await stop(server, service, grace=0)
+        raise UsageError(str(exc)) from exc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,9 +60,10 @@ CLOSE_KEYS = (
     .values(valid_to=bindparam("moment"), span=spans.closing_span())
     .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
 )
+# The rows are open ones: saying so reads only the open rows (on PostgreSQL, the open partition alone).
 CLOSE_IDS = (
     update(sockets)
-    .where(sockets.c.id.in_(bindparam("ids", expanding=True)))
+    .where(sockets.c.id.in_(bindparam("ids", expanding=True)), sockets.c.valid_to.is_(None))
     .values(valid_to=bindparam("moment"), span=spans.closing_span())
     .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
 )

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, text
+from sqlalchemy import Connection, Engine, Table, insert, text
 
 from sockfleet.collector import changes, db, flows, queries, spans
 from sockfleet.collector.schema import flows as flow_table
@@ -335,9 +335,9 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
                 for h in range(hosts_count)
             ],
         )
-        for table in (sockets, observations, flow_table):
-            for index in table.indexes:
-                index.drop(conn)
+        secondary = _secondary_indexes(conn)
+        for name, _ in secondary:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
     versions: list[tuple[Any, ...]] = []
 
     def emit(version: dict[str, Any]) -> None:
@@ -357,17 +357,33 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
     _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
     # One index per transaction, and SQLite's write-ahead log emptied after each: the log never holds more
     # than one index, and gives its disk back before the next.
-    for table in (sockets, observations, flow_table):
-        for index in table.indexes:
+    for _, create in secondary:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(create)
+        if not postgres_:
             with engine.begin() as conn:
-                index.create(conn)
-            if not postgres_:
-                with engine.begin() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     with engine.begin() as conn:
         # PostgreSQL's autovacuum would gather statistics on its own after such a load; here it is asked to.
         conn.execute(text("ANALYZE"))
     return rows
+
+
+# The secondary indexes of the big tables as the database holds them, each made once: on PostgreSQL, on the
+# partitioned table (made again on every partition) or on a partition alone (the open rows' partial indexes).
+SECONDARY_INDEXES = {
+    "sqlite": "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN "
+    "('sockets', 'observations', 'flows')",
+    "postgresql": "SELECT c.relname, pg_get_indexdef(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_class t ON t.oid = i.indrelid WHERE t.relname IN ('sockets', 'observations', 'flows', 'sockets_open', "
+    "'flows_open') AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = c.oid) "
+    "AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = c.oid)",
+}
+
+
+def _secondary_indexes(conn: Connection) -> list[tuple[str, str]]:
+    found = conn.exec_driver_sql(SECONDARY_INDEXES[conn.dialect.name]).all()
+    return [(str(name), str(create).replace(" ON ONLY ", " ON ")) for name, create in found]
 
 
 def _bulk(
