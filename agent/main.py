@@ -30,6 +30,8 @@ commands:
   history             a host's socket timeline
   diff                listeners and edges opened and closed between two moments
   audit               audit listeners: exposed, new, a policy's rules, hosts not seen (exit 1 or 3)
+  web                 a read-only web page: the map of who talks to whom, diff, ports, audit, hosts
+  web passwd          add a user to the web page's password file
   demo                a collector and an agent on this machine, then open ports and who talks to whom
 
 `sockfleet COMMAND --help` tells more; --debug shows tracebacks and gRPC's own messages.

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
 
+from sockfleet import logs
 from sockfleet.collector import db
 from sockfleet.collector.errors import CollectorError
 from sockfleet.collector.parser import build_parser
@@ -33,7 +34,7 @@ def join_relative_times(argv: list[str]) -> list[str]:
     return joined
 
 
-def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+def handler(args: argparse.Namespace) -> Callable[..., int]:
     """The command's function; only its own group's module is loaded (gRPC, for instance, only to serve)."""
     if args.command == "collector":
         if args.action == "serve":
@@ -43,6 +44,10 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from sockfleet.collector.commands import admin
 
         return admin.COMMANDS[args.action]
+    if args.command == "web":
+        from sockfleet.collector.web import command
+
+        return command.run
     if args.command == "demo":
         from sockfleet.collector.commands import demo
 
@@ -63,11 +68,11 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse(join_relative_times([*argv[:1], *(a for a in argv[1:] if a != "--debug")]))
     args.debug = args.debug or debug
     level = getattr(args, "log_level", None) or ("debug" if args.debug else "warning")
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    logs.setup(level, getattr(args, "log_format", None) or "text")
     if not args.debug:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # each revision applied is not news
     try:
-        return _handler(args)(args)
+        return handler(args)(args)
     except CollectorError as exc:
         if args.debug:
             raise

@@ -112,6 +112,39 @@ SERVE: tuple[Option, ...] = (
     ),
     DB,
 )
+WEB: tuple[Option, ...] = (
+    CONFIG,
+    (("--listen",), {"default": "127.0.0.1:8080", "help": "HOST:PORT to serve the page on (default 127.0.0.1:8080)"}),
+    DB,
+    (("--policy",), {"help": "TOML policy file for the audit page (see the README)"}),
+    (("--tls-cert",), {"help": "PEM certificate chain to serve HTTPS with"}),
+    (("--tls-key",), {"help": "PEM private key of the certificate"}),
+    (
+        ("--password-file",),
+        {"help": "users and salted password hashes, made by `sockfleet web passwd`; the page asks for them"},
+    ),
+    (
+        ("--trusted-header",),
+        {
+            "metavar": "NAME",
+            "help": "a reverse proxy in front authenticates users and names them in this request header "
+            "(e.g. X-Forwarded-User); requests without it are refused",
+        },
+    ),
+    (("--log-level",), {"choices": LOG_LEVELS, "default": "info", "help": "each request is logged at info (default)"}),
+    LOG_FORMAT,
+)
+WEB_PASSWD: tuple[Option, ...] = (
+    (("--file",), {"required": True, "help": "the password file (made with mode 0600 if it does not exist)"}),
+    (("--user",), {"required": True, "help": "the user's name"}),
+    (
+        ("--password-stdin",),
+        {"action": "store_true", "help": "read the password from standard input instead of asking twice"},
+    ),
+    (("--delete",), {"action": "store_true", "help": "remove the user instead"}),
+)
+
+
 ACTIONS: dict[str, tuple[str, tuple[Option, ...]]] = {
     "serve": ("receive agents' snapshots over gRPC and store them", SERVE),
     "enroll": (
@@ -213,6 +246,7 @@ COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
             (("--format",), {"choices": ("table", "json"), "default": "table"}),
         ),
     ),
+    "web": ("a read-only web page: the map of who talks to whom, ports, audit, hosts", WEB),
     "demo": (
         "a collector and an agent on this machine; shows the open ports and who talks to whom",
         (
@@ -224,8 +258,9 @@ COMMANDS: dict[str, tuple[str, tuple[Option, ...]]] = {
 }
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="sockfleet", description="Questions to a sockfleet collector.")
+def build_parser(kind: type[Parser] = Parser) -> Parser:
+    """The parser of every collector-side command; of ``kind`` (a ``RaisingParser`` for the web API)."""
+    parser = kind(prog="sockfleet", description="Questions to a sockfleet collector.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     collector = commands.add_parser("collector", help="run the collector, manage its database and agent tokens")
@@ -236,4 +271,11 @@ def build_parser() -> Parser:
     serve = actions.choices["serve"]
     assert isinstance(serve, Parser)
     serve.config = configurable(serve, "collector")
+    web = commands.choices["web"]
+    assert isinstance(web, Parser)
+    web.config = configurable(web, "web")
+    passwd = web.add_subparsers(dest="web_action", metavar="ACTION").add_parser(
+        "passwd", help="add a user to a password file, or change a user's password"
+    )
+    add_options(passwd, WEB_PASSWD)
     return parser

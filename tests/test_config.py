@@ -22,12 +22,12 @@ from tests.collector.harness import ENV, ask, sockfleet, wait_for
 from tests.conftest import ROOT, run_sockfleet
 
 DEPLOY = ROOT / "deploy"
-COMMANDS = {"agent": ("agent", "run"), "collector": ("collector", "serve")}
+COMMANDS = {"agent": ("agent", "run"), "collector": ("collector", "serve"), "web": ("web",)}
 
 
 def subparser(program: str) -> Parser:
     parser: argparse.ArgumentParser = agent_parser() if program == "agent" else collector_parser()
-    for name in COMMANDS[program] if program == "collector" else COMMANDS[program][1:]:
+    for name in COMMANDS[program][1:] if program == "agent" else COMMANDS[program]:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
     assert isinstance(parser, Parser)
     return parser
@@ -42,7 +42,7 @@ def config_of(program: str) -> Configurable:
 def parse(program: str, *argv: str) -> argparse.Namespace:
     if program == "agent":
         return agent_parser().parse(["run", *argv])
-    return collector_parser().parse(["collector", "serve", *argv])
+    return collector_parser().parse([*COMMANDS[program], *argv])
 
 
 def write(path: Path, text: str) -> str:
@@ -202,7 +202,7 @@ def example_keys(path: Path) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for line in path.read_text().splitlines() if (m := pattern.match(line))]
 
 
-@pytest.mark.parametrize("program", ["agent", "collector"])
+@pytest.mark.parametrize("program", ["agent", "collector", "web"])
 def test_the_example_file_documents_every_option_with_its_default(program: str) -> None:
     """Every option has a line; where the option has a default, its first line shows exactly that default."""
     config = config_of(program)
@@ -217,7 +217,7 @@ def test_the_example_file_documents_every_option_with_its_default(program: str) 
             assert tomllib.loads(f"v = {value}")["v"] == default, f"deploy/{program}.toml: {key}"
 
 
-@pytest.mark.parametrize("program", ["agent", "collector"])
+@pytest.mark.parametrize("program", ["agent", "collector", "web"])
 def test_every_line_of_the_example_file_is_accepted(tmp_path: Path, program: str) -> None:
     """The example with every commented key taken in (the first value of each) is a valid file."""
     seen: dict[str, str] = {}

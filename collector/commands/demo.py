@@ -39,24 +39,48 @@ async def demo(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    page: subprocess.Popen[str] | None = None
     try:
         await _first_scans(engine, agent, stopping)
         if not stopping.is_set():
             _found(engine, url)
             if not args.once:
+                page = _web(demo_url(args.db))
                 note(
                     f"the agent scans every {interval:g}s; ask with `sockfleet ports --db {url}` "
                     "in another terminal; Ctrl-C stops"
                 )
                 await stopping.wait()
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        if page is not None:
+            _end(page)
+        _end(agent)
         await stop(server, service, grace=2)
     return 0
+
+
+def _web(url: str) -> subprocess.Popen[str] | None:
+    """``sockfleet web`` on the demo's database, on 127.0.0.1:8080 or, if that is taken, a free port."""
+    for listen in ("127.0.0.1:8080", "127.0.0.1:0"):
+        command = [sys.executable, "-m", "sockfleet", "web", "--db", url, "--listen", listen, "--log-level", "warning"]
+        page = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # noqa: S603 (our own page)
+        assert page.stderr is not None
+        line = page.stderr.readline()
+        if "serving " in line:
+            note(f"the map of who talks to whom: {line.split('serving ', 1)[1].split()[0]}")
+            return page
+        page.wait()
+        page.stderr.close()
+    note("the web page did not start (see `sockfleet web --help`)")
+    return None
+
+
+def _end(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def note(text: str) -> None:
@@ -88,7 +112,7 @@ def _found(engine: Engine, url: str) -> None:
     sys.stdout.flush()
     note(f"who talks to whom (sockfleet talks --db {url}):")
     with engine.connect() as conn:
-        questions.write_edges(talks.edges(conn, talks.Window(None)), "table")
+        questions.write_edges(talks.edges(conn, talks.Window(None)), "table", sys.stdout)
     sys.stdout.flush()
 
 

@@ -41,14 +41,35 @@ class Parser(argparse.ArgumentParser):
         chosen = _chosen(self, args)
         if extra:
             chosen.error(f"unrecognized arguments: {' '.join(extra)}")
-        if isinstance(chosen, Parser) and chosen.config is not None:
-            from sockfleet.config import ConfigError
+        for parser in _path(self, args):
+            if isinstance(parser, Parser) and parser.config is not None:
+                from sockfleet.config import ConfigError
 
-            try:
-                chosen.config.apply(args)
-            except ConfigError as exc:
-                chosen.exit(2, f"{chosen.prog}: error: {one_line(exc)}\n")
+                try:
+                    # A command's own options come from the environment and its file; those of a command
+                    # it is a part of (`web` of `web passwd`) keep their defaults.
+                    if parser is chosen:
+                        parser.config.apply(args)
+                    else:
+                        parser.config.settle(args)
+                except ConfigError as exc:
+                    parser.exit(2, f"{parser.prog}: error: {one_line(exc)}\n")
         return args
+
+
+class CommandLineError(Exception):
+    """A mistake in a command's options, as the one line ``Parser`` would print (``RaisingParser``)."""
+
+
+class RaisingParser(Parser):
+    """A ``Parser`` that raises ``CommandLineError`` instead of printing and exiting: for options that come
+    from elsewhere than a command line, such as a web request's parameters."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandLineError(_explained(self, message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise CommandLineError((message or "").strip().removeprefix(f"{self.prog}: error: "))
 
 
 Option = tuple[tuple[str, ...], dict[str, Any]]  # an option's flags, and how argparse takes it
@@ -77,14 +98,19 @@ def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) ->
         target.add_argument(*flags, **{key: value for key, value in settings.items() if key != "group"})
 
 
-def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The innermost subparser the parsed arguments went through."""
+def _path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[argparse.ArgumentParser]:
+    """The parser and each subparser the parsed arguments went through, outermost first."""
     for action in parser._actions:  # argparse keeps its subparsers nowhere else
         if isinstance(action, argparse._SubParsersAction):
             name = getattr(args, action.dest, None)
             if name in action.choices:
-                return _chosen(action.choices[name], args)
-    return parser
+                return [parser, *_path(action.choices[name], args)]
+    return [parser]
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subparser the parsed arguments went through."""
+    return _path(parser, args)[-1]
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:

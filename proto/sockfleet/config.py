@@ -77,6 +77,12 @@ class Configurable:
             variable = ENVIRONMENT + key.upper().replace("-", "_")
             raise ConfigError(f"--{key} is required (or `{key} = ...` in the config file, or ${variable})")
 
+    def settle(self, args: argparse.Namespace) -> None:
+        """Give each option not given as a flag its default, without asking the environment or a file."""
+        for action in self.options.values():
+            if getattr(args, action.dest) is UNSET:
+                setattr(args, action.dest, _default(action, self.defaults[action.dest]))
+
     def path(self, given: str | None, environ: Mapping[str, str]) -> str | None:
         """The file to read: ``--config``, else ``$SOCKFLEET_CONFIG``, else the program's file if it exists."""
         if given:
@@ -143,7 +149,11 @@ def _from_toml(action: argparse.Action, value: Any, origin: str) -> Any:
     if expected is float and type(value) is int:
         value = float(value)
     if type(value) is not expected:
-        quoted = f' (in quotes: {origin.rsplit(": ", 1)[-1]} = "{value}")' if expected is str and type(value) in (int, float) else ""
+        quoted = (
+            f' (in quotes: {origin.rsplit(": ", 1)[-1]} = "{value}")'
+            if expected is str and type(value) in (int, float)
+            else ""
+        )
         raise ConfigError(f"{origin} must be {_TOML_TYPES[expected]}, not {_shown_type(value)}{quoted}")
     if isinstance(value, str) and callable(kind):
         value = _converted(action, value, origin)

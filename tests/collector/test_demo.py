@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.collector.harness import ENV
@@ -68,7 +70,7 @@ def test_demo_once_shows_this_machines_ports(tmp_path: Path) -> None:
     assert not left_in_session(demo.pid)  # the demo stopped its agent
 
 
-def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+def test_demo_serves_the_page_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     import signal
     import time
 
@@ -87,6 +89,10 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     while "Ctrl-C stops" not in seen and time.monotonic() < deadline:
         seen += proc.stderr.readline()
     assert "Ctrl-C stops" in seen
+    page = re.search(r"the map of who talks to whom: (http://127\.0\.0\.1:\d+)/", seen)
+    assert page, seen
+    with urllib.request.urlopen(f"{page.group(1)}/api/v1/ports", timeout=60) as reply:
+        assert any(row["state"] == "LISTEN" for row in json.loads(reply.read()))
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0

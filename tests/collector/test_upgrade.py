@@ -22,6 +22,7 @@ from tests.collector.aged import HOUR, AgedFleet, Answers, answers, questions
 from tests.conftest import ROOT
 
 RELEASE, REVISION = "v0.1.0", "0013"
+RELEASE_COMMIT = "5eec73d7c31ea3401dc292d10fdeca701545a643"  # the tag's commit, for a clone made without tags
 # The installed package's folders, as pyproject.toml maps them.
 PACKAGE = {"": "proto/sockfleet", "agent": "agent", "collector": "collector", "migrations": "migrations"}
 
@@ -29,10 +30,18 @@ PACKAGE = {"": "proto/sockfleet", "agent": "agent", "collector": "collector", "m
 @contextmanager
 def release(tag: str) -> Iterator[Path]:
     """A folder to put on PYTHONPATH that imports ``sockfleet`` as the release ``tag`` made it."""
-    if subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "-q", "--verify", tag], capture_output=True, check=False
-    ).returncode:
-        pytest.skip(f"the release {tag} is not in this checkout's history")
+    known = [
+        name
+        for name in (tag, RELEASE_COMMIT)
+        if not subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "-q", "--verify", f"{name}^{{commit}}"],
+            capture_output=True,
+            check=False,
+        ).returncode
+    ]
+    if not known:
+        pytest.skip(f"the release {tag} is not in this checkout's history (a shallow clone)")
+    tag = known[0]
     folder = Path(tempfile.mkdtemp(prefix="sockfleet-release-"))
     try:
         archive = folder / "release.tar"
