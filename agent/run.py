@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from sockfleet.agent.events import Events
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.spool import Spool
 from sockfleet.agent.stream import Streamer, identity
+from sockfleet.commandline import printable
 from sockfleet.private import exposed_mode
 from sockfleet.v1.limits import MAX_NAME
 
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from sockfleet.monitoring import Endpoint
 
 log = logging.getLogger("sockfleet.agent")
+
+
+MIN_INTERVAL, MAX_INTERVAL = 0.1, 86400.0  # seconds between scans
 
 
 def parse_interval(text: str) -> float:
@@ -35,22 +40,25 @@ def parse_interval(text: str) -> float:
         seconds = float(value[: len(value) - len(unit)]) * units.get(unit, 1.0)
     except ValueError:
         seconds = 0.0
-    if seconds <= 0:
+    if not seconds > 0 or not math.isfinite(seconds):
         raise UsageError(f"--interval: {text!r} is not a duration (like 15s, 2m, 500ms)")
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise UsageError(f"--interval {text}: from {MIN_INTERVAL:g}s to a day")
     return seconds
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Check every option first (one line and exit status 2 for a mistake), then stream until SIGINT or SIGTERM."""
     interval = parse_interval(args.interval)
-    if ":" not in args.collector:
-        raise UsageError(f"--collector: {args.collector!r} is not HOST:PORT")
+    host, _, port = args.collector.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(f"--collector: {printable(args.collector)!r} is not HOST:PORT")
     if args.host is not None and not 0 < len(args.host) <= MAX_NAME:
         raise UsageError(f"--host: a host name has 1 to {MAX_NAME} characters")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    if args.spool_max_bytes <= 0:
-        raise UsageError("--spool-max-bytes must be more than 0")
+    if not 0 < args.spool_max_bytes <= 1 << 40:
+        raise UsageError("--spool-max-bytes: from 1 byte to 1 TiB")
     logs.setup(args.log_level, args.log_format)
     streamer = _streamer(args, interval)
     endpoint = _metrics(args.metrics_listen, streamer) if args.metrics_listen else None

@@ -46,6 +46,14 @@ BASE, ACKED_FILE, UNSAVED, OWNER, LOCK, SUFFIX = "base.snap", "acked", "unsaved"
 _HELD: dict[str, list[int]] = {}  # spool folders this process holds: [lock descriptor, how many spools use it]
 
 
+def own(name: str) -> bool:
+    """Whether a file of this name in a spool folder is the spool's: ``3.seg``, ``base.snap``, ``.acked.tmp``,
+    or the files of an earlier layout (``spool.log``, ``spool.head``)."""
+    fixed = (BASE, ACKED_FILE, UNSAVED, OWNER, LOCK, "spool.log", "spool.head")
+    plain = name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
+    return plain in fixed or (plain.endswith(SUFFIX) and plain[: -len(SUFFIX)].isdigit())
+
+
 def frame(message: pb.AgentMessage) -> bytes:
     payload = message.SerializeToString()
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -297,7 +305,7 @@ class Segments:
 
     def clear(self) -> None:
         for path in self.folder.iterdir():
-            if path.name in (BASE, ACKED_FILE, UNSAVED, OWNER) or path.name.endswith((SUFFIX, ".tmp")):
+            if path.name != LOCK and own(path.name):
                 path.unlink(missing_ok=True)
         self.index.clear()
         self.sizes.clear()

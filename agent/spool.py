@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import weakref
 from collections import deque
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 from sockfleet.agent import convert
 from sockfleet.agent.delta import Changes
 from sockfleet.agent.errors import UsageError
-from sockfleet.agent.segments import SEGMENT_BYTES, Segments, unframe
+from sockfleet.agent.segments import SEGMENT_BYTES, Segments, own, unframe
 from sockfleet.v1 import fleet_pb2 as pb
 
 log = logging.getLogger("sockfleet.agent")
@@ -108,9 +109,7 @@ class Spool:
         self.acked_on_disk = 0  # bytes of acknowledged records still in segments
         self.lock: int | None = None
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if os.stat(self.folder).st_uid == os.geteuid():
-                os.chmod(self.folder, 0o700)  # the scans name every process and command line
+            _claim(self.folder)
             assert self.disk is not None
             self.lock = self.disk.lock()
             if self.lock is None:
@@ -394,6 +393,28 @@ class Spool:
         if self.persisting or not self.records:
             for name in ("spool.log", "spool.head"):
                 (self.folder / name).unlink(missing_ok=True)
+
+
+def _claim(folder: Path) -> None:
+    """Make the spool's folder (mode 0700: the scans name every process and command line), or take an
+    existing one that holds nothing but a spool's files; a folder others share is never taken, changed or
+    emptied."""
+    try:
+        folder.mkdir(mode=0o700)
+        return
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise UsageError(f"--spool {folder}: the folder {folder.parent} does not exist") from None
+    if not folder.is_dir():
+        raise UsageError(f"--spool {folder}: not a folder")
+    mode = folder.stat().st_mode
+    foreign = sorted(path.name for path in folder.iterdir() if not own(path.name))
+    if foreign or mode & (stat.S_ISVTX | stat.S_IWOTH):
+        what = f"holds files that are not a spool's ({', '.join(foreign[:3])})" if foreign else "is shared"
+        raise UsageError(f"--spool {folder}: it {what}; give the agent a folder of its own")
+    if folder.stat().st_uid == os.geteuid() and mode & 0o077:
+        os.chmod(folder, 0o700)
 
 
 def _versioned(sock: pb.Socket) -> bytes:

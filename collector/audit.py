@@ -66,6 +66,8 @@ def load_policy(path: str) -> list[Rule]:
         raise UsageError(f"--policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"--policy {path}: not valid TOML: {' '.join(str(exc).split())}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--policy {path}: not a policy file (not UTF-8 text)") from exc
     unknown = set(document) - {"rule"}
     if unknown:
         raise UsageError(f"--policy {path}: unknown key {sorted(unknown)[0]!r} (expected [[rule]] tables)")

@@ -42,16 +42,23 @@ def default_url() -> str:
 
 def parse_url(url: str | None) -> URL:
     """``--db`` (or ``$SOCKFLEET_DB``, or the default) as a SQLAlchemy URL; ``postgres://`` is PostgreSQL."""
+    if url is not None and not url.strip():
+        raise UsageError("--db is empty: give a database URL, or leave it out for the default")
     text = url or os.environ.get("SOCKFLEET_DB") or default_url()
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
-        raise UsageError(f"--db {text!r} is not a database URL (sqlite:///PATH or postgresql://...)") from exc
+        parsed.port  # noqa: B018 (a port that is not a number fails here, not at the first connection)
+    except (ArgumentError, ValueError) as exc:
+        # The text is not repeated: it may hold a password.
+        raise UsageError("--db: not a database URL (sqlite:///PATH or postgresql://USER@HOST/DATABASE)") from exc
     return parsed.set(drivername=DRIVERS.get(parsed.drivername, parsed.drivername))
 
 
 def shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL to print: its password hidden, in the user part or in the query (``?password=``)."""
+    secret = {key: "***" for key in url.query if key.lower() in ("password", "passfile", "sslpassword")}
+    hidden = url.update_query_dict(secret) if secret else url
+    return hidden.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def engine(url: str | None = None, *, write: bool = True, create: bool = True, init: bool = False) -> Engine:

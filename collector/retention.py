@@ -138,8 +138,13 @@ def horizon_of(age: timedelta) -> datetime:
 
 
 def age(text: str | None, option: str = "--retain") -> timedelta | None:
-    """``--retain 30d`` as a duration; None (keep everything) when not given."""
-    return None if not text else timedelta(seconds=parse_duration(text, option))
+    """``--retain 30d`` as a duration; None (keep everything) when not given.  A bare number is refused: what
+    a prune removes cannot come back, so its age names its unit."""
+    if text is None:
+        return None
+    if text.strip().replace(".", "", 1).isdigit():
+        raise UsageError(f"{option} {text}: give the age with its unit, like 30d or 12h (history it removes is gone)")
+    return timedelta(seconds=parse_duration(text, option))
 
 
 def prune(

@@ -272,3 +272,34 @@ def test_a_collector_and_an_agent_configured_by_file_and_environment(tmp_path: P
                 proc.wait(timeout=30)
         if collector.stderr is not None:
             collector.stderr.close()
+
+
+def test_an_empty_value_is_a_mistake_in_a_file_or_a_flag_and_unset_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = run_sockfleet("web", "--config", write(tmp_path / "web.toml", 'password-file = ""\n'), check=False)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "sockfleet web: error: --password-file is empty: give a value, or leave it out for the default\n",
+    )
+    result = run_sockfleet("collector", "serve", "--insecure", "--tls-client-ca", "", check=False)
+    assert result.returncode == 2 and "--tls-client-ca is empty" in result.stderr
+    result = run_sockfleet("agent", "run", "--config", "", check=False)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "sockfleet agent run: error: --config is empty: name a file, or leave it out\n",
+    )
+    monkeypatch.setenv("SOCKFLEET_INTERVAL", "")
+    monkeypatch.setenv("SOCKFLEET_CONFIG", " ")
+    args = parse("agent", "--collector", "a:1")
+    assert (args.interval, args.config) == ("15s", None)  # set but empty: as if not set
+
+
+def test_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "agent.toml"
+    binary.write_bytes(b"\xff\xfe\x00collector = 1\n")
+    result = run_sockfleet("agent", "run", "--config", str(binary), check=False)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"sockfleet agent run: error: {binary}: not TOML (not UTF-8 text)\n",
+    )

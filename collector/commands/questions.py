@@ -17,6 +17,7 @@ from sockfleet.collector import audit, changes, db, output, queries, retention
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.talks import EDGE_FIELDS, Edge, Window, edges
 from sockfleet.collector.times import now, parse_duration, parse_time, rfc3339
+from sockfleet.commandline import printable
 
 SOCKET_TABLE = ("host", "proto", "state", "local", "remote", "user", "pid", "process")
 
@@ -136,7 +137,7 @@ def diff_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[s
             row["what"] = f"{client} -> {server} {output.service(row)}"
     output.write(rows, changes.DIFF_FIELDS, out, args.format, ("change", "kind", "what"))
     if left_out:
-        print(f"left out (not observed at both moments): {', '.join(left_out)}", file=err)
+        print(f"left out (not observed at both moments): {printable(', '.join(left_out))}", file=err)
     return 0
 
 
@@ -169,7 +170,7 @@ def audit_command(args: argparse.Namespace, out: IO[str] | None = None, err: IO[
         notices = len(findings) - len(violations) - len(unobserved)
         print(f"{len(violations)} violation(s), {len(unobserved)} host(s) not observed, {notices} notice(s)", file=out)
     if unknown:
-        print(f"not audited (not observed{' then' if at else ' lately'}): {', '.join(unknown)}", file=err)
+        print(f"not audited (not observed{' then' if at else ' lately'}): {printable(', '.join(unknown))}", file=err)
     if violations:
         return 1
     return 3 if unobserved else 0
@@ -235,7 +236,7 @@ def remote(row: dict[str, Any]) -> str:
 def _warn_unknown(
     err: IO[str], seen: queries.Observed, at: datetime | None, host: str | None, since: datetime | None = None
 ) -> None:
-    names = sorted(name for name in seen.unknown.values() if host is None or name == host)
+    names = sorted(printable(name) for name in seen.unknown.values() if host is None or name == host)
     if not names:
         return
     if since is not None:

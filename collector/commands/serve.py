@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from datetime import timedelta
@@ -16,14 +17,24 @@ from sockfleet.collector.errors import UsageError
 from sockfleet.collector.server import Collector, credentials, start, stop
 from sockfleet.collector.store import Store
 from sockfleet.collector.times import parse_duration
+from sockfleet.commandline import printable
+
+MAX_MESSAGE_MB = 2047  # gRPC counts a message's bytes in a signed 32-bit integer
 
 
 async def serve(args: argparse.Namespace) -> int:
     creds = credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     if creds is None and not args.insecure:
         raise UsageError("collector serve needs --tls-cert and --tls-key, or --insecure for plain text")
-    if args.rate_limit < 0 or args.max_message_mb <= 0:
-        raise UsageError("--rate-limit must be 0 or more, --max-message-mb more than 0")
+    if not 0 <= args.rate_limit < math.inf:
+        raise UsageError(f"--rate-limit {args.rate_limit}: 0 (no limit) or more scans a second")
+    if not 0 < args.max_message_mb <= MAX_MESSAGE_MB:
+        raise UsageError(
+            f"--max-message-mb {args.max_message_mb}: more than 0, at most {MAX_MESSAGE_MB} (gRPC's limit)"
+        )
+    host, _, port = args.listen.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {printable(args.listen)!r}: not HOST:PORT (like [::]:50051)")
     skew = timedelta(seconds=parse_duration(args.max_clock_skew, "--max-clock-skew"))
     hello_timeout = parse_duration(args.hello_timeout, "--hello-timeout")
     engine = db.engine(args.db, init=args.init)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -21,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sockfleet.collector.web import api, passwords
+from sockfleet.commandline import printable
 
 STATIC = Path(__file__).resolve().parent / "static"  # the source folder, also under an editable install
 PAGES = {"/": "map.html", "/diff": "diff.html", "/ports": "ports.html", "/audit": "audit.html", "/host": "host.html"}
@@ -45,9 +47,10 @@ class Settings:
 
     engine: Engine
     policy: str | None = None
-    users: dict[str, str] | None = None  # name → salted hash, from --password-file
+    users: passwords.PasswordFile | None = None  # --password-file
     trusted_header: str | None = None  # a reverse proxy names the user it authenticated in this header
     tls: bool = False
+    local: bool = False  # loopback without a login: only requests that name this machine (no DNS rebinding)
 
 
 def build(settings: Settings) -> ASGIApp:
@@ -63,7 +66,7 @@ def build(settings: Settings) -> ASGIApp:
         reply = api.answer(name, list(request.query_params.multi_items()), settings.engine, settings.policy)
         headers = {"cache-control": "no-store", "x-sockfleet-exit-status": str(reply.exit_status)}
         if reply.notes:
-            headers["x-sockfleet-notes"] = reply.notes.encode("ascii", "backslashreplace").decode()
+            headers["x-sockfleet-notes"] = printable(reply.notes).encode("ascii", "backslashreplace").decode()
         return Response(reply.body, reply.status, headers, media_type="application/json")
 
     def recorded(request: Request) -> Response:
@@ -88,6 +91,30 @@ def build(settings: Settings) -> ASGIApp:
     return Guard(Starlette(routes=routes), settings)
 
 
+def local(host: str) -> bool:
+    """Whether a request's Host header names this machine: ``localhost``, ``127.0.0.1:8080``, ``[::1]``."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.removeprefix("[").removesuffix("]").lower()
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def basic(authorization: str) -> tuple[str, str] | None:
+    """``Basic <base64 of name:password>`` → (name, password); anything else → None."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic" or len(encoded) > 1024:
+        return None
+    try:
+        name, colon, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (name, password) if colon and name else None
+
+
 class Guard:
     """In front of every request: the user must be known (when a method is set), and every answer
     carries the strict headers.  ``/healthz`` is open, for the service manager and load balancers."""
@@ -95,7 +122,6 @@ class Guard:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.proven: set[bytes] = set()  # digests of name:password pairs already checked, to skip scrypt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,37 +134,28 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        if scope["path"] != "/healthz" and not self.admitted(Request(scope)):
+        request = Request(scope)
+        if self.settings.local and not local(request.headers.get("host", "")):
+            await PlainTextResponse("this page answers requests for localhost only\n", 421)(scope, receive, strict)
+            return
+        if scope["path"] != "/healthz" and not await self.admitted(request):
             await self.refuse(scope, receive, strict)
             return
         await self.app(scope, receive, strict)
 
-    def admitted(self, request: Request) -> bool:
+    async def admitted(self, request: Request) -> bool:
         if self.settings.trusted_header is not None:
             return bool(request.headers.get(self.settings.trusted_header, "").strip())
         if self.settings.users is None:
             return True
-        return self.known(request.headers.get("authorization", ""))
-
-    def known(self, authorization: str) -> bool:
-        scheme, _, encoded = authorization.partition(" ")
-        if scheme.lower() != "basic":
+        credentials = basic(request.headers.get("authorization", ""))
+        if credentials is None:
             return False
-        try:
-            name, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        digest = hashlib.sha256(f"{name}\0{password}".encode()).digest()
-        if digest in self.proven:
+        # scrypt takes about 50 ms: in a thread, so that other requests go on meanwhile.
+        if await run_in_threadpool(self.settings.users.check, *credentials):
             return True
-        assert self.settings.users is not None
-        stored = self.settings.users.get(name)
-        if stored is None or not passwords.matches(stored, password):
-            log.warning("refused a login as %r", name)
-            return False
-        if len(self.proven) < 1024:
-            self.proven.add(digest)
-        return True
+        log.warning("refused a login as %r", printable(credentials[0][:64]))
+        return False
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.settings.trusted_header is not None:

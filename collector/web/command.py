@@ -8,11 +8,14 @@ password file, or a named header from a reverse proxy), or it does not start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import ipaddress
+import signal
 import socket
 import ssl
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -20,6 +23,27 @@ from sockfleet.collector import audit
 from sockfleet.collector.commands.questions import open_db
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.web import app, passwords
+
+# Headers a browser or any client sets itself: naming one as the proxy's would admit everyone.
+BROWSER_HEADERS = frozenset(
+    (
+        "host",
+        "authorization",
+        "cookie",
+        "user-agent",
+        "accept",
+        "accept-language",
+        "accept-encoding",
+        "referer",
+        "origin",
+        "connection",
+        "content-type",
+        "content-length",
+        "cache-control",
+        "pragma",
+        "upgrade",
+    )
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +58,9 @@ def passwd(args: argparse.Namespace) -> int:
         print(f"removed {args.user!r} from {args.file}", file=sys.stderr)
         return 0
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        raise UsageError("no terminal to ask the password on: give it on standard input with --password-stdin")
     else:
         password = getpass.getpass(f"password for {args.user}: ")
         if getpass.getpass("again: ") != password:
@@ -61,11 +87,14 @@ def serve(args: argparse.Namespace) -> int:
             )
     if args.password_file is not None and args.trusted_header is not None:
         raise UsageError("--password-file and --trusted-header exclude each other: say who authenticates users")
+    if args.trusted_header is not None and args.trusted_header.lower() in BROWSER_HEADERS:
+        raise UsageError(f"--trusted-header {args.trusted_header}: every browser sends it; name the proxy's own header")
     if args.policy is not None:
         audit.load_policy(args.policy)  # a mistake in it is one line now, not on every audit page
-    users = passwords.load(args.password_file) if args.password_file else None
+    users = passwords.PasswordFile(args.password_file) if args.password_file is not None else None
     engine = open_db(args.db, {})
-    settings = app.Settings(engine, args.policy, users, args.trusted_header, tls)
+    local = users is None and args.trusted_header is None
+    settings = app.Settings(engine, args.policy, users, args.trusted_header, tls, local)
     listener = bind(host, port, args.listen)
     scheme = "https" if tls else "http"
     shown = f"[{host}]" if ":" in host else host
@@ -85,8 +114,19 @@ def serve(args: argparse.Namespace) -> int:
         server_header=False,
         proxy_headers=False,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    Server(config).run(sockets=[listener])
     return 0
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, but SIGINT and SIGTERM end it with exit status 0 (uvicorn raises the signal again once
+    it has stopped, and the process would die of it: no clean exit for the service manager or coverage)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle_exit)
+        yield
 
 
 def split_listen(listen: str) -> tuple[str, int]:

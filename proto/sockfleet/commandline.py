@@ -41,6 +41,10 @@ class Parser(argparse.ArgumentParser):
         chosen = _chosen(self, args)
         if extra:
             chosen.error(f"unrecognized arguments: {' '.join(extra)}")
+        for action in chosen._actions:
+            # argparse reads `--at=--` as an empty list: an option of one value never takes it.
+            if action.option_strings and action.nargs is None and isinstance(getattr(args, action.dest, None), list):
+                chosen.error(f"argument {action.option_strings[0]}: expected one value, not --")
         for parser in _path(self, args):
             if isinstance(parser, Parser) and parser.config is not None:
                 from sockfleet.config import ConfigError

@@ -64,13 +64,16 @@ class Configurable:
             if getattr(args, action.dest) is not UNSET:
                 continue
             variable = ENVIRONMENT + key.upper().replace("-", "_")
-            if variable in environ:
+            if environ.get(variable, "").strip():  # set but empty: as if not set, as shells have it
                 value = _from_text(action, environ[variable], f"${variable}")
             elif key in values:
                 value = _from_toml(action, values[key], f"{path}: {key}")
             else:
                 value = _default(action, self.defaults[action.dest])
             setattr(args, action.dest, value)
+        empty = [key for key, action in self.options.items() if _blank(getattr(args, action.dest))]
+        if empty:
+            raise ConfigError(f"--{empty[0]} is empty: give a value, or leave it out for the default")
         missing = [key for key in self.required if getattr(args, self.options[key].dest) is None]
         if missing:
             key = missing[0]
@@ -85,9 +88,11 @@ class Configurable:
 
     def path(self, given: str | None, environ: Mapping[str, str]) -> str | None:
         """The file to read: ``--config``, else ``$SOCKFLEET_CONFIG``, else the program's file if it exists."""
-        if given:
+        if given is not None:
+            if not given.strip():
+                raise ConfigError("--config is empty: name a file, or leave it out")
             return given
-        if environ.get(ENVIRONMENT + "CONFIG"):
+        if environ.get(ENVIRONMENT + "CONFIG", "").strip():
             return environ[ENVIRONMENT + "CONFIG"]
         default = os.path.join(DIRECTORY, f"{self.program}.toml")
         return default if os.path.exists(default) else None
@@ -101,6 +106,8 @@ class Configurable:
             raise ConfigError(f"--config {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not TOML (not UTF-8 text)") from exc
         for key in values:
             if key not in self.options:
                 raise ConfigError(
@@ -124,6 +131,10 @@ def configurable(parser: argparse.ArgumentParser, program: str) -> Configurable:
             action.required = False  # it may come from the environment or the file
             config.required.append(key)
     return config
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
 def _switch(action: argparse.Action) -> bool:

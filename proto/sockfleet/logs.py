@@ -24,7 +24,12 @@ from typing import Any, TextIO
 FORMATS = ("text", "json")
 TEXT = "%(asctime)s %(name)s: %(message)s"
 # What every LogRecord holds; anything else on a record came from ``extra``.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# uvicorn adds ``color_message``, the message again with terminal colours: not for a log file.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -74,3 +74,11 @@ def test_an_unreachable_collector_is_said_so_first(tmp_path: Path) -> None:
     assert f"cannot connect to the collector at 127.0.0.1:{port}: connection refused" in first, said
     assert "RPC already finished" not in said and "Traceback" not in said
     assert not [line for line in said.splitlines() if line[:1] in "EWI" and line[1:5].isdigit()]  # gRPC's own
+
+
+def test_an_interval_or_a_collector_out_of_range_is_refused_at_start() -> None:
+    for interval in ("nan", "inf", "1e400", "0s", "1e-9s", "2d"):
+        assert "--interval" in refused_at_start("--insecure", "--interval", interval), interval
+    for collector in (":", "host:", "127.0.0.1:abc", "127.0.0.1:99999", "127.0.0.1:0"):
+        result = run_sockfleet("agent", "run", "--insecure", "--collector", collector, check=False)
+        assert result.returncode == 2 and "is not HOST:PORT" in result.stderr, collector

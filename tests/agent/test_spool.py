@@ -128,3 +128,41 @@ def test_a_full_snapshot_of_the_head_carries_its_closed_connections() -> None:
     spool = Spool()
     spool.add(scan(80), None, 1, pb.Coverage(namespaces_scanned=[1]), closed=closing(4, 10))
     assert spool.head_snapshot().closed.flows[0].connections == 4
+
+
+def test_a_folder_others_use_is_never_taken_changed_or_emptied(tmp_path: Path) -> None:
+    """``--spool /tmp`` or a folder of other files: refused, its mode and files left as they were."""
+    import pytest
+
+    from sockfleet.agent.errors import UsageError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(UsageError, match="is shared"):
+        Spool(str(shared), host="h")
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    busy = tmp_path / "busy"
+    busy.mkdir(mode=0o755)
+    (busy / "notes.tmp").write_text("x")
+    (busy / "other.seg").write_text("x")
+    with pytest.raises(UsageError, match=r"holds files that are not a spool's \(notes.tmp, other.seg\)"):
+        Spool(str(busy), host="h")
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.tmp", "other.seg"]
+    assert busy.stat().st_mode & 0o777 == 0o755
+    with pytest.raises(UsageError, match="does not exist"):
+        Spool(str(tmp_path / "missing" / "spool"), host="h")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_an_empty_folder_of_the_agents_own_becomes_private(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    spool = Spool(str(folder), host="h")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    add(spool, scan(22), 1)
+    add(spool, scan(22, 80), 2)  # two waiting: now on disk
+    assert any(folder.glob("*.seg"))
+    del spool
+    assert len(Spool(str(folder), host="h").records) == 2  # a spool's own files: taken again

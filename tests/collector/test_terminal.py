@@ -78,3 +78,24 @@ def test_collector_output(holder: tuple[int, str], tmp_path: Path) -> None:
     assert row["process"] == NAME
     dot = ask(collector.db_url, "talks", "--format", "dot").stdout
     assert "\x1b" not in dot
+
+
+def test_notes_on_standard_error_show_a_host_name_written_out(tmp_path: Path) -> None:
+    """A host named with escape sequences that stops reporting: the notes naming it (stale, not audited)
+    write the characters out, as the tables do."""
+    host = "evil\x1b[31m\nhost"
+    collector = Collector(f"sqlite:///{tmp_path / 'notes.db'}")
+    agent = Agent(collector.port, host)
+    try:
+        wait_for(lambda: bool(json.loads(ask(collector.db_url, "hosts", "--format", "json").stdout)), "the host")
+    finally:
+        agent.stop()
+        collector.stop()
+
+    def stale() -> bool:
+        return "stale" in ask(collector.db_url, "ports").stderr
+
+    wait_for(stale, "the host to be stale")
+    for question in (["ports"], ["audit"]):
+        said = ask(collector.db_url, *question, check=False).stderr
+        assert "\x1b" not in said and "evil\\x1b[31m\\x0ahost" in said, said

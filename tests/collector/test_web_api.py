@@ -349,3 +349,90 @@ def test_a_trusted_proxy_header_must_name_the_user(tmp_path: Path) -> None:
         assert server.get("/api/v1/hosts")[0] == 401
         assert server.get("/api/v1/hosts", {"X-Forwarded-User": " "})[0] == 401
         assert server.get("/api/v1/hosts", {"X-Forwarded-User": "alice"})[0] == 200
+
+
+def test_what_must_not_pass_for_a_login(tmp_path: Path) -> None:
+    """An empty password file, or a header every browser sends, is no way to know users."""
+    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    from sockfleet.collector import db
+
+    db.migrate(db.engine(db_url))
+    _, cert, key = make_certificates(tmp_path)
+    tls = ("--listen", "0.0.0.0:0", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert "--password-file is empty" in start_refused("--db", db_url, *tls, "--password-file", "")
+    assert "--trusted-header is empty" in start_refused("--db", db_url, *tls, "--trusted-header", " ")
+    assert "every browser sends it" in start_refused("--db", db_url, *tls, "--trusted-header", "Authorization")
+
+
+def test_without_a_login_only_requests_for_this_machine_are_answered(tmp_path: Path) -> None:
+    """A page on loopback with no login answers only requests that name localhost: a web page elsewhere
+    cannot read it through a name that resolves to 127.0.0.1 (DNS rebinding)."""
+    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    from sockfleet.collector import db
+
+    db.migrate(db.engine(db_url))
+    with web("--db", db_url) as server:
+        port = server.base.rsplit(":", 1)[1]
+        assert server.get("/api/v1/hosts", {"Host": "attacker.example"})[0] == 421
+        assert server.get("/api/v1/hosts", {"Host": f"attacker.example:{port}"})[0] == 421
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "localhost"):
+            assert server.get("/api/v1/hosts", {"Host": host})[0] == 200, host
+        assert server.get("/api/v1/hosts?at=--")[0] == 400
+
+
+def test_a_user_removed_or_added_counts_from_the_next_request(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    from sockfleet.collector import db
+
+    db.migrate(db.engine(db_url))
+    users = tmp_path / "users"
+    assert passwd(users, "alice", "correct horse").returncode == 0
+    with web("--db", db_url, "--password-file", str(users)) as server:
+        assert server.get("/api/v1/hosts", basic("alice", "correct horse"))[0] == 200
+        assert passwd(users, "bob", "battery staple").returncode == 0
+        assert server.get("/api/v1/hosts", basic("bob", "battery staple"))[0] == 200
+        removed = subprocess.run(
+            sockfleet("web", "passwd", "--file", str(users), "--user", "alice", "--delete"),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert removed.returncode == 0, removed.stderr
+        assert server.get("/api/v1/hosts", basic("alice", "correct horse"))[0] == 401
+
+
+def test_passwd_keeps_every_user_of_changes_made_at_once_and_refuses_odd_names(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    runs = [
+        subprocess.Popen(
+            sockfleet("web", "passwd", "--file", str(users), "--user", f"user{n}", "--password-stdin"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
+        for n in range(6)
+    ]
+    for n, run in enumerate(runs):
+        run.communicate(f"password number {n}\n", timeout=120)
+        assert run.returncode == 0
+    assert sorted(line.split(":")[0] for line in users.read_text().splitlines()) == [f"user{n}" for n in range(6)]
+    for name in ("a:b", "with space", "esc\x1b[2J", "x" * 65, ""):
+        assert passwd(users, name, "long enough password").returncode == 2, name
+    no_terminal = subprocess.run(
+        sockfleet("web", "passwd", "--file", str(users), "--user", "carol"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert no_terminal.returncode == 2 and "--password-stdin" in no_terminal.stderr
+    assert "Traceback" not in no_terminal.stderr
