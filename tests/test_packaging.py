@@ -85,6 +85,8 @@ def test_an_installed_sockfleet_is_one_package(tmp_path: Path) -> None:
     assert sorted(p.name for p in site.iterdir() if p.name not in ("bin",) and not p.name.endswith(".dist-info")) == [
         "sockfleet"
     ]
+    static = site / "sockfleet" / "collector" / "web" / "static"
+    assert {"map.html", "map.js", "graph.js", "sockfleet.css"} <= {p.name for p in static.iterdir()}  # the page ships
     env = {**os.environ, "PYTHONPATH": str(site), "XDG_DATA_HOME": str(tmp_path / "data")}
     outside = tmp_path / "elsewhere"
     outside.mkdir()
