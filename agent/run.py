@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sockfleet.agent")
 
 
-MIN_INTERVAL, MAX_INTERVAL = 0.1, 86400.0  # seconds between scans
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 86400.0  # seconds between scans
 
 
 def parse_interval(text: str) -> float:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, case, func, or_, select
+from sqlalchemy import Column, ColumnElement, Connection, case, func, literal_column, or_, select
 
 from sockfleet.collector import rules, spans
-from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
+from sockfleet.collector.schema import LOSSES, host_addresses, hosts, observations, sockets
 from sockfleet.collector.times import now
+
+T = TypeVar("T")
 
 STALE_INTERVALS = 3
 SOCKET_FIELDS = (
@@ -228,16 +230,27 @@ def _addresses_at(conn: Connection, moment: datetime) -> dict[int, list[str]]:
 
 
 def _socket_counts(conn: Connection, at: datetime | None) -> dict[int, int]:
-    query = select(sockets.c.host_ref, func.count()).where(spans.alive(at)).group_by(sockets.c.host_ref)
+    host = _unindexed(conn, sockets.c.host_ref)  # grouping by an index would walk the whole history in it
+    query = select(host, func.count()).where(spans.alive(at)).group_by(host)
     return {row[0]: row[1] for row in conn.execute(query)}
+
+
+def _unindexed(conn: Connection, column: Column[T]) -> ColumnElement[T]:
+    """``column`` as SQLite's planner may not read it from an index (``+sockets.host_ref``): SQLite, without
+    statistics, would rather walk an index on it, in its order, over every row of the history than read
+    the few rows a partial or lifetime index finds.  Other databases plan from statistics: the column."""
+    if conn.dialect.name != "sqlite":
+        return column
+    return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
 
 
 def _gap_counts(conn: Connection, moment: datetime) -> dict[int, tuple[int, int]]:
     """Each host's scans lost (gaps) and times its kernel dropped socket-destroy events, up to ``moment``,
     those of observations removed by retention included."""
+    taken_at = _unindexed(conn, observations.c.taken_at)  # the few rows of ix_observations_losses instead
     query = (
         select(observations.c.host_ref, func.sum(observations.c.gaps), func.sum(observations.c.events_lost))
-        .where(observations.c.taken_at <= moment)
+        .where(taken_at <= moment, LOSSES)
         .group_by(observations.c.host_ref)
     )
     counts = {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in conn.execute(query)}

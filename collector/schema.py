@@ -25,6 +25,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    literal_column,
+    or_,
 )
 
 metadata = MetaData(
@@ -215,6 +217,17 @@ observations = Table(
     Column("events_lost", Integer, nullable=False, server_default="0"),  # times the kernel dropped destroy events
     UniqueConstraint("host_ref", "epoch", "seq"),
     Index(None, "host_ref", "taken_at"),
+)
+
+# The observations that report dropped scans or lost events: `hosts` sums these alone.  The condition is
+# written with literal values, which SQLite needs to see that a query's WHERE implies the index's.
+LOSSES = or_(observations.c.gaps > literal_column("0"), observations.c.events_lost > literal_column("0"))
+Index(
+    "ix_observations_losses",
+    observations.c.host_ref,
+    observations.c.taken_at,
+    sqlite_where=LOSSES,
+    postgresql_where=LOSSES,
 )
 
 # Connections that closed between two scans, from socket-destroy events: one row per flow per message,

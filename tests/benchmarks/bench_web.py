@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from sockfleet.collector import db
 from sockfleet.collector.cli import handler
@@ -73,13 +73,17 @@ def in_process(question: str, params: dict[str, str], engine: Engine) -> float:
 def bench(url: str, args: argparse.Namespace) -> None:
     engine = db.engine(url)
     db.migrate(engine)
+    with engine.connect() as conn:
+        loaded_before = conn.execute(text("SELECT count(*) FROM hosts")).scalar()
     started = time.perf_counter()
-    rows = bench_history.load(engine, args.hosts, args.sockets, args.hours)
-    print(
-        f"{args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h: {rows:,} socket rows, "
-        f"loaded in {time.perf_counter() - started:.0f} s",
-        flush=True,
-    )
+    if loaded_before:  # a database of an earlier run (--db), built with the same --hosts, --sockets and --hours
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT count(*) FROM sockets")).scalar() or 0
+        how = "loaded before"
+    else:
+        rows = bench_history.load(engine, args.hosts, args.sockets, args.hours)
+        how = f"loaded in {time.perf_counter() - started:.0f} s"
+    print(f"{args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h: {rows:,} socket rows, {how}", flush=True)
     server = subprocess.Popen(
         [sys.executable, "-m", "sockfleet", "web", "--db", url, "--listen", "127.0.0.1:0", "--log-level", "warning"],
         stderr=subprocess.PIPE,
@@ -123,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--hours", type=float, default=6.0)
     parser.add_argument("--requests", type=int, default=20, help="requests per endpoint")
-    parser.add_argument("--db", help="an empty database to fill (default: a new SQLite file)")
+    parser.add_argument(
+        "--db", help="a database to fill, or one an earlier run filled, kept afterwards (default: a new SQLite file)"
+    )
     args = parser.parse_args(argv)
     if args.db:
         bench(args.db, args)

@@ -42,6 +42,8 @@ def test_collector_metrics_while_agents_stream(tmp_path: Path) -> None:
         assert first[INVALID] == 0
         code, _, _ = stream(collector.port, [hello("metrics-bad"), snapshot(epoch=0)])
         assert code == grpc.StatusCode.INVALID_ARGUMENT
+        # The refused stream has ended for its client; the collector counts it gone a moment later.
+        wait_for(lambda: metric(metrics, "sockfleet_collector_agents_connected") == 2, "the refused stream gone")
         later = scrape(metrics)
         assert later[INVALID] == 1
         assert later['sockfleet_collector_messages_refused_total{reason="rate_limited"}'] == 0
