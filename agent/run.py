@@ -19,7 +19,7 @@ from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.spool import Spool
 from sockfleet.agent.stream import Streamer, identity
 from sockfleet.commandline import printable
-from sockfleet.private import exposed_mode
+from sockfleet.private import exposed_mode, key_pair_problem
 from sockfleet.v1.limits import MAX_NAME
 
 if TYPE_CHECKING:
@@ -148,12 +148,6 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
             raise UsageError(f"--ca {ca}: not a PEM certificate ({exc.reason or exc})") from exc
         except OSError as exc:
             raise UsageError(f"--ca {ca}: {exc.strerror}") from exc
-    if cert and key:
-        try:
-            context.load_cert_chain(cert, key)
-        except ssl.SSLError as exc:
-            raise UsageError(
-                f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key ({exc.reason or exc})"
-            ) from exc
-        except OSError as exc:
-            raise UsageError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror}") from exc
+    problem = key_pair_problem(cert, key) if cert and key else None
+    if problem:
+        raise UsageError(problem)

@@ -13,7 +13,6 @@ import getpass
 import ipaddress
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Iterator
 
@@ -23,6 +22,7 @@ from sockfleet.collector import audit
 from sockfleet.collector.commands.questions import open_db
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.web import app, passwords
+from sockfleet.private import key_pair_problem
 
 # Headers a browser or any client sets itself: naming one as the proxy's would admit everyone.
 BROWSER_HEADERS = frozenset(
@@ -160,11 +160,6 @@ def bind(host: str, port: int, listen: str) -> socket.socket:
 def check_tls(cert: str | None, key: str | None) -> None:
     if not (cert and key):
         raise UsageError("--tls-cert and --tls-key go together")
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise UsageError(
-            f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key ({exc.reason or exc})"
-        ) from exc
-    except OSError as exc:
-        raise UsageError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror}") from exc
+    problem = key_pair_problem(cert, key)
+    if problem:
+        raise UsageError(problem)

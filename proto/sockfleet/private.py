@@ -9,6 +9,7 @@ that user may enter.
 from __future__ import annotations
 
 import os
+import ssl
 
 
 def exposed_mode(path: str) -> int | None:
@@ -25,3 +26,15 @@ def exposed_mode(path: str) -> int | None:
         if os.path.commonpath((folder, found)) == folder:
             return None
     return mode
+
+
+def key_pair_problem(cert: str, key: str) -> str | None:
+    """Why a PEM certificate and its private key cannot serve (one line naming both files), or ``None``; read at
+    start, so that a wrong file is one line then rather than a failure at the first connection."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        return f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key ({exc.reason or exc})"
+    except OSError as exc:
+        return f"--tls-cert {cert} / --tls-key {key}: {exc.strerror}"
+    return None

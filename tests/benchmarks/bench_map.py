@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -31,7 +28,7 @@ from playwright.sync_api import Page, sync_playwright
 from sockfleet.collector import db
 from sockfleet.collector.times import rfc3339
 from tests.benchmarks import bench_history
-from tests.conftest import ROOT
+from tests.collector.harness import Web
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
 
 BARE = """
@@ -87,24 +84,16 @@ def bench(url: str, args: argparse.Namespace) -> None:
     rows = bench_history.load(engine, args.hosts, args.sockets, args.hours)
     engine.dispose()
     middle = rfc3339(bench_history.START + timedelta(hours=args.hours / 2))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sockfleet", "web", "--db", url, "--listen", "127.0.0.1:0", "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert server.stderr is not None
-        match = re.search(r"serving (http://127\.0\.0\.1:\d+)/", server.stderr.readline())
-        assert match
-        with urllib.request.urlopen(f"{match.group(1)}/api/v1/talks?at={middle}", timeout=600) as reply:
-            edges = len(json.loads(reply.read()))
+    with Web("--db", url, "--log-level", "warning") as server:
+        status, _, body = server.get(f"/api/v1/talks?at={middle}")
+        assert status == 200, body
+        edges = len(json.loads(body))
         print(f"{args.hosts} hosts, {rows:,} socket rows, {edges:,} edges at {middle}", flush=True)
         with sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
-                runs = [open_map(page, f"{match.group(1)}/?at={middle}") for _ in range(args.runs)]
+                runs = [open_map(page, f"{server.base}/?at={middle}") for _ in range(args.runs)]
                 peer = statistics.median(bare(page, args.hosts, edges) for _ in range(args.runs))
             finally:
                 browser.close()
@@ -116,11 +105,6 @@ def bench(url: str, args: argparse.Namespace) -> None:
         print(
             f"  bare SVG, same size {peer * 1000:7.0f} ms  -> drawing is {drawing / peer:.1f}x the bare SVG", flush=True
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        if server.stderr is not None:
-            server.stderr.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -32,7 +30,7 @@ from sockfleet.collector.cli import handler
 from sockfleet.collector.times import rfc3339
 from sockfleet.collector.web import api
 from tests.benchmarks import bench_history
-from tests.conftest import ROOT
+from tests.collector.harness import Web
 
 
 def endpoints(hours: float) -> dict[str, dict[str, str]]:
@@ -84,41 +82,31 @@ def bench(url: str, args: argparse.Namespace) -> None:
         rows = bench_history.load(engine, args.hosts, args.sockets, args.hours)
         how = f"loaded in {time.perf_counter() - started:.0f} s"
     print(f"{args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h: {rows:,} socket rows, {how}", flush=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sockfleet", "web", "--db", url, "--listen", "127.0.0.1:0", "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
     try:
-        assert server.stderr is not None
-        line = server.stderr.readline()
-        match = re.search(r"serving (http://127\.0\.0\.1:\d+)/", line)
-        assert match, line
-        print(f"  {'endpoint':18} {'p50 ms':>8} {'p95 ms':>8} {'in process p50':>15} {'ratio':>6}   rows", flush=True)
-        for name, params in endpoints(args.hours).items():
-            question = name.split()[0]
-            address = f"{match.group(1)}/api/v1/{question}?{urllib.parse.urlencode(params)}"
-            times, size = [], 0
-            for _ in range(args.requests + 1):
-                started = time.perf_counter()
-                with urllib.request.urlopen(address, timeout=600) as reply:
-                    body = reply.read()
-                times.append(time.perf_counter() - started)
-                size = len(json.loads(body))
-            times = times[1:]  # the first warms the caches
-            peer = statistics.median(in_process(question, params, engine) for _ in range(max(3, args.requests // 4)))
-            p50, p95 = statistics.median(times), percentile(times, 0.95)
+        with Web("--db", url, "--log-level", "warning") as server:
             print(
-                f"  {name:18} {p50 * 1000:8.1f} {p95 * 1000:8.1f} {peer * 1000:15.1f} {p50 / peer:6.2f}   {size:,}",
-                flush=True,
+                f"  {'endpoint':18} {'p50 ms':>8} {'p95 ms':>8} {'in process p50':>15} {'ratio':>6}   rows", flush=True
             )
+            for name, params in endpoints(args.hours).items():
+                question = name.split()[0]
+                path = f"/api/v1/{question}?{urllib.parse.urlencode(params)}"
+                times, size = [], 0
+                for _ in range(args.requests + 1):
+                    started = time.perf_counter()
+                    status, _, body = server.get(path)
+                    times.append(time.perf_counter() - started)
+                    assert status == 200, body
+                    size = len(json.loads(body))
+                times = times[1:]  # the first warms the caches
+                runs = max(3, args.requests // 4)
+                peer = statistics.median(in_process(question, params, engine) for _ in range(runs))
+                p50, p95 = statistics.median(times), percentile(times, 0.95)
+                print(
+                    f"  {name:18} {p50 * 1000:8.1f} {p95 * 1000:8.1f} {peer * 1000:15.1f} {p50 / peer:6.2f}   {size:,}",
+                    flush=True,
+                )
     finally:
         engine.dispose()
-        server.terminate()
-        server.wait(timeout=30)
-        if server.stderr is not None:
-            server.stderr.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,13 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +70,56 @@ class Collector:
         self.reader.join(10)
         assert self.proc.stderr is not None
         self.proc.stderr.close()
+
+
+class Web:
+    """``sockfleet web`` on a free loopback port (``user``: run as that uid, root only); what it says on standard
+    error is read as it comes; ``get`` asks it.  A context manager: stopped on leaving."""
+
+    def __init__(self, *args: str, user: int | None = None) -> None:
+        command = sockfleet("web", "--listen", "127.0.0.1:0", *args)
+        if user is not None:
+            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        match = re.search(r"serving (https?)://127\.0\.0\.1:(\d+)/", line)
+        assert match, f"sockfleet web did not start: {line}{self.proc.stderr.read()}"
+        self.base = f"{match.group(1)}://127.0.0.1:{match.group(2)}"
+        self.context = ssl._create_unverified_context() if match.group(1) == "https" else None
+        self.lines = [line]
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        """(status, headers with lower-case names, body) of a GET."""
+        request = urllib.request.Request(self.base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=600, context=self.context) as reply:
+                return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read().decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.reader.join(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    def __enter__(self) -> Web:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 class Agent:

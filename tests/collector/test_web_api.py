@@ -7,25 +7,22 @@ import base64
 import json
 import os
 import re
-import ssl
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from sockfleet.collector import convert
+from sockfleet.collector import convert, db
 from sockfleet.collector.store import Store
 from sockfleet.collector.times import rfc3339
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
-from tests.collector.harness import ENV, ask, sockfleet
+from tests.collector.harness import ENV, Web, ask, sockfleet
 from tests.collector.test_tls import make_certificates
 from tests.conftest import ROOT
 
@@ -49,44 +46,13 @@ def fill(engine: Engine) -> None:
     store.apply(web, convert.scan(fleet.delta(3, at(4), changed=[inet("tcp", "0.0.0.0", 8080, None, 0, 2, "jetty")])))
 
 
-class Web:
-    """A running ``sockfleet web`` on a free port; ``get`` asks it."""
-
-    def __init__(self, *args: str, user: int | None = None) -> None:
-        command = sockfleet("web", "--listen", "127.0.0.1:0", *args)
-        if user is not None:
-            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
-        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"serving (https?)://127\.0\.0\.1:(\d+)/", line)
-        assert match, f"sockfleet web did not start: {line}{self.proc.stderr.read()}"
-        self.base = f"{match.group(1)}://127.0.0.1:{match.group(2)}"
-        self.context = ssl._create_unverified_context() if match.group(1) == "https" else None
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-        request = urllib.request.Request(self.base + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=60, context=self.context) as reply:
-                return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read().decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-
-@contextmanager
-def web(*args: str, user: int | None = None) -> Iterator[Web]:
-    running = Web(*args, user=user)
-    try:
-        yield running
-    finally:
-        running.stop()
+def migrated(folder: Path) -> str:
+    """The URL of an empty sockfleet database in ``folder``."""
+    url = f"sqlite:///{folder / 'fleet.db'}"
+    engine = db.engine(url)
+    db.migrate(engine)
+    engine.dispose()
+    return url
 
 
 def stamp(minutes: float) -> str:
@@ -125,7 +91,7 @@ def test_every_endpoint_answers_exactly_the_command_lines_json(engine: Engine, d
     fill(engine)
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
-    with web("--db", db_url, "--policy", str(policy)) as server:
+    with Web("--db", db_url, "--policy", str(policy)) as server:
         for question, params, flags in CASES:
             status, headers, body = server.get(f"/api/v1/{question}?{urllib.parse.urlencode(params)}")
             extra = ["--policy", str(policy)] if question == "audit" else []
@@ -156,13 +122,12 @@ def test_a_bad_parameter_is_400_with_the_command_lines_message(
     tmp_path: Path, question: str, params: dict[str, str], flags: list[str]
 ) -> None:
     db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
 
     engine = db.engine(db_url)
     db.migrate(engine)
     fill(engine)
     engine.dispose()
-    with web("--db", db_url) as server:
+    with Web("--db", db_url) as server:
         status, _, body = server.get(f"/api/v1/{question}?{urllib.parse.urlencode(params)}")
     cli = ask(db_url, question, *flags, check=False)
     assert cli.returncode == 2
@@ -173,11 +138,8 @@ def test_a_bad_parameter_is_400_with_the_command_lines_message(
 
 
 def test_what_a_request_may_not_set(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
-    with web("--db", db_url) as server:
+    db_url = migrated(tmp_path)
+    with Web("--db", db_url) as server:
         assert server.get("/api/v1/ports?db=sqlite:////etc/passwd")[:1] == (400,)
         assert json.loads(server.get("/api/v1/ports?format=csv")[2]) == {
             "error": "format: set by the server, not by a request"
@@ -203,7 +165,6 @@ def test_the_server_reads_a_database_it_cannot_write(tmp_path: Path) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     db_url = f"sqlite:///{folder / 'fleet.db'}"
-    from sockfleet.collector import db
 
     engine = db.engine(db_url)
     db.migrate(engine)
@@ -216,7 +177,7 @@ def test_the_server_reads_a_database_it_cannot_write(tmp_path: Path) -> None:
             os.chmod(parent, os.stat(parent).st_mode | 0o005)
     before = (folder / "fleet.db").read_bytes()
     try:
-        with web("--db", db_url, user=65534) as server:
+        with Web("--db", db_url, user=65534) as server:
             for question, params, _ in CASES:
                 status, _, body = server.get(f"/api/v1/{question}?{urllib.parse.urlencode(params)}")
                 assert status == 200, (question, body)
@@ -228,7 +189,6 @@ def test_the_server_reads_a_database_it_cannot_write(tmp_path: Path) -> None:
 
 def test_the_server_answers_with_a_postgresql_role_that_may_only_read(pg_cluster: Any) -> None:
     url = pg_cluster.database()
-    from sockfleet.collector import db
 
     engine = db.engine(url)
     db.migrate(engine)
@@ -241,7 +201,7 @@ def test_the_server_answers_with_a_postgresql_role_that_may_only_read(pg_cluster
         conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
     admin.dispose()
     reader = make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
-    with web("--db", reader) as server:
+    with Web("--db", reader) as server:
         for question, params, _ in CASES:
             status, _, body = server.get(f"/api/v1/{question}?{urllib.parse.urlencode(params)}")
             assert status == 200, (question, body)
@@ -257,10 +217,7 @@ def start_refused(*args: str) -> str:
 
 
 def test_beyond_loopback_the_page_needs_tls_and_a_login(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
+    db_url = migrated(tmp_path)
     _, cert, key = make_certificates(tmp_path)
     assert "needs --tls-cert and --tls-key" in start_refused("--db", db_url, "--listen", "0.0.0.0:0")
     assert "needs --password-file" in start_refused(
@@ -302,10 +259,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_a_password_file_guards_the_page_over_tls(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
+    db_url = migrated(tmp_path)
     _, cert, key = make_certificates(tmp_path)
     users = tmp_path / "users"
     assert passwd(users, "alice", "correct horse").returncode == 0
@@ -316,7 +270,7 @@ def test_a_password_file_guards_the_page_over_tls(tmp_path: Path) -> None:
     assert [line.split(":")[0] for line in lines] == ["alice", "bob"]
     assert "correct horse" not in users.read_text()
     assert len({line.split("$")[4] for line in lines}) == 2  # a salt of each user's own
-    with web("--db", db_url, "--tls-cert", str(cert), "--tls-key", str(key), "--password-file", str(users)) as server:
+    with Web("--db", db_url, "--tls-cert", str(cert), "--tls-key", str(key), "--password-file", str(users)) as server:
         assert server.base.startswith("https://")
         status, headers, _ = server.get("/api/v1/hosts")
         assert status == 401 and headers["www-authenticate"].startswith("Basic")
@@ -341,11 +295,8 @@ def test_a_password_file_guards_the_page_over_tls(tmp_path: Path) -> None:
 
 
 def test_a_trusted_proxy_header_must_name_the_user(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
-    with web("--db", db_url, "--trusted-header", "X-Forwarded-User") as server:
+    db_url = migrated(tmp_path)
+    with Web("--db", db_url, "--trusted-header", "X-Forwarded-User") as server:
         assert server.get("/api/v1/hosts")[0] == 401
         assert server.get("/api/v1/hosts", {"X-Forwarded-User": " "})[0] == 401
         assert server.get("/api/v1/hosts", {"X-Forwarded-User": "alice"})[0] == 200
@@ -353,10 +304,7 @@ def test_a_trusted_proxy_header_must_name_the_user(tmp_path: Path) -> None:
 
 def test_what_must_not_pass_for_a_login(tmp_path: Path) -> None:
     """An empty password file, or a header every browser sends, is no way to know users."""
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
+    db_url = migrated(tmp_path)
     _, cert, key = make_certificates(tmp_path)
     tls = ("--listen", "0.0.0.0:0", "--tls-cert", str(cert), "--tls-key", str(key))
     assert "--password-file is empty" in start_refused("--db", db_url, *tls, "--password-file", "")
@@ -367,11 +315,8 @@ def test_what_must_not_pass_for_a_login(tmp_path: Path) -> None:
 def test_without_a_login_only_requests_for_this_machine_are_answered(tmp_path: Path) -> None:
     """A page on loopback with no login answers only requests that name localhost: a web page elsewhere
     cannot read it through a name that resolves to 127.0.0.1 (DNS rebinding)."""
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
-    with web("--db", db_url) as server:
+    db_url = migrated(tmp_path)
+    with Web("--db", db_url) as server:
         port = server.base.rsplit(":", 1)[1]
         assert server.get("/api/v1/hosts", {"Host": "attacker.example"})[0] == 421
         assert server.get("/api/v1/hosts", {"Host": f"attacker.example:{port}"})[0] == 421
@@ -381,13 +326,10 @@ def test_without_a_login_only_requests_for_this_machine_are_answered(tmp_path: P
 
 
 def test_a_user_removed_or_added_counts_from_the_next_request(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    from sockfleet.collector import db
-
-    db.migrate(db.engine(db_url))
+    db_url = migrated(tmp_path)
     users = tmp_path / "users"
     assert passwd(users, "alice", "correct horse").returncode == 0
-    with web("--db", db_url, "--password-file", str(users)) as server:
+    with Web("--db", db_url, "--password-file", str(users)) as server:
         assert server.get("/api/v1/hosts", basic("alice", "correct horse"))[0] == 200
         assert passwd(users, "bob", "battery staple").returncode == 0
         assert server.get("/api/v1/hosts", basic("bob", "battery staple"))[0] == 200

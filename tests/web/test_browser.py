@@ -17,8 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +28,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import ConsoleMessage, Error, Page, Request, expect
 
-from tests.collector.harness import ENV, ask, sockfleet, stamp
+from tests.collector.harness import Web, ask, sockfleet, stamp
 from tests.collector.network import ADDRESSES, SWITCH, Network
 from tests.conftest import ROOT
 from tests.web.conftest import CHROMIUM, visit
@@ -73,41 +71,6 @@ def wait_until(check: Any, what: str, timeout: float = 90) -> None:
             return
         time.sleep(0.5)
     pytest.fail(f"timed out waiting for {what}")
-
-
-class Web:
-    """``sockfleet web`` on a free loopback port; what it says is read as it comes."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            sockfleet("web", "--listen", "127.0.0.1:0", *args),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-            cwd=ROOT,
-        )
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
-        assert match, f"sockfleet web did not start: {line}"
-        self.base = f"http://127.0.0.1:{match.group(1)}"
-        self.lines = [line]
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.reader.join(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
 
 
 def answering(url: str) -> bool:
