@@ -233,7 +233,9 @@ export function sortableTable(container, columns, rows, { rowAttrs, empty = "Not
     const state = c.key === key ? (descending ? "descending" : "ascending") : "none";
     const button = el("button", { type: "button", class: "sort", "data-sort": c.key }, c.label);
     button.addEventListener("click", () => {
-      setParams({ sort: c.key === key && !descending ? `-${c.key}` : c.key }, { replace: true });
+      // The order in the URL now, not when this table was drawn: a click may come before the redraw.
+      const current = params().get("sort") || "";
+      setParams({ sort: current === c.key ? `-${c.key}` : c.key }, { replace: true });
     });
     head.append(el("th", { scope: "col", "aria-sort": state, "data-column": c.key }, button));
   }
