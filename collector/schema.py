@@ -67,6 +67,11 @@ hosts = Table(
     Column("pruned_gaps", Integer, nullable=False, server_default="0"),
     Column("pruned_events_lost", Integer, nullable=False, server_default="0"),
     Column("last_pruned_observation", DateTime),
+    # The collector applying the host's stream (several may share a PostgreSQL database): a number each
+    # hello raises, the holder's name, and when its claim lapses unless it applies another message.
+    Column("lease", BigInteger, nullable=False, server_default="0"),
+    Column("lease_holder", String(255)),
+    Column("lease_until", DateTime),
 )
 
 host_addresses = Table(
