@@ -50,7 +50,14 @@ SNAPSHOT: tuple[Option, ...] = (
 )
 RUN: tuple[Option, ...] = (
     CONFIG,
-    (("--collector",), {"required": True, "help": "the collector's HOST:PORT"}),
+    (
+        ("--collector",),
+        {
+            "required": True,
+            "help": "the collector's HOST:PORT; several, comma-separated, are tried in a shuffled order and the "
+            "agent moves to the next when one fails (a name with several addresses counts as several)",
+        },
+    ),
     (("--interval",), {"default": "15s", "help": "time between scans (default 15s)"}),
     (("--host",), {"help": "host name and id to report (default: hostname and /etc/machine-id)"}),
     NAMESPACES,

@@ -13,12 +13,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from sockfleet import logs
+from sockfleet.agent import targets
 from sockfleet.agent.errors import UsageError
 from sockfleet.agent.events import Events
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.spool import Spool
 from sockfleet.agent.stream import Streamer, identity
-from sockfleet.commandline import printable
 from sockfleet.private import exposed_mode, key_pair_problem
 from sockfleet.v1.limits import MAX_NAME
 
@@ -50,9 +50,7 @@ def parse_interval(text: str) -> float:
 def run_command(args: argparse.Namespace) -> int:
     """Check every option first (one line and exit status 2 for a mistake), then stream until SIGINT or SIGTERM."""
     interval = parse_interval(args.interval)
-    host, _, port = args.collector.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise UsageError(f"--collector: {printable(args.collector)!r} is not HOST:PORT")
+    targets.parse(args.collector)  # one line naming a mistaken entry
     if args.host is not None and not 0 < len(args.host) <= MAX_NAME:
         raise UsageError(f"--host: a host name has 1 to {MAX_NAME} characters")
     if bool(args.tls_cert) != bool(args.tls_key):

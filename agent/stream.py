@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from sockfleet.agent import __version__, addresses, convert
+from sockfleet.agent import __version__, addresses, convert, targets
 from sockfleet.agent.delta import diff
 from sockfleet.agent.errors import AgentError, SourceError
 from sockfleet.agent.events import Closings, Events
@@ -96,9 +96,14 @@ def _read_pem(option: str, path: str | None) -> bytes | None:
 
 
 def channel(
-    target: str, insecure: bool, ca_file: str | None, client_cert: tuple[str, str] | None = None
+    target: str,
+    insecure: bool,
+    ca_file: str | None,
+    client_cert: tuple[str, str] | None = None,
+    name: str | None = None,
 ) -> grpc.aio.Channel:
-    """Plain text only when asked; else TLS, verifying the collector, with a client certificate if given."""
+    """Plain text only when asked; else TLS, verifying the collector (its certificate must hold ``name`` when
+    ``target`` is one of the addresses a name resolved to), with a client certificate if given."""
     if insecure:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     cert_file, key_file = client_cert or (None, None)
@@ -107,7 +112,8 @@ def channel(
         private_key=_read_pem("--tls-key", key_file),
         certificate_chain=_read_pem("--tls-cert", cert_file),
     )
-    return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    options = CHANNEL_OPTIONS if name is None else (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", name))
+    return grpc.aio.secure_channel(target, creds, options=options)
 
 
 # Causes of a failed connection, as gRPC's core words them, and what they mean to an operator.
@@ -148,7 +154,8 @@ class Observer:
 
 
 class Streamer:
-    """Keeps one host's stream to the collector going until ``stop`` is set.
+    """Keeps one host's stream to a collector going until ``stop`` is set (``target``: one or more
+    comma-separated HOST:PORT, tried in a shuffled order: ``agent.targets``).
 
     Two tasks: the scanner queues a record per interval in the spool, whatever the collector is
     doing; the sender sends the oldest record, waits for its acknowledgement, and removes it.
@@ -168,7 +175,7 @@ class Streamer:
         events: Events | None = None,
         observer: Observer | None = None,
     ) -> None:
-        self.target = target
+        self.rotation = targets.Rotation(targets.parse(target))
         self.observer = observer or Observer()
         self.events = events
         self.scanner = scanner
@@ -185,6 +192,11 @@ class Streamer:
         self.dropped = 0  # messages the collector refused, dropped
         self.queued: asyncio.Event | None = None
         self.up = False  # a stream is open and the collector answered on it
+
+    @property
+    def target(self) -> str:
+        """The collector the agent streams to, or tries next."""
+        return self.rotation.current.label
 
     def fields(self, reason: str | None = None) -> dict[str, str]:
         """What a log line about the stream carries (``--log-format json``)."""
@@ -210,15 +222,12 @@ class Streamer:
                 except grpc.aio.AioRpcError as exc:
                     if self._settled(exc):
                         continue  # the collector said what to change: reconnect at once
-                    delay = self._retry(self.explain(exc.code(), exc.details() or ""), backoff)
-                    await _sleep_or_stop(stop, delay)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    backoff = await self._failed(stop, self.explain(exc.code(), exc.details() or ""), backoff)
                 except (ConnectionError, TimeoutError) as exc:
                     detail = str(exc) or (
                         f"no answer within {ACK_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__
                     )
-                    await _sleep_or_stop(stop, self._retry(f"the collector at {self.target}: {detail}", backoff))
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    backoff = await self._failed(stop, f"the collector at {self.target}: {detail}", backoff)
                 finally:
                     self.up = False
         finally:
@@ -228,6 +237,20 @@ class Streamer:
                 self.events.close()
             if len(self.spool):
                 self.spool.persist()  # stopping: what was not acknowledged waits on disk for the next run
+
+    async def _failed(self, stop: asyncio.Event, detail: str, backoff: float) -> float:
+        """After a stream that failed or could not start: wait, then try the next collector; the next wait.
+        The wait starts again from a second after a stream the collector answered, and doubles (to a minute)
+        each time every collector has failed in turn."""
+        if self.up:
+            self.rotation.answered()
+            backoff = 1.0
+        tried = self.target
+        every = self.rotation.failed()
+        if self.target != tried:
+            detail = f"{detail}; next: the collector at {self.target}"
+        await _sleep_or_stop(stop, self._retry(detail, backoff))
+        return min(backoff * 2, MAX_BACKOFF) if every else backoff
 
     def _retry(self, detail: str, backoff: float) -> float:
         if len(self.spool):
@@ -338,7 +361,9 @@ class Streamer:
         return None
 
     async def _connected(self, stop: asyncio.Event) -> None:
-        async with channel(self.target, self.insecure, self.ca_file, self.client_cert) as chan:
+        where = self.rotation.current
+        name = None if where.address == where.name else where.host
+        async with channel(where.address, self.insecure, self.ca_file, self.client_cert, name) as chan:
             call = pb_grpc.CollectorStub(chan).Stream(metadata=self.metadata)  # type: ignore[no-untyped-call]
             # A collector announces what it understands as soon as it accepts the hello; an older one says
             # nothing until its first answer, so the agent never waits for this before sending.

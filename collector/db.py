@@ -10,6 +10,7 @@ database, never a driver's traceback.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -111,6 +112,32 @@ def _sqlite(url: URL, write: bool, create: bool) -> Engine:
         raise UsageError(f"no driver for {url.drivername}") from exc
     event.listen(eng, "connect", _pragmas if write else _read_pragmas)
     return eng
+
+
+def serving(eng: Engine) -> int | None:
+    """Claim a SQLite database for this collector process: one collector at a time writes a SQLite file
+    (several collectors share a PostgreSQL database).  The claim is a lock on ``DATABASE-collector`` beside
+    the file, held by the returned descriptor until the process ends; None for other databases."""
+    database = eng.url.database or ""
+    if not eng.url.drivername.startswith("sqlite") or database in ("", ":memory:"):
+        return None
+    path = f"{database}-collector"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(f"--db {shown(eng.url)}: cannot open {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise UsageError(
+            f"--db {shown(eng.url)}: another collector (process {holder or 'unknown'}) serves this SQLite "
+            "database, and SQLite takes one; several collectors need a PostgreSQL database"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _reader(target: str) -> Any:

@@ -31,6 +31,8 @@ REFUSALS = (
     "too_large",  # a snapshot whose parts add up to more than the collector takes
     "busy",  # too many streams waiting for their hello, or snapshots coming in parts
     "timeout",  # no hello, or the next part of a snapshot, in time
+    "held",  # another collector is applying the host's stream (several collectors on one database)
+    "taken",  # a newer stream of the host took it over, at this collector or another
 )
 # A RejectedMessage's gRPC status, as a refusal reason.
 REFUSAL_BY_CODE = {
@@ -39,6 +41,8 @@ REFUSAL_BY_CODE = {
     "FAILED_PRECONDITION": "old_epoch",
     "RESOURCE_EXHAUSTED": "too_large",
     "UNAUTHENTICATED": "unauthenticated",
+    "UNAVAILABLE": "held",
+    "ABORTED": "taken",
 }
 KINDS = ("snapshot", "delta", "heartbeat")
 HOST_STATUSES = ("live", "stale", "unknown")

@@ -35,6 +35,7 @@ from sockfleet.collector.errors import CollectorError, RejectedMessage, UsageErr
 from sockfleet.collector.health import SERVICE, Health
 from sockfleet.collector.metrics import REFUSAL_BY_CODE, CollectorMetrics
 from sockfleet.collector.store import Outcome, Store
+from sockfleet.collector.store.leases import Lease, claim, give_back, hold_for, holder_name
 from sockfleet.collector.store.stepwise import apply_in_steps
 from sockfleet.commandline import printable
 from sockfleet.v1 import fleet_pb2 as pb
@@ -64,6 +65,7 @@ class Peer:
     behind: timedelta = timedelta(0)
     address: str = ""  # where the stream comes from, as gRPC names it (ipv4:10.0.0.5:40112)
     agent: str = ""  # the agent's version
+    lease: Lease | None = None  # the stream's claim on the host (``store.leases``)
 
     def fields(self) -> dict[str, str]:
         """What a log line about this stream carries (``--log-format json``)."""
@@ -106,6 +108,8 @@ class Collector(pb_grpc.CollectorServicer):
         self.assembling = 0  # streams whose snapshot is coming in parts
         self.metrics = CollectorMetrics()
         self.health = Health(store.engine)
+        self.holder = holder_name()  # this process, as the holder of its hosts' leases
+        self.alone = store.engine.dialect.name == "sqlite"  # a SQLite database takes one collector (``db.serving``)
 
     def summary(self) -> str:
         """One line on recent messages: how many, and the median and 95th percentile from receipt to Ack."""
@@ -186,6 +190,7 @@ class Collector(pb_grpc.CollectorServicer):
             self.assembling -= 0 if parts.pending() is None else 1
             self.open.pop(stop, None)
             self.metrics.agents.dec()
+            await self._give_back(peer)
             log.info(
                 "host %s (%s) disconnected: %s",
                 peer.name,
@@ -210,7 +215,7 @@ class Collector(pb_grpc.CollectorServicer):
         try:
             hello, credential = await self._greeted(reader, context)
             try:
-                ref = await self._run(self._hello, hello, credential)
+                ref, lease = await self._run(self._hello, hello, credential)
             except RejectedMessage as exc:
                 name = hello.host_id[:255]
                 log.warning(
@@ -225,7 +230,7 @@ class Collector(pb_grpc.CollectorServicer):
                 await self._database_error(context, exc)
         finally:
             self.pending -= 1
-        peer = self._peer(ref, hello, context.peer())
+        peer = self._peer(ref, hello, context.peer(), lease)
         log.info(
             "host %s (%s) connected from %s, agent %s",
             peer.name,
@@ -241,7 +246,7 @@ class Collector(pb_grpc.CollectorServicer):
         self.metrics.refusal(reason)
         return {**(peer.fields() if peer is not None else {}), "address": context.peer(), "reason": reason}
 
-    def _peer(self, ref: int, hello: pb.Hello, address: str) -> Peer:
+    def _peer(self, ref: int, hello: pb.Hello, address: str, lease: Lease | None = None) -> Peer:
         """The host of an accepted hello, with names as logs show them: an agent's text never acts on the
         terminal or journal that prints it."""
         interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
@@ -251,7 +256,7 @@ class Collector(pb_grpc.CollectorServicer):
             behind = lag if lag > self.store.max_skew else timedelta(0)
         name = printable((hello.host_name or hello.host_id)[:255])
         agent = printable(hello.agent_version[:64]) or "unknown"
-        return Peer(ref, printable(hello.host_id[:255]), name, interval, behind, address, agent)
+        return Peer(ref, printable(hello.host_id[:255]), name, interval, behind, address, agent, lease)
 
     async def _stopped(self, context: Context) -> NoReturn:
         """End a stream the collector stopped: it is stopping, or the stream's token was revoked."""
@@ -285,6 +290,14 @@ class Collector(pb_grpc.CollectorServicer):
             return None  # more parts of this snapshot follow
         if len(whole) > 1:
             self.assembling -= 1
+        if body == "snapshot":
+            parts.settled = True
+        elif not parts.settled and peer.lease is not None and peer.lease.taken_over:
+            # The host was another collector's: what this stream's agent had sent there may not all have
+            # been applied, so a stream that takes a host over starts from a full snapshot.
+            return pb.CollectorMessage(
+                resync=pb.Resync(reason="a host taken over from another collector starts with a full snapshot")
+            )
         outcome = await self._apply(context, peer, whole)
         self.apply_seconds.append(time.perf_counter() - received)
         self.metrics.apply_seconds.observe(self.apply_seconds[-1])
@@ -370,10 +383,10 @@ class Collector(pb_grpc.CollectorServicer):
                 return await self._run(self._applied, peer, messages[-1])
             scan = convert.snapshot(messages)  # its sockets are checked as they are written
             if not self.store.stepwise(scan):
-                return await self._run(self.store.apply, peer.ref, scan, peer.behind)
+                return await self._run(self.store.apply, peer.ref, scan, peer.behind, peer.lease)
             # The steps run in a worker thread, on SQLite too: the event loop stays free for the other
             # streams, whose messages (applied in the loop's thread) go between two steps' transactions.
-            steps = apply_in_steps(self.store, peer.ref, scan, peer.behind)
+            steps = apply_in_steps(self.store, peer.ref, scan, peer.behind, peer.lease)
             while (step := await self._run(next, steps, inline=False)) is None:
                 pass
             outcome: Outcome = step
@@ -391,12 +404,25 @@ class Collector(pb_grpc.CollectorServicer):
         if payload.HasField("coverage"):
             self.metrics.gaps.inc(len(payload.coverage.gaps))
 
-    def _hello(self, hello: pb.Hello, credential: Credential | None) -> int:
-        return self.store.hello(convert.greeting(hello), credential)
+    def _hello(self, hello: pb.Hello, credential: Credential | None) -> tuple[int, Lease]:
+        """The host's row, and its lease for this stream (refused while another collector applies the host)."""
+        ref = self.store.hello(convert.greeting(hello), credential)
+        interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
+        return ref, claim(self.store.engine, ref, self.holder, hold_for(interval), alone=self.alone)
+
+    async def _give_back(self, peer: Peer) -> None:
+        """A stream's end gives its host's lease back, so that another collector may take the host at once."""
+        if peer.lease is None:
+            return
+        try:
+            await self._run(give_back, self.store.engine, peer.ref, peer.lease)
+        except DBAPIError as exc:  # the claim lapses by itself
+            self.metrics.database_errors.inc()
+            log.warning("could not give back the lease of host %s: %s", peer.name, _reason(exc))
 
     def _applied(self, peer: Peer, delta: pb.Delta) -> Outcome:
         """A delta checked and applied, both where the store works (a worker thread on PostgreSQL)."""
-        return self.store.apply(peer.ref, convert.delta(delta), peer.behind)
+        return self.store.apply(peer.ref, convert.delta(delta), peer.behind, peer.lease)
 
     async def _refuse(self, context: Context, peer: Peer, exc: RejectedMessage) -> NoReturn:
         """End the stream with the refusal's status; an invalid message is remembered for `sockfleet hosts`."""
@@ -553,6 +579,7 @@ class Parts:
         self.parts: list[pb.Snapshot] = []
         self.sockets = 0
         self.bytes = 0
+        self.settled = False  # a whole snapshot came on this stream
 
     def add(self, part: pb.Snapshot) -> list[pb.Snapshot] | None:
         """The whole snapshot once its last part is in; None while parts are missing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import signal
 import sys
 from datetime import timedelta
@@ -38,6 +39,7 @@ async def serve(args: argparse.Namespace) -> int:
     skew = timedelta(seconds=parse_duration(args.max_clock_skew, "--max-clock-skew"))
     hello_timeout = parse_duration(args.hello_timeout, "--hello-timeout")
     engine = db.engine(args.db, init=args.init)
+    claimed = db.serving(engine)  # held while the process runs
     db.migrate(engine)
     retain = retention.ready(engine, args.retain)  # partitions ahead before any message; --retain
     server, port, service = await start(
@@ -70,6 +72,8 @@ async def serve(args: argparse.Namespace) -> int:
     if endpoint is not None:
         endpoint.close()
     print(f"sockfleet collector: stopped; {service.summary()}", file=sys.stderr, flush=True)
+    if claimed is not None:
+        os.close(claimed)
     return 0
 
 

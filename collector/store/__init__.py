@@ -27,6 +27,7 @@ from sockfleet.collector.credentials import Credential
 from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.schema import host_addresses, hosts
 from sockfleet.collector.store.delta import apply_delta
+from sockfleet.collector.store.leases import Lease
 from sockfleet.collector.store.snapshot import apply_snapshot
 from sockfleet.collector.store.statements import (
     CLOSED_FLOWS,
@@ -138,13 +139,18 @@ class Store(Writer):
         """Whether a message is large enough to be applied in steps (``store.stepwise``) rather than at once."""
         return isinstance(scan.body, convert.Listing) and len(scan.body) > STEP_SOCKETS * 10
 
-    def apply(self, ref: int, scan: convert.Scan, behind: timedelta = timedelta(0)) -> Outcome:
-        """Apply one snapshot or delta of host ``ref`` in one transaction (``behind``: see ``moment``)."""
+    def apply(
+        self, ref: int, scan: convert.Scan, behind: timedelta = timedelta(0), lease: Lease | None = None
+    ) -> Outcome:
+        """Apply one snapshot or delta of host ``ref`` in one transaction (``behind``: see ``moment``), as the
+        holder of ``lease`` when given (``store.leases``)."""
         at = self.moment(scan, behind)
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
             with self.engine.begin() as conn:
                 host = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
+                if lease is not None:
+                    lease.check(host)
                 moment = self.check_host(host, scan, at)
                 if moment is None:
                     return Outcome(acked=True, replay=True)
@@ -162,7 +168,7 @@ class Store(Writer):
                         )
                     counts, listening = apply_delta(self, conn, ref, scan.body, moment, listening)
                     kind = "delta" if any(counts) or scan.coverage is not None else "heartbeat"
-                self.finish(conn, ref, host, scan, moment, kind, counts)
+                self.finish(conn, ref, host, scan, moment, kind, counts, lease)
         except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
         self.remember_listening(ref, scan, moment, listening)
@@ -195,9 +201,18 @@ class Store(Writer):
         return moment
 
     def finish(
-        self, conn: Connection, ref: int, host: Any, scan: convert.Scan, moment: datetime, kind: str, counts: Counts
+        self,
+        conn: Connection,
+        ref: int,
+        host: Any,
+        scan: convert.Scan,
+        moment: datetime,
+        kind: str,
+        counts: Counts,
+        lease: Lease | None = None,
     ) -> None:
-        """What every applied message leaves besides sockets: the host's addresses, its row, an observation."""
+        """What every applied message leaves besides sockets: the host's addresses, its row (its lease held
+        longer), an observation."""
         if scan.addresses is not None:
             self._addresses(conn, ref, scan.addresses, moment)
         complete = scan.complete
@@ -205,7 +220,8 @@ class Store(Writer):
             complete = True if isinstance(scan.body, convert.Listing) else host.complete
         first, last = min(host.first_seen, moment), max(host.last_seen, moment)
         applied = {"epoch": scan.epoch, "seq": scan.seq, "moment": moment, "is_complete": complete}
-        conn.execute(HOST_APPLIED, {"ref": ref, **applied, "first": first, "last": last})
+        held = lease.until() if lease is not None else host.lease_until
+        conn.execute(HOST_APPLIED, {"ref": ref, **applied, "first": first, "last": last, "lease_until": held})
         added, removed, changed = counts
         observed = {"host_ref": ref, "epoch": scan.epoch, "seq": scan.seq, "kind": kind, "taken_at": moment}
         counted = {"added": added, "removed": removed, "changed": changed, "gaps": scan.gaps}

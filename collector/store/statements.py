@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import ARRAY, Integer, String, and_, any_, bindparam, insert, select, update
 
 from sockfleet.collector import convert, flows, rules, spans
 from sockfleet.collector.schema import closed_flows, host_addresses, hosts, observations, sockets
@@ -23,7 +23,15 @@ AT = {
 }
 
 HOST = select(
-    hosts.c.epoch, hosts.c.seq, hosts.c.first_seen, hosts.c.last_seen, hosts.c.last_taken_at, hosts.c.complete
+    hosts.c.epoch,
+    hosts.c.seq,
+    hosts.c.first_seen,
+    hosts.c.last_seen,
+    hosts.c.last_taken_at,
+    hosts.c.complete,
+    hosts.c.lease,
+    hosts.c.lease_holder,
+    hosts.c.lease_until,
 ).where(hosts.c.id == bindparam("ref"))
 HOST_FOR_UPDATE = HOST.with_for_update()
 KNOWN_HOST = select(hosts.c.id, hosts.c.name, hosts.c.last_taken_at).where(hosts.c.host_id == bindparam("host_id"))
@@ -41,32 +49,53 @@ HOST_APPLIED = (
         complete=bindparam("is_complete"),
         first_seen=bindparam("first"),
         last_seen=bindparam("last"),
+        lease_until=bindparam("lease_until"),
     )
 )
-OBSERVED = insert(observations)
-CLOSED_FLOWS = insert(closed_flows)
+# Inline: no RETURNING of the new row's id, so that PostgreSQL may run them in a pipeline (store.writing).
+OBSERVED = insert(observations).inline()
+CLOSED_FLOWS = insert(closed_flows).inline()
 OPEN_ROWS = select(sockets.c.id, sockets.c.key, *VERSIONED).where(
     sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None)
 )
-CLOSE_KEYS = (
-    update(sockets)
-    .where(
-        and_(
-            sockets.c.host_ref == bindparam("ref"),
-            sockets.c.key.in_(bindparam("keys", expanding=True)),
-            sockets.c.valid_to.is_(None),
+
+
+def _among(column: Any, name: str, array: bool) -> Any:
+    """``column`` is one of the list bound as ``name``: ``IN`` of one parameter per item (SQLite), or ``= ANY``
+    of one array (PostgreSQL; ``*_ANY`` statements), whose text stays the same whatever the number of items,
+    so that the server prepares it once instead of parsing a list of up to 500 parameters for each message."""
+    if array:
+        return column == any_(bindparam(name, type_=ARRAY(Integer if name == "ids" else String)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _close_keys(array: bool) -> Any:
+    return (
+        update(sockets)
+        .where(
+            and_(
+                sockets.c.host_ref == bindparam("ref"),
+                _among(sockets.c.key, "keys", array),
+                sockets.c.valid_to.is_(None),
+            )
         )
+        .values(valid_to=bindparam("moment"), span=spans.closing_span())
+        .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
     )
-    .values(valid_to=bindparam("moment"), span=spans.closing_span())
-    .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
-)
+
+
 # The rows are open ones: saying so reads only the open rows (on PostgreSQL, the open partition alone).
-CLOSE_IDS = (
-    update(sockets)
-    .where(sockets.c.id.in_(bindparam("ids", expanding=True)), sockets.c.valid_to.is_(None))
-    .values(valid_to=bindparam("moment"), span=spans.closing_span())
-    .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
-)
+def _close_ids(array: bool) -> Any:
+    return (
+        update(sockets)
+        .where(_among(sockets.c.id, "ids", array), sockets.c.valid_to.is_(None))
+        .values(valid_to=bindparam("moment"), span=spans.closing_span())
+        .returning(sockets.c.flow, sockets.c.proto, sockets.c.state)
+    )
+
+
+CLOSE_KEYS, CLOSE_KEYS_ANY = _close_keys(False), _close_keys(True)
+CLOSE_IDS, CLOSE_IDS_ANY = _close_ids(False), _close_ids(True)
 # The host's open listeners, through their partial index (its condition written as the index's, and named
 # for SQLite, whose planner would otherwise walk the host's whole history).
 LISTENING = (
@@ -74,23 +103,29 @@ LISTENING = (
     .where(sockets.c.host_ref == bindparam("ref"), sockets.c.valid_to.is_(None), rules.accepts_sql(sockets.c))
     .with_hint(sockets, "INDEXED BY ix_sockets_open_listeners", "sqlite")
 )
+
+
 # Closes the open rows of the flows a message moves, and returns what they held.
-CLOSE_FLOWS = (
-    update(flow_rows)
-    .where(
-        flow_rows.c.host_ref == bindparam("ref"),
-        flow_rows.c.key.in_(bindparam("keys", expanding=True)),
-        flow_rows.c.valid_to.is_(None),
+def _close_flows(array: bool) -> Any:
+    return (
+        update(flow_rows)
+        .where(
+            flow_rows.c.host_ref == bindparam("ref"),
+            _among(flow_rows.c.key, "keys", array),
+            flow_rows.c.valid_to.is_(None),
+        )
+        .values(valid_to=bindparam("moment"), span=spans.closing_span(flow_rows))
+        .returning(
+            flow_rows.c.key,
+            *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS),
+            flow_rows.c.connections,
+            flow_rows.c.since,
+            flow_rows.c.valid_from,
+        )
     )
-    .values(valid_to=bindparam("moment"), span=spans.closing_span(flow_rows))
-    .returning(
-        flow_rows.c.key,
-        *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS),
-        flow_rows.c.connections,
-        flow_rows.c.since,
-        flow_rows.c.valid_from,
-    )
-)
+
+
+CLOSE_FLOWS, CLOSE_FLOWS_ANY = _close_flows(False), _close_flows(True)
 FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from")
 Counts = tuple[int, int, int]  # sockets added, removed, changed
 

@@ -32,6 +32,7 @@ from sqlalchemy import and_, bindparam, func, select
 from sockfleet.collector import convert, flows, rules, spans
 from sockfleet.collector.schema import sockets
 from sockfleet.collector.store import Outcome, Resync, Store, us
+from sockfleet.collector.store.leases import Lease
 from sockfleet.collector.store.statements import (
     CLOSE_IDS,
     HOST,
@@ -76,14 +77,17 @@ def bounds(group: int, count: int) -> tuple[str, str | None]:
 
 
 def apply_in_steps(
-    store: Store, ref: int, scan: convert.Scan, behind: timedelta = timedelta(0)
+    store: Store, ref: int, scan: convert.Scan, behind: timedelta = timedelta(0), lease: Lease | None = None
 ) -> Iterator[Outcome | None]:
-    """Yield None after each step, and the Outcome last.  Raises ``RejectedMessage`` before any write."""
+    """Yield None after each step, and the Outcome last.  Raises ``RejectedMessage`` before any write, and
+    before the last step when a newer stream took the host's ``lease``."""
     assert isinstance(scan.body, convert.Listing)
     listing = scan.body
     at = store.moment(scan, behind)
     with store.engine.connect() as conn:
         host = conn.execute(HOST, {"ref": ref}).one()
+    if lease is not None:
+        lease.check(host)
     moment = store.check_host(host, scan, at)
     if moment is None:
         yield Outcome(acked=True, replay=True)
@@ -96,10 +100,12 @@ def apply_in_steps(
         yield from steps.flows_moved()
         with store.engine.begin() as conn:
             current = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
+            if lease is not None:
+                lease.check(current)
             written = (current.epoch, current.seq) != (host.epoch, host.seq)
             if written or conn.execute(OPEN_COUNT, {"ref": ref}).scalar_one() != len(listing):
                 raise Resync("another stream wrote this host while its large snapshot was applied")
-            store.finish(conn, ref, current, scan, moment, "snapshot", counts)
+            store.finish(conn, ref, current, scan, moment, "snapshot", counts, lease)
     except Resync as resync:
         # Another stream of the same host wrote it meanwhile: what was written is true row by row, and the
         # agent's next full snapshot settles the rest.

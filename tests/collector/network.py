@@ -69,7 +69,7 @@ class Network:
             proc.stdin.close()
             proc.terminate()
         proc.wait(timeout=20)
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
 

@@ -1,0 +1,361 @@
+"""Several collectors on one PostgreSQL database: agents fail over between them, each host is applied by
+one collector at a time (``collector.store.leases``), and a SQLite database takes one collector."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+
+from sockfleet.agent import targets
+from sockfleet.agent.errors import UsageError
+from sockfleet.collector.store import leases
+from sockfleet.v1 import fleet_pb2 as pb
+from tests import postgres
+from tests.collector import fleet
+from tests.collector.harness import ENV, Collector, ask, sockfleet, stamp, wait_for
+from tests.collector.network import ADDRESSES, SWITCH, Network
+from tests.collector.raw import STREAM
+from tests.conftest import ROOT
+
+needs_postgres = pytest.mark.skipif(postgres.binaries() is None, reason="PostgreSQL binaries are not installed")
+SECOND = "10.77.0.253"  # the switch's second address: collector B listens there, A on SWITCH
+
+
+def sql(db_url: str, query: str, **params: Any) -> list[Any]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(query), params))
+    finally:
+        engine.dispose()
+
+
+def doubled_rows(db_url: str) -> list[Any]:
+    """Sockets with more than one open row: there must be none."""
+    return sql(
+        db_url,
+        "SELECT host_ref, key, count(*) FROM sockets WHERE valid_to IS NULL GROUP BY host_ref, key HAVING count(*) > 1",
+    )
+
+
+def longest_silence(db_url: str, host: str, since: datetime) -> float:
+    """The longest time between two stored scans of ``host`` after ``since`` (seconds)."""
+    rows = sql(
+        db_url,
+        "SELECT o.taken_at FROM observations o JOIN hosts h ON h.id = o.host_ref "
+        "WHERE h.name = :host AND o.taken_at >= :since ORDER BY o.taken_at",
+        host=host,
+        since=since.replace(tzinfo=None),
+    )
+    times = [r.taken_at for r in rows]
+    assert len(times) > 2, f"{host}: {len(times)} scans stored since {since}"
+    return max((b - a).total_seconds() for a, b in itertools.pairwise(times))
+
+
+def holders(db_url: str) -> dict[str, str | None]:
+    return {r.name: r.lease_holder for r in sql(db_url, "SELECT name, lease_holder FROM hosts")}
+
+
+def talks(db_url: str, *args: str) -> set[tuple[Any, ...]]:
+    rows = json.loads(ask(db_url, "talks", "--format", "json", *args).stdout)
+    return {
+        (r["client_host"], r["client_process"], r["server_host"], r["server_port"], r["connections"])
+        for r in rows
+        if r["server_port"] == 8080
+    }
+
+
+WEB_B = ("host-b", "webcli", "host-a", 8080, 2)
+WEB_C = ("host-c", "webcli", "host-a", 8080, 1)
+
+
+def serve(network: Network, db_url: str, address: str) -> subprocess.Popen[str]:
+    proc = network.run(
+        network.switch,
+        *sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"{address}:7050"),
+        "--db",
+        db_url,
+        ready=False,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "listening on" in line, line + proc.stderr.read()
+    return proc
+
+
+@pytest.fixture
+def named_collectors(network: Network) -> Iterator[Network]:
+    """The name ``collectors`` resolves to both of the switch's addresses in every host's namespace
+    (``ip netns exec`` reads /etc/netns/NAMESPACE/hosts as /etc/hosts)."""
+    subprocess.run(["ip", "-n", network.switch, "addr", "add", f"{SECOND}/24", "dev", "br0"], check=True)
+    folders = [Path("/etc/netns") / namespace for namespace in network.hosts.values()]
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True)
+            (folder / "hosts").write_text(f"127.0.0.1 localhost\n{SWITCH} collectors\n{SECOND} collectors\n")
+        yield network
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_postgres
+@pytest.mark.root
+def test_agents_move_to_the_other_collector_and_lose_nothing(
+    named_collectors: Network, pg_cluster: postgres.Cluster, tmp_path: Path
+) -> None:
+    network = named_collectors
+    db_url = pg_cluster.database()
+    ask(db_url, "collector", "migrate")
+    running = {SWITCH: serve(network, db_url, SWITCH), SECOND: serve(network, db_url, SECOND)}
+    for host in ("host-a", "host-b", "host-c"):
+        network.run(
+            network.hosts[host],
+            *sockfleet("agent", "run", "--collector", "collectors:7050", "--insecure", "--interval", "0.5s"),
+            *("--namespaces", "current", "--host", host),
+            ready=False,
+        )
+    network.process("host-a", "websvc", "tcp-listen", "0.0.0.0", "8080")
+    network.process("host-b", "webcli", "tcp-connect", ADDRESSES["host-a"], "8080", "2")
+    web_c = network.process("host-c", "webcli", "tcp-connect", ADDRESSES["host-a"], "8080", "1")
+    wait_for(lambda: {WEB_B, WEB_C} <= talks(db_url), "every edge", timeout=60)
+    wait_for(lambda: len(set(holders(db_url).values()) - {None}) >= 1, "leases taken")
+    started = datetime.now(UTC)
+
+    # SIGKILL the collector that holds the most hosts: its hosts' claims lapse, and they move.
+    held = holders(db_url)
+    pids = {address: proc.pid for address, proc in running.items()}
+    victim = max(pids, key=lambda a: sum(f"/{pids[a]}/" in (h or "") for h in held.values()))
+    survivor = SECOND if victim == SWITCH else SWITCH
+    moved = [host for host, holder in held.items() if f"/{pids[victim]}/" in (holder or "")]
+    assert moved, held
+    before = stamp()
+    time.sleep(0.5)
+    running[victim].kill()
+    network.stop(web_c)  # a connection closes while the collector is away
+    during = datetime.now(UTC)
+    wait_for(
+        lambda: all(f"/{pids[survivor]}/" in (h or "") for h in holders(db_url).values()),
+        f"{moved} taken by the other collector",
+        timeout=30,
+    )
+    wait_for(lambda: WEB_C not in talks(db_url), "the closed connection", timeout=30)
+    time.sleep(1)
+    after = stamp()
+
+    assert doubled_rows(db_url) == []
+    for host in ("host-a", "host-b", "host-c"):
+        assert longest_silence(db_url, host, started) < 3.0, host  # scans every 0.5 s, kept in the spool
+    assert talks(db_url, "--at", before) == {WEB_B, WEB_C}
+    assert talks(db_url, "--at", after) == {WEB_B}
+    ports = json.loads(ask(db_url, "ports", "--at", during.isoformat(), "--format", "json").stdout)
+    assert {(p["host"], p["local_port"]) for p in ports if p["local_port"] == 8080} == {("host-a", 8080)}
+
+    # A collector stopped gracefully gives its hosts back at once: they move to a new one at the first try.
+    running[victim] = serve(network, db_url, victim)
+    pids[victim] = running[victim].pid
+    stopping = time.monotonic()
+    network.stop(running[survivor])
+    wait_for(
+        lambda: all(f"/{pids[victim]}/" in (h or "") for h in holders(db_url).values()),
+        "every host on the new collector",
+        timeout=30,
+    )
+    assert time.monotonic() - stopping < 20
+    assert doubled_rows(db_url) == []
+    for host in ("host-a", "host-b", "host-c"):
+        assert longest_silence(db_url, host, started) < 3.0, host
+    assert talks(db_url) == {WEB_B}
+
+
+class Talk:
+    """One stream to a collector, a message at a time: ``send`` returns the collector's answer."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.outbox: queue.Queue[bytes | None] = queue.Queue()
+        call = self.channel.stream_stream(
+            STREAM, request_serializer=lambda b: b, response_deserializer=pb.CollectorMessage.FromString
+        )
+        self.replies = call(iter(self.outbox.get, None), timeout=60)
+
+    def say(self, message: Any) -> None:
+        self.outbox.put(pb.AgentMessage(**message).SerializeToString())
+
+    def send(self, message: Any) -> pb.CollectorMessage:
+        self.say(message)
+        return next(self.replies)  # type: ignore[no-any-return]
+
+    def refused(self, message: Any) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as caught:
+            self.send(message)
+        return caught.value
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.channel.close()
+
+
+@needs_postgres
+def test_two_collectors_racing_for_one_host_never_interleave_it(pg_cluster: postgres.Cluster) -> None:
+    db_url = pg_cluster.database()
+    a, b = Collector(db_url), Collector(db_url)
+    talks_open: list[Talk] = []
+
+    def talk(collector: Collector) -> Talk:
+        talks_open.append(Talk(collector.port))
+        return talks_open[-1]
+
+    hello = fleet.hello("racer")
+    hello.interval_ms = 200  # claims lapse after 2 s without a message
+    now = datetime.now(UTC).replace(tzinfo=None)
+    listener, other = fleet.tcp_listener(80), fleet.tcp_listener(443)
+    try:
+        new = talk(b)
+        new.say({"hello": hello})
+        assert new.send({"snapshot": fleet.snapshot(1, now, [listener])}).HasField("ack")
+
+        stale = talk(a)  # the same host, on the other collector, while its stream on B goes on
+        stale.say({"hello": hello})
+        refusal = stale.refused({"snapshot": fleet.snapshot(2, now, [listener])})
+        assert refusal.code() == grpc.StatusCode.UNAVAILABLE
+        assert "is applying this host's stream" in str(refusal.details())
+        assert new.send({"delta": fleet.delta(3, now, added=[other], base=1)}).HasField("ack")
+
+        time.sleep(2.5)  # B's claim lapses: its stream went quiet
+        taker = talk(a)
+        taker.say({"hello": hello})
+        resync = taker.send({"delta": fleet.delta(4, now, base=3)})
+        assert "taken over from another collector" in resync.resync.reason  # a take-over starts with a snapshot
+        assert taker.send({"snapshot": fleet.snapshot(5, now, [listener])}).HasField("ack")
+
+        late = new.refused({"delta": fleet.delta(6, now, removed=[listener], base=3)})
+        assert late.code() == grpc.StatusCode.ABORTED
+        assert "another stream took this host" in str(late.details())
+    finally:
+        for open_talk in talks_open:
+            open_talk.close()
+        a.stop()
+        b.stop()
+    stored = [(r.epoch, r.seq) for r in sql(db_url, "SELECT epoch, seq FROM observations ORDER BY id")]
+    assert stored == [(1, 1), (1, 3), (1, 5)]
+    assert doubled_rows(db_url) == []
+    open_ports = {r.local_port for r in sql(db_url, "SELECT local_port FROM sockets WHERE valid_to IS NULL")}
+    assert open_ports == {80}  # the last snapshot, from the stream that took the host over
+
+
+def test_a_second_collector_on_one_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'one.db'}"
+    first = Collector(db_url)
+    try:
+        second = subprocess.run(
+            sockfleet("collector", "serve", "--insecure", "--listen", "127.0.0.1:0", "--db", db_url),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        first.stop()
+    assert second.returncode == 2
+    assert second.stderr.count("\n") == 1, second.stderr
+    assert f"another collector (process {first.proc.pid}) serves this SQLite database" in second.stderr
+    assert "PostgreSQL" in second.stderr
+    assert (tmp_path / "one.db-collector").stat().st_mode & 0o077 == 0
+    again = Collector(db_url)  # the lock goes with the process
+    again.stop()
+
+
+def test_a_holder_that_ended_on_this_machine_is_known_gone() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    name = leases.holder_name(child.pid)
+    assert not leases.gone(name)
+    child.wait()
+    assert leases.gone(name)
+    assert not leases.gone(leases.holder_name())
+    assert not leases.gone(f"elsewhere.example/{os.getpid()}/1")  # another machine: only its claim's lapse tells
+    assert not leases.gone("not a holder")
+
+
+def test_collector_lists_are_checked_and_names_resolve_to_every_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [t.name for t in targets.parse("a:1, [::1]:50051")] == ["a:1", "[::1]:50051"]
+    for bad in ("a:1,,b:2", "a", "a:0", "a:1,a:1", "a:x"):
+        with pytest.raises(UsageError, match="--collector"):
+            targets.parse(bad)
+
+    # A resolver with several addresses for one name cannot be set up outside a namespace: this test
+    # answers getaddrinfo itself (the namespace test above resolves a real /etc/hosts).
+    def resolve(host: str, port: int, **_: Any) -> list[Any]:
+        assert host == "collectors"
+        return [(0, 0, 0, "", (a, port)) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "fd00::3")]
+
+    monkeypatch.setattr(targets.socket, "getaddrinfo", resolve)
+    found = targets.expand(targets.parse("collectors:50051,10.9.9.9:1"), shuffle=False)
+    assert [(t.address, t.label) for t in found] == [
+        ("10.0.0.1:50051", "collectors:50051 (10.0.0.1:50051)"),
+        ("10.0.0.2:50051", "collectors:50051 (10.0.0.2:50051)"),
+        ("[fd00::3]:50051", "collectors:50051 ([fd00::3]:50051)"),
+        ("10.9.9.9:1", "10.9.9.9:1"),
+    ]
+    rotation = targets.Rotation(targets.parse("collectors:50051"))
+    seen = {rotation.current.address}
+    assert [rotation.failed() for _ in range(3)] == [False, False, True]  # every collector failed once
+    seen |= {rotation.current.address}
+    rotation.answered()
+    assert not rotation.failed()
+    assert seen <= {"10.0.0.1:50051", "10.0.0.2:50051", "[fd00::3]:50051"}
+
+
+def test_an_agent_moves_past_a_collector_that_is_down(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'failover.db'}"
+    collector = Collector(db_url)
+    down = Collector(f"sqlite:///{tmp_path / 'other.db'}")
+    dead_port = down.port
+    down.stop()
+    log = tmp_path / "agent.log"
+    with log.open("w") as out:
+        agent = subprocess.Popen(
+            sockfleet(
+                "agent",
+                "run",
+                "--collector",
+                f"127.0.0.1:{dead_port},127.0.0.1:{collector.port}",
+                "--insecure",
+                "--interval",
+                "0.5s",
+                "--namespaces",
+                "current",
+                "--host",
+                "two-ways",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=ENV,
+            cwd=ROOT,
+        )
+        try:
+            wait_for(lambda: "two-ways" in ask(db_url, "hosts").stdout, "the host on the live collector")
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+            collector.stop()
+    said = log.read_text()
+    if f"127.0.0.1:{dead_port}: connection refused" in said:  # it tried the dead one first, then moved on
+        assert f"next: the collector at 127.0.0.1:{collector.port}" in said
