@@ -30,6 +30,7 @@ from tests.collector import fleet
 from tests.collector.harness import ENV, Collector, ask, sockfleet, stamp, wait_for
 from tests.collector.network import ADDRESSES, SWITCH, Network
 from tests.collector.raw import STREAM
+from tests.collector.test_tls import make_certificates
 from tests.conftest import ROOT
 
 needs_postgres = pytest.mark.skipif(postgres.binaries() is None, reason="PostgreSQL binaries are not installed")
@@ -84,12 +85,13 @@ WEB_B = ("host-b", "webcli", "host-a", 8080, 2)
 WEB_C = ("host-c", "webcli", "host-a", 8080, 1)
 
 
-def serve(network: Network, db_url: str, address: str) -> subprocess.Popen[str]:
+def serve(network: Network, db_url: str, address: str, tls: tuple[Path, Path, Path]) -> subprocess.Popen[str]:
+    """A collector in the switch's namespace, with a certificate for the name ``collectors`` only."""
+    _, cert, key = tls
     proc = network.run(
         network.switch,
-        *sockfleet("collector", "serve", "--insecure", "--allow-anonymous", "--listen", f"{address}:7050"),
-        "--db",
-        db_url,
+        *sockfleet("collector", "serve", "--allow-anonymous", "--listen", f"{address}:7050", "--db", db_url),
+        *("--tls-cert", str(cert), "--tls-key", str(key)),
         ready=False,
     )
     assert proc.stderr is not None
@@ -122,11 +124,14 @@ def test_agents_move_to_the_other_collector_and_lose_nothing(
     network = named_collectors
     db_url = pg_cluster.database()
     ask(db_url, "collector", "migrate")
-    running = {SWITCH: serve(network, db_url, SWITCH), SECOND: serve(network, db_url, SECOND)}
+    # The name resolves to two addresses: the agents connect to each as an address, and still check the
+    # certificate against the name.
+    tls = make_certificates(tmp_path, "DNS:collectors")
+    running = {SWITCH: serve(network, db_url, SWITCH, tls), SECOND: serve(network, db_url, SECOND, tls)}
     for host in ("host-a", "host-b", "host-c"):
         network.run(
             network.hosts[host],
-            *sockfleet("agent", "run", "--collector", "collectors:7050", "--insecure", "--interval", "0.5s"),
+            *sockfleet("agent", "run", "--collector", "collectors:7050", "--ca", str(tls[0]), "--interval", "0.5s"),
             *("--namespaces", "current", "--host", host),
             ready=False,
         )
@@ -167,7 +172,7 @@ def test_agents_move_to_the_other_collector_and_lose_nothing(
     assert {(p["host"], p["local_port"]) for p in ports if p["local_port"] == 8080} == {("host-a", 8080)}
 
     # A collector stopped gracefully gives its hosts back at once: they move to a new one at the first try.
-    running[victim] = serve(network, db_url, victim)
+    running[victim] = serve(network, db_url, victim, tls)
     pids[victim] = running[victim].pid
     stopping = time.monotonic()
     network.stop(running[survivor])

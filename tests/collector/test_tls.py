@@ -20,8 +20,8 @@ def openssl(folder: Path, *args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
 
-def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate for 127.0.0.1 and localhost signed by it."""
+def make_certificates(folder: Path, names: str = "IP:127.0.0.1,DNS:localhost") -> tuple[Path, Path, Path]:
+    """A CA, and a certificate for ``names`` (127.0.0.1 and localhost) signed by it."""
     openssl(
         folder,
         "req",
@@ -51,7 +51,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
         "-subj",
         "/CN=localhost",
     )
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (folder / "san.ext").write_text(f"subjectAltName={names}\n")
     openssl(
         folder,
         "x509",
