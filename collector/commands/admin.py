@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from sockfleet.collector import credentials, db, output, partitions, queries, retention
 from sockfleet.collector.errors import UsageError
+from sockfleet.collector.store import leases
 from sockfleet.collector.times import rfc3339
 from sockfleet.commandline import printable
 
@@ -96,6 +97,7 @@ def status(args: argparse.Namespace) -> int:
         with engine.connect() as conn:
             held = retention.state(conn)
             counted = Counter(row["status"] for row in queries.host_rows(conn, None))
+            applying = leases.holders(conn)
         report |= {
             "horizon": rfc3339(held.horizon),
             "last_pruned_at": rfc3339(held.last_pruned_at),
@@ -107,6 +109,7 @@ def status(args: argparse.Namespace) -> int:
             ]
             or None,
             "hosts": dict(sorted(counted.items())),
+            "collectors": applying,
         }
     if args.format == "json":
         json.dump(report, sys.stdout)
@@ -144,6 +147,8 @@ def _lines(report: dict[str, Any]) -> list[tuple[str, str]]:
         )
     hosts = ", ".join(f"{count} {name}" for name, count in report["hosts"].items())
     lines.append(("hosts", hosts or "none yet"))
+    for holder, count in report["collectors"].items():
+        lines.append(("collector", f"{holder} applies {count} host{'' if count == 1 else 's'}"))
     return lines
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from sockfleet.collector import convert
 from sockfleet.collector.errors import RejectedMessage
@@ -117,6 +117,17 @@ def claim(engine: Engine, ref: int, holder: str, hold: timedelta, alone: bool = 
         number = row.lease + 1
         conn.execute(TAKE, {"ref": ref, "number": number, "holder": holder, "until": now + hold})
     return Lease(number, holder, hold, taken_over=other)
+
+
+def holders(conn: Connection) -> dict[str, int]:
+    """Each collector applying hosts now (its claims unlapsed), and how many."""
+    query = (
+        select(hosts.c.lease_holder, func.count())
+        .where(hosts.c.lease_holder.is_not(None), hosts.c.lease_until > bindparam("now"))
+        .group_by(hosts.c.lease_holder)
+        .order_by(hosts.c.lease_holder)
+    )
+    return {str(holder): int(count) for holder, count in conn.execute(query, {"now": convert.now()})}
 
 
 def give_back(engine: Engine, ref: int, lease: Lease) -> None:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from sockfleet.collector import convert
 from sockfleet.collector.store import Store
@@ -27,6 +27,10 @@ from tests.conftest import ROOT
 
 HOUR = timedelta(hours=1)
 ADDRESSES = {"web-1": "10.0.0.1", "db-1": "10.0.0.2", "cache-1": "10.0.0.3"}
+
+
+# Columns of the hosts table added after the previous release (migration 0016: the hosts' leases).
+LATER_HOST_COLUMNS = {"lease": "BIGINT NOT NULL DEFAULT 0", "lease_holder": "VARCHAR(255)", "lease_until": "TIMESTAMP"}
 
 
 def sockets_of(host: str, hour: int) -> list[pb.Socket]:
@@ -94,6 +98,17 @@ class AgedFleet:
                 outcome = store.apply(ref, convert.scan(self._message(name, hour)))
                 assert outcome.acked, outcome
         self.hour += hours
+
+    def advance_at_release_schema(self, engine: Engine, hours: int) -> None:
+        """``advance`` on a database at the previous release's schema: today's store also reads columns of the
+        hosts table that schema lacks, so they are there while it writes, and go again before the upgrade."""
+        with engine.begin() as conn:
+            for name, kind in LATER_HOST_COLUMNS.items():
+                conn.execute(text(f"ALTER TABLE hosts ADD COLUMN {name} {kind}"))
+        self.advance(engine, hours)
+        with engine.begin() as conn:
+            for name in LATER_HOST_COLUMNS:
+                conn.execute(text(f"ALTER TABLE hosts DROP COLUMN {name}"))
 
     def _message(self, host: str, hour: int) -> pb.Snapshot | pb.Delta:
         moment = self.moment(hour)

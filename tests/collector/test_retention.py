@@ -27,7 +27,7 @@ def aged(engine: Engine) -> AgedFleet:
     """80 hours of history: the first 40 written at the previous release's schema, the rest after the upgrade."""
     db.migrate(engine, "0013")
     fleet_ = AgedFleet(now().replace(microsecond=0) - 79.5 * HOUR)
-    fleet_.advance(engine, 40)
+    fleet_.advance_at_release_schema(engine, 40)
     db.migrate(engine)
     fleet_.advance(engine, 38)
     return fleet_

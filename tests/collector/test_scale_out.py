@@ -241,6 +241,9 @@ def test_two_collectors_racing_for_one_host_never_interleave_it(pg_cluster: post
         assert refusal.code() == grpc.StatusCode.UNAVAILABLE
         assert "is applying this host's stream" in str(refusal.details())
         assert new.send({"delta": fleet.delta(3, now, added=[other], base=1)}).HasField("ack")
+        status = json.loads(ask(db_url, "collector", "status", "--format", "json").stdout)
+        assert [(f"/{b.proc.pid}/" in holder, count) for holder, count in status["collectors"].items()] == [(True, 1)]
+        assert f"/{b.proc.pid}/" in ask(db_url, "collector", "status").stdout
 
         time.sleep(2.5)  # B's claim lapses: its stream went quiet
         taker = talk(a)

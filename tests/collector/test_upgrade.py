@@ -72,7 +72,7 @@ def released_answers(site: Path, db_url: str, asked: list[tuple[str, ...]]) -> A
 def test_an_upgrade_from_the_previous_release_keeps_every_answer(empty_engine: Engine, db_url: str) -> None:
     db.migrate(empty_engine, REVISION)
     aged = AgedFleet(now().replace(microsecond=0) - 79.5 * HOUR)  # the last scan 2.5 hours ago: hosts are live
-    aged.advance(empty_engine, 78)
+    aged.advance_at_release_schema(empty_engine, 78)
     asked = questions([aged.moment(h) for h in (0.5, 20.25, 47, 77.5)], aged.moment(30), aged.moment(70))
     with release(RELEASE) as site:
         before = released_answers(site, db_url, asked)
