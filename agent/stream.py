@@ -247,7 +247,7 @@ class Streamer:
             backoff = 1.0
         tried = self.target
         every = self.rotation.failed()
-        if self.target != tried:
+        if self.target != tried and not self.rotation.stale:
             detail = f"{detail}; next: the collector at {self.target}"
         await _sleep_or_stop(stop, self._retry(detail, backoff))
         return min(backoff * 2, MAX_BACKOFF) if every else backoff
@@ -273,7 +273,7 @@ class Streamer:
         for marker, meaning in CAUSES:
             if marker in text:
                 return f"cannot connect to {where}: {meaning.format(ca=self.ca_file or 'the system CAs')}"
-        if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in text and self.insecure:
+        if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in text and self.insecure and not self.up:
             return (
                 f"{where} closed the connection at once: it may serve TLS while this agent speaks plain text "
                 "(--insecure)"
@@ -361,6 +361,7 @@ class Streamer:
         return None
 
     async def _connected(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.rotation.resolve)  # DNS may be slow: the scanner goes on meanwhile
         where = self.rotation.current
         name = None if where.address == where.name else where.host
         async with channel(where.address, self.insecure, self.ca_file, self.client_cert, name) as chan:

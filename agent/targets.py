@@ -40,8 +40,13 @@ def parse(text: str) -> list[Target]:
     targets = []
     for entry in (e.strip() for e in text.split(",")):
         host, _, port = entry.rpartition(":")
-        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= 65535:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not bare or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
             raise UsageError(f"--collector: {printable(entry)!r} is not HOST:PORT (several: a:50051,b:50051)")
+        if ":" in bare and bare == host:
+            raise UsageError(f"--collector: {printable(entry)!r}: an IPv6 address goes in brackets, like [::1]:50051")
+        if any(c.isspace() or c in "[]/@" for c in bare):
+            raise UsageError(f"--collector: {printable(entry)!r}: not a host name or address")
         targets.append(Target(entry, entry, int(port)))
     if len({t.name for t in targets}) != len(targets):
         raise UsageError("--collector: a collector is named twice")
@@ -80,18 +85,25 @@ def _addresses(target: Target) -> list[Target]:
 
 
 class Rotation:
-    """Which collector to try now.  ``failed`` moves on to the next (resolving and shuffling again after the
-    last) and tells whether every collector has failed since the last stream that worked (``answered``)."""
+    """Which collector to try now.  ``failed`` moves on to the next and tells whether every collector has
+    failed since the last stream that worked (``answered``); after the last, ``resolve`` (which may wait for
+    DNS: call it off the event loop) reads the names again and shuffles."""
 
     def __init__(self, targets: list[Target]) -> None:
         self.targets = targets
-        self.order = expand(targets)
+        self.order = list(targets)  # names as given, until resolved
+        random.shuffle(self.order)
         self.place = 0
         self.misses = 0
+        self.stale = True  # the names are to be resolved before the next try
 
     @property
     def current(self) -> Target:
         return self.order[self.place]
+
+    def resolve(self) -> None:
+        if self.stale:
+            self.order, self.place, self.stale = expand(self.targets), 0, False
 
     def answered(self) -> None:
         self.misses = 0
@@ -100,6 +112,5 @@ class Rotation:
         self.misses += 1
         self.place += 1
         if self.place >= len(self.order):
-            self.order = expand(self.targets)
-            self.place = 0
+            self.place, self.stale = 0, True
         return self.misses >= len(self.order)

@@ -116,28 +116,40 @@ def _sqlite(url: URL, write: bool, create: bool) -> Engine:
 
 def serving(eng: Engine) -> int | None:
     """Claim a SQLite database for this collector process: one collector at a time writes a SQLite file
-    (several collectors share a PostgreSQL database).  The claim is a lock on ``DATABASE-collector`` beside
-    the file, held by the returned descriptor until the process ends; None for other databases."""
+    (several collectors share a PostgreSQL database).  The claim is a ``flock`` on the database file itself
+    (whatever path or link names it), held by the returned descriptor until the process ends; None for other
+    databases.  (SQLite's own locks are of another kind, ``fcntl``, which ``flock`` does not touch.)"""
     database = eng.url.database or ""
     if not eng.url.drivername.startswith("sqlite") or database in ("", ":memory:"):
         return None
-    path = f"{database}-collector"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(database, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UsageError(f"--db {shown(eng.url)}: cannot open {path}: {exc.strerror}") from exc
+        raise UsageError(f"--db {shown(eng.url)}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        holder = _flock_holder(os.fstat(fd))
         os.close(fd)
         raise UsageError(
-            f"--db {shown(eng.url)}: another collector (process {holder or 'unknown'}) serves this SQLite "
-            "database, and SQLite takes one; several collectors need a PostgreSQL database"
+            f"--db {shown(eng.url)}: another collector ({holder}) serves this SQLite database, and SQLite "
+            "takes one; several collectors need a PostgreSQL database"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _flock_holder(stat: os.stat_result) -> str:
+    """The process holding a ``flock`` on a file, as /proc/locks tells it, or 'process unknown'."""
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit():
+                    return f"process {fields[4]}"
+    except OSError:
+        pass
+    return "process unknown"
 
 
 def _reader(target: str) -> Any:

@@ -13,6 +13,7 @@ What the service tells an agent beyond Ack and Resync travels in metadata:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -215,7 +216,7 @@ class Collector(pb_grpc.CollectorServicer):
         try:
             hello, credential = await self._greeted(reader, context)
             try:
-                ref, lease = await self._run(self._hello, hello, credential)
+                ref, lease = await self._admitted(hello, credential)
             except RejectedMessage as exc:
                 name = hello.host_id[:255]
                 log.warning(
@@ -405,10 +406,38 @@ class Collector(pb_grpc.CollectorServicer):
             self.metrics.gaps.inc(len(payload.coverage.gaps))
 
     def _hello(self, hello: pb.Hello, credential: Credential | None) -> tuple[int, Lease]:
-        """The host's row, and its lease for this stream (refused while another collector applies the host)."""
-        ref = self.store.hello(convert.greeting(hello), credential)
+        """The host's row, and its lease for this stream: taken first (refused while another collector applies
+        the host), and given back if the hello is refused."""
         interval = hello.interval_ms / 1000 if hello.interval_ms else max(1, hello.interval_seconds)
-        return ref, claim(self.store.engine, ref, self.holder, hold_for(interval), alone=self.alone)
+        hold = hold_for(interval)
+        claimed = claim(self.store.engine, hello.host_id, self.holder, hold, alone=self.alone)
+        try:
+            ref = self.store.hello(convert.greeting(hello), credential)
+        except BaseException:
+            if claimed is not None:
+                with contextlib.suppress(DBAPIError):  # the claim lapses by itself
+                    give_back(self.store.engine, *claimed)
+            raise
+        if claimed is None:  # a new host: its row is there now
+            claimed = claim(self.store.engine, hello.host_id, self.holder, hold, alone=self.alone)
+            assert claimed is not None
+        return ref, claimed[1]
+
+    async def _admitted(self, hello: pb.Hello, credential: Credential | None) -> tuple[int, Lease]:
+        """``_hello`` where the store works; a lease taken for a stream that ended meanwhile is given back."""
+        if self.inline:
+            return self._hello(hello, credential)
+        taking = asyncio.get_running_loop().run_in_executor(self.executor, self._hello, hello, credential)
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, taking: asyncio.Future[tuple[int, Lease]]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            with contextlib.suppress(RuntimeError):  # the collector is stopping: the claim lapses by itself
+                self.executor.submit(give_back, self.store.engine, *taking.result())
 
     async def _give_back(self, peer: Peer) -> None:
         """A stream's end gives its host's lease back, so that another collector may take the host at once."""

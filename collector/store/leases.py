@@ -1,17 +1,23 @@
 """Which collector applies a host's messages, when several share one PostgreSQL database.
 
 Each hello takes the host's lease: its number goes up by one, the collector's name is written as the holder,
-and the claim lapses ``hold`` after the last message the holder applied (a few of the host's intervals).
-A hello for a host whose lease another collector holds, unlapsed, is refused as unavailable: that
-collector is still applying the host, and the agent tries again (elsewhere, or later).  Once the claim
-lapses (its collector died or its stream went quiet) any collector may take it, and a stream that finds
-the host's lease taken by a newer stream stops at its next message, before writing anything
-(``Lease.check``, in the transaction that locks the host's row), so two streams never interleave one
-host's history.  A stream's end gives its lease back at once.
+and the claim lapses ``hold`` after the last message the holder applied (three of the host's intervals,
+from 2 s to 10 minutes).  A hello for a host whose lease another collector holds, unlapsed, is refused as
+unavailable: that collector is still applying the host, and the agent tries again (elsewhere, or later).
+Once the claim lapses (its collector died or its stream went quiet), or at once when its holder was a
+process of the same machine and process namespace that has ended, any collector may take it.  A stream
+that finds the host's lease taken by a newer stream stops at its next message or step, before writing
+anything (``Lease.check``, in the transaction that locks the host's row), so two streams never interleave
+one host's history.  A stream's end gives its lease back at once.
+
+Lapse times are in the database's clock (PostgreSQL's ``now()``), so collectors whose clocks disagree
+still agree on when a claim lapses.  Taking a lease waits at most 2 s for the host's row:
+a collector stuck inside a transaction holds up only that host, never every hello.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
@@ -19,24 +25,31 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from sockfleet.collector import convert
 from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.schema import hosts
 
 MIN_HOLD = timedelta(seconds=2)
+MAX_HOLD = timedelta(minutes=10)  # a host scanned hourly is not kept from every other collector for hours
 INTERVALS_HELD = 3  # a claim lapses this many of the host's intervals after its last message
+SHORT_LOCK_WAIT = text("SET LOCAL lock_timeout = '2s'")  # while a lease is taken (PostgreSQL)
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
-LEASE_FOR_UPDATE = (
-    select(hosts.c.lease, hosts.c.lease_holder, hosts.c.lease_until)
-    .where(hosts.c.id == bindparam("ref"))
-    .with_for_update()
-)
+HOST_LEASE = select(hosts.c.id, hosts.c.lease, hosts.c.lease_holder, hosts.c.lease_until)
+LEASE_BY_ID = HOST_LEASE.where(hosts.c.host_id == bindparam("host_id")).with_for_update()
+LEASE_FOR_UPDATE = HOST_LEASE.where(hosts.c.id == bindparam("ref")).with_for_update()
 TAKE = (
     update(hosts)
     .where(hosts.c.id == bindparam("ref"))
     .values(lease=bindparam("number"), lease_holder=bindparam("holder"), lease_until=bindparam("until"))
+)
+EXTEND = (
+    update(hosts)
+    .where(hosts.c.id == bindparam("ref"), hosts.c.lease == bindparam("number"))
+    .values(lease_until=bindparam("until"))
 )
 GIVE_BACK = (
     update(hosts)
@@ -45,45 +58,68 @@ GIVE_BACK = (
 )
 
 
-def holder_name(pid: int | None = None) -> str:
-    """A collector process as the holder of leases: its machine, process id and start time (a process id comes
-    back after a restart; with its start time it names one process)."""
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()[:200]}/{pid}/{_started(pid) or secrets.token_hex(4)}"
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
+def _machine() -> str:
+    """This boot of this machine and this process namespace, in 8 hex digits: two collectors that share a
+    host name (clones, containers) but not these cannot take each other's process ids for their own."""
+    try:
+        space = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        space = ""
+    seen = _read("/proc/sys/kernel/random/boot_id").strip() + space.encode()
+    return hashlib.sha256(seen).hexdigest()[:8]
 
 
 def _started(pid: int) -> str | None:
-    """A process's start time (clock ticks after boot, ``/proc/PID/stat``), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except OSError:
+    """A running process's start time (clock ticks after boot, ``/proc/PID/stat``); None if there is no such
+    process, or it has ended and waits to be reaped."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
         return None
-    return stat[stat.rindex(b")") + 2 :].split()[19].decode()
+    return fields[19].decode()
+
+
+def holder_name(pid: int | None = None) -> str:
+    """A collector process as the holder of leases: its machine's name, process id, start time (a process id
+    comes back after a restart) and the boot and process namespace it runs in."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()[:200]}/{pid}/{_started(pid) or secrets.token_hex(4)}/{_machine()}"
 
 
 def gone(holder: str) -> bool:
-    """Whether a holder is known to have ended: a process of this machine that no longer runs.  (A holder on
-    another machine is taken for alive until its claim lapses.)"""
+    """Whether a holder is known to have ended: a process of this machine, boot and process namespace that no
+    longer runs.  Any other holder is taken for alive until its claim lapses."""
     parts = holder.split("/")  # a host name holds no "/"
-    if len(parts) != 3 or parts[0] != socket.gethostname()[:200] or not parts[1].isdigit():
+    if len(parts) != 4 or parts[0] != socket.gethostname()[:200] or parts[3] != _machine():
+        return False
+    if not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
         return False
     return _started(int(parts[1])) != parts[2]
 
 
 def hold_for(interval: float) -> timedelta:
     """How long a claim outlives the holder's last message, for a host scanning every ``interval`` seconds."""
-    return max(MIN_HOLD, timedelta(seconds=INTERVALS_HELD * interval))
+    return min(MAX_HOLD, max(MIN_HOLD, timedelta(seconds=INTERVALS_HELD * min(interval, 86_400))))
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The lease one stream holds: its number, its holder, how long each message extends it, and whether it
-    was taken from another collector (whose stream's last messages this one must not build on)."""
+    """The lease one stream holds: its number, its holder, how long each message extends it, how far the
+    database's clock is ahead of the collector's, and whether it was taken from another collector (whose
+    stream's last messages this one must not build on)."""
 
     number: int
     holder: str
     hold: timedelta
+    ahead: timedelta = timedelta(0)
     taken_over: bool = False
 
     def check(self, host: Any) -> None:
@@ -96,38 +132,66 @@ class Lease:
             )
 
     def until(self) -> datetime:
-        return convert.now() + self.hold
+        """When the claim lapses if nothing more is applied, in the database's clock."""
+        return convert.now() + self.ahead + self.hold
+
+    def hold_on(self, conn: Connection, ref: int) -> None:
+        """In a transaction about to write host ``ref``: lock its row, check the lease, and extend it."""
+        self.check(conn.execute(LEASE_FOR_UPDATE, {"ref": ref}).one())
+        conn.execute(EXTEND, {"ref": ref, "number": self.number, "until": self.until()})
 
 
-def claim(engine: Engine, ref: int, holder: str, hold: timedelta, alone: bool = False) -> Lease:
-    """Take host ``ref``'s lease for ``holder``, unless another collector holds it, unlapsed and alive
-    (``alone``: no other collector can be, as on SQLite)."""
-    now = convert.now()
-    with engine.begin() as conn:
-        row = conn.execute(LEASE_FOR_UPDATE, {"ref": ref}).one()
-        other = row.lease_holder is not None and row.lease_holder != holder
-        held = other and row.lease_until is not None and row.lease_until > now
-        if held and not alone and not gone(row.lease_holder):
-            left = (row.lease_until - now).total_seconds()
-            raise RejectedMessage(
-                f"the collector {row.lease_holder} is applying this host's stream (its claim lapses in "
-                f"{left:.0f} s unless it goes on); connect again later or to another collector",
-                "UNAVAILABLE",
-            )
-        number = row.lease + 1
-        conn.execute(TAKE, {"ref": ref, "number": number, "holder": holder, "until": now + hold})
-    return Lease(number, holder, hold, taken_over=other)
+def claim(engine: Engine, host_id: str, holder: str, hold: timedelta, alone: bool = False) -> tuple[int, Lease] | None:
+    """Take the lease of the host ``host_id`` for ``holder``, unless another collector holds it, unlapsed and
+    alive (``alone``: no other collector can be, as on SQLite); None for a host not recorded yet."""
+    try:
+        with engine.begin() as conn:
+            now, ahead = _clock(conn)
+            row = conn.execute(LEASE_BY_ID, {"host_id": host_id}).first()
+            if row is None:
+                return None
+            other = row.lease_holder is not None and row.lease_holder != holder
+            held = other and row.lease_until is not None and row.lease_until > now
+            if held and not alone and not gone(row.lease_holder):
+                left = (row.lease_until - now).total_seconds()
+                raise RejectedMessage(
+                    f"the collector {row.lease_holder} is applying this host's stream (its claim lapses in "
+                    f"{left:.0f} s unless it goes on); connect again later or to another collector",
+                    "UNAVAILABLE",
+                )
+            number = row.lease + 1
+            conn.execute(TAKE, {"ref": row.id, "number": number, "holder": holder, "until": now + hold})
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise RejectedMessage(
+            "another collector is writing this host; connect again later or to another collector", "UNAVAILABLE"
+        ) from exc
+    return int(row.id), Lease(number, holder, hold, ahead, taken_over=other)
+
+
+def _clock(conn: Connection) -> tuple[datetime, timedelta]:
+    """The database's time (UTC), and how far it is ahead of the collector's; on PostgreSQL, the lock wait of
+    this transaction is bounded as well."""
+    mine = convert.now()
+    if conn.dialect.name != "postgresql":
+        return mine, timedelta(0)
+    conn.execute(SHORT_LOCK_WAIT)
+    theirs: datetime = conn.execute(select(func.timezone("UTC", func.statement_timestamp()))).scalar_one()
+    return theirs, theirs - mine
 
 
 def holders(conn: Connection) -> dict[str, int]:
     """Each collector applying hosts now (its claims unlapsed), and how many."""
+    postgresql = conn.dialect.name == "postgresql"
+    lapse = func.timezone("UTC", func.now()) if postgresql else bindparam("now", convert.now())
     query = (
         select(hosts.c.lease_holder, func.count())
-        .where(hosts.c.lease_holder.is_not(None), hosts.c.lease_until > bindparam("now"))
+        .where(hosts.c.lease_holder.is_not(None), hosts.c.lease_until > lapse)
         .group_by(hosts.c.lease_holder)
         .order_by(hosts.c.lease_holder)
     )
-    return {str(holder): int(count) for holder, count in conn.execute(query, {"now": convert.now()})}
+    return {str(holder): int(count) for holder, count in conn.execute(query)}
 
 
 def give_back(engine: Engine, ref: int, lease: Lease) -> None:

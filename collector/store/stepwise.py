@@ -94,7 +94,7 @@ def apply_in_steps(
         return
     groups, listening = yield from _filed(listing, max(1, -(-len(listing) // STEP_SOCKETS)))
     store.remember_listening(ref, scan, moment, None)
-    steps = _Steps(store, ref, moment, listing, frozenset(listening))
+    steps = _Steps(store, ref, moment, listing, frozenset(listening), lease)
     try:
         counts = yield from steps.groups_written(groups)
         yield from steps.flows_moved()
@@ -139,9 +139,16 @@ class _Steps:
     identity of each socket that moves a flow."""
 
     def __init__(
-        self, store: Store, ref: int, moment: datetime, listing: convert.Listing, listening: frozenset[flows.Listener]
+        self,
+        store: Store,
+        ref: int,
+        moment: datetime,
+        listing: convert.Listing,
+        listening: frozenset[flows.Listener],
+        lease: Lease | None = None,
     ) -> None:
         self.store, self.ref, self.moment, self.listing, self.listening = store, ref, moment, listing, listening
+        self.lease = lease  # checked (and extended) by every step: a host taken over meanwhile stops the steps
         self.changes: dict[str, int] = {}
         self.identities: dict[str, tuple[Any, ...]] = {}
 
@@ -150,6 +157,8 @@ class _Steps:
         added = removed = changed = 0
         for number, group in enumerate(groups):
             with self.store.engine.begin() as conn:
+                if self.lease is not None:
+                    self.lease.hold_on(conn, self.ref)
                 counts = self.group(conn, group, bounds(number, len(groups)))
             added, removed, changed = added + counts[0], removed + counts[1], changed + counts[2]
             groups[number] = {}  # written: let it go
@@ -161,6 +170,8 @@ class _Steps:
         moving = [key for key, change in self.changes.items() if change]
         for chunk in chunks(moving, STEP_SOCKETS):
             with self.store.engine.begin() as conn:
+                if self.lease is not None:
+                    self.lease.hold_on(conn, self.ref)
                 moves = {key: self.changes[key] for key in chunk}
                 self.store.move_flows(conn, self.ref, moves, self.identities, self.moment)
             yield None

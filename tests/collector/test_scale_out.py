@@ -13,17 +13,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from sockfleet.agent import targets
 from sockfleet.agent.errors import UsageError
-from sockfleet.collector.store import leases
+from sockfleet.collector import convert, db
+from sockfleet.collector.errors import RejectedMessage
+from sockfleet.collector.store import STEP_SOCKETS, Store, leases
+from sockfleet.collector.store.stepwise import apply_in_steps
 from sockfleet.v1 import fleet_pb2 as pb
 from tests import postgres
 from tests.collector import fleet
@@ -40,7 +43,7 @@ SECOND = "10.77.0.253"  # the switch's second address: collector B listens there
 def sql(db_url: str, query: str, **params: Any) -> list[Any]:
     engine = create_engine(db_url)
     try:
-        with engine.connect() as conn:
+        with engine.begin() as conn:
             return list(conn.execute(text(query), params))
     finally:
         engine.dispose()
@@ -226,8 +229,7 @@ def test_two_collectors_racing_for_one_host_never_interleave_it(pg_cluster: post
         talks_open.append(Talk(collector.port))
         return talks_open[-1]
 
-    hello = fleet.hello("racer")
-    hello.interval_ms = 200  # claims lapse after 2 s without a message
+    hello = fleet.hello("racer", interval=60)  # claims lapse 3 minutes after the last message
     now = datetime.now(UTC).replace(tzinfo=None)
     listener, other = fleet.tcp_listener(80), fleet.tcp_listener(443)
     try:
@@ -245,7 +247,8 @@ def test_two_collectors_racing_for_one_host_never_interleave_it(pg_cluster: post
         assert [(f"/{b.proc.pid}/" in holder, count) for holder, count in status["collectors"].items()] == [(True, 1)]
         assert f"/{b.proc.pid}/" in ask(db_url, "collector", "status").stdout
 
-        time.sleep(2.5)  # B's claim lapses: its stream went quiet
+        # B's stream goes quiet, and its claim lapses.
+        sql(db_url, "UPDATE hosts SET lease_until = :past RETURNING id", past=datetime(2001, 1, 1))
         taker = talk(a)
         taker.say({"hello": hello})
         resync = taker.send({"delta": fleet.delta(4, now, base=3)})
@@ -286,25 +289,124 @@ def test_a_second_collector_on_one_sqlite_file_refuses_to_start(tmp_path: Path) 
     assert second.stderr.count("\n") == 1, second.stderr
     assert f"another collector (process {first.proc.pid}) serves this SQLite database" in second.stderr
     assert "PostgreSQL" in second.stderr
-    assert (tmp_path / "one.db-collector").stat().st_mode & 0o077 == 0
     again = Collector(db_url)  # the lock goes with the process
     again.stop()
 
 
+def test_a_link_to_a_served_sqlite_file_is_the_same_database(tmp_path: Path) -> None:
+    (tmp_path / "links").mkdir()
+    real = tmp_path / "real.db"
+    first = Collector(f"sqlite:///{real}")
+    try:
+        (tmp_path / "links" / "soft.db").symlink_to(real)
+        os.link(real, tmp_path / "links" / "hard.db")
+        for link in ("soft.db", "hard.db"):
+            second = subprocess.run(
+                sockfleet("collector", "serve", "--insecure", "--listen", "127.0.0.1:0"),
+                capture_output=True,
+                text=True,
+                env={**ENV, "SOCKFLEET_DB": f"sqlite:///{tmp_path / 'links' / link}"},  # the file names it too
+                cwd=ROOT,
+                timeout=60,
+                check=False,
+            )
+            assert second.returncode == 2, (link, second.stderr)
+            assert "another collector" in second.stderr
+    finally:
+        first.stop()
+
+
 def test_a_holder_that_ended_on_this_machine_is_known_gone() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     name = leases.holder_name(child.pid)
-    assert not leases.gone(name)
-    child.wait()
+    try:
+        assert not leases.gone(name)
+        child.kill()
+        wait_for(lambda: leases.gone(name), "the killed process, not yet reaped, taken for gone")
+    finally:
+        child.wait()
     assert leases.gone(name)
-    assert not leases.gone(leases.holder_name())
-    assert not leases.gone(f"elsewhere.example/{os.getpid()}/1")  # another machine: only its claim's lapse tells
-    assert not leases.gone("not a holder")
+    mine = leases.holder_name()
+    assert not leases.gone(mine)
+    machine, pid, _, space = mine.split("/")
+    assert not leases.gone(f"elsewhere.example/{pid}/1/{space}")  # another machine: only its claim's lapse tells
+    assert not leases.gone(f"{machine}/{pid}/1/00000000")  # another process namespace or boot: the same
+    for odd in ("not a holder", f"{machine}/\u00b2/1/{space}", f"{machine}/{'9' * 40}/1/{space}", "////"):
+        assert not leases.gone(odd)
+
+
+def test_a_claim_lapses_and_holds_no_longer_than_ten_minutes() -> None:
+    assert leases.hold_for(0.1) == timedelta(seconds=2)
+    assert leases.hold_for(15) == timedelta(seconds=45)
+    assert leases.hold_for(10**9) == timedelta(minutes=10)
+
+
+def large_snapshot(seq: int, count: int, moment: datetime) -> convert.Scan:
+    sockets_ = [fleet.connection(10000 + i, "10.1.0.1", 443, 5000 + i) for i in range(count)]
+    return convert.snapshot([fleet.snapshot(seq, moment, sockets_)])
+
+
+def test_a_large_snapshot_taken_over_between_its_steps_writes_no_more(engine: Engine) -> None:
+    store = Store(engine)
+    hello = fleet.hello("big")
+    store.hello(convert.greeting(hello))
+    first = leases.claim(engine, hello.host_id, "collector-a/1/1/x", timedelta(seconds=60))
+    assert first is not None
+    ref, lease_a = first
+    now = datetime.now(UTC).replace(tzinfo=None)
+    steps = apply_in_steps(store, ref, large_snapshot(1, 12 * STEP_SOCKETS, now - timedelta(seconds=2)), lease=lease_a)
+    for _ in range(4):
+        assert next(steps) is None
+    # Collector B takes the host over (A's claim lapsed: A is stuck) and applies a newer snapshot.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hosts SET lease_until = :past"), {"past": now - timedelta(hours=1)})
+    taken = leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+    assert taken is not None and taken[1].taken_over
+    newer = convert.snapshot([fleet.snapshot(2, now - timedelta(seconds=1), [fleet.tcp_listener(22)])])
+    assert store.apply(ref, newer, lease=taken[1]).acked
+    with pytest.raises(RejectedMessage, match="another stream took this host") as refused:
+        for _ in steps:
+            pass
+    assert refused.value.code == "ABORTED"
+    with engine.connect() as conn:
+        backwards = conn.execute(text("SELECT count(*) FROM sockets WHERE valid_to < valid_from")).scalar_one()
+        open_rows = conn.execute(text("SELECT local_port FROM sockets WHERE valid_to IS NULL")).scalars().all()
+    assert backwards == 0
+    assert open_rows == [22]  # B's snapshot, and nothing A wrote after it
+
+
+@needs_postgres
+def test_a_hello_waits_for_a_locked_host_no_more_than_two_seconds(pg_cluster: postgres.Cluster) -> None:
+    engine = db.engine(pg_cluster.database())
+    db.migrate(engine)
+    hello = fleet.hello("locked")
+    Store(engine).hello(convert.greeting(hello))
+    try:
+        with engine.connect() as stuck:  # a collector stopped inside a transaction that holds the host's row
+            stuck.execute(text("SELECT id FROM hosts WHERE host_id = :id FOR UPDATE"), {"id": hello.host_id})
+            with pytest.raises(RejectedMessage, match="another collector is writing this host") as refused:
+                leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+            assert refused.value.code == "UNAVAILABLE"
+            stuck.rollback()
+        assert leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60)) is not None
+    finally:
+        engine.dispose()
 
 
 def test_collector_lists_are_checked_and_names_resolve_to_every_address(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [t.name for t in targets.parse("a:1, [::1]:50051")] == ["a:1", "[::1]:50051"]
-    for bad in ("a:1,,b:2", "a", "a:0", "a:1,a:1", "a:x"):
+    for bad in (
+        "a:1,,b:2",
+        "a",
+        "a:0",
+        "a:1,a:1",
+        "a:x",
+        "::1:50051",
+        "a b:1",
+        "unix:/x:1",
+        "[::1]:1,[::1]:1",
+        "a:\u00b2",
+    ):
         with pytest.raises(UsageError, match="--collector"):
             targets.parse(bad)
 
@@ -323,6 +425,8 @@ def test_collector_lists_are_checked_and_names_resolve_to_every_address(monkeypa
         ("10.9.9.9:1", "10.9.9.9:1"),
     ]
     rotation = targets.Rotation(targets.parse("collectors:50051"))
+    assert rotation.current.address == "collectors:50051"  # resolved only when about to connect, off the loop
+    rotation.resolve()
     seen = {rotation.current.address}
     assert [rotation.failed() for _ in range(3)] == [False, False, True]  # every collector failed once
     seen |= {rotation.current.address}
