@@ -68,7 +68,7 @@ def longest_silence(db_url: str, host: str, since: datetime) -> float:
     )
     times = [r.taken_at for r in rows]
     assert len(times) > 2, f"{host}: {len(times)} scans stored since {since}"
-    return max((b - a).total_seconds() for a, b in itertools.pairwise(times))
+    return float(max((b - a).total_seconds() for a, b in itertools.pairwise(times)))
 
 
 def holders(db_url: str) -> dict[str, str | None]:
@@ -200,14 +200,14 @@ class Talk:
         call = self.channel.stream_stream(
             STREAM, request_serializer=lambda b: b, response_deserializer=pb.CollectorMessage.FromString
         )
-        self.replies = call(iter(self.outbox.get, None), timeout=60)
+        self.replies: Iterator[pb.CollectorMessage] = iter(call(iter(self.outbox.get, None), timeout=60))
 
     def say(self, message: Any) -> None:
         self.outbox.put(pb.AgentMessage(**message).SerializeToString())
 
     def send(self, message: Any) -> pb.CollectorMessage:
         self.say(message)
-        return next(self.replies)  # type: ignore[no-any-return]
+        return next(self.replies)
 
     def refused(self, message: Any) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as caught:
@@ -416,7 +416,7 @@ def test_collector_lists_are_checked_and_names_resolve_to_every_address(monkeypa
         assert host == "collectors"
         return [(0, 0, 0, "", (a, port)) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "fd00::3")]
 
-    monkeypatch.setattr(targets.socket, "getaddrinfo", resolve)
+    monkeypatch.setattr("socket.getaddrinfo", resolve)
     found = targets.expand(targets.parse("collectors:50051,10.9.9.9:1"), shuffle=False)
     assert [(t.address, t.label) for t in found] == [
         ("10.0.0.1:50051", "collectors:50051 (10.0.0.1:50051)"),
