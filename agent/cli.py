@@ -149,9 +149,8 @@ def coverage_summary(coverage: Coverage) -> str | None:
 def write_coverage(coverage: Coverage, fmt: str) -> None:
     if fmt == "json":
         import json
-        from dataclasses import asdict
 
-        json.dump(asdict(coverage), sys.stdout, indent=2)
+        json.dump(coverage.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
     for status in coverage.sources:

@@ -1,18 +1,19 @@
 """Typed records the agent produces: sockets, owners, processes and coverage.
 
-``SocketRecord`` is a ``NamedTuple`` rather than a frozen dataclass on purpose:
+Every record is a ``NamedTuple`` rather than a frozen dataclass, on purpose:
 a snapshot of a busy host holds hundreds of thousands of sockets, and a frozen
 dataclass costs about 3 µs to build (one ``object.__setattr__`` per field)
-against 0.5 µs for a named tuple, which would dominate the whole scan.  It is
-just as immutable and typed.  The records built a handful of times per scan
-are frozen, slotted dataclasses.
+against 0.5 µs for a named tuple, which would dominate the whole scan.  The
+records built a handful of times per scan are named tuples too, so that a
+one-shot ``agent snapshot`` does not load ``dataclasses`` (and ``inspect``,
+``ast``, ``dis`` ... with it) at every start.  They are just as immutable and typed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Proto(StrEnum):
@@ -117,8 +118,7 @@ class SocketRecord(NamedTuple):
         return self.proto is Proto.UDP or self.path is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Process:
+class Process(NamedTuple):
     """A process that holds sockets: ``start_time`` is in clock ticks since boot."""
 
     pid: int
@@ -129,8 +129,7 @@ class Process:
     start_time: int
 
 
-@dataclass(frozen=True, slots=True)
-class Namespace:
+class Namespace(NamedTuple):
     """A network namespace: its inode (the ``netns`` of each record) and a way in.
 
     ``path`` names a file that refers to the namespace (``/proc/PID/ns/net`` or a
@@ -145,8 +144,7 @@ class Namespace:
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SourceStatus:
+class SourceStatus(NamedTuple):
     """How one source fared in one namespace: it ran for ``seconds`` and gave ``records``, or failed with ``error``."""
 
     source: str
@@ -157,8 +155,7 @@ class SourceStatus:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Coverage:
+class Coverage(NamedTuple):
     """What a snapshot could and could not see.
 
     ``namespaces_unscanned`` maps a namespace (inode, or the path when even the
@@ -176,9 +173,17 @@ class Coverage:
         failed = any(not status.ok for status in self.sources)
         return not failed and not self.namespaces_unscanned and not self.processes_unreadable
 
+    def as_dict(self) -> dict[str, Any]:
+        """The coverage as JSON objects and arrays (``agent snapshot --coverage --format json``)."""
+        return {
+            "sources": [status._asdict() for status in self.sources],
+            "namespaces_scanned": list(self.namespaces_scanned),
+            "namespaces_unscanned": [list(pair) for pair in self.namespaces_unscanned],
+            "processes_unreadable": list(self.processes_unreadable),
+        }
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+
+class Snapshot(NamedTuple):
     """Every socket of one host at one moment, with owners and coverage.
 
     ``owners`` maps a socket inode to the pids holding it (lowest first), and
@@ -186,14 +191,18 @@ class Snapshot:
     its user name; ``addresses`` lists the interface addresses of the scanned
     namespaces (a running agent reports them with every scan).  A socket no process holds
     (a kernel socket, or one in ``TIME_WAIT``) has no entry in ``owners``.
+
+    A scan's ``sockets`` are ``agent.table.Sockets``: packed rows that read as
+    ``SocketRecord`` s one at a time, so that a large host's snapshot is never held
+    as an object per socket.
     """
 
     host: str
     taken_at: float
-    sockets: tuple[SocketRecord, ...]
-    owners: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    processes: dict[int, Process] = field(default_factory=dict)
-    users: dict[int, str | None] = field(default_factory=dict)
-    coverage: Coverage = field(default_factory=lambda: Coverage(sources=(), namespaces_scanned=()))
+    sockets: Sequence[SocketRecord]
+    owners: dict[int, tuple[int, ...]]
+    processes: dict[int, Process]
+    users: dict[int, str | None]
+    coverage: Coverage
     # (netns, interface, address) of every interface address in the scanned namespaces, when asked for.
     addresses: tuple[tuple[int, str, str], ...] | None = None

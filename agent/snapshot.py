@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
 import time
 from collections.abc import Sequence
 
-from sockfleet.agent import addresses, netns
+from sockfleet.agent import netns
 from sockfleet.agent.errors import SourceError
 from sockfleet.agent.owners import OwnerIndex
-from sockfleet.agent.records import Coverage, Namespace, Process, Proto, Snapshot, SocketRecord, SourceStatus
+from sockfleet.agent.records import Coverage, Namespace, Process, Proto, Snapshot, SourceStatus
 from sockfleet.agent.sources import SOURCES, Source
+from sockfleet.agent.table import Sockets, SocketTable
 from sockfleet.v1.limits import MAX_ADDRESSES
 
-log = logging.getLogger("sockfleet.agent")
+
+def _warn(message: str, *args: object) -> None:
+    """Log a warning; ``logging`` is loaded only then, as a one-shot snapshot never logs."""
+    import logging
+
+    logging.getLogger("sockfleet.agent").warning(message, *args)
+
 
 ALL_PROTOS = frozenset(Proto)
 
@@ -36,8 +42,8 @@ def namespaces(scope: str, proc_root: str = "/proc") -> tuple[list[Namespace], l
 
 def scan_namespace(
     ns: Namespace, sources: Sequence[Source], protos: frozenset[Proto], proc_root: str
-) -> tuple[list[SocketRecord] | None, list[SourceStatus]]:
-    """Try ``sources`` in order in one namespace; the first that works gives the records."""
+) -> tuple[SocketTable | None, list[SourceStatus]]:
+    """Try ``sources`` in order in one namespace; the first that works gives the records, as a table."""
     statuses = []
     for source in sources:
         started = time.perf_counter()
@@ -47,7 +53,7 @@ def scan_namespace(
             statuses.append(SourceStatus(source.NAME, ns.inode, False, time.perf_counter() - started, 0, str(exc)))
             continue
         statuses.append(SourceStatus(source.NAME, ns.inode, True, time.perf_counter() - started, len(records)))
-        return records, statuses
+        return records if isinstance(records, SocketTable) else SocketTable.of(ns.inode, records), statuses
     return None, statuses
 
 
@@ -83,23 +89,24 @@ class Scanner:
         if self.prefetch_owners:
             self.owners.prefetch()
         spaces, ns_unreadable = namespaces(self.scope, self.proc_root)
-        sockets: list[SocketRecord] = []
+        tables: list[SocketTable] = []
         statuses: list[SourceStatus] = []
         scanned: list[int] = []
         unscanned: list[tuple[str, str]] = []
         for ns in spaces:
-            records, tried = scan_namespace(ns, self.sources, self.protos, self.proc_root)
+            table, tried = scan_namespace(ns, self.sources, self.protos, self.proc_root)
             statuses.extend(tried)
-            if records is None:
+            if table is None:
                 reasons = "; ".join(status.error or "" for status in tried) or "no source available"
                 unscanned.append((str(ns.inode), reasons))
                 continue
             scanned.append(ns.inode)
-            sockets.extend(records)
+            tables.append(table)
+        sockets = Sockets(tables)
         # The scan's time is when the kernel's tables were last read: a socket they hold was open then, and
         # one they no longer hold had closed by then, so no change is ever dated before it happened.
         taken_at = time.time()
-        owners = self.owners.refresh({record.inode for record in sockets})
+        owners = self.owners.refresh(sockets.inodes())
         processes: dict[int, Process] = {}
         for pids in owners.values():
             for pid in pids:
@@ -107,15 +114,17 @@ class Scanner:
                     process = self.owners.process(pid)
                     if process is not None:
                         processes[pid] = process
-        users = {uid: self.owners.user(uid) for uid in {s.uid for s in sockets} if uid is not None}
+        users = {uid: self.owners.user(uid) for uid in sockets.uids()}
         unreadable = sorted(set(self.owners.unreadable) | set(ns_unreadable))
         coverage = Coverage(tuple(statuses), tuple(scanned), tuple(unscanned), tuple(unreadable))
         self.spaces = [ns for ns in spaces if ns.inode in scanned]
         found = self._addresses(self.spaces) if self.with_addresses else None
-        return Snapshot(self.host, taken_at, tuple(sockets), owners, processes, users, coverage, found)
+        return Snapshot(self.host, taken_at, sockets, owners, processes, users, coverage, found)
 
     def _addresses(self, spaces: list[Namespace]) -> tuple[tuple[int, str, str], ...]:
         """Every interface address of ``spaces``, sorted; a namespace whose addresses cannot be read is logged."""
+        from sockfleet.agent import addresses  # a running agent's: a one-shot snapshot does not ask
+
         found: set[tuple[int, str, str]] = set()
         for ns in spaces:
             try:
@@ -123,12 +132,12 @@ class Scanner:
             except SourceError as exc:
                 if str(exc) not in self.address_errors:
                     self.address_errors.add(str(exc))
-                    log.warning("%s", exc)
+                    _warn("%s", exc)
                 continue
             found.update((ns.inode, name, address) for name, address in pairs)
         if len(found) > MAX_ADDRESSES:
             if "too many" not in self.address_errors:
                 self.address_errors.add("too many")
-                log.warning("%d interface addresses: only the first %d are reported", len(found), MAX_ADDRESSES)
+                _warn("%d interface addresses: only the first %d are reported", len(found), MAX_ADDRESSES)
             return tuple(sorted(found)[:MAX_ADDRESSES])
         return tuple(sorted(found))

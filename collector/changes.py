@@ -6,8 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import ColumnElement, Connection, or_, select
 
+from sockfleet.collector import spans
 from sockfleet.collector.queries import SOCKET_FIELDS, Filters, Observed, observed, sockets_at
 from sockfleet.collector.schema import hosts, sockets
 from sockfleet.collector.talks import EDGE_FIELDS, Window, edges
@@ -30,16 +31,31 @@ DIFF_FIELDS = ("change", "kind", *SOCKET_FIELDS, *[f for f in EDGE_FIELDS if f n
 def history(
     conn: Connection, host: str, port: int | None = None, path: str | None = None, since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Every socket interval of ``host`` (optionally on one local port or path) alive at or after ``since``."""
+    """Every socket interval of ``host`` (optionally on one local port or path) alive at or after ``since``.
+
+    With ``since``: the rows open at ``since`` that began before it, then those that began at or after it,
+    each from a short range of an index, however long the host's history before ``since``.
+    """
     ref = conn.execute(select(hosts.c.id).where(hosts.c.name == host)).scalar()
-    # By the host's row id, so that the planner walks ix_sockets_host_ref_valid_from in order.
-    conditions = [sockets.c.host_ref == ref]
+    wanted = [sockets.c.host_ref == ref]
     if port is not None:
-        conditions.append(sockets.c.local_port == port)
+        wanted.append(sockets.c.local_port == port)
     if path is not None:
-        conditions.append(sockets.c.path == path)
-    if since is not None:
-        conditions.append(or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > since))
+        wanted.append(sockets.c.path == path)
+    if since is None:
+        return _intervals(conn, wanted)
+    # On PostgreSQL the condition every such row meets also keeps the day partitions that ended before since
+    # out of both reads.
+    later = [or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > since)]
+    pruned = later if conn.dialect.name == "postgresql" else []
+    # Open at since: one range per lifetime class of ix_sockets_host_ref_span_valid_from_valid_to.
+    before = _intervals(conn, [spans.alive(since, within=(*wanted, sockets.c.valid_from < since)), *pruned])
+    # Began at or after since: the host's rows from since on in ix_sockets_host_ref_valid_from.
+    return before + _intervals(conn, [*wanted, sockets.c.valid_from >= since, *later])
+
+
+def _intervals(conn: Connection, conditions: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
+    """The socket rows that meet ``conditions``, with the history's fields, in the order they began."""
     columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in HISTORY_FIELDS[1:])]
     query = (
         select(*columns)

@@ -124,6 +124,8 @@ sockets = Table(
     Column("flow", String(32)),
     Index(None, "host_ref", "valid_from"),
     Index(None, "span", "valid_from", "valid_to"),
+    # A host's rows open at T by lifetime class (`history --host H --since T`).
+    Index(None, "host_ref", "span", "valid_from", "valid_to"),
     Index(None, "valid_to"),
     Index(None, "local_port"),
 )

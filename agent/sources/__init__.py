@@ -8,6 +8,7 @@ recorded in the snapshot's coverage, never raised.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from sockfleet.agent.records import Namespace, Proto, SocketRecord
@@ -18,7 +19,9 @@ class Source(Protocol):
     NAME: str
     DESCRIPTION: str
 
-    def collect(self, ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> list[SocketRecord]: ...
+    def collect(self, ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> Sequence[SocketRecord]:
+        """The sockets of ``ns``: the built-in sources give an ``agent.table.SocketTable`` of compact rows."""
+        ...
 
 
 SOURCES: tuple[Source, ...] = (netlink, procfs, psutil)

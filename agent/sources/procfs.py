@@ -21,7 +21,8 @@ import socket
 import struct
 
 from sockfleet.agent.errors import ParseError, SourceError
-from sockfleet.agent.records import TCP_STATES, Family, Namespace, Proto, SocketRecord, SockType, State, datagram_state
+from sockfleet.agent.records import TCP_STATES, Family, Namespace, Proto, SockType, State, datagram_state
+from sockfleet.agent.table import SocketTable
 
 NAME = "procfs"
 DESCRIPTION = "text tables under /proc/PID/net (Linux fallback; no Unix peers)"
@@ -51,9 +52,12 @@ def parse_endpoint(text: str, family: Family) -> tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET6, _WORDS.pack(*words)), int(port, 16)
 
 
-def parse_inet(text: str, netns: int, proto: Proto, family: Family, table: str = "") -> list[SocketRecord]:
-    """Records from one ``/proc/net/{tcp,tcp6,udp,udp6}`` table (header line first)."""
-    records = []
+def parse_inet(
+    text: str, netns: int, proto: Proto, family: Family, table: str = "", into: SocketTable | None = None
+) -> SocketTable:
+    """Rows from one ``/proc/net/{tcp,tcp6,udp,udp6}`` table (header line first), added to ``into`` or to a
+    new table."""
+    rows = SocketTable(netns) if into is None else into
     kind = SockType.STREAM if proto is Proto.TCP else SockType.DGRAM
     lines = text.splitlines()
     if not lines or not lines[0].lstrip().startswith("sl"):
@@ -72,30 +76,15 @@ def parse_inet(text: str, netns: int, proto: Proto, family: Family, table: str =
             raise ParseError(NAME, f"{table or proto} line {number}: {exc or 'too few fields'}") from exc
         state = TCP_STATES.get(kstate, State.CLOSE) if proto is Proto.TCP else datagram_state(kstate)
         unconnected = rport == 0 and remote in ("0.0.0.0", "::")
-        records.append(
-            SocketRecord(
-                netns,
-                proto,
-                family,
-                kind,
-                state,
-                local,
-                lport,
-                None if unconnected else remote,
-                None if unconnected else rport,
-                None,
-                None,
-                inode,
-                uid,
-                *queues,
-            )
-        )
-    return records
+        rows.add(proto, family, kind, state, local, lport, None if unconnected else remote,
+                 None if unconnected else rport, None, None, inode, uid, *queues)  # fmt: skip
+    return rows
 
 
-def parse_unix(text: str, netns: int) -> list[SocketRecord]:
-    """Records from ``/proc/net/unix`` (header line first); abstract names keep their ``@``."""
-    records = []
+def parse_unix(text: str, netns: int, into: SocketTable | None = None) -> SocketTable:
+    """Rows from ``/proc/net/unix`` (header line first), added to ``into`` or to a new table; abstract names
+    keep their ``@``."""
+    rows = SocketTable(netns) if into is None else into
     lines = text.splitlines()
     if not lines or not lines[0].startswith("Num"):
         raise ParseError(NAME, "unix: missing header line")
@@ -115,12 +104,8 @@ def parse_unix(text: str, netns: int) -> list[SocketRecord]:
         else:
             state = State.UNCONN
         path = fields[7] if len(fields) > 7 else None
-        records.append(
-            SocketRecord(
-                netns, Proto.UNIX, Family.UNIX, kind, state, None, None, None, None, path, None, inode, None, 0, 0
-            )
-        )
-    return records
+        rows.add(Proto.UNIX, Family.UNIX, kind, state, None, None, None, None, path, None, inode, None, 0, 0)
+    return rows
 
 
 def _read(path: str) -> str:
@@ -131,16 +116,16 @@ def _read(path: str) -> str:
         raise SourceError(NAME, f"cannot read {path}: {exc.strerror}") from exc
 
 
-def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> list[SocketRecord]:
+def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> SocketTable:
     """Every socket of ``protos`` in ``ns``, read through a process that lives in it."""
     if ns.pid is None:
         raise SourceError(NAME, f"netns {ns.inode} has no process to read /proc/PID/net through")
     base = f"{proc_root}/{ns.pid}/net"
-    records: list[SocketRecord] = []
+    rows = SocketTable(ns.inode)
     for proto, tables in TABLES.items():
         if proto in protos:
             for table, family in tables:
-                records.extend(parse_inet(_read(f"{base}/{table}"), ns.inode, proto, family, table))
+                parse_inet(_read(f"{base}/{table}"), ns.inode, proto, family, table, rows)
     if Proto.UNIX in protos:
-        records.extend(parse_unix(_read(f"{base}/unix"), ns.inode))
-    return records
+        parse_unix(_read(f"{base}/unix"), ns.inode, rows)
+    return rows

@@ -10,7 +10,8 @@ from __future__ import annotations
 import socket
 
 from sockfleet.agent.errors import SourceError
-from sockfleet.agent.records import Family, Namespace, Proto, SocketRecord, SockType, State
+from sockfleet.agent.records import Family, Namespace, Proto, SockType, State
+from sockfleet.agent.table import SocketTable
 
 NAME = "psutil"
 DESCRIPTION = "psutil.net_connections (other systems; current namespace, no inodes)"
@@ -36,7 +37,7 @@ _STATES = {
 }
 
 
-def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> list[SocketRecord]:
+def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -> SocketTable:
     """The current namespace's sockets as psutil reports them."""
     del proc_root
     if not ns.current:
@@ -47,7 +48,7 @@ def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -
         connections = psutil.net_connections("all")
     except (psutil.Error, OSError) as exc:
         raise SourceError(NAME, f"net_connections failed: {exc}") from exc
-    records = []
+    rows = SocketTable(ns.inode)
     for conn in connections:
         family = _FAMILIES.get(conn.family)
         kind = _TYPES.get(conn.type)
@@ -69,7 +70,5 @@ def collect(ns: Namespace, protos: frozenset[Proto], proc_root: str = "/proc") -
                 if proto is Proto.TCP
                 else (State.ESTABLISHED if conn.raddr else State.UNCONN)
             )
-        records.append(
-            SocketRecord(ns.inode, proto, family, kind, state, local, lport, remote, rport, path, None, 0, None, 0, 0)
-        )
-    return records
+        rows.add(proto, family, kind, state, local, lport, remote, rport, path, None, 0, None, 0, 0)
+    return rows

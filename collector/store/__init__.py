@@ -32,7 +32,6 @@ from sockfleet.collector.store.snapshot import apply_snapshot
 from sockfleet.collector.store.statements import (
     CLOSED_FLOWS,
     HOST_APPLIED,
-    HOST_FOR_UPDATE,
     KNOWN_HOST,
     NAMED_OTHER,
     OBSERVED,
@@ -147,8 +146,8 @@ class Store(Writer):
         at = self.moment(scan, behind)
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
-            with self.engine.begin() as conn:
-                host = conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
+            with self.engine.begin() as conn, self.batched(conn):
+                host = self.locked_host(conn, ref)
                 if lease is not None:
                     lease.check(host)
                 moment = self.check_host(host, scan, at)
@@ -221,15 +220,15 @@ class Store(Writer):
         first, last = min(host.first_seen, moment), max(host.last_seen, moment)
         applied = {"epoch": scan.epoch, "seq": scan.seq, "moment": moment, "is_complete": complete}
         held = lease.until() if lease is not None else host.lease_until
-        conn.execute(HOST_APPLIED, {"ref": ref, **applied, "first": first, "last": last, "lease_until": held})
+        self.later(conn, HOST_APPLIED, {"ref": ref, **applied, "first": first, "last": last, "lease_until": held})
         added, removed, changed = counts
         observed = {"host_ref": ref, "epoch": scan.epoch, "seq": scan.seq, "kind": kind, "taken_at": moment}
         counted = {"added": added, "removed": removed, "changed": changed, "gaps": scan.gaps}
         described = {"complete": complete, "coverage": scan.coverage, "received_at": convert.now()}
         lost = scan.closed.lost if scan.closed is not None else 0
-        conn.execute(OBSERVED, {**observed, **counted, **described, "events_lost": lost})
+        self.later(conn, OBSERVED, {**observed, **counted, **described, "events_lost": lost})
         if scan.closed is not None and scan.closed.flows:
-            conn.execute(CLOSED_FLOWS, _closed_rows(ref, scan, moment))
+            self.later(conn, CLOSED_FLOWS, _closed_rows(ref, scan, moment))
 
     def remember_listening(self, ref: int, scan: convert.Scan, moment: datetime, listening: Listeners | None) -> None:
         """Keep the host's open listeners after a committed message (see the module's docstring)."""

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from sockfleet.collector import convert, spans
-from sockfleet.collector.store.statements import CLOSE_KEYS, Counts, chunks
+from sockfleet.collector.store.statements import Counts, chunks
 from sockfleet.collector.store.writing import Listeners, Resync, Writer
 
 
@@ -22,7 +22,7 @@ def apply_delta(
     left: list[Row[Any]] = []
     for chunk in chunks(closing):
         params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
-        left += conn.execute(CLOSE_KEYS, params)
+        left += conn.execute(writer.close_keys, params)
     if len(left) != len(closing):
         raise Resync("delta removes or changes a socket the collector does not hold")
     listening = writer.open_rows(conn, ref, changes.added + changes.changed, moment, left, listening)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 
 from sockfleet.collector import convert, spans
-from sockfleet.collector.store.statements import CLOSE_IDS, OPEN_ROWS, Counts, chunks
+from sockfleet.collector.store.statements import OPEN_ROWS, Counts, chunks
 from sockfleet.collector.store.writing import Listeners, Writer
 
 
@@ -28,7 +28,7 @@ def apply_snapshot(
     closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
     left: list[Row[Any]] = []
     for chunk in chunks(closing):
-        left += conn.execute(CLOSE_IDS, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
+        left += conn.execute(writer.close_ids, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
     listening = writer.open_rows(conn, ref, opening, moment, left, listening)
     changed = sum(1 for row in opening if row.key in held)
     return (len(opening) - changed, len(closing) - changed, changed), listening

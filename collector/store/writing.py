@@ -3,21 +3,42 @@
 New socket rows go in bulk: ``executemany`` of one constant INSERT on SQLite, ``COPY`` on PostgreSQL.
 Each socket that opens or closes moves the count of its flow (``collector.flows``): a flow whose count
 changes has its open row closed and a new one opened, at the message's time.
+
+On PostgreSQL each statement is a round trip to the server, so a message applied in one transaction
+(``Writer.batched``) saves them: its host row is locked in the same round trip as the transaction
+begins (``locked_host``), and the writes whose answer it does not need (a few new rows, the host's row,
+the observation) wait (``later``) and go at the end in one pipeline with the COMMIT.  A delta takes
+five round trips instead of thirteen, a heartbeat three instead of six.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Boolean, Connection, Engine, Executable, Row
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from sockfleet.collector import convert, flows, rules, spans
 from sockfleet.collector.errors import RejectedMessage
-from sockfleet.collector.store.statements import AT, CLOSE_FLOWS, FLOWS_BULK, LISTENING, SOCKETS_BULK, chunks
+from sockfleet.collector.store.statements import (
+    AT,
+    CLOSE_FLOWS,
+    CLOSE_FLOWS_ANY,
+    CLOSE_IDS,
+    CLOSE_IDS_ANY,
+    CLOSE_KEYS,
+    CLOSE_KEYS_ANY,
+    FLOWS_BULK,
+    HOST_FOR_UPDATE,
+    LISTENING,
+    SOCKETS_BULK,
+    chunks,
+)
 
 Listeners = frozenset[flows.Listener]
 # A row's fields that ``flows.identity`` takes, in its order.
@@ -38,6 +59,10 @@ _FLOW_FIELDS: Callable[[tuple[Any, ...]], tuple[Any, ...]] = itemgetter(
 )
 
 
+COPY_ROWS = 64  # fewer new rows than this go as an INSERT in the closing pipeline rather than a COPY of their own
+_PENDING = "sockfleet.pending"  # key, in the pooled connection's ``info``, of the writes that wait
+
+
 class Resync(Exception):
     """Raised inside a transaction to roll it back and ask the agent for a Snapshot."""
 
@@ -48,6 +73,88 @@ class Writer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
+        # Lists of keys and ids go as one array on PostgreSQL (see ``statements._among``).
+        self.close_keys = CLOSE_KEYS_ANY if self.postgres else CLOSE_KEYS
+        self.close_ids = CLOSE_IDS_ANY if self.postgres else CLOSE_IDS
+        self.close_flows = CLOSE_FLOWS_ANY if self.postgres else CLOSE_FLOWS
+        self._host_sql = str(HOST_FOR_UPDATE.compile(dialect=engine.dialect)) if self.postgres else ""
+        self._texts: dict[tuple[int, tuple[str, ...]], str | None] = {}
+
+    @contextmanager
+    def batched(self, conn: Connection) -> Iterator[None]:
+        """The writes of one message's transaction: on PostgreSQL those that ``later`` holds go, when the block
+        ends without an error, in one pipeline with the transaction's COMMIT (the block must be the last
+        thing in the transaction).  Raises ``Resync`` or ``RejectedMessage`` as ``write`` does."""
+        if not self.postgres:
+            yield
+            return
+        pending: list[Callable[[], object]] = []
+        conn.info[_PENDING] = pending
+        try:
+            yield
+        finally:
+            conn.info.pop(_PENDING, None)
+        if not pending:
+            return
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            with raw.pipeline(), raw.cursor() as cursor:
+                for run in pending:
+                    run()
+                # Ends the transaction in the same round trip; the engine's own COMMIT then finds nothing to do.
+                cursor.execute("COMMIT")
+        except Exception as exc:
+            _translated(exc, "COMMIT")
+            raise
+
+    def later(self, conn: Connection, statement: Executable, params: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Run a statement whose answer the message does not need: at once, or at the end of ``batched``
+        (straight through the driver when its values need no conversion by SQLAlchemy)."""
+        pending: list[Callable[[], object]] | None = conn.info.get(_PENDING)
+        if pending is None:
+            conn.execute(statement, params)
+            return
+        rows = params if isinstance(params, list) else [params]
+        sql = self._driver_text(statement, rows[0]) if rows else None
+        if sql is None:
+            pending.append(lambda: conn.execute(statement, params))
+            return
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        pending.append(lambda: cursor.executemany(sql, rows) if len(rows) > 1 else cursor.execute(sql, rows[0]))
+
+    def _driver_text(self, statement: Executable, params: dict[str, Any]) -> str | None:
+        """The statement's text for the driver, for these parameters' names; None when SQLAlchemy converts some
+        value on its way (then it runs through SQLAlchemy).  Made once for each statement and set of names."""
+        key = (id(statement), tuple(params))
+        if key not in self._texts:
+            compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(params))  # type: ignore[attr-defined]
+            # Booleans' processor only checks that a value is one; the store's are.
+            converted = [
+                name for name in compiled._bind_processors if not isinstance(compiled.binds[name].type, Boolean)
+            ]
+            plain = not converted and set(compiled.binds) <= set(params)
+            self._texts[key] = str(compiled) if plain else None
+        return self._texts[key]
+
+    def locked_host(self, conn: Connection, ref: int) -> Any:
+        """The host's row, locked until the transaction ends (``HOST_FOR_UPDATE``); on PostgreSQL sent with the
+        transaction's BEGIN, in one round trip."""
+        if not self.postgres:
+            return conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            with raw.cursor(row_factory=namedtuple_row) as cursor:
+                with raw.pipeline():
+                    cursor.execute(self._host_sql, {"ref": ref})
+                row = cursor.fetchone()
+        except Exception as exc:
+            _translated(exc, self._host_sql)
+            raise
+        if row is None:
+            raise LookupError(f"no host with id {ref}")
+        return row
 
     def open_rows(
         self,
@@ -116,7 +223,7 @@ class Writer:
         current = {}
         for chunk in chunks(moving):
             params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
-            for row in conn.execute(CLOSE_FLOWS, params):
+            for row in conn.execute(self.close_flows, params):
                 current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
         _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
         if new:
@@ -130,7 +237,14 @@ class Writer:
         return moment if self.postgres else moment.isoformat(" ", timespec="microseconds")
 
     def write(self, conn: Connection, statements: tuple[str, str], values: list[tuple[Any, ...]]) -> None:
-        """New rows in bulk: ``executemany`` of one constant INSERT on SQLite, ``COPY`` on PostgreSQL."""
+        """New rows in bulk: ``executemany`` of one constant INSERT on SQLite, ``COPY`` on PostgreSQL (a few
+        rows in a ``batched`` transaction: an INSERT in its closing pipeline)."""
+        pending: list[Callable[[], object]] | None = conn.info.get(_PENDING) if self.postgres else None
+        if pending is not None and len(values) < COPY_ROWS:
+            insert = statements[0].replace("?", "%s")  # the text holds no other "?": column names and marks
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            pending.append(lambda: cursor.executemany(insert, values))
+            return
         try:
             if self.postgres:
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -151,7 +265,14 @@ class Writer:
 
 
 def _translated(exc: Exception, statement: str) -> None:
-    """COPY goes to the driver itself, whose errors SQLAlchemy has not translated: translate them here."""
+    """COPY and pipelines go to the driver itself, whose errors SQLAlchemy has not translated: translate them
+    here (and those SQLAlchemy translated, which a pipeline may raise for a statement run before)."""
+    if isinstance(exc, DBAPIError):
+        if isinstance(exc, IntegrityError):  # uq_sockets_open_key, as ``write`` says
+            raise Resync("a message opens a socket the collector already holds") from exc
+        if isinstance(exc, DataError):
+            raise RejectedMessage(f"the database refused a value: {' '.join(str(exc.orig).split())[:300]}") from exc
+        return
     state = str(getattr(exc, "sqlstate", "") or "")
     if state == "23505":
         raise Resync("a message opens a socket the collector already holds") from exc

@@ -9,6 +9,7 @@ subcommand they belong to and suggest the nearest option or command::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,29 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from sockfleet.config import Configurable
+
+
+def terminal_width() -> int:
+    """The width help text is wrapped to, as ``shutil.get_terminal_size`` tells it: ``$COLUMNS``, else the
+    terminal's, else 80.  Told here so that argparse does not load ``shutil`` (and the compression
+    modules it brings) at every start of every command."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, wrapping at the terminal's width without ``shutil``."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, terminal_width() - 2 if width is None else width)
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +53,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from sockfleet.commandline import suggestion
@@ -45,14 +43,18 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-@dataclass
 class Configurable:
-    """What a command's parser needs to take its options from the environment and a file."""
+    """What a command's parser needs to take its options from the environment and a file.
 
-    program: str  # names the default file: /etc/sockfleet/<program>.toml
-    options: dict[str, argparse.Action] = field(default_factory=dict)  # by key: "tls-cert"
-    defaults: dict[str, Any] = field(default_factory=dict)  # by dest, as the option table gave them
-    required: list[str] = field(default_factory=list)  # keys that must come from somewhere
+    A plain class, and ``tomllib`` loaded only to read a file: every command's parser makes one, and a
+    one-shot ``agent snapshot`` should not pay for ``dataclasses`` or a TOML parser at each start.
+    """
+
+    def __init__(self, program: str) -> None:
+        self.program = program  # names the default file: /etc/sockfleet/<program>.toml
+        self.options: dict[str, argparse.Action] = {}  # by key: "tls-cert"
+        self.defaults: dict[str, Any] = {}  # by dest, as the option table gave them
+        self.required: list[str] = []  # keys that must come from somewhere
 
     def apply(self, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
         """Fill each option not given as a flag from the environment, else the file, else its default."""
@@ -99,6 +101,8 @@ class Configurable:
 
     def read(self, path: str) -> dict[str, Any]:
         """The file's keys, each one an option of this command."""
+        import tomllib
+
         try:
             with open(path, "rb") as file:
                 values = tomllib.load(file)

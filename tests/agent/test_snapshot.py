@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from sockfleet.agent.owners import OwnerIndex
 from sockfleet.agent.records import Namespace, Proto, SocketRecord
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.sources import netlink, procfs
+from sockfleet.agent.table import Sockets
 from tests.agent.tables import TCP6_TABLE, TCP_TABLE, UNIX_TABLE
 from tests.conftest import Zoo, run_sockfleet, snapshot_json
 
@@ -216,3 +218,18 @@ def test_prefetched_owners_equal_a_plain_walk(zoo: Zoo) -> None:
     before = scanner.owners.links_read
     scanner.snapshot()
     assert scanner.owners.links_read - before < 50
+
+
+def test_a_walk_shared_with_a_child_equals_a_plain_walk(zoo: Zoo) -> None:
+    """The child is forked whatever the host's size and load (``least=0``); both walks agree."""
+    inodes = Scanner(scope="current").snapshot().sockets
+    assert isinstance(inodes, Sockets)
+    alive = inodes.inodes()
+    plain = OwnerIndex().refresh(alive)
+    shared = OwnerIndex()
+    shared.prefetch(least=0)
+    assert shared._pending is not None
+    owners = shared.refresh(alive)
+    inode = zoo.sockets["tcp_prefork_listen"]["inode"]
+    assert owners[inode] == plain[inode] == (zoo.pid, zoo.worker)
+    assert sum(owners.get(i) == plain.get(i) for i in alive) >= len(alive) - 50  # but sockets that came or went

@@ -16,6 +16,13 @@ collector is a real ``sockfleet collector serve`` process.  Phases:
 It prints throughput, the collector's CPU time per message (from
 /proc/PID/stat), and the p95 time from sending a message to receiving its Ack,
 measured at the client, so it includes queueing behind other agents.
+
+The same phases run first against the floor (``tests.benchmarks.floor_collector``: a bare grpc.aio
+server that decodes each message, writes its socket rows with one executemany on SQLite or one COPY
+on PostgreSQL, and acknowledges after the commit), on a database of its own on the same server, and
+every collector figure is also printed as a ratio to the floor's from the same run: the collector's
+time per message (the inverse of its rate), CPU per message and p95 latency, each divided by the
+floor's (1.0: as cheap as the floor; the target is within 2).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,42 +165,44 @@ class SimulatedAgent:
         await self.call.done_writing()
 
 
+COLLECTOR = [sys.executable, "-m", "sockfleet", "collector", "serve", "--insecure", "--allow-anonymous"]
+FLOOR = [sys.executable, "-m", "tests.benchmarks.floor_collector"]
+
+
 @contextmanager
 def collector(db_url: str, summary: list[str]) -> Iterator[tuple[int, int]]:
     """A ``sockfleet collector serve`` process: yields (pid, port); its closing summary goes to ``summary``."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sockfleet",
-            "collector",
-            "serve",
-            "--insecure",
-            "--allow-anonymous",
-            "--rate-limit",
-            "0",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            db_url,
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-    )
+    with server([*COLLECTOR, "--rate-limit", "0", "--listen", "127.0.0.1:0", "--db", db_url], summary) as found:
+        yield found
+
+
+@contextmanager
+def server(command: list[str], summary: list[str]) -> Iterator[tuple[int, int]]:
+    """A server process that names its port on its first line of stderr: yields (pid, port)."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     match = re.search(r"127\.0\.0\.1:(\d+)", line)
-    if not match:
-        raise RuntimeError(f"the collector did not start: {line}{proc.stderr.read()}")
     try:
+        if not match:
+            raise RuntimeError(f"{command[2]} did not start: {line}{proc.stderr.read()}")
         yield proc.pid, int(match.group(1))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         summary.extend(line.strip() for line in proc.stderr if "applied" in line)
         proc.stderr.close()
+
+
+@contextmanager
+def databases(backend: str) -> Iterator[tuple[str, str]]:
+    """Two fresh empty databases on one server (one SQLite folder): the collector's and the floor's."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite:///{folder}/sockfleet.db", f"sqlite:///{folder}/floor.db"
+    else:
+        with postgres.cluster() as running:
+            yield running.database(), running.database()
 
 
 def p95(values: list[float]) -> float:
@@ -212,50 +222,31 @@ async def phase(agents: list[SimulatedAgent], step: str, rounds: int, argument: 
     return time.perf_counter() - started, [lat for agent in agents for lat in agent.latencies]
 
 
-async def run_fleet(port: int, pid: int, args: argparse.Namespace, db_url: str) -> list[str]:
+Figures = dict[str, tuple[float, ...]]  # phase -> (messages/s, CPU ms/msg, p95 ms[, p50 ms])
+
+
+async def run_fleet(port: int, pid: int, args: argparse.Namespace, rows: Callable[[], int] | None) -> Figures:
+    """Every phase against the server at ``port`` (process ``pid``); ``rows``: how many socket rows it holds."""
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(max(1, args.agents // 50))]
     agents = [SimulatedAgent(i, channels[i % len(channels)]) for i in range(args.agents)]
     await asyncio.gather(*(agent.open() for agent in agents))
-    lines = []
+    figures: Figures = {}
     churn = max(1, args.sockets // 100)
 
-    cpu = cpu_seconds(pid)
-    wall, lat = await phase(agents, "snapshot", 1, args.snapshot_sockets)
-    used = cpu_seconds(pid) - cpu
-    lines.append(
-        f"  full snapshots ({args.snapshot_sockets} sockets), new hosts: {len(agents) / wall:8.1f}/s   "
-        f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
-    )
-    cpu = cpu_seconds(pid)
-    wall, lat = await phase(agents, "snapshot", 1, args.snapshot_sockets)  # as after a reconnection: unchanged
-    used = cpu_seconds(pid) - cpu
-    lines.append(
-        f"  full snapshots ({args.snapshot_sockets} sockets), known hosts: {len(agents) / wall:6.1f}/s   "
-        f"collector CPU {used / len(agents) * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
-    )
+    async def timed(name: str, step: str, rounds: int, argument: int) -> None:
+        cpu = cpu_seconds(pid)
+        wall, lat = await phase(agents, step, rounds, argument)
+        count = len(agents) * rounds
+        figures[name] = (count / wall, (cpu_seconds(pid) - cpu) / count * 1000, p95(lat) * 1000)
+
+    await timed("new", "snapshot", 1, args.snapshot_sockets)
+    await timed("known", "snapshot", 1, args.snapshot_sockets)  # as after a reconnection: unchanged
     await phase(agents, "snapshot", 1, args.sockets)  # back to the delta-phase size
-    cpu = cpu_seconds(pid)
-    wall, lat = await phase(agents, "delta", args.rounds, churn)
-    used = cpu_seconds(pid) - cpu
-    count = len(agents) * args.rounds
-    lines.append(
-        f"  deltas ({churn} added, {churn} removed):     {count / wall:8.1f}/s   "
-        f"collector CPU {used / count * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
-    )
-    engine = create_engine(db_url)
-    with engine.connect() as conn:
-        before = conn.execute(select(func.count()).select_from(sockets)).scalar_one()
-    cpu = cpu_seconds(pid)
-    wall, lat = await phase(agents, "delta", args.rounds, 0)
-    used = cpu_seconds(pid) - cpu
-    with engine.connect() as conn:
-        after = conn.execute(select(func.count()).select_from(sockets)).scalar_one()
-    engine.dispose()
-    lines.append(
-        f"  heartbeats (unchanged hosts):      {count / wall:8.1f}/s   "
-        f"collector CPU {used / count * 1000:6.2f} ms/msg   p95 send->ack {p95(lat) * 1000:7.1f} ms"
-    )
-    lines.append(f"  socket rows written per unchanged host: {(after - before) / len(agents):g}")
+    await timed("delta", "delta", args.rounds, churn)
+    before = rows() if rows is not None else 0
+    await timed("heartbeat", "delta", args.rounds, 0)
+    if rows is not None:
+        figures["unchanged"] = ((rows() - before) / len(agents),)
     # Latency below saturation: every agent sends a delta at a fixed pace, --paced messages/s in all.
     pause = len(agents) / args.paced
     cpu = cpu_seconds(pid)
@@ -269,25 +260,86 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, db_url: str) 
 
     for agent in agents:
         agent.latencies = []
+    started = time.perf_counter()
     await asyncio.gather(*(paced(agent) for agent in agents))
+    wall = time.perf_counter() - started
     lat = [x for agent in agents for x in agent.latencies]
-    lines.append(
-        f"  paced deltas at {args.paced}/s:           p50 send->ack {statistics.median(lat) * 1000:6.1f} ms   "
-        f"p95 {p95(lat) * 1000:6.1f} ms   collector CPU {(cpu_seconds(pid) - cpu) / len(lat) * 1000:.2f} ms/msg"
-    )
+    used = (cpu_seconds(pid) - cpu) / len(lat) * 1000
+    figures["paced"] = (len(lat) / wall, used, p95(lat) * 1000, statistics.median(lat) * 1000)
     for agent in agents:
         await agent.close()
     for channel in channels:
         await channel.close(None)
+    return figures
+
+
+def socket_rows(db_url: str) -> Callable[[], int]:
+    def count() -> int:
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(sockets)).scalar_one())
+        finally:
+            engine.dispose()
+
+    return count
+
+
+def report(args: argparse.Namespace, ours: Figures, floor: Figures) -> list[str]:
+    """The collector's figures, the floor's, and their ratios (collector / floor)."""
+    churn = max(1, args.sockets // 100)
+    names = {
+        "new": f"full snapshots ({args.snapshot_sockets} sockets), new hosts:",
+        "known": f"full snapshots ({args.snapshot_sockets} sockets), known hosts:",
+        "delta": f"deltas ({churn} added, {churn} removed):",
+        "heartbeat": "heartbeats (unchanged hosts):",
+    }
+    lines = []
+    for key, name in names.items():
+        rate, cpu, late = ours[key]
+        lines.append(f"  {name:<44} {rate:8.1f}/s   collector CPU {cpu:6.2f} ms/msg   p95 send->ack {late:7.1f} ms")
+    lines.append(f"  socket rows written per unchanged host: {ours['unchanged'][0]:g}")
+    _, cpu, late, median = ours["paced"]
+    lines.append(
+        f"  paced deltas at {args.paced}/s:{'':<21} p50 send->ack {median:6.1f} ms   "
+        f"p95 {late:6.1f} ms   collector CPU {cpu:.2f} ms/msg"
+    )
+    lines.append("  floor (decode, one bulk write, commit, ack), same run:")
+    for key, name in names.items():
+        rate, cpu, late = floor[key]
+        lines.append(f"    {name:<42} {rate:8.1f}/s   floor CPU {cpu:6.2f} ms/msg   p95 send->ack {late:7.1f} ms")
+    _, cpu, late, median = floor["paced"]
+    lines.append(
+        f"    paced deltas at {args.paced}/s:{'':<19} p50 send->ack {median:6.1f} ms   "
+        f"p95 {late:6.1f} ms   floor CPU {cpu:.2f} ms/msg"
+    )
+    lines.append("  collector / floor (time per message at saturation, CPU per message, p95; 1.0 is as cheap):")
+    for key, name in names.items():
+        (rate, cpu, late), (floor_rate, floor_cpu, floor_late) = ours[key], floor[key]
+        lines.append(
+            f"    {name:<42} time {floor_rate / rate:6.2f}x   CPU {_ratio(cpu, floor_cpu)}   "
+            f"p95 {_ratio(late, floor_late)}"
+        )
+    lines.append(
+        f"    paced deltas at {args.paced}/s:{'':<19} p95 {_ratio(ours['paced'][2], floor['paced'][2])}   "
+        f"CPU {_ratio(ours['paced'][1], floor['paced'][1])}"
+    )
     return lines
 
 
-def bench(backend: str, db_url: str, args: argparse.Namespace) -> None:
+def _ratio(ours: float, floor: float) -> str:
+    return f"{ours / floor:6.2f}x" if floor > 0 else "      -"
+
+
+def bench(backend: str, args: argparse.Namespace) -> None:
     summary: list[str] = []
-    with collector(db_url, summary) as (pid, port):
-        lines = asyncio.run(run_fleet(port, pid, args, db_url))
+    with databases(backend) as (db_url, floor_url):
+        with server([*FLOOR, "--db", floor_url], []) as (pid, port):
+            floor = asyncio.run(run_fleet(port, pid, args, None))
+        with collector(db_url, summary) as (pid, port):
+            ours = asyncio.run(run_fleet(port, pid, args, socket_rows(db_url)))
     print(f"{backend}: {args.agents} agents", flush=True)
-    print("\n".join(lines), flush=True)
+    print("\n".join(report(args, ours, floor)), flush=True)
     for line in summary:  # over every phase, saturated ones included
         print("  collector log: " + line.split("stopped; ", 1)[-1], flush=True)
 
@@ -302,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args(argv)
     for backend in args.backends.split(","):
-        with postgres.database(backend) as url:
-            bench(backend, url, args)
+        bench(backend, args)
     return 0
 
 

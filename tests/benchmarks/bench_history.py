@@ -2,6 +2,7 @@
 
     python -m tests.benchmarks.bench_history --hosts 1000 --sockets 500 --hours 168   # the full week
     python -m tests.benchmarks.bench_history --hosts 1000 --sockets 500 --hours 6     # a quicker look
+    python -m tests.benchmarks.bench_history --hours 96 --group 50 --backends postgresql --db URL  # kept
 
 Builds the history a fleet leaves, written in bulk in time order (as the collector would have
 written it, with the same columns, lifetime classes and indexes).  Each host has 9 listeners
@@ -12,10 +13,18 @@ pools of connections) and half the accepted ends of other hosts' calls, so each 
 stored from both ends.  Connections live a random (geometric) time such that 1% of each host's
 sockets close, and as many open, every 30 s.  Every host reports every 30 s (an observation row).
 
+The hosts come in groups of ``--group`` (125), each calling within itself: the first group's history
+is made row by row (written with COPY on PostgreSQL) and the database copies it to the other groups,
+each host and address moved along by a group, in one pass (the copies' rows open and close at the
+same moments as the first group's).  On PostgreSQL the history tables get the day partitions a
+collector running through the period would have made, unlogged (the database is thrown away), and
+the secondary indexes are made after the rows, as a restore would.
+
 Then it times, through the same functions the CLI uses: ``ports --at`` (the middle of the period),
 ``talks --at`` (same moment; the whole fleet, and one host), ``history`` of one host over the last
-day, and ``diff`` between two moments an hour apart.  Each figure is the median of 3 runs, after
-one run to warm the caches.  PostgreSQL runs with the settings in PG_SETTINGS.
+day (and, as its peer, the same rows read in one pass over the host's rows, as before revision 0017;
+the two must agree), and ``diff`` between two moments an hour apart.  Each figure is the median of 3
+runs, after one run to warm the caches.  PostgreSQL runs with the settings in PG_SETTINGS.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import math
+import os
 import random
 import statistics
 import sys
@@ -31,9 +41,9 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, text
+from sqlalchemy import Connection, Engine, Table, insert, or_, select, text
 
-from sockfleet.collector import changes, db, flows, queries, spans
+from sockfleet.collector import changes, db, flows, partitions, queries, spans
 from sockfleet.collector.schema import flows as flow_table
 from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
 from sockfleet.collector.store.statements import INSERT_COLUMNS
@@ -75,6 +85,12 @@ OBSERVATION_COLUMNS = (
 def address(host: int) -> str:
     serial = host + 1  # 10.0.0.1, 10.0.0.2, ..., 10.0.1.0, ...: one address per host
     return f"10.{serial // 65536 % 256}.{serial // 256 % 256}.{serial % 256}"
+
+
+def host_of(value: str) -> int:
+    """The host of an address that ``address`` made."""
+    _, high, middle, low = (int(part) for part in value.split("."))
+    return high * 65536 + middle * 256 + low - 1
 
 
 def upstream(host: int, k: int, hosts_count: int) -> int:
@@ -302,8 +318,14 @@ class Fleet:
             heapq.heappush(queue, (closes, host, slot))
 
 
-def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) -> int:
-    """Write the history; the secondary indexes are made after the rows, as a restore would."""
+def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float, group: int | None = None) -> int:
+    """Write the history; the secondary indexes are made after the rows, as a restore would.
+
+    The first ``group`` hosts' history is made row by row and written with COPY (PostgreSQL) or in batches
+    of INSERTs (SQLite); the other groups' are copies of it made in the database, each host and address
+    moved along by a group.  Without ``group``, every host's history is made on its own.
+    """
+    group = group or hosts_count
     steps = int(hours * 3600 / STEP.total_seconds())
     end = START + steps * STEP
     postgres_ = engine.dialect.name == "postgresql"
@@ -335,9 +357,12 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
                 for h in range(hosts_count)
             ],
         )
+        if postgres_:
+            _day_partitions(conn)
         secondary = _secondary_indexes(conn)
         for name, _ in secondary:
             conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    phase = Phases()
     versions: list[tuple[Any, ...]] = []
 
     def emit(version: dict[str, Any]) -> None:
@@ -346,15 +371,27 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
             _write(engine, flow_table, FLOW_COLUMNS, versions, postgres_)
             versions.clear()
 
-    fleet = Fleet(hosts_count, sockets_per_host, steps, random.Random(7), emit)
+    fleet = Fleet(group, sockets_per_host, steps, random.Random(7), emit)
     rows = _bulk(engine, sockets, SOCKET_COLUMNS, fleet.rows(), postgres_)
     _write(engine, flow_table, FLOW_COLUMNS, versions, postgres_)
     heartbeats = (
         (h + 1, 1, s + 1, "heartbeat" if s else "snapshot", START + s * STEP, START + s * STEP, 0, 0, 0, True, 0)
         for s in range(steps)
-        for h in range(hosts_count)
+        for h in range(group)
     )
     _bulk(engine, observations, OBSERVATION_COLUMNS, heartbeats, postgres_)
+    phase.done(f"{group} hosts' rows made and written")
+    copies = hosts_count // group - 1
+    if copies:
+        for table, columns in (
+            (sockets, SOCKET_COLUMNS),
+            (flow_table, FLOW_COLUMNS),
+            (observations, OBSERVATION_COLUMNS),
+        ):
+            with engine.begin() as conn:
+                _copy_groups(conn, table, columns, group, copies)
+        rows *= copies + 1
+        phase.done(f"copied to the other {hosts_count - group} hosts")
     # One index per transaction, and SQLite's write-ahead log emptied after each: the log never holds more
     # than one index, and gives its disk back before the next.
     for _, create in secondary:
@@ -363,10 +400,78 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float) 
         if not postgres_:
             with engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    phase.done("indexes made")
     with engine.begin() as conn:
         # PostgreSQL's autovacuum would gather statistics on its own after such a load; here it is asked to.
         conn.execute(text("ANALYZE"))
+    phase.done("analyzed")
     return rows
+
+
+class Phases:
+    """Prints how long each part of the build took."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+
+    def done(self, what: str) -> None:
+        now = time.perf_counter()
+        print(f"  {what} in {now - self.began:.0f} s", flush=True)
+        self.began = now
+
+
+def _day_partitions(conn: Connection) -> None:
+    """Day partitions from START on (the database made the days from today on): where a collector running
+    through the period would have put the rows.  They are unlogged: the benchmark's database is thrown away."""
+    for table in partitions.TABLES:
+        first = partitions.days(conn, table)[0]
+        conn.exec_driver_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{table}_before"')
+        day = START.date()
+        while day < first:
+            conn.exec_driver_sql(
+                f'CREATE TABLE "{table}_p{day:%Y%m%d}" PARTITION OF "{table}" '
+                f"FOR VALUES FROM ('{day.isoformat()}') TO ('{day + timedelta(days=1)}')"
+            )
+            day += timedelta(days=1)
+        conn.exec_driver_sql(
+            f'ALTER TABLE "{table}" ATTACH PARTITION "{table}_before" FOR VALUES FROM (MINVALUE) TO (\'{START.date()}\')'
+        )
+        for name in conn.execute(partitions.CHILDREN, {"parent": table}).scalars():
+            conn.exec_driver_sql(f'ALTER TABLE "{name}" SET UNLOGGED')
+
+
+def _copy_groups(conn: Connection, table: Table, columns: tuple[str, ...], group: int, copies: int) -> None:
+    """Copy the first group's rows of ``table`` to the next ``copies`` groups, in one pass over them."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL session_replication_role = replica")  # hosts exist: no check per row
+    else:
+        conn.connection.driver_connection.create_function(  # type: ignore[union-attr]
+            "moved", 2, lambda value, by: address(host_of(value) + by), deterministic=True
+        )
+    shift = "copies.c * :group"
+    chosen = []
+    for column in columns:
+        if column == "host_ref":
+            chosen.append(f"host_ref + {shift}")
+        elif column in ("local_address", "remote_address"):
+            chosen.append(f"CASE WHEN {column} LIKE '10.%' THEN {_moved(conn, column, shift)} ELSE {column} END")
+        else:
+            chosen.append(f'"{column}"')
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    conn.execute(
+        text(
+            f"WITH RECURSIVE copies(c) AS (SELECT 1 UNION ALL SELECT c + 1 FROM copies WHERE c < :copies) "
+            f"INSERT INTO {table.name} ({quoted}) SELECT {', '.join(chosen)} FROM {table.name}, copies"
+        ),
+        {"group": group, "copies": copies},
+    )
+
+
+def _moved(conn: Connection, column: str, shift: str) -> str:
+    """An address of the first group moved to its host's copy in group ``shift`` hosts on."""
+    if conn.dialect.name == "postgresql":
+        return f"host(CAST({column} AS inet) + CAST({shift} AS bigint))"
+    return f"moved({column}, {shift})"
 
 
 # The secondary indexes of the big tables as the database holds them, each made once: on PostgreSQL, on the
@@ -427,6 +532,20 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     return statistics.median(runs), result
 
 
+def one_pass_history(conn: Connection, host: str, since: datetime) -> list[dict[str, Any]]:
+    """The peer of ``history --host --since``: the same rows read in one pass over the host's rows in
+    ix_sockets_host_ref_valid_from, keeping those that ended after ``since`` (``history`` before revision 0017)."""
+    ref = conn.execute(select(hosts.c.id).where(hosts.c.name == host)).scalar()
+    columns = [hosts.c.name.label("host"), *(sockets.c[name] for name in changes.HISTORY_FIELDS[1:])]
+    query = (
+        select(*columns)
+        .select_from(sockets.join(hosts, hosts.c.id == sockets.c.host_ref))
+        .where(sockets.c.host_ref == ref, or_(sockets.c.valid_to.is_(None), sockets.c.valid_to > since))
+        .order_by(sockets.c.valid_from, sockets.c.id)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
 def agree(conn: Any, moment: datetime) -> None:
     """The edges ``talks --at`` reads from flows are those the socket rows make (a window of no length)."""
     fields = (
@@ -457,7 +576,8 @@ def bench(backend: str, url: str, args: argparse.Namespace) -> None:
     with engine.connect() as conn:
         loaded_already = conn.execute(text("SELECT count(*) FROM hosts")).scalar()
     started = time.perf_counter()
-    rows = 0 if loaded_already else load(engine, args.hosts, args.sockets, args.hours)
+    group = args.group if 0 < args.group < args.hosts and args.hosts % args.group == 0 else args.hosts
+    rows = 0 if loaded_already else load(engine, args.hosts, args.sockets, args.hours, group)
     loaded = time.perf_counter() - started
     middle = START + timedelta(hours=args.hours / 2)
     end = START + timedelta(hours=args.hours)
@@ -469,22 +589,40 @@ def bench(backend: str, url: str, args: argparse.Namespace) -> None:
             "talks --at": lambda: edges(conn, Window(middle)),
             "talks --host --at": lambda: edges(conn, Window(middle), host="host-1"),
             "history --host": lambda: changes.history(conn, "host-1", since=max(START, end - timedelta(days=1))),
+            "history, one pass": lambda: one_pass_history(conn, "host-1", max(START, end - timedelta(days=1))),
             "diff": lambda: changes.diff(conn, middle - timedelta(hours=min(1.0, args.hours / 4)), middle),
         }
         agree(conn, middle)
         how = f"loaded in {loaded:.0f} s" if not loaded_already else "loaded before"
+        how += f", {_size(conn) / 1e9:.1f} GB"
         print(
             f"{backend}: {args.hosts} hosts x {args.sockets} sockets, {args.hours:g} h of 1% churn every 30 s: "
             f"{rows:,} socket rows, {how}",
             flush=True,
         )
+        answers = {}
         for name, question in questions.items():
             if args.only and name not in args.only.split(","):
                 continue
-            seconds, result = timed(question)
+            seconds, answers[name] = timed(question)
+            result = answers[name]
             size = len(result[0]) if isinstance(result, tuple) else len(result)
             print(f"  {name:16} {seconds * 1000:9.1f} ms   ({size:,} rows)", flush=True)
+        peers = [answers[name] for name in ("history --host", "history, one pass") if name in answers]
+        if len(peers) == 2 and peers[0] != peers[1]:
+            raise SystemExit("history --host: not the rows that ended after --since")
     engine.dispose()
+
+
+def _size(conn: Connection) -> int:
+    """The bytes the database takes on disk."""
+    if conn.dialect.name == "postgresql":
+        return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar() or 0)
+    return sum(
+        os.path.getsize(f"{conn.engine.url.database}{end}")
+        for end in ("", "-wal")
+        if os.path.exists(f"{conn.engine.url.database}{end}")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,6 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--sockets", type=int, default=500)
     parser.add_argument("--hours", type=float, default=6.0)
+    parser.add_argument(
+        "--group",
+        type=int,
+        default=125,
+        help="make the history of this many hosts (calling each other) and copy it to the other hosts in groups "
+        "of as many (0, or not a divisor of --hosts: every host's history made on its own)",
+    )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--db", help="use this database (loaded if empty, kept afterwards) instead of a new one")
     parser.add_argument("--only", help="time only these questions (comma-separated)")

@@ -20,5 +20,7 @@ def test_collector_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for backend in ("sqlite", "postgresql"):
         assert f"{backend}: 3 agents" in out
-    assert len(re.findall(r"deltas \(1 added, 1 removed\):\s+[\d.]+/s", out)) == 2
+    assert len(re.findall(r"deltas \(1 added, 1 removed\):\s+[\d.]+/s   collector", out)) == 2
+    assert len(re.findall(r"deltas \(1 added, 1 removed\):\s+[\d.]+/s   floor", out)) == 2
+    assert len(re.findall(r"deltas \(1 added, 1 removed\):\s+time\s+[\d.]+x", out)) == 2
     assert len(re.findall(r"socket rows written per unchanged host: 0$", out, re.M)) == 2

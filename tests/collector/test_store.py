@@ -93,6 +93,22 @@ def test_delta_on_an_unknown_base_asks_for_a_snapshot(store: Store, engine: Engi
     assert socket_rows(engine) == 1  # nothing of the refused deltas was written
 
 
+def test_a_delta_refused_at_its_commit_leaves_the_next_applied(store: Store, engine: Engine) -> None:
+    """On PostgreSQL a delta's new rows, its host row and its observation go in one pipeline with the COMMIT:
+    a socket already open fails there, rolls the whole message back, and the next message applies."""
+    web = store.hello(convert.greeting(fleet.hello()))
+    store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80)])))
+    held = fleet.delta(2, at(1), added=[fleet.tcp_listener(81), fleet.tcp_listener(80)])
+    assert store.apply(web, convert.scan(held)).resync_reason == "a message opens a socket the collector already holds"
+    assert store.apply(web, convert.scan(fleet.delta(2, at(2), added=[fleet.tcp_listener(81)]))).acked
+    heartbeat = store.apply(web, convert.scan(fleet.delta(3, at(3), base=2)))
+    assert heartbeat.acked and not heartbeat.replay
+    assert socket_rows(engine) == 2
+    with engine.connect() as conn:
+        kinds = conn.execute(select(observations.c.kind).order_by(observations.c.id)).scalars().all()
+    assert kinds == ["snapshot", "delta", "heartbeat"]
+
+
 def test_snapshot_reconciles_after_a_gap(store: Store, engine: Engine) -> None:
     web = store.hello(convert.greeting(fleet.hello()))
     store.apply(
