@@ -191,7 +191,6 @@ class Collector(pb_grpc.CollectorServicer):
             self.assembling -= 0 if parts.pending() is None else 1
             self.open.pop(stop, None)
             self.metrics.agents.dec()
-            await self._give_back(peer)
             log.info(
                 "host %s (%s) disconnected: %s",
                 peer.name,
@@ -199,6 +198,7 @@ class Collector(pb_grpc.CollectorServicer):
                 ended,
                 extra={**peer.fields(), "reason": ended},
             )
+            await self._give_back(peer)  # after the log line: a collector that is stopping may cancel it
 
     async def _admit(self, reader: AsyncIterator[pb.AgentMessage], context: Context) -> tuple[Peer, Credential | None]:
         """Let a stream in: a free place among the streams waiting to say hello, then a hello the store accepts."""
@@ -444,7 +444,13 @@ class Collector(pb_grpc.CollectorServicer):
         if peer.lease is None:
             return
         try:
-            await self._run(give_back, self.store.engine, peer.ref, peer.lease)
+            if self.inline:
+                give_back(self.store.engine, peer.ref, peer.lease)
+            else:  # a stream cancelled as the collector stops still hands its host over
+                loop = asyncio.get_running_loop()
+                await asyncio.shield(
+                    loop.run_in_executor(self.executor, give_back, self.store.engine, peer.ref, peer.lease)
+                )
         except DBAPIError as exc:  # the claim lapses by itself
             self.metrics.database_errors.inc()
             log.warning("could not give back the lease of host %s: %s", peer.name, _reason(exc))
