@@ -39,6 +39,8 @@ metadata = MetaData(
 )
 
 KEY = String(32).with_variant(String(32, collation="C"), "postgresql")
+# History row ids: 64 bits, never reused (SQLite's integer primary key is 64 bits already; migration 0018).
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
 
 hosts = Table(
     "hosts",
@@ -91,7 +93,7 @@ host_addresses = Table(
 sockets = Table(
     "sockets",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     # Digest of the identity below (collector.convert.key_digest): finds a host's open row for a key in one
     # index probe.  Compared as plain text on every database (collector.stepwise reads ranges of it).
@@ -177,7 +179,7 @@ Index(
 flows = Table(
     "flows",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     Column("key", String(32), nullable=False),
     Column("netns", BigInteger, nullable=False),
@@ -208,7 +210,7 @@ Index(
 observations = Table(
     "observations",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     Column("epoch", BigInteger, nullable=False),
     Column("seq", BigInteger, nullable=False),
@@ -242,7 +244,7 @@ Index(
 closed_flows = Table(
     "closed_flows",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
     Column("taken_at", DateTime, nullable=False),
     Column("netns", BigInteger, nullable=False),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, Integer, String, and_, any_, bindparam, insert, select, update
+from sqlalchemy import ARRAY, BigInteger, String, and_, any_, bindparam, insert, select, update
 
 from sockfleet.collector import convert, flows, rules, spans
 from sockfleet.collector.schema import closed_flows, host_addresses, hosts, observations, sockets
@@ -65,7 +65,7 @@ def _among(column: Any, name: str, array: bool) -> Any:
     of one array (PostgreSQL; ``*_ANY`` statements), whose text stays the same whatever the number of items,
     so that the server prepares it once instead of parsing a list of up to 500 parameters for each message."""
     if array:
-        return column == any_(bindparam(name, type_=ARRAY(Integer if name == "ids" else String)))
+        return column == any_(bindparam(name, type_=ARRAY(BigInteger if name == "ids" else String)))
     return column.in_(bindparam(name, expanding=True))
 
 
