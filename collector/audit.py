@@ -31,7 +31,7 @@ from sqlalchemy import Connection, func, literal_column, select
 from sockfleet.collector import rules
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.queries import STALE_INTERVALS, Filters, observed, sockets_at
-from sockfleet.collector.schema import credentials, hosts, pruned_listeners, sockets
+from sockfleet.collector.schema import credentials, host_state, hosts, pruned_listeners, sockets
 from sockfleet.collector.times import rfc3339
 
 FINDING_FIELDS = (
@@ -150,7 +150,9 @@ def _unobserved(conn: Connection, seen: Any, moment: datetime, lookback: timedel
     """A finding for each host that should have been seen at ``moment`` and was not: one that reported, or
     only connected, within the lookback, and one that holds an active token."""
     rows = conn.execute(
-        select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds, hosts.c.first_seen)
+        select(hosts.c.id, hosts.c.host_id, hosts.c.name, hosts.c.interval_seconds, host_state.c.first_seen).join_from(
+            hosts, host_state, host_state.c.host_ref == hosts.c.id
+        )
     ).all()
     enrolled = set(conn.execute(select(credentials.c.host_id).where(credentials.c.revoked_at.is_(None))).scalars())
     found = []

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Column, ColumnElement, Connection, case, func, literal_column, or_, select
 
 from sockfleet.collector import rules, spans
-from sockfleet.collector.schema import LOSSES, host_addresses, hosts, observations, sockets
+from sockfleet.collector.schema import LOSSES, host_addresses, host_state, hosts, observations, sockets
 from sockfleet.collector.times import now
 
 T = TypeVar("T")
@@ -185,7 +185,9 @@ def host_rows(conn: Connection, at: datetime | None) -> list[dict[str, Any]]:
     counts = _socket_counts(conn, at)
     gaps = _gap_counts(conn, moment)
     out = []
-    for row in conn.execute(select(hosts).order_by(hosts.c.name)):
+    seen_at = (host_state.c.first_seen, host_state.c.last_seen)
+    with_state = hosts.join(host_state, host_state.c.host_ref == hosts.c.id)
+    for row in conn.execute(select(hosts, *seen_at).select_from(with_state).order_by(hosts.c.name)):
         if at is not None and row.first_seen > at:
             continue
         if at is None:

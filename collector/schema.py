@@ -51,14 +51,6 @@ hosts = Table(
     Column("agent_version", String(64), nullable=False),
     Column("boot_id", String(64), nullable=False),
     Column("interval_seconds", Integer, nullable=False),
-    # The last applied message: a Delta must be based on it.
-    Column("epoch", BigInteger, nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    # Scan time of the last applied message, and whether that scan saw everything.
-    Column("last_taken_at", DateTime),
-    Column("complete", Boolean, nullable=False),
-    Column("first_seen", DateTime, nullable=False),
-    Column("last_seen", DateTime, nullable=False),
     # Seconds the host's clock was ahead of the collector's (negative: behind) at its last hello.
     Column("clock_skew", Float),
     # The host's last message the collector refused, and why.
@@ -69,6 +61,22 @@ hosts = Table(
     Column("pruned_gaps", Integer, nullable=False, server_default="0"),
     Column("pruned_events_lost", Integer, nullable=False, server_default="0"),
     Column("last_pruned_observation", DateTime),
+)
+
+# What each applied message of a host's stream writes (migration 0019), apart from who the host is (``hosts``,
+# written at its hello): one row per host, made with its ``hosts`` row.
+host_state = Table(
+    "host_state",
+    metadata,
+    Column("host_ref", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True, autoincrement=False),
+    # The last applied message: a Delta must be based on it.
+    Column("epoch", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    # Scan time of the last applied message, and whether that scan saw everything.
+    Column("last_taken_at", DateTime),
+    Column("complete", Boolean, nullable=False),
+    Column("first_seen", DateTime, nullable=False),
+    Column("last_seen", DateTime, nullable=False),
     # The collector applying the host's stream (several may share a PostgreSQL database): a number each
     # hello raises, the holder's name, and when its claim lapses unless it applies another message.
     Column("lease", BigInteger, nullable=False, server_default="0"),

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, insert, update
 from sockfleet.collector import convert
 from sockfleet.collector.credentials import Credential
 from sockfleet.collector.errors import RejectedMessage
-from sockfleet.collector.schema import host_addresses, hosts
+from sockfleet.collector.schema import host_addresses, host_state, hosts
 from sockfleet.collector.store.delta import apply_delta
 from sockfleet.collector.store.leases import Lease
 from sockfleet.collector.store.snapshot import apply_snapshot
@@ -63,7 +63,7 @@ def us(moment: datetime) -> int:
 
 
 # A host's open listeners as this collector left them, and the (epoch, seq, last_taken_at) of the message
-# that left them so: while the host's row still says the same, no other collector has written since.
+# that left them so: while the host's state still says the same, no other collector has written since.
 _Listening = tuple[tuple[int, int, datetime], Listeners]
 
 
@@ -94,10 +94,9 @@ class Store(Writer):
             _check_name(conn, greeting.host_id, fields["name"])
             row = conn.execute(KNOWN_HOST, {"host_id": greeting.host_id}).first()
             if row is None:
-                new = insert(hosts).values(
-                    **fields, epoch=0, seq=0, complete=True, first_seen=received, last_seen=received
-                )
-                ref = conn.execute(new).inserted_primary_key[0]  # type: ignore[index]
+                ref = conn.execute(insert(hosts).values(**fields)).inserted_primary_key[0]  # type: ignore[index]
+                state = {"epoch": 0, "seq": 0, "complete": True, "first_seen": received, "last_seen": received}
+                conn.execute(insert(host_state).values(host_ref=ref, **state))
                 since = convert.EARLIEST  # the host's addresses hold for its whole observed history
             else:
                 _check_name(conn, greeting.host_id, fields["name"], row.name)

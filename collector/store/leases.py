@@ -7,11 +7,11 @@ unavailable: that collector is still applying the host, and the agent tries agai
 Once the claim lapses (its collector died or its stream went quiet), or at once when its holder was a
 process of the same machine and process namespace that has ended, any collector may take it.  A stream
 that finds the host's lease taken by a newer stream stops at its next message or step, before writing
-anything (``Lease.check``, in the transaction that locks the host's row), so two streams never interleave
-one host's history.  A stream's end gives its lease back at once.
+anything (``Lease.check``, in the transaction that locks the host's ``host_state`` row), so two streams never
+interleave one host's history.  A stream's end gives its lease back at once.
 
 Lapse times are in the database's clock (PostgreSQL's ``now()``), so collectors whose clocks disagree
-still agree on when a claim lapses.  Taking a lease waits at most 2 s for the host's row:
+still agree on when a claim lapses.  Taking a lease waits at most 2 s for that row:
 a collector stuck inside a transaction holds up only that host, never every hello.
 """
 
@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from sockfleet.collector import convert
 from sockfleet.collector.errors import RejectedMessage
-from sockfleet.collector.schema import hosts
+from sockfleet.collector.schema import host_state, hosts
 
 MIN_HOLD = timedelta(seconds=2)
 MAX_HOLD = timedelta(minutes=10)  # a host scanned hourly is not kept from every other collector for hours
@@ -38,22 +38,27 @@ INTERVALS_HELD = 3  # a claim lapses this many of the host's intervals after its
 SHORT_LOCK_WAIT = text("SET LOCAL lock_timeout = '2s'")  # while a lease is taken (PostgreSQL)
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
-HOST_LEASE = select(hosts.c.id, hosts.c.lease, hosts.c.lease_holder, hosts.c.lease_until)
-LEASE_BY_ID = HOST_LEASE.where(hosts.c.host_id == bindparam("host_id")).with_for_update()
-LEASE_FOR_UPDATE = HOST_LEASE.where(hosts.c.id == bindparam("ref")).with_for_update()
+STATE = host_state.c
+HOST_LEASE = select(STATE.host_ref.label("id"), STATE.lease, STATE.lease_holder, STATE.lease_until)
+LEASE_BY_ID = (
+    HOST_LEASE.join_from(host_state, hosts, hosts.c.id == STATE.host_ref)
+    .where(hosts.c.host_id == bindparam("host_id"))
+    .with_for_update(of=host_state)
+)
+LEASE_FOR_UPDATE = HOST_LEASE.where(STATE.host_ref == bindparam("ref")).with_for_update()
 TAKE = (
-    update(hosts)
-    .where(hosts.c.id == bindparam("ref"))
+    update(host_state)
+    .where(STATE.host_ref == bindparam("ref"))
     .values(lease=bindparam("number"), lease_holder=bindparam("holder"), lease_until=bindparam("until"))
 )
 EXTEND = (
-    update(hosts)
-    .where(hosts.c.id == bindparam("ref"), hosts.c.lease == bindparam("number"))
+    update(host_state)
+    .where(STATE.host_ref == bindparam("ref"), STATE.lease == bindparam("number"))
     .values(lease_until=bindparam("until"))
 )
 GIVE_BACK = (
-    update(hosts)
-    .where(hosts.c.id == bindparam("ref"), hosts.c.lease == bindparam("number"))
+    update(host_state)
+    .where(STATE.host_ref == bindparam("ref"), STATE.lease == bindparam("number"))
     .values(lease_holder=None, lease_until=None)
 )
 
@@ -186,10 +191,10 @@ def holders(conn: Connection) -> dict[str, int]:
     postgresql = conn.dialect.name == "postgresql"
     lapse = func.timezone("UTC", func.now()) if postgresql else bindparam("now", convert.now())
     query = (
-        select(hosts.c.lease_holder, func.count())
-        .where(hosts.c.lease_holder.is_not(None), hosts.c.lease_until > lapse)
-        .group_by(hosts.c.lease_holder)
-        .order_by(hosts.c.lease_holder)
+        select(STATE.lease_holder, func.count())
+        .where(STATE.lease_holder.is_not(None), STATE.lease_until > lapse)
+        .group_by(STATE.lease_holder)
+        .order_by(STATE.lease_holder)
     )
     return {str(holder): int(count) for holder, count in conn.execute(query)}
 

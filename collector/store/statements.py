@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ARRAY, BigInteger, String, and_, any_, bindparam, insert, select, update
 
 from sockfleet.collector import convert, flows, rules, spans
-from sockfleet.collector.schema import closed_flows, host_addresses, hosts, observations, sockets
+from sockfleet.collector.schema import closed_flows, host_addresses, host_state, hosts, observations, sockets
 from sockfleet.collector.schema import flows as flow_rows
 
 CHUNK = 500  # keys per IN (...) list
@@ -23,25 +23,29 @@ AT = {
 }
 
 HOST = select(
-    hosts.c.epoch,
-    hosts.c.seq,
-    hosts.c.first_seen,
-    hosts.c.last_seen,
-    hosts.c.last_taken_at,
-    hosts.c.complete,
-    hosts.c.lease,
-    hosts.c.lease_holder,
-    hosts.c.lease_until,
-).where(hosts.c.id == bindparam("ref"))
+    host_state.c.epoch,
+    host_state.c.seq,
+    host_state.c.first_seen,
+    host_state.c.last_seen,
+    host_state.c.last_taken_at,
+    host_state.c.complete,
+    host_state.c.lease,
+    host_state.c.lease_holder,
+    host_state.c.lease_until,
+).where(host_state.c.host_ref == bindparam("ref"))
 HOST_FOR_UPDATE = HOST.with_for_update()
-KNOWN_HOST = select(hosts.c.id, hosts.c.name, hosts.c.last_taken_at).where(hosts.c.host_id == bindparam("host_id"))
+KNOWN_HOST = (
+    select(hosts.c.id, hosts.c.name, host_state.c.last_taken_at)
+    .join_from(hosts, host_state, host_state.c.host_ref == hosts.c.id)
+    .where(hosts.c.host_id == bindparam("host_id"))
+)
 NAMED_OTHER = select(hosts.c.host_id).where(hosts.c.name == bindparam("name"), hosts.c.host_id != bindparam("host_id"))
 OPEN_ADDRESSES = select(
     host_addresses.c.id, host_addresses.c.netns, host_addresses.c.interface, host_addresses.c.address
 ).where(host_addresses.c.host_ref == bindparam("ref"), host_addresses.c.valid_to.is_(None))
 HOST_APPLIED = (
-    update(hosts)
-    .where(hosts.c.id == bindparam("ref"))
+    update(host_state)
+    .where(host_state.c.host_ref == bindparam("ref"))
     .values(
         epoch=bindparam("epoch"),
         seq=bindparam("seq"),

@@ -12,7 +12,7 @@ other streams' messages through between two steps:
    gone or changed are closed, rows of new or changed sockets opened, every change dated at the
    snapshot's scan time;
 3. the host's flows are moved by the net change of each flow, in groups of flows;
-4. a last transaction records the scan: the host's row, its addresses, the observation.  Only then is
+4. a last transaction records the scan: the host's state, its addresses, the observation.  Only then is
    the snapshot acknowledged.
 
 Between the first group and the last step, questions may see some groups of the new scan and not

@@ -5,8 +5,8 @@ Each socket that opens or closes moves the count of its flow (``collector.flows`
 changes has its open row closed and a new one opened, at the message's time.
 
 On PostgreSQL each statement is a round trip to the server, so a message applied in one transaction
-(``Writer.batched``) saves them: its host row is locked in the same round trip as the transaction
-begins (``locked_host``), and the writes whose answer it does not need (a few new rows, the host's row,
+(``Writer.batched``) saves them: its host's ``host_state`` row is locked in the same round trip as the
+transaction begins (``locked_host``), and the writes whose answer it does not need (a few new rows, the host's state,
 the observation) wait (``later``) and go at the end in one pipeline with the COMMIT.  A delta takes
 five round trips instead of thirteen, a heartbeat three instead of six.
 """
@@ -138,8 +138,8 @@ class Writer:
         return self._texts[key]
 
     def locked_host(self, conn: Connection, ref: int) -> Any:
-        """The host's row, locked until the transaction ends (``HOST_FOR_UPDATE``); on PostgreSQL sent with the
-        transaction's BEGIN, in one round trip."""
+        """The host's state (``host_state``), locked until the transaction ends (``HOST_FOR_UPDATE``); on
+        PostgreSQL sent with the transaction's BEGIN, in one round trip."""
         if not self.postgres:
             return conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
         raw = conn.connection.driver_connection

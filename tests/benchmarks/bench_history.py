@@ -45,7 +45,7 @@ from sqlalchemy import Connection, Engine, Table, insert, or_, select, text
 
 from sockfleet.collector import changes, db, flows, partitions, queries, spans
 from sockfleet.collector.schema import flows as flow_table
-from sockfleet.collector.schema import host_addresses, hosts, observations, sockets
+from sockfleet.collector.schema import host_addresses, host_state, hosts, observations, sockets
 from sockfleet.collector.store.statements import INSERT_COLUMNS
 from sockfleet.collector.talks import Window, edges
 from tests import postgres
@@ -340,6 +340,15 @@ def load(engine: Engine, hosts_count: int, sockets_per_host: int, hours: float, 
                     "agent_version": "bench",
                     "boot_id": "",
                     "interval_seconds": 30,
+                }
+                for h in range(hosts_count)
+            ],
+        )
+        conn.execute(
+            insert(host_state),
+            [
+                {
+                    "host_ref": h + 1,
                     "epoch": 1,
                     "seq": steps,
                     "last_taken_at": end,

@@ -29,8 +29,14 @@ HOUR = timedelta(hours=1)
 ADDRESSES = {"web-1": "10.0.0.1", "db-1": "10.0.0.2", "cache-1": "10.0.0.3"}
 
 
-# Columns of the hosts table added after the previous release (migration 0016: the hosts' leases).
-LATER_HOST_COLUMNS = {"lease": "BIGINT NOT NULL DEFAULT 0", "lease_holder": "VARCHAR(255)", "lease_until": "TIMESTAMP"}
+# What each message writes about its host, on ``hosts`` in the previous release's schema and in ``host_state``
+# since migration 0019 (with the lease of migration 0016).
+STATE_COLUMNS = ("epoch", "seq", "last_taken_at", "complete", "first_seen", "last_seen")
+HOST_STATE = (
+    "CREATE TABLE host_state (host_ref INTEGER PRIMARY KEY, epoch BIGINT NOT NULL, seq BIGINT NOT NULL, "
+    "last_taken_at TIMESTAMP, complete BOOLEAN NOT NULL, first_seen TIMESTAMP NOT NULL, last_seen TIMESTAMP NOT NULL, "
+    "lease BIGINT NOT NULL DEFAULT 0, lease_holder VARCHAR(255), lease_until TIMESTAMP)"
+)
 
 
 def sockets_of(host: str, hour: int) -> list[pb.Socket]:
@@ -100,15 +106,33 @@ class AgedFleet:
         self.hour += hours
 
     def advance_at_release_schema(self, engine: Engine, hours: int) -> None:
-        """``advance`` on a database at the previous release's schema: today's store also reads columns of the
-        hosts table that schema lacks, so they are there while it writes, and go again before the upgrade."""
+        """``advance`` on a database at the previous release's schema.  Today's store keeps what each message
+        writes about a host in ``host_state``, which that schema lacks: the hosts are recorded there first (as
+        a hello of that release did), their state is copied to a ``host_state`` while the store writes, and
+        copied back before it goes."""
+        columns = ", ".join(STATE_COLUMNS)
         with engine.begin() as conn:
-            for name, kind in LATER_HOST_COLUMNS.items():
-                conn.execute(text(f"ALTER TABLE hosts ADD COLUMN {name} {kind}"))
+            for name in ADDRESSES:
+                fields = convert.greeting(fleet.hello(name, 3600)).fields
+                known = conn.execute(text("SELECT 1 FROM hosts WHERE host_id = :host_id"), fields).first()
+                if known is None:
+                    conn.execute(
+                        text(
+                            "INSERT INTO hosts (host_id, name, agent_version, boot_id, interval_seconds, "
+                            f"{columns}) VALUES (:host_id, :name, :agent_version, :boot_id, :interval_seconds, "
+                            "0, 0, NULL, true, :now, :now)"
+                        ),
+                        {**fields, "now": convert.now()},
+                    )
+            conn.execute(text(HOST_STATE))
+            conn.execute(text(f"INSERT INTO host_state (host_ref, {columns}) SELECT id, {columns} FROM hosts"))
         self.advance(engine, hours)
         with engine.begin() as conn:
-            for name in LATER_HOST_COLUMNS:
-                conn.execute(text(f"ALTER TABLE hosts DROP COLUMN {name}"))
+            copied = ", ".join(
+                f"{c} = (SELECT s.{c} FROM host_state s WHERE s.host_ref = hosts.id)" for c in STATE_COLUMNS
+            )
+            conn.execute(text(f"UPDATE hosts SET {copied}"))
+            conn.execute(text("DROP TABLE host_state"))
 
     def _message(self, host: str, hour: int) -> pb.Snapshot | pb.Delta:
         moment = self.moment(hour)

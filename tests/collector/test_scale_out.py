@@ -71,8 +71,11 @@ def longest_silence(db_url: str, host: str, since: datetime) -> float:
     return float(max((b - a).total_seconds() for a, b in itertools.pairwise(times)))
 
 
+HOLDERS = "SELECT h.name, s.lease_holder FROM hosts h JOIN host_state s ON s.host_ref = h.id"
+
+
 def holders(db_url: str) -> dict[str, str | None]:
-    return {r.name: r.lease_holder for r in sql(db_url, "SELECT name, lease_holder FROM hosts")}
+    return {r.name: r.lease_holder for r in sql(db_url, HOLDERS)}
 
 
 def talks(db_url: str, *args: str) -> set[tuple[Any, ...]]:
@@ -248,7 +251,7 @@ def test_two_collectors_racing_for_one_host_never_interleave_it(pg_cluster: post
         assert f"/{b.proc.pid}/" in ask(db_url, "collector", "status").stdout
 
         # B's stream goes quiet, and its claim lapses.
-        sql(db_url, "UPDATE hosts SET lease_until = :past RETURNING id", past=datetime(2001, 1, 1))
+        sql(db_url, "UPDATE host_state SET lease_until = :past RETURNING host_ref", past=datetime(2001, 1, 1))
         taker = talk(a)
         taker.say({"hello": hello})
         resync = taker.send({"delta": fleet.delta(4, now, base=3)})
@@ -359,7 +362,7 @@ def test_a_large_snapshot_taken_over_between_its_steps_writes_no_more(engine: En
         assert next(steps) is None
     # Collector B takes the host over (A's claim lapsed: A is stuck) and applies a newer snapshot.
     with engine.begin() as conn:
-        conn.execute(text("UPDATE hosts SET lease_until = :past"), {"past": now - timedelta(hours=1)})
+        conn.execute(text("UPDATE host_state SET lease_until = :past"), {"past": now - timedelta(hours=1)})
     taken = leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
     assert taken is not None and taken[1].taken_over
     newer = convert.snapshot([fleet.snapshot(2, now - timedelta(seconds=1), [fleet.tcp_listener(22)])])
@@ -383,7 +386,7 @@ def test_a_hello_waits_for_a_locked_host_no_more_than_two_seconds(pg_cluster: po
     Store(engine).hello(convert.greeting(hello))
     try:
         with engine.connect() as stuck:  # a collector stopped inside a transaction that holds the host's row
-            stuck.execute(text("SELECT id FROM hosts WHERE host_id = :id FOR UPDATE"), {"id": hello.host_id})
+            stuck.execute(text(f"{HOLDERS} WHERE h.host_id = :id FOR UPDATE OF s"), {"id": hello.host_id})
             with pytest.raises(RejectedMessage, match="another collector is writing this host") as refused:
                 leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
             assert refused.value.code == "UNAVAILABLE"

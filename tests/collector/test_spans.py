@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, and_, insert, or_, select
 
 from sockfleet.collector import convert, partitions, spans
-from sockfleet.collector.schema import hosts, sockets
+from sockfleet.collector.schema import host_state, hosts, sockets
 from sockfleet.collector.store import Store
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
@@ -56,20 +56,9 @@ def test_alive_is_the_interval_test(engine: Engine) -> None:
                 f"CREATE TABLE sockets_later PARTITION OF sockets FOR VALUES FROM ('{after}') TO (MAXVALUE)"
             )
         conn.execute(
-            insert(hosts).values(
-                id=1,
-                host_id="h",
-                name="h",
-                agent_version="t",
-                boot_id="",
-                interval_seconds=30,
-                epoch=1,
-                seq=1,
-                complete=True,
-                first_seen=T0,
-                last_seen=T0,
-            )
+            insert(hosts).values(id=1, host_id="h", name="h", agent_version="t", boot_id="", interval_seconds=30)
         )
+        conn.execute(insert(host_state).values(host_ref=1, epoch=1, seq=1, complete=True, first_seen=T0, last_seen=T0))
         rows = []
         for serial in range(600):
             start = T0 + timedelta(seconds=rng.randrange(0, 3_000_000))
