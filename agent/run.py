@@ -16,6 +16,7 @@ from sockfleet import logs
 from sockfleet.agent import targets
 from sockfleet.agent.errors import UsageError
 from sockfleet.agent.events import Events
+from sockfleet.agent.memory import Releasing, trimmer
 from sockfleet.agent.snapshot import Scanner
 from sockfleet.agent.spool import Spool
 from sockfleet.agent.stream import Streamer, identity
@@ -60,6 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     streamer = _streamer(args, interval)
     endpoint = _metrics(args.metrics_listen, streamer) if args.metrics_listen else None
+    _release_memory(streamer)
     try:
         asyncio.run(_until_signalled(streamer))
     finally:
@@ -81,6 +83,13 @@ def _metrics(listen: str, streamer: Streamer) -> Endpoint:
     streamer.observer = metrics
     log.info("serving metrics on http://%s:%d/metrics", listen.rsplit(":", 1)[0], endpoint.port)
     return endpoint
+
+
+def _release_memory(streamer: Streamer) -> None:
+    """After each scan, what it freed goes back to the system (``agent.memory``) where the C library can."""
+    release = trimmer()
+    if release is not None:
+        streamer.observer = Releasing(streamer.observer, release)
 
 
 def _streamer(args: argparse.Namespace, interval: float) -> Streamer:

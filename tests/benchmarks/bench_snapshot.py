@@ -18,7 +18,11 @@ process's own memory does not count in), and the ratio of each wall time to ``ss
 At the counts listed in ``--run-at`` it also runs ``sockfleet agent run`` on the same sockets, streaming
 to a bare gRPC server that acknowledges every scan (plain text), and once its first scan is acknowledged,
 measures over ``--run-intervals`` intervals its resident memory (now and at its peak) and its CPU time
-per interval, as a share of one core.
+per interval, as a share of one core.  The resident memory is then split into anonymous memory (the
+agent's own: Python objects, malloc, library data) and file-backed pages (the code of the interpreter,
+gRPC and the libraries they load, shared with every process that maps them), with PSS, USS and the number
+of threads beside it; and it is set against its floor, measured in the same run: the resident memory of a
+``python`` that has only imported gRPC, protobuf and the wire modules (``sockfleet.v1``).
 """
 
 from __future__ import annotations
@@ -158,16 +162,46 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def proc_figures(pid: int) -> dict[str, float]:
-    """CPU seconds so far, resident and peak resident memory (MB) of a running process."""
+    """CPU seconds so far, resident and peak resident memory (MB) of a running process; the resident memory's
+    anonymous and file-backed parts, its PSS and USS (MB), and its threads."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    status = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as lines:
+    status = _kilobytes(f"/proc/{pid}/status")
+    rollup = _kilobytes(f"/proc/{pid}/smaps_rollup")
+    return {
+        "cpu": cpu,
+        "rss": status["VmRSS"] / 1024,
+        "hwm": status["VmHWM"] / 1024,
+        "anon": status["RssAnon"] / 1024,
+        "file": status["RssFile"] / 1024,
+        "pss": rollup["Pss"] / 1024,
+        "uss": (rollup["Private_Clean"] + rollup["Private_Dirty"]) / 1024,
+        "threads": status["Threads"],
+    }
+
+
+def _kilobytes(path: str) -> dict[str, int]:
+    """``Name:   123 kB`` lines of a /proc file (status, smaps_rollup) as {name: 123}; other lines are left out."""
+    values = {}
+    with open(path, encoding="ascii") as lines:
         for line in lines:
             name, _, value = line.partition(":")
-            status[name] = value
-    return {"cpu": cpu, "rss": int(status["VmRSS"].split()[0]) / 1024, "hwm": int(status["VmHWM"].split()[0]) / 1024}
+            number = value.split()[:1]
+            if number and number[0].isdigit():
+                values[name] = int(number[0])
+    return values
+
+
+# What a running agent cannot go below: the interpreter with gRPC, protobuf and the wire modules loaded.
+FLOOR = "import grpc, grpc.aio, sockfleet.v1.fleet_pb2_grpc; print(open('/proc/self/status').read())"
+
+
+def floor_resident() -> float:
+    """Resident memory (MB) of a ``python`` that has only imported what a running agent cannot do without."""
+    status = subprocess.run([sys.executable, "-c", FLOOR], capture_output=True, text=True, check=True, cwd=ROOT)
+    line = next(line for line in status.stdout.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
 
 
 def acking_collector() -> None:
@@ -239,7 +273,7 @@ def agent_run(interval: float, intervals: int) -> dict[str, float]:
         server.wait(30)
         server.stdout.close()
     cpu = (after["cpu"] - before["cpu"]) / intervals
-    return {"rss": after["rss"], "hwm": after["hwm"], "cpu": cpu, "share": cpu / interval, "interval": interval}
+    return {**after, "cpu": cpu, "share": cpu / interval, "interval": interval, "floor": floor_resident()}
 
 
 FORMATS = ("table", "json", "csv")
@@ -286,6 +320,11 @@ def report(connections: int, results: dict[str, dict[str, float]]) -> str:
         lines.append(
             f"  agent run every {run['interval']:g}s: {run['rss']:.1f} MB resident ({run['hwm']:.1f} MB peak), "
             f"{run['cpu'] * 1000:.1f} ms CPU per interval, {run['share'] * 100:.2f}% of a core"
+        )
+        lines.append(
+            f"    resident: {run['anon']:.1f} MB anonymous, {run['file']:.1f} MB file-backed (code, shared); "
+            f"PSS {run['pss']:.1f} MB, USS {run['uss']:.1f} MB; {run['threads']:.0f} threads; "
+            f"floor (python + grpc + protobuf + sockfleet.v1): {run['floor']:.1f} MB"
         )
     return "\n".join(lines)
 
