@@ -34,8 +34,18 @@ from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from sockfleet.v1 import limits
 
 log = logging.getLogger("sockfleet.agent")
-ACK_TIMEOUT = 60.0
 MAX_BACKOFF = 60.0
+
+# How long the agent waits for the answer to a message before it leaves the collector for the next one
+# (``ack_wait``).  A collector that answers nothing (stopped, or stuck on its database) must not hold its
+# hosts for long, while one that is merely slow (acknowledging after seconds in a reconnect storm) must
+# not send all its agents at once to the next collector, each with a full snapshot.
+ACK_INTERVALS = 3  # the collector's claim on the host outlives its last message by 3 intervals: before that,
+# the next collector refuses the host anyway
+DELTA_WAIT = 10.0  # seconds, at least, for a delta or a heartbeat
+SNAPSHOT_WAIT = 60.0  # for a full snapshot: after a restart it queues behind every other host's
+SOCKET_WAIT = 0.001  # and per socket the message carries: a large snapshot is applied in steps, for minutes
+FEATURES_WAIT = 15.0  # for the collector to say what it understands, before a large snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +86,23 @@ def hello(ident: Identity, scanner: Scanner, interval: float) -> pb.AgentMessage
     return convert.hello((ident.host_id, ident.host_name, ident.boot_id), found, interval, __version__)
 
 
-# Keepalive pings notice a silent network (a cut link drops packets without any reset) within seconds.
+def ack_wait(interval: float, sockets: int, snapshot: bool) -> float:
+    """Seconds to wait for the Ack of a message carrying ``sockets`` sockets (added, removed, changed or
+    closed, for a delta): a few intervals, at least ``DELTA_WAIT`` or ``SNAPSHOT_WAIT``, and more for a
+    large message.  The collector sends nothing before the Ack, however long the message takes."""
+    return max(ACK_INTERVALS * interval, SNAPSHOT_WAIT if snapshot else DELTA_WAIT) + sockets * SOCKET_WAIT
+
+
+# Keepalive pings notice a collector that stopped (SIGSTOP) or a silent network (a cut link drops packets
+# without any reset): 10 s after the last byte from the collector the agent pings it, and leaves when no
+# answer comes within 5 s.  gRPC core waits for a ping's answer ``grpc.http2.ping_timeout_ms`` (a minute
+# by default); ``grpc.keepalive_timeout_ms`` alone does not shorten that.
+KEEPALIVE_TIME = 10.0
+PING_TIMEOUT = 5.0
 CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
+    ("grpc.keepalive_timeout_ms", int(PING_TIMEOUT * 1000)),
+    ("grpc.http2.ping_timeout_ms", int(PING_TIMEOUT * 1000)),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
@@ -223,10 +246,10 @@ class Streamer:
                     if self._settled(exc):
                         continue  # the collector said what to change: reconnect at once
                     backoff = await self._failed(stop, self.explain(exc.code(), exc.details() or ""), backoff)
-                except (ConnectionError, TimeoutError) as exc:
-                    detail = str(exc) or (
-                        f"no answer within {ACK_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__
-                    )
+                except TimeoutError as exc:  # from ``_reply``: it names the collector
+                    backoff = await self._failed(stop, str(exc) or f"no answer from {self.target}", backoff)
+                except ConnectionError as exc:
+                    detail = str(exc) or type(exc).__name__
                     backoff = await self._failed(stop, f"the collector at {self.target}: {detail}", backoff)
                 finally:
                     self.up = False
@@ -273,6 +296,11 @@ class Streamer:
         for marker, meaning in CAUSES:
             if marker in text:
                 return f"cannot connect to {where}: {meaning.format(ca=self.ca_file or 'the system CAs')}"
+        if "ping timeout" in text or "keepalive watchdog timeout" in text:
+            return (
+                f"no answer within {KEEPALIVE_TIME + PING_TIMEOUT:g} s from {where}: not even to HTTP/2 pings "
+                "(is it stopped, or the network cut?)"
+            )
         if code == grpc.StatusCode.UNAVAILABLE and "Socket closed" in text and self.insecure and not self.up:
             return (
                 f"{where} closed the connection at once: it may serve TLS while this agent speaks plain text "
@@ -376,11 +404,15 @@ class Streamer:
                     self.seq += 1
                     coverage = _coverage_key(head.coverage)
                     if full:
-                        await self._send_snapshot(call, features)
+                        sockets = await self._send_snapshot(call, features)
+                        kind = f"snapshot of {sockets:,} sockets"
                     else:
-                        await call.write(self._delta(head, acked_seq, coverage == sent_coverage))
+                        message = self._delta(head, acked_seq, coverage == sent_coverage)
+                        await call.write(message)
+                        sockets = _carried(message.delta)
+                        kind = f"delta of {sockets:,} sockets" if sockets else "heartbeat"
                     self.observer.sent("snapshot" if full else "delta")
-                    reply = await self._reply(call)
+                    reply = await self._reply(call, kind, ack_wait(self.interval, sockets, full))
                     if not replied:
                         replied = self.up = True
                         log.info(
@@ -415,9 +447,14 @@ class Streamer:
             delta.ClearField("coverage")  # unchanged: a heartbeat stays a few bytes
         return pb.AgentMessage(delta=delta)
 
-    async def _reply(self, call: Any) -> pb.CollectorMessage:
-        """The collector's answer to the message just sent: a Resync, or the Ack of exactly that message."""
-        reply = await asyncio.wait_for(call.read(), ACK_TIMEOUT)
+    async def _reply(self, call: Any, kind: str, wait: float) -> pb.CollectorMessage:
+        """The collector's answer to the message just sent (``kind``, as logs name it): a Resync, or the Ack
+        of exactly that message; ``TimeoutError`` when none comes within ``wait`` seconds."""
+        try:
+            reply = await asyncio.wait_for(call.read(), wait)
+        except TimeoutError:
+            silence = f"no answer within {wait:.0f} s from the collector at {self.target} to a {kind}"
+            raise TimeoutError(silence) from None
         if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
             await _raise_status(call)
             raise ConnectionError("the collector closed the stream")
@@ -427,13 +464,13 @@ class Streamer:
             )
         return reply  # type: ignore[no-any-return]
 
-    async def _send_snapshot(self, call: Any, features: asyncio.Future[Any]) -> None:
-        """The head as a full snapshot; in parts when it is large and the collector takes parts."""
+    async def _send_snapshot(self, call: Any, features: asyncio.Future[Any]) -> int:
+        """The head as a full snapshot; in parts when it is large and the collector takes parts.  Its sockets."""
         snapshot = self.spool.head_snapshot()
         snapshot.epoch, snapshot.seq = self.epoch, self.seq
-        size = limits.PART_SOCKETS
-        if len(snapshot.sockets) > size:
-            await asyncio.wait({features}, timeout=ACK_TIMEOUT / 4)
+        size, count = limits.PART_SOCKETS, len(snapshot.sockets)
+        if count > size:
+            await asyncio.wait({features}, timeout=FEATURES_WAIT)
             announced = features.done() and not features.cancelled() and features.exception() is None
             offered = dict(features.result() or ()) if announced else {}
             if "snapshot-parts" in str(offered.get("sockfleet-features", "")).split(","):
@@ -449,6 +486,7 @@ class Streamer:
                     await call.write(pb.AgentMessage(snapshot=part))
                 del sockets[: (len(sockets) - 1) // size * size]
         await call.write(pb.AgentMessage(snapshot=snapshot))
+        return count
 
 
 async def _raise_status(call: Any) -> None:
@@ -466,6 +504,11 @@ def _metadata(metadata: Any) -> dict[str, str]:
 
 def _when(us: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1e6))
+
+
+def _carried(delta: pb.Delta) -> int:
+    """The sockets (and closed connections) a delta carries, which its collector writes one by one."""
+    return len(delta.added) + len(delta.removed) + len(delta.changed) + len(delta.closed.flows)
 
 
 def _coverage_key(coverage: pb.Coverage) -> bytes:
