@@ -62,11 +62,19 @@ def shown(url: URL) -> str:
     return hidden.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
-def engine(url: str | None = None, *, write: bool = True, create: bool = True, init: bool = False) -> Engine:
+IDLE_WRITER = "-c idle_in_transaction_session_timeout=60s"
+
+
+def engine(
+    url: str | None = None, *, write: bool = True, create: bool = True, init: bool = False, ping: bool = True
+) -> Engine:
     """An engine for ``url``, checked: reachable, a database, and (to write) sockfleet's or empty.
 
     To read, a SQLite file must exist and is opened read-only.  To write, a SQLite file is created
     private (unless not ``create``), in a folder that must exist (the default folder is made, mode 0700).
+    ``ping``: test each PostgreSQL connection taken from the pool with a round trip first; a collector, which
+    takes one per message, does without and applies a message again when its connection was found closed
+    (``Store.apply``).
     """
     parsed = parse_url(url)
     if parsed.drivername.startswith("sqlite"):
@@ -74,9 +82,11 @@ def engine(url: str | None = None, *, write: bool = True, create: bool = True, i
     else:
         # No JIT: sockfleet's queries are short, and PostgreSQL's JIT compiles a large question's plan for
         # seconds before it runs for a fraction of one.  A question's transactions are read-only.
-        options = "-c jit=off" + ("" if write else " -c default_transaction_read_only=on")
+        # A writer stopped inside a transaction (a collector frozen, or cut off from the database) has its
+        # session ended after a minute, so that the rows it locked (a host's state) go to another collector.
+        options = "-c jit=off " + (IDLE_WRITER if write else "-c default_transaction_read_only=on")
         try:
-            eng = create_engine(parsed, pool_pre_ping=True, connect_args={"options": options, "connect_timeout": 10})
+            eng = create_engine(parsed, pool_pre_ping=ping, connect_args={"options": options, "connect_timeout": 10})
         except (NoSuchModuleError, ImportError) as exc:
             raise UsageError(f"--db {shown(parsed)}: no driver for {parsed.drivername}") from exc
     _check(eng, write, init)
@@ -207,18 +217,22 @@ def large_joins(conn: Connection) -> Iterator[None]:
     """Planner settings for a question that joins many rows (``talks``), for its transaction only.
 
     PostgreSQL cannot estimate how many rows "alive at T" keeps, and a guess of one row makes it pair sockets in
-    nested loops: hash joins are right for every size here; grouping half a million sockets by connection is
-    done in memory, by hashing, not by sorting.  SQLite needs nothing.
+    nested loops, or (guessing 41 listeners of 10,000) sort the flows once by protocol and merge each listener
+    join on the protocol alone, testing every listener against every flow: hash joins are right for every size
+    here; grouping half a million sockets by connection is done in memory, by hashing, not by sorting.  SQLite
+    needs nothing.
     """
     postgres = conn.dialect.name == "postgresql"
     if postgres:
         conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
     try:
         yield
     finally:
         if postgres:
             conn.exec_driver_sql("RESET enable_nestloop")
+            conn.exec_driver_sql("RESET enable_mergejoin")
             conn.exec_driver_sql("RESET work_mem")
 
 

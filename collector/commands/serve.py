@@ -38,7 +38,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen {printable(args.listen)!r}: not HOST:PORT (like [::]:50051)")
     skew = timedelta(seconds=parse_duration(args.max_clock_skew, "--max-clock-skew"))
     hello_timeout = parse_duration(args.hello_timeout, "--hello-timeout")
-    engine = db.engine(args.db, init=args.init)
+    engine = db.engine(args.db, init=args.init, ping=False)  # a message found its connection closed is applied again
     claimed = db.serving(engine)  # held while the process runs
     db.migrate(engine)
     retain = retention.ready(engine, args.retain)  # partitions ahead before any message; --retain

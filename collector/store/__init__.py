@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy.exc import DBAPIError
 
 from sockfleet.collector import convert
 from sockfleet.collector.credentials import Credential
@@ -141,7 +142,18 @@ class Store(Writer):
         self, ref: int, scan: convert.Scan, behind: timedelta = timedelta(0), lease: Lease | None = None
     ) -> Outcome:
         """Apply one snapshot or delta of host ``ref`` in one transaction (``behind``: see ``moment``), as the
-        holder of ``lease`` when given (``store.leases``)."""
+        holder of ``lease`` when given (``store.leases``).
+
+        A connection the database closed since its last use (a restart, an idle timeout) fails the message's
+        first statement and nothing was written: the message is applied once more, on a new connection."""
+        try:
+            return self._apply(ref, scan, behind, lease)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return self._apply(ref, scan, behind, lease)
+
+    def _apply(self, ref: int, scan: convert.Scan, behind: timedelta, lease: Lease | None) -> Outcome:
         at = self.moment(scan, behind)
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -156,10 +157,19 @@ def test_an_outage_of_a_hundred_intervals_catches_up_at_once(sqlite_collector: C
         up = now()
         restarted = Collector(db_url, port)
         try:
-            # A scan takes some time of its own: about 70 scans in the 100 intervals.
+            # A scan takes some time of its own: about 70 scans in the 100 intervals on a quiet machine, fewer on a
+            # busy one.  The agent says how many were waiting when it reconnected: every one of them is stored.
+            def waiting() -> int | None:
+                said = re.findall(r"connected to the collector at \S+; (\d+) scans waiting", agent.said())
+                return int(said[1]) if len(said) > 1 else None
+
+            wait_for(lambda: waiting() is not None, "the agent's reconnection", timeout=60)
+            spooled = waiting()
+            assert spooled is not None and spooled >= 20, agent.said()
             wait_for(
                 lambda: (
-                    (tmp_path / "spool" / "base.snap").exists() is False and _stored_between(db_url, down, up) >= 50
+                    (tmp_path / "spool" / "base.snap").exists() is False
+                    and _stored_between(db_url, down, now() + timedelta(hours=1)) >= spooled
                 ),
                 "the outage's scans",
                 timeout=60,
@@ -377,7 +387,10 @@ def test_a_large_host_resyncing_does_not_hold_up_the_others(tmp_path: Path) -> N
     """100,000 sockets in parts beside a small host's heartbeats (the benchmark runs a million)."""
     run = bench_big_host.measure(100_000, tmp_path)
     assert run["acks"] >= 20  # the small host kept streaming while the large snapshot was applied
-    assert run["p95"] < 0.1, run
+    # Its heartbeats waited for a step at most, never for the whole snapshot (which one transaction would make
+    # them do): compared with the snapshot's own length, not with a time that a loaded machine may pass.
+    assert run["max"] < run["seconds"] / 4, run
+    assert run["p95"] < run["seconds"] / 20, run
 
 
 def test_a_clock_slightly_ahead_or_far_behind_still_dates_scans_now(collector: Collector) -> None:

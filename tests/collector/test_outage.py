@@ -7,7 +7,11 @@ import time
 
 import pytest
 
+from sockfleet.collector import convert, db, queries
+from sockfleet.collector.store import Store
 from tests import postgres
+from tests.collector import fleet
+from tests.collector.fleet import at
 from tests.collector.harness import Agent, Collector, ask, ports, wait_for
 from tests.collector.truth import Truth
 
@@ -39,3 +43,25 @@ def test_database_outage_costs_nothing() -> None:
             agent.stop()
             collector.stop()
             truth.close_all()
+
+
+@pytest.mark.skipif(bool(os.environ.get("SOCKFLEET_TEST_PG_URL")), reason="restarts a server it started itself")
+def test_a_message_after_a_database_restart_is_applied_on_a_new_connection() -> None:
+    """The collector's engine takes connections from its pool without a round trip to test them first: the first
+    message after PostgreSQL restarted finds its connection closed, and is applied again on a new one."""
+    with postgres.cluster() as cluster:
+        engine = db.engine(cluster.database(), ping=False)
+        try:
+            db.migrate(engine)
+            store = Store(engine)
+            ref = store.hello(convert.greeting(fleet.hello("restarted")))
+            assert store.apply(ref, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80)]))).acked
+            cluster.stop()
+            cluster.start()
+            outcome = store.apply(ref, convert.scan(fleet.delta(2, at(1), added=[fleet.tcp_listener(81)])))
+            assert outcome.acked and not outcome.replay
+            with engine.connect() as conn:
+                listening = queries.sockets_at(conn, None, queries.Filters(), only_listening=True)
+            assert sorted(r["local_port"] for r in listening) == [80, 81]
+        finally:
+            engine.dispose()

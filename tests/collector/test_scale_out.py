@@ -474,3 +474,23 @@ def test_an_agent_moves_past_a_collector_that_is_down(tmp_path: Path) -> None:
     said = log.read_text()
     if f"127.0.0.1:{dead_port}: connection refused" in said:  # it tried the dead one first, then moved on
         assert f"next: the collector at 127.0.0.1:{collector.port}" in said
+
+
+@needs_postgres
+def test_a_writer_stopped_inside_a_transaction_loses_its_session_after_a_minute(pg_cluster: postgres.Cluster) -> None:
+    """A collector frozen inside a transaction would hold its host's row for as long as it stays frozen; the
+    database ends such a session after a minute (idle in transaction), so another collector can take the host.
+    Questions' sessions (read only) keep the server's default."""
+    url = pg_cluster.database()
+    writer, reader = db.engine(url), None
+    try:
+        db.migrate(writer)
+        reader = db.engine(url, write=False)
+        with writer.connect() as conn:
+            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar_one() == "1min"
+        with reader.connect() as conn:
+            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar_one() == "0"
+    finally:
+        writer.dispose()
+        if reader is not None:
+            reader.dispose()
