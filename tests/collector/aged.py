@@ -57,22 +57,7 @@ def sockets_of(host: str, hour: int) -> list[pb.Socket]:
 
 def _closings(moment: datetime, hour: int) -> pb.Closings:
     """web-1's short calls to db-1 that closed since the previous scan."""
-    flow = pb.ClosedFlow(
-        netns=NETNS,
-        proto=pb.PROTO_TCP,
-        role="c",
-        process="app",
-        local_address="10.0.0.1",
-        remote_address="10.0.0.2",
-        remote_port=5432,
-        connections=hour % 3 + 1,
-        short_lived=1,
-        sent_bytes=100 * hour,
-        received_bytes=300 * hour,
-        first_us=fleet.us(moment - 40 * timedelta(minutes=1)),
-        last_us=fleet.us(moment - 10 * timedelta(minutes=1)),
-    )
-    return pb.Closings(flows=[flow], lost=1 if hour == 7 else 0)
+    return fleet.closed_calls(moment, hour % 3 + 1, 1, 100 * hour, 300 * hour, lost=1 if hour == 7 else 0)
 
 
 def _coverage(moment: datetime, dropped: bool) -> pb.Coverage:

@@ -196,3 +196,26 @@ def unix(path: str | None, inode: int, peer: int, process: str, pid: int = 2000)
         process=process,
         owners=1,
     )
+
+
+def closed_calls(
+    moment: datetime, connections: int, short_lived: int, sent: int, received: int, lost: int = 0
+) -> pb.Closings:
+    """Calls from app on 10.0.0.1 to 10.0.0.2:5432 that closed between the scan at ``moment`` and the one before,
+    the first 40 minutes before it and the last 10."""
+    flow = pb.ClosedFlow(
+        netns=NETNS,
+        proto=pb.PROTO_TCP,
+        role="c",
+        process="app",
+        local_address="10.0.0.1",
+        remote_address="10.0.0.2",
+        remote_port=5432,
+        connections=connections,
+        short_lived=short_lived,
+        sent_bytes=sent,
+        received_bytes=received,
+        first_us=us(moment - timedelta(minutes=40)),
+        last_us=us(moment - timedelta(minutes=10)),
+    )
+    return pb.Closings(flows=[flow], lost=lost)

@@ -123,10 +123,12 @@ class Web:
 
 
 class Agent:
-    """``sockfleet agent run`` for one host of the test, on this machine's loopback; with ``log``, what it
-    says goes to that file."""
+    """``sockfleet agent run`` for one host of the test, to a collector on this machine's loopback (a port), or
+    to the ``--collector`` list given; with ``log``, what it says goes to that file."""
 
-    def __init__(self, port: int, host: str, *extra: str, interval: str = "0.5s", log: Path | None = None) -> None:
+    def __init__(
+        self, port: int | str, host: str, *extra: str, interval: str = "0.5s", log: Path | None = None
+    ) -> None:
         self.log = log
         self.file = log.open("a") if log is not None else None
         self.proc = subprocess.Popen(
@@ -134,7 +136,7 @@ class Agent:
                 "agent",
                 "run",
                 "--collector",
-                f"127.0.0.1:{port}",
+                f"127.0.0.1:{port}" if isinstance(port, int) else port,
                 "--insecure",
                 "--interval",
                 interval,

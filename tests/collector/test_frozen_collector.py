@@ -8,7 +8,6 @@ import json
 import re
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +19,7 @@ import pytest
 
 from sockfleet.agent.stream import KEEPALIVE_TIME, PING_TIMEOUT, ack_wait
 from tests import postgres
-from tests.collector.harness import ENV, Collector, ask, sockfleet, wait_for
-from tests.conftest import ROOT
+from tests.collector.harness import Agent, Collector, ask, wait_for
 
 HOST = "frozen-peer"
 INTERVAL = 1.0  # seconds between the agent's scans
@@ -82,38 +80,19 @@ def pair(tmp_path: Path, interval: float = INTERVAL, shared: str | None = None) 
     """Two collectors on SQLite files of their own, or on the ``shared`` PostgreSQL database, and the agent."""
     collectors = [Collector(shared or f"sqlite:///{tmp_path / name}") for name in ("a.db", "b.db")]
     log = tmp_path / "agent.log"
-    with log.open("w") as out:
-        agent = subprocess.Popen(
-            sockfleet(
-                "agent",
-                "run",
-                "--collector",
-                ",".join(f"127.0.0.1:{c.port}" for c in collectors),
-                "--insecure",
-                "--interval",
-                f"{interval:g}s",
-                "--namespaces",
-                "current",
-                "--host",
-                HOST,
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            env=ENV,
-            cwd=ROOT,
-        )
-        try:
-            wait_for(lambda: streaming_to(collectors) is not None, "the agent's first stream", 60)
-            first = streaming_to(collectors)
-            assert first is not None
-            began = datetime.now(UTC)
-            wait_for(lambda: stored_since(first, began), "a scan on the first collector", 60 + interval)
-            yield Pair(first, collectors[1] if first is collectors[0] else collectors[0], log)
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
-            for collector in collectors:
-                collector.stop(signal.SIGKILL)  # the first one may still wait for its database
+    every = ",".join(f"127.0.0.1:{c.port}" for c in collectors)
+    agent = Agent(every, HOST, interval=f"{interval:g}s", log=log)
+    try:
+        wait_for(lambda: streaming_to(collectors) is not None, "the agent's first stream", 60)
+        first = streaming_to(collectors)
+        assert first is not None
+        began = datetime.now(UTC)
+        wait_for(lambda: stored_since(first, began), "a scan on the first collector", 60 + interval)
+        yield Pair(first, collectors[1] if first is collectors[0] else collectors[0], log)
+    finally:
+        agent.stop()
+        for collector in collectors:
+            collector.stop(signal.SIGKILL)  # the first one may still wait for its database
 
 
 def test_an_agent_leaves_a_stopped_collector_within_a_few_intervals(tmp_path: Path) -> None:

@@ -7,14 +7,11 @@ its sequence too), and the store and the questions go on working with the ids th
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from sqlalchemy import Engine, func, select, text
 
 from sockfleet.collector import convert, queries, talks
 from sockfleet.collector.schema import closed_flows, flows, observations, sockets
 from sockfleet.collector.store import Store
-from sockfleet.v1 import fleet_pb2 as pb
 from tests.collector import fleet
 from tests.collector.fleet import at, inet
 
@@ -34,28 +31,6 @@ def _move_ids_past_32_bits(engine: Engine) -> None:
                 )
 
 
-def _closings() -> pb.Closings:
-    return pb.Closings(
-        flows=[
-            pb.ClosedFlow(
-                netns=fleet.NETNS,
-                proto=pb.PROTO_TCP,
-                role="c",
-                process="app",
-                local_address="10.0.0.1",
-                remote_address="10.0.0.2",
-                remote_port=5432,
-                connections=3,
-                short_lived=3,
-                sent_bytes=100,
-                received_bytes=300,
-                first_us=fleet.us(at(1) - timedelta(seconds=20)),
-                last_us=fleet.us(at(1) - timedelta(seconds=10)),
-            )
-        ]
-    )
-
-
 def test_history_goes_on_past_32_bit_ids(engine: Engine) -> None:
     store = Store(engine)
     web = store.hello(convert.greeting(fleet.hello("web-1")))
@@ -63,7 +38,7 @@ def test_history_goes_on_past_32_bit_ids(engine: Engine) -> None:
     calls = [inet("tcp", "10.0.0.1", 40000 + k, "10.0.0.2", 5432, 100 + k, "app") for k in range(4)]
     assert store.apply(web, convert.scan(fleet.snapshot(1, at(0), [listener, *calls]))).acked
     first = fleet.delta(2, at(1), removed=calls[:1])
-    first.closed.CopyFrom(_closings())
+    first.closed.CopyFrom(fleet.closed_calls(at(1), 3, 3, 100, 300))
     assert store.apply(web, convert.scan(first)).acked
 
     _move_ids_past_32_bits(engine)
@@ -71,7 +46,7 @@ def test_history_goes_on_past_32_bit_ids(engine: Engine) -> None:
     # Closing rows by id (as one array on PostgreSQL), opening new ones with ids from the sequence.
     more = [inet("tcp", "10.0.0.1", 41000 + k, "10.0.0.3", 6379, 200 + k, "app") for k in range(3)]
     later = fleet.delta(3, at(2), added=more, removed=calls[1:3])
-    later.closed.CopyFrom(_closings())
+    later.closed.CopyFrom(fleet.closed_calls(at(2), 3, 3, 100, 300))
     assert store.apply(web, convert.scan(later)).acked
     assert store.apply(web, convert.scan(fleet.delta(4, at(3), removed=[listener, more[0]]))).acked
 
