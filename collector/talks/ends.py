@@ -11,15 +11,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, String, Subquery, and_, case, cast, func, not_, or_, select
+from sqlalchemy import CTE, ColumnElement, Select, String, Subquery, and_, case, cast, func, not_, or_, select
 
 from sockfleet.collector import rules, spans
 from sockfleet.collector.schema import host_addresses, sockets
+from sockfleet.collector.talks.narrow import not_ended
+from sockfleet.connections import WILDCARDS
 
 
 def listener_rows(start: datetime | None, end: datetime | None, refs: list[int], every_host: bool) -> list[Any]:
     """Conditions for the listener rows alive at ``start`` (or within [start, end]), through their partial indexes."""
-    conditions = [spans.alive(start, end, within=(rules.waiting_sql(sockets.c),))]
+    conditions = [spans.alive(start, end, within=(rules.waiting_sql(sockets.c),)), *not_ended(start)]
     if not every_host:
         conditions.append(sockets.c.host_ref.in_(refs))
     return conditions
@@ -40,6 +42,21 @@ def listeners(conditions: list[ColumnElement[bool]]) -> CTE:
     c = listening.c
     keys = (c.host_ref, c.netns, c.proto, c.local_port, c.laddr)
     return select(*keys, func.min(c.process).label("process")).group_by(*keys).cte("listeners")
+
+
+def wildcard_listeners(found: CTE) -> CTE:
+    """The listeners of ``found`` on 0.0.0.0 or ::, one row per host, namespace, protocol and port, with the
+    process of the one on 0.0.0.0 first.
+
+    A row's end finds them by one join on plain equalities, whatever its own address: a join PostgreSQL can hash
+    (``db.large_joins`` leaves it nothing else), however few listeners it guesses are open (a few dozen of the
+    10,000 a large fleet keeps open).
+    """
+    c = found.c
+    keys = (c.host_ref, c.netns, c.proto, c.local_port)
+    processes = (func.min(case((c.laddr == wildcard, c.process))) for wildcard in WILDCARDS)
+    any_address = select(*keys, func.coalesce(*processes).label("process")).where(c.laddr.in_(WILDCARDS))
+    return any_address.group_by(*keys).cte("wildcard_listeners")
 
 
 def holders(refs: list[int], moment: datetime) -> CTE:
@@ -68,31 +85,29 @@ def holders(refs: list[int], moment: datetime) -> CTE:
     )
 
 
-def with_peers(alive: Subquery | CTE, refs: list[int], moment: datetime, name: str) -> Subquery:
+def with_peers(alive: Subquery | CTE, refs: list[int], moment: datetime) -> Select[Any]:
     """Rows with a far end (``raddr``), and the fleet host and namespace holding it (loopback: their own)."""
     a = alive.c
     held = holders(refs, moment)
     loop = rules.loopback_sql(a.raddr)
-    return (
-        select(
-            alive,
-            case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
-            case((loop, a.netns), else_=held.c.netns).label("peer_netns"),
-        )
-        .select_from(alive.outerjoin(held, held.c.address == a.raddr))
-        .subquery(name)
-    )
+    return select(
+        alive,
+        case((loop, a.host_ref), else_=held.c.host_ref).label("peer_ref"),
+        case((loop, a.netns), else_=held.c.netns).label("peer_netns"),
+    ).select_from(alive.outerjoin(held, held.c.address == a.raddr))
 
 
-def on_listener(listener: Any, e: Any, ref: Any, netns: Any, port: Any, address: Any) -> ColumnElement[bool]:
-    """``listener`` holds (ref, netns, the row's protocol, port) on ``address`` (a column or a literal)."""
-    return and_(
+def on_listener(listener: Any, e: Any, ref: Any, netns: Any, port: Any, address: Any = None) -> ColumnElement[bool]:
+    """``listener`` holds (ref, netns, the row's protocol, port), on ``address`` if one is given (a column)."""
+    same = [
         listener.c.host_ref == ref,
         listener.c.netns == netns,
         listener.c.proto == e.proto,
         listener.c.local_port == port,
-        listener.c.laddr == address,
-    )
+    ]
+    if address is not None:
+        same.append(listener.c.laddr == address)
+    return and_(*same)
 
 
 def ends_of(e: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:

@@ -9,22 +9,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, DateTime, Select, Subquery, and_, bindparam, func, literal, not_, null, or_
+from sqlalchemy import CTE, ColumnElement, DateTime, Select, Subquery, and_, bindparam, func, not_, null, or_
 from sqlalchemy import select as select_
 
 from sockfleet.collector import rules, spans
 from sockfleet.collector.schema import flows
-from sockfleet.collector.talks.ends import ends_of, listener_rows, listeners, on_listener, with_peers
+from sockfleet.collector.talks.ends import (
+    ends_of,
+    listener_rows,
+    listeners,
+    on_listener,
+    wildcard_listeners,
+    with_peers,
+)
 from sockfleet.collector.talks.fold import fold, sided
-from sockfleet.collector.talks.narrow import Narrow
-from sockfleet.connections import WILDCARDS
+from sockfleet.collector.talks.narrow import Narrow, not_ended
 
 KEYS = ("proto", "c_addr", "s_addr", "s_port")  # a connection's endpoints, the client's port folded away
 
 
 def alive_flows(start: datetime | None, refs: list[int], every_host: bool, narrow: Narrow) -> CTE:
     f = flows.c
-    conditions = [spans.alive(start, table=flows)]
+    conditions = [spans.alive(start, table=flows), *not_ended(start, flows)]
     if not every_host:
         conditions.append(f.host_ref.in_(refs))
     columns = (f.host_ref, f.netns, f.proto, f.role, f.process, f.local_port, f.remote_port, f.connections, f.since)
@@ -93,19 +99,21 @@ SIDES = {
 def _judged(alive: CTE, conditions: list[ColumnElement[bool]], refs: list[int], moment: datetime) -> Subquery:
     """Each flow with its far end, the listeners found at either end, and which end serves.
 
-    A listener on the exact address, on 0.0.0.0 or on ::, each joined on its own, so that no flow is counted
-    twice; any of them is evidence, the exact one names the process first.
+    Each end looks for a listener on its exact address and for those on 0.0.0.0 or :: (one row per port), each
+    joined on its own on plain columns, so that no flow is counted twice and every join can be hashed; any of
+    them is evidence, the exact one names the process first.
     """
-    ends = with_peers(alive, refs, moment, "flow_ends")
+    ends = with_peers(alive, refs, moment).cte("flow_ends").prefix_with("MATERIALIZED")
     e = ends.c
-    found = listeners(conditions)
+    on_address = listeners(conditions)
+    on_wildcard = wildcard_listeners(on_address)
     joins: Any = ends
     holders: dict[str, list[Any]] = {"local": [], "remote": []}
     for side, (ref, netns, port, address) in zip(("local", "remote"), ends_of(e), strict=True):
-        for n, wanted in enumerate((address, *(literal(w) for w in WILDCARDS))):
-            listener = found.alias(f"{side}_listener{n}")
-            joins = joins.outerjoin(listener, on_listener(listener, e, ref, netns, port, wanted))
-            holders[side].append(listener.c)
+        exact, wildcard = on_address.alias(f"{side}_listener"), on_wildcard.alias(f"{side}_wildcard_listener")
+        joins = joins.outerjoin(exact, on_listener(exact, e, ref, netns, port, address))
+        joins = joins.outerjoin(wildcard, on_listener(wildcard, e, ref, netns, port))
+        holders[side] = [exact.c, wildcard.c]
     local, remote = (or_(*(c.host_ref.is_not(None) for c in holders[side])) for side in ("local", "remote"))
     server_side, evidence = rules.serving_sql(local, remote, e.local_port, e.remote_port, e.role)
     processes = (func.coalesce(*(c.process for c in holders[side])).label(f"{side}_process") for side in holders)

@@ -1,5 +1,5 @@
-"""Which sockets can make the edges asked for: those of some hosts (or calling their addresses), and those on a
-port at either end."""
+"""Which sockets can make the edges asked for: those of some hosts (or calling their addresses), those on a
+port at either end, and those that had not ended by the moment asked about."""
 
 from __future__ import annotations
 
@@ -50,3 +50,12 @@ def held_addresses(conn: Connection, refs: list[int], moment: datetime) -> list[
         if "." in address:
             out.add(f"{MAPPED}{address}")
     return sorted(out)
+
+
+def not_ended(start: datetime | None, table: Table = sockets) -> list[ColumnElement[bool]]:
+    """Rows alive at ``start`` or after it are open or ended after it: what "alive" implies, said outright for
+    PostgreSQL, which then plans over the day partitions (by ``valid_to``) from that day on only, and over the
+    open rows' partition, rather than over every day of the history."""
+    if start is None:
+        return []
+    return [or_(table.c.valid_to.is_(None), table.c.valid_to > start)]

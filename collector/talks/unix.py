@@ -13,7 +13,7 @@ from sockfleet.collector import spans
 from sockfleet.collector.rules import UNIX_PAIR, UNIX_PATH
 from sockfleet.collector.schema import sockets
 from sockfleet.collector.talks.fold import edge_row
-from sockfleet.collector.talks.narrow import Narrow
+from sockfleet.collector.talks.narrow import Narrow, not_ended
 
 
 def connected(
@@ -22,7 +22,7 @@ def connected(
     """Connected Unix sockets alive at ``start`` (or within [start, end]), through their own partial index."""
     s = sockets.c
     # As the partial index ix_sockets_unix is written, for SQLite to see that it applies.
-    conditions = [spans.alive(start, end, within=(s.proto == literal_column("'unix'"),))]
+    conditions = [spans.alive(start, end, within=(s.proto == literal_column("'unix'"),)), *not_ended(start)]
     if not every_host:
         conditions.append(s.host_ref.in_(refs))
     last = func.coalesce(s.valid_to, bindparam("moment", moment, type_=DateTime)).label("last")

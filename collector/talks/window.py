@@ -13,7 +13,7 @@ from sockfleet.collector import rules, spans
 from sockfleet.collector.schema import sockets
 from sockfleet.collector.talks.ends import ends_of, listener_rows, listeners, with_peers
 from sockfleet.collector.talks.fold import fold, sided
-from sockfleet.collector.talks.narrow import Narrow
+from sockfleet.collector.talks.narrow import Narrow, not_ended
 from sockfleet.connections import WILDCARDS
 
 CARRIED = (
@@ -42,7 +42,7 @@ def connected(
 ) -> Subquery:
     """Connected inet sockets alive in the window, their addresses made plain."""
     s = sockets.c
-    conditions = [spans.alive(start, end)]
+    conditions = [spans.alive(start, end), *not_ended(start)]
     if not every_host:
         conditions.append(s.host_ref.in_(refs))
     last = func.coalesce(s.valid_to, bindparam("moment", moment, type_=DateTime)).label("last")
@@ -65,7 +65,7 @@ def _judged(alive: Subquery, conditions: list[ColumnElement[bool]], refs: list[i
     A socket may find two listeners on one end (one on its address, one on a wildcard): the copies meet again
     in the grouping by connection, and count once.
     """
-    ends = with_peers(alive, refs, moment, "ends")
+    ends = with_peers(alive, refs, moment).subquery("ends")
     e = ends.c
     found = listeners(conditions)
     local_end, remote_end = ends_of(e)
