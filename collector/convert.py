@@ -154,6 +154,9 @@ def address_version(value: str, field: str) -> int:
     return version
 
 
+_FAMILY_VERSION = {"inet": 4, "inet6": 6}  # the IP version of an internet family's addresses
+
+
 def _address(value: str, family: str, field: str) -> str | None:
     if not value:
         return None
@@ -179,9 +182,11 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
     if key.netns > MAX_BIGINT or key.inode > MAX_BIGINT:
         _number(key.netns, f"{where}.key.netns")
         _number(key.inode, f"{where}.key.inode")
-    proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
-    family = _enum(FAMILIES, key.family, f"{where}.key.family")
-    kind = _enum(TYPES, key.type, f"{where}.key.type")
+    proto, family, kind = PROTOS.get(key.proto), FAMILIES.get(key.family), TYPES.get(key.type)
+    if proto is None or family is None or kind is None:  # the refusal names the first unknown field
+        proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
+        family = _enum(FAMILIES, key.family, f"{where}.key.family")
+        kind = _enum(TYPES, key.type, f"{where}.key.type")
     if (proto == "unix") != (family == "unix"):
         raise RejectedMessage(f"{where}.key: proto {proto} does not go with family {family}")
     columns = _unix_columns(key, where) if proto == "unix" else _inet_columns(key, proto, family, where)
@@ -200,16 +205,19 @@ def _inet_columns(key: pb.SocketKey, proto: str, family: str, where: str) -> tup
     """Address, ports and path of an internet socket's key: no path, and a remote port only with an address."""
     if key.path:
         raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
-    remote = _address(key.remote_address, family, f"{where}.key.remote_address")
-    if remote is None and key.remote_port:
+    local, local_port, remote, remote_port = key.local_address, key.local_port, key.remote_address, key.remote_port
+    # Field names are made for a refusal only: the common socket passes without formatting any.
+    if remote and _VERSIONS.get(remote) != _FAMILY_VERSION[family]:
+        _address(remote, family, f"{where}.key.remote_address")
+    if not remote and remote_port:
         raise RejectedMessage(f"{where}.key.remote_port: a port without a remote address")
-    return (
-        _address(key.local_address, family, f"{where}.key.local_address"),
-        _port(key.local_port, f"{where}.key.local_port"),
-        remote,
-        _port(key.remote_port, f"{where}.key.remote_port") if remote else None,
-        None,
-    )
+    if local and _VERSIONS.get(local) != _FAMILY_VERSION[family]:
+        _address(local, family, f"{where}.key.local_address")
+    if not 0 <= local_port <= 65535:
+        _port(local_port, f"{where}.key.local_port")
+    if remote and not 0 <= remote_port <= 65535:
+        _port(remote_port, f"{where}.key.remote_port")
+    return (local or None, local_port, remote or None, remote_port if remote else None, None)
 
 
 def key_digest(key: pb.SocketKey) -> str:

@@ -87,13 +87,12 @@ class CollectorMetrics:
             "Gaps (scans an agent lost: spool full, restart, refused message) reported in the messages applied.",
             registry=self.registry,
         )
-        for kind in KINDS:
-            self.applied.labels(kind)
-        for reason in REFUSALS:
-            self.refused.labels(reason)
+        # Each label's child, made once: ``labels(...)`` looks it up under a lock, at every message otherwise.
+        self.applied_by_kind = {kind: self.applied.labels(kind) for kind in KINDS}
+        self.refused_by_reason = {reason: self.refused.labels(reason) for reason in REFUSALS}
 
     def refusal(self, reason: str) -> None:
-        self.refused.labels(reason if reason in REFUSALS else "invalid").inc()
+        self.refused_by_reason.get(reason, self.refused_by_reason["invalid"]).inc()
 
     def watch_hosts(self, engine: Engine) -> None:
         """Report ``sockfleet_collector_hosts`` from ``engine`` at each scrape."""

@@ -52,6 +52,7 @@ MAX_ASSEMBLING = 4  # snapshots in parts the collector holds at once
 PART_PATIENCE = 60.0  # seconds between two parts of a snapshot
 MIN_STEP = 0.025  # seconds of scan time between two scans that pass the rate limit freely
 FEATURES = "snapshot-parts"
+STORE_THREADS = 8  # messages applied at once on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ class Collector(pb_grpc.CollectorServicer):
         # applying it in the event loop's thread saves the hand-off to a worker, which costs more.
         # PostgreSQL waits on the network: its messages go to worker threads.
         self.inline = store.engine.dialect.name == "sqlite"
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
+        self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
         self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
         self.open: dict[asyncio.Event, str | None] = {}  # each open stream's stop signal, and its token's hash
         self.closing = False
@@ -401,7 +402,7 @@ class Collector(pb_grpc.CollectorServicer):
         """Count a message applied: its kind, and the gaps its agent reports."""
         if isinstance(payload, pb.Delta):
             body = "delta" if payload.added or payload.changed or payload.removed else "heartbeat"
-        self.metrics.applied.labels(body).inc()
+        self.metrics.applied_by_kind[body].inc()
         if payload.HasField("coverage"):
             self.metrics.gaps.inc(len(payload.coverage.gaps))
 

@@ -54,8 +54,10 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # for the tests' own helper proce
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of process ``pid``, or of one of its threads (its main thread: ``thread=pid``)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path, encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
@@ -165,7 +167,10 @@ class SimulatedAgent:
         await self.call.done_writing()
 
 
-COLLECTOR = [sys.executable, "-m", "sockfleet", "collector", "serve", "--insecure", "--allow-anonymous"]
+# SOCKFLEET_BENCH_PROFILE=FILE runs the collector under cProfile, every thread's CPU time, written to FILE.
+PROFILE = os.environ.get("SOCKFLEET_BENCH_PROFILE")
+RUN_MODULE = ["-m", "tests.benchmarks.profile_server", PROFILE] if PROFILE else ["-m"]
+COLLECTOR = [sys.executable, *RUN_MODULE, "sockfleet", "collector", "serve", "--insecure", "--allow-anonymous"]
 FLOOR = [sys.executable, "-m", "tests.benchmarks.floor_collector"]
 
 
@@ -234,10 +239,11 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, rows: Callabl
     churn = max(1, args.sockets // 100)
 
     async def timed(name: str, step: str, rounds: int, argument: int) -> None:
-        cpu = cpu_seconds(pid)
+        cpu, loop = cpu_seconds(pid), cpu_seconds(pid, pid)
         wall, lat = await phase(agents, step, rounds, argument)
         count = len(agents) * rounds
         figures[name] = (count / wall, (cpu_seconds(pid) - cpu) / count * 1000, p95(lat) * 1000)
+        figures[f"{name} loop"] = ((cpu_seconds(pid, pid) - loop) / count * 1000,)
 
     await timed("new", "snapshot", 1, args.snapshot_sockets)
     await timed("known", "snapshot", 1, args.snapshot_sockets)  # as after a reconnection: unchanged
@@ -299,6 +305,10 @@ def report(args: argparse.Namespace, ours: Figures, floor: Figures) -> list[str]
         rate, cpu, late = ours[key]
         lines.append(f"  {name:<44} {rate:8.1f}/s   collector CPU {cpu:6.2f} ms/msg   p95 send->ack {late:7.1f} ms")
     lines.append(f"  socket rows written per unchanged host: {ours['unchanged'][0]:g}")
+    lines.append(
+        "  of the CPU per message, the server's main (event loop) thread's: "
+        + ", ".join(f"{key} {ours[key + ' loop'][0]:.2f} ms (floor {floor[key + ' loop'][0]:.2f})" for key in names)
+    )
     _, cpu, late, median = ours["paced"]
     lines.append(
         f"  paced deltas at {args.paced}/s:{'':<21} p50 send->ack {median:6.1f} ms   "
