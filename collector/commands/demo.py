@@ -7,6 +7,8 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
@@ -52,9 +54,7 @@ async def demo(args: argparse.Namespace) -> int:
                 )
                 await stopping.wait()
     finally:
-        if page is not None:
-            _end(page)
-        _end(agent)
+        _end([agent] if page is None else [page, agent])
         await stop(server, service, grace=2)
     return 0
 
@@ -75,12 +75,17 @@ def _web(url: str) -> subprocess.Popen[str] | None:
     return None
 
 
-def _end(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def _end(processes: list[subprocess.Popen[Any]]) -> None:
+    """Stop the demo's processes together, and wait for each: one that has not ended after 10 s is killed."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def note(text: str) -> None:
