@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import math
 import os
 import signal
@@ -52,7 +51,6 @@ async def serve(args: argparse.Namespace) -> int:
         hello_timeout=hello_timeout,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
     )
-    _steady_collections()
     endpoint = await _metrics(args.metrics_listen, server, service)
     mode = "TLS" if creds else "plain text (--insecure)"
     mode += ", anonymous agents allowed" if args.allow_anonymous else ", enrolled agents only"
@@ -93,12 +91,3 @@ async def _metrics(listen: str | None, server: grpc.aio.Server, service: Collect
 
 def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(args))
-
-
-def _steady_collections() -> None:
-    """Python's garbage collector, set for a long-running server: what start-up made (modules, compiled
-    statements) is never scanned again, and the youngest generation is collected after 20,000 allocations
-    rather than 700.  Each message allocates thousands of short-lived objects that reference counting frees;
-    collecting every 700 of them cost 10 to 30% of the collector's CPU per message (bench_collector)."""
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
