@@ -49,6 +49,8 @@ HOST_STATUSES = ("live", "stale", "unknown")
 # Receipt to acknowledgement: a heartbeat on SQLite takes well under a millisecond, a huge snapshot minutes.
 APPLY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
 
 class CollectorMetrics:
     """Every metric of one collector, in its own ``registry``."""
@@ -85,6 +87,13 @@ class CollectorMetrics:
         self.gaps = Counter(
             "sockfleet_collector_gaps_reported",
             "Gaps (scans an agent lost: spool full, restart, refused message) reported in the messages applied.",
+            registry=self.registry,
+        )
+        self.group_size = Histogram(
+            "sockfleet_collector_group_messages",
+            "Deltas of different hosts applied in one transaction (group commit, PostgreSQL): one while the "
+            "collector keeps up, more as the load grows.",
+            buckets=GROUP_BUCKETS,
             registry=self.registry,
         )
         # Each label's child, made once: ``labels(...)`` looks it up under a lock, at every message otherwise.

@@ -31,11 +31,13 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from sockfleet.collector import convert
+from sockfleet.collector.commits import GroupCommit
 from sockfleet.collector.credentials import Credential, revoked_since, token_hash, verify
 from sockfleet.collector.errors import CollectorError, RejectedMessage, UsageError
 from sockfleet.collector.health import SERVICE, Health
 from sockfleet.collector.metrics import REFUSAL_BY_CODE, CollectorMetrics
 from sockfleet.collector.store import Outcome, Store
+from sockfleet.collector.store.group import Message, joins
 from sockfleet.collector.store.leases import Lease, claim, give_back, hold_for, holder_name
 from sockfleet.collector.store.stepwise import apply_in_steps
 from sockfleet.commandline import printable
@@ -103,12 +105,14 @@ class Collector(pb_grpc.CollectorServicer):
         # PostgreSQL waits on the network: its messages go to worker threads.
         self.inline = store.engine.dialect.name == "sqlite"
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
+        self.metrics = CollectorMetrics()
+        # Deltas of several hosts are committed together on PostgreSQL (``collector.commits``).
+        self.group = None if self.inline else GroupCommit(store, self.executor, self.metrics.group_size.observe)
         self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
         self.open: dict[asyncio.Event, str | None] = {}  # each open stream's stop signal, and its token's hash
         self.closing = False
         self.watcher: asyncio.Task[None] | None = None
         self.assembling = 0  # streams whose snapshot is coming in parts
-        self.metrics = CollectorMetrics()
         self.health = Health(store.engine)
         self.holder = holder_name()  # this process, as the holder of its hosts' leases
         self.alone = store.engine.dialect.name == "sqlite"  # a SQLite database takes one collector (``db.serving``)
@@ -382,6 +386,8 @@ class Collector(pb_grpc.CollectorServicer):
         in steps that let other agents' messages through between them."""
         try:
             if isinstance(messages[-1], pb.Delta):
+                if self.group is not None and joins(messages[-1]):
+                    return await self.group.apply(Message(peer.ref, messages[-1], peer.behind, peer.lease))
                 return await self._run(self._applied, peer, messages[-1])
             scan = convert.snapshot(messages)  # its sockets are checked as they are written
             if not self.store.stepwise(scan):

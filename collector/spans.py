@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, case, or_
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, literal_column, or_
 
 from sockfleet.collector.schema import sockets
 
@@ -42,6 +42,22 @@ def closing_span(table: Table = sockets) -> ColumnElement[int]:
     return case(
         *((table.c.valid_from >= bindparam(f"span_cut{index}"), index) for index in range(len(LIMITS))), else_=UNBOUNDED
     )
+
+
+def closing_span_at(moment: ColumnElement[datetime], table: Table = sockets) -> ColumnElement[int]:
+    """The class of a row closed at ``moment``, a column of the statement (each row closing at a time of its own)."""
+    life = moment - table.c.valid_from
+    return case(
+        *(
+            (life <= literal_column(f"INTERVAL '{_minutes(limit)} minutes'"), literal_column(str(index)))
+            for index, limit in enumerate(LIMITS)
+        ),
+        else_=literal_column(str(UNBOUNDED)),
+    )
+
+
+def _minutes(limit: timedelta) -> int:
+    return int(limit.total_seconds()) // 60
 
 
 def cutoffs(moment: datetime) -> dict[str, datetime]:

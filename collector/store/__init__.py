@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy import Connection, Engine, Executable, insert, update
 from sqlalchemy.exc import DBAPIError
 
 from sockfleet.collector import convert
@@ -164,9 +164,7 @@ class Store(Writer):
                 moment = self.check_host(host, scan, at)
                 if moment is None:
                     return Outcome(acked=True, replay=True)
-                listening = None
-                if known is not None and known[0] == (host.epoch, host.seq, host.last_taken_at):
-                    listening = known[1]
+                listening = self.listening_of(ref, host, known)
                 if isinstance(scan.body, convert.Listing):
                     counts, listening = apply_snapshot(self, conn, ref, scan.body, moment, listening)
                     kind = "snapshot"
@@ -225,21 +223,42 @@ class Store(Writer):
         longer), an observation."""
         if scan.addresses is not None:
             self._addresses(conn, ref, scan.addresses, moment)
+        for statement, params in self.records(ref, host, scan, moment, kind, counts, lease):
+            self.later(conn, statement, params)
+
+    @staticmethod
+    def records(
+        ref: int, host: Any, scan: convert.Scan, moment: datetime, kind: str, counts: Counts, lease: Lease | None = None
+    ) -> list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]]:
+        """The statements that record an applied message (``finish``): the host's state, an observation, the
+        connections that closed since the previous scan."""
         complete = scan.complete
         if complete is None:
             complete = True if isinstance(scan.body, convert.Listing) else host.complete
         first, last = min(host.first_seen, moment), max(host.last_seen, moment)
         applied = {"epoch": scan.epoch, "seq": scan.seq, "moment": moment, "is_complete": complete}
         held = lease.until() if lease is not None else host.lease_until
-        self.later(conn, HOST_APPLIED, {"ref": ref, **applied, "first": first, "last": last, "lease_until": held})
+        made: list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]] = [
+            (HOST_APPLIED, {"ref": ref, **applied, "first": first, "last": last, "lease_until": held})
+        ]
         added, removed, changed = counts
         observed = {"host_ref": ref, "epoch": scan.epoch, "seq": scan.seq, "kind": kind, "taken_at": moment}
         counted = {"added": added, "removed": removed, "changed": changed, "gaps": scan.gaps}
         described = {"complete": complete, "coverage": scan.coverage, "received_at": convert.now()}
         lost = scan.closed.lost if scan.closed is not None else 0
-        self.later(conn, OBSERVED, {**observed, **counted, **described, "events_lost": lost})
+        made.append((OBSERVED, {**observed, **counted, **described, "events_lost": lost}))
         if scan.closed is not None and scan.closed.flows:
-            self.later(conn, CLOSED_FLOWS, _closed_rows(ref, scan, moment))
+            made.append((CLOSED_FLOWS, _closed_rows(ref, scan, moment)))
+        return made
+
+    def listening_of(self, ref: int, host: Any, known: _Listening | None = None) -> Listeners | None:
+        """The host's open listeners as this collector left them (``known``: as they were before the message's
+        transaction), if no other collector has written the host since (``host``: its state, locked)."""
+        if known is None:
+            known = self._listening.get(ref)
+        if known is not None and known[0] == (host.epoch, host.seq, host.last_taken_at):
+            return known[1]
+        return None
 
     def remember_listening(self, ref: int, scan: convert.Scan, moment: datetime, listening: Listeners | None) -> None:
         """Keep the host's open listeners after a committed message (see the module's docstring)."""

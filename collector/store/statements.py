@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, String, and_, any_, bindparam, insert, select, update
+from sqlalchemy import ARRAY, BigInteger, DateTime, String, and_, any_, bindparam, func, insert, select, update
 
 from sockfleet.collector import convert, flows, rules, spans
 from sockfleet.collector.schema import closed_flows, host_addresses, host_state, hosts, observations, sockets
@@ -109,7 +109,16 @@ LISTENING = (
 )
 
 
-# Closes the open rows of the flows a message moves, and returns what they held.
+# Closes the open rows of the flows a message moves, and returns what they held (``writing.open_flow``).
+_FLOW_CLOSED = (
+    flow_rows.c.key,
+    *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS),
+    flow_rows.c.connections,
+    flow_rows.c.since,
+    flow_rows.c.valid_from,
+)
+
+
 def _close_flows(array: bool) -> Any:
     return (
         update(flow_rows)
@@ -119,17 +128,49 @@ def _close_flows(array: bool) -> Any:
             flow_rows.c.valid_to.is_(None),
         )
         .values(valid_to=bindparam("moment"), span=spans.closing_span(flow_rows))
-        .returning(
-            flow_rows.c.key,
-            *(flow_rows.c[name] for name in flows.IDENTITY_COLUMNS),
-            flow_rows.c.connections,
-            flow_rows.c.since,
-            flow_rows.c.valid_from,
-        )
+        .returning(*_FLOW_CLOSED)
     )
 
 
 CLOSE_FLOWS, CLOSE_FLOWS_ANY = _close_flows(False), _close_flows(True)
+
+# Several hosts' messages at once (PostgreSQL, ``store.group``): their hosts' states locked in the order of their
+# ids (two groups never wait for each other in a circle); their sockets and flows closed each at its own
+# message's time, from arrays of (host, key, time) in one statement.
+HOSTS_FOR_UPDATE = (
+    select(host_state.c.host_ref, *HOST.selected_columns)
+    .where(host_state.c.host_ref == any_(bindparam("refs", type_=ARRAY(BigInteger))))
+    .order_by(host_state.c.host_ref)
+    .with_for_update()
+)
+
+
+_REFS, _KEYS = bindparam("refs", type_=ARRAY(BigInteger)), bindparam("keys", type_=ARRAY(String))
+
+
+def _close_many(table: Any, returning: tuple[Any, ...]) -> Any:
+    """Close the open rows of (host, key) pairs, each at its own time: three arrays of the same length.  The rows
+    are found through the open rows' unique index by hosts and keys (whatever the planner thinks of the table's
+    size: one filled since it was last analyzed looks nearly empty, and a join alone would scan it whole), then
+    paired with their times."""
+    arrays = func.unnest(_REFS, _KEYS, bindparam("moments", type_=ARRAY(DateTime)))
+    closing = arrays.table_valued("ref", "key", "moment").render_derived(name="closing")
+    return (
+        update(table)
+        .where(table.c.host_ref == any_(_REFS), table.c.key == any_(_KEYS), table.c.valid_to.is_(None))
+        .where(table.c.host_ref == closing.c.ref, table.c.key == closing.c.key)
+        .values(valid_to=closing.c.moment, span=spans.closing_span_at(closing.c.moment, table))
+        .returning(table.c.host_ref, *returning)
+    )
+
+
+CLOSE_KEYS_MANY = _close_many(sockets, (sockets.c.flow, sockets.c.proto, sockets.c.state))
+CLOSE_FLOWS_MANY = _close_many(flow_rows, _FLOW_CLOSED)
+LISTENING_MANY = (
+    select(sockets.c.host_ref, *LISTENING.selected_columns)
+    .where(sockets.c.host_ref == any_(bindparam("refs", type_=ARRAY(BigInteger))), sockets.c.valid_to.is_(None))
+    .where(rules.accepts_sql(sockets.c))
+)
 FLOW_COLUMNS = ("host_ref", "key", *flows.IDENTITY_COLUMNS, "connections", "since", "valid_from")
 Counts = tuple[int, int, int]  # sockets added, removed, changed
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -35,6 +36,7 @@ from sockfleet.collector.store.statements import (
     CLOSE_KEYS_ANY,
     FLOWS_BULK,
     HOST_FOR_UPDATE,
+    HOSTS_FOR_UPDATE,
     LISTENING,
     SOCKETS_BULK,
     chunks,
@@ -156,6 +158,42 @@ class Writer:
             raise LookupError(f"no host with id {ref}")
         return row
 
+    def locked_hosts(self, conn: Connection, refs: list[int]) -> dict[int, Any]:
+        """Hosts' states by id (PostgreSQL), locked until the transaction ends, in the order of ``refs``
+        (``statements.HOSTS_FOR_UPDATE``); sent with the transaction's BEGIN, in one round trip."""
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        sql = self._text(HOSTS_FOR_UPDATE)
+        try:
+            with raw.cursor(row_factory=namedtuple_row) as cursor:
+                with raw.pipeline():
+                    cursor.execute(sql, {"refs": refs})
+                return {row.host_ref: row for row in cursor.fetchall()}
+        except Exception as exc:
+            _translated(exc, sql)
+            raise
+
+    def fetch(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
+        """A statement's rows (named tuples), straight through the driver (PostgreSQL): for statements whose
+        values need no conversion by SQLAlchemy."""
+        sql = self._text(statement)
+        try:
+            with conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
+                cursor.execute(sql, params)
+                rows: list[Any] = cursor.fetchall()
+                return rows
+        except Exception as exc:
+            _translated(exc, sql)
+            raise
+
+    def _text(self, statement: Executable) -> str:
+        """A statement's text for this database's driver, made once."""
+        key = (id(statement), ())
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = str(statement.compile(dialect=self.engine.dialect))  # type: ignore[attr-defined]
+        return text
+
     def open_rows(
         self,
         conn: Connection,
@@ -168,45 +206,25 @@ class Writer:
         """Open rows for ``rows``, and move the host's flows by the sockets opened and those closed (``left``:
         their flow, protocol and state).  ``listening``: the host's open listeners before the message, if known;
         returns them after it, if known."""
-        if any(rules.accepts(row.proto, row.state) for row in left):
-            listening = None
-        stamp = self.stamp(moment)
-        values = [(ref, stamp, *row.values()) for row in rows]
-        opened, listening = self._flows(conn, ref, values, moment, [row.flow for row in left], listening)
+        values = self.socket_values(ref, rows, moment)
+        listening = still_listening(left, listening)
+        if listening is None and connects(values):
+            listening = self.listeners(conn, ref)
+        moving = plan_flows(values, [row.flow for row in left], listening)
+        self.move_flows(conn, ref, moving.changes, moving.identities, moment)
         if values:
-            self.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, opened, strict=True)])
-        return listening
+            self.write(conn, SOCKETS_BULK, moving.rows(values))
+        return moving.listening
 
-    def _flows(
-        self,
-        conn: Connection,
-        ref: int,
-        values: list[tuple[Any, ...]],
-        moment: datetime,
-        left: list[str | None],
-        listening: Listeners | None,
-    ) -> tuple[list[str | None], Listeners | None]:
-        """The flow of each socket opening (None: of no flow), after moving the host's flows; see collector.flows.
-        Also the host's open listeners after the message, when known."""
-        connected = [v for v in values if v[AT["remote_address"]] is not None and v[AT["proto"]] != "unix"]
-        if connected and listening is None:
-            listening = frozenset(flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref}))
-        if listening is not None:
-            listening |= {
-                flows.listener_of(v[AT["netns"]], v[AT["proto"]], v[AT["local_address"]], v[AT["local_port"]])
-                for v in values
-                if rules.accepts(v[AT["proto"]], v[AT["state"]])
-            }
-        changes: dict[str, int] = {}
-        for key in left:
-            if key is not None:
-                changes[key] = changes.get(key, 0) - 1
-        if not connected and not changes:
-            return [None] * len(values), listening
-        identities: dict[str, tuple[Any, ...]] = {}
-        opened = file_flows(values, listening or frozenset(), changes, identities)
-        self.move_flows(conn, ref, changes, identities, moment)
-        return opened, listening
+    def socket_values(self, ref: int, rows: Sequence[convert.SocketRow], moment: datetime) -> list[tuple[Any, ...]]:
+        """New socket rows of host ``ref`` opening at ``moment``, as written (``statements.AT``) but for their flow."""
+        stamp = self.stamp(moment)
+        return [(ref, stamp, *row.values()) for row in rows]
+
+    @staticmethod
+    def listeners(conn: Connection, ref: int) -> Listeners:
+        """The host's open listeners, read from its open rows."""
+        return frozenset(flows.listener_of(*row) for row in conn.execute(LISTENING, {"ref": ref}))
 
     def move_flows(
         self,
@@ -224,12 +242,24 @@ class Writer:
         for chunk in chunks(moving):
             params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
             for row in conn.execute(self.close_flows, params):
-                current[row[0]] = flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
-        _, new = flows.advance(current, {key: changes[key] for key in moving}, identities, moment)
-        if new:
-            stamp = self.stamp
-            rows = [(ref, key, *row.flow, row.connections, stamp(row.since), stamp(row.valid_from)) for key, row in new]
+                current[row[0]] = open_flow(row)
+        rows = self.new_flows(ref, current, changes, identities, moment)
+        if rows:
             self.write(conn, FLOWS_BULK, rows)
+
+    def new_flows(
+        self,
+        ref: int,
+        current: dict[str, flows.Open],
+        changes: dict[str, int],
+        identities: dict[str, tuple[Any, ...]],
+        moment: datetime,
+    ) -> list[tuple[Any, ...]]:
+        """The new open rows of the host's flows that ``changes`` moves (``current``: their rows just closed), as
+        ``FLOWS_BULK`` writes them."""
+        _, new = flows.advance(current, {key: change for key, change in changes.items() if change}, identities, moment)
+        stamp = self.stamp
+        return [(ref, key, *row.flow, row.connections, stamp(row.since), stamp(row.valid_from)) for key, row in new]
 
     def stamp(self, moment: datetime) -> datetime | str:
         """A time for the bulk statements, which bypass SQLAlchemy's types: on SQLite, written as SQLAlchemy
@@ -280,6 +310,59 @@ def _translated(exc: Exception, statement: str) -> None:
         raise RejectedMessage(f"the database refused a value: {' '.join(str(exc).split())[:300]}") from exc
     if getattr(exc, "sqlstate", None) is not None or type(exc).__module__.startswith("psycopg"):
         raise OperationalError(statement, None, exc) from exc
+
+
+def open_flow(row: Sequence[Any]) -> flows.Open:
+    """A flow's open row as closing it returns it (``statements.CLOSE_FLOWS``: its key first)."""
+    return flows.Open(tuple(row[1:-3]), row[-3], row[-2], row[-1])
+
+
+def still_listening(left: Sequence[Any], listening: Listeners | None) -> Listeners | None:
+    """The host's known listeners, unless a message closes one of them (``left``: rows closed, with their
+    protocol and state): then they are read again."""
+    if any(rules.accepts(row.proto, row.state) for row in left):
+        return None
+    return listening
+
+
+def connects(values: list[tuple[Any, ...]]) -> bool:
+    """Whether any new socket row is a connected inet socket, whose flow's role needs the host's listeners."""
+    return any(v[AT["remote_address"]] is not None and v[AT["proto"]] != "unix" for v in values)
+
+
+@dataclass(slots=True)
+class Moving:
+    """How new socket rows move their host's flows: the flow of each row (None: of no flow), each flow's
+    change in open sockets and its identity, and the host's open listeners after them, when known."""
+
+    opened: list[str | None]
+    changes: dict[str, int]
+    identities: dict[str, tuple[Any, ...]]
+    listening: Listeners | None
+
+    def rows(self, values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The socket rows with their flow, as ``SOCKETS_BULK`` writes them."""
+        return [(*value, key) for value, key in zip(values, self.opened, strict=True)]
+
+
+def plan_flows(values: list[tuple[Any, ...]], left: list[str | None], listening: Listeners | None) -> Moving:
+    """The flows moved by socket rows opening (``values``) and closing (``left``: their flows); see
+    collector.flows.  ``listening``: the host's open listeners, which must be known when a row ``connects``."""
+    if listening is not None:
+        listening |= {
+            flows.listener_of(v[AT["netns"]], v[AT["proto"]], v[AT["local_address"]], v[AT["local_port"]])
+            for v in values
+            if rules.accepts(v[AT["proto"]], v[AT["state"]])
+        }
+    changes: dict[str, int] = {}
+    for key in left:
+        if key is not None:
+            changes[key] = changes.get(key, 0) - 1
+    identities: dict[str, tuple[Any, ...]] = {}
+    if not changes and not connects(values):
+        return Moving([None] * len(values), changes, identities, listening)
+    opened = file_flows(values, listening or frozenset(), changes, identities)
+    return Moving(opened, changes, identities, listening)
 
 
 def file_flows(

@@ -48,6 +48,7 @@ from sockfleet.collector.schema import sockets
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
 from tests import postgres
+from tests.benchmarks.usage import Postgres, own_cpu
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # for the tests' own helper processes (python -m tests....)
@@ -230,8 +231,17 @@ async def phase(agents: list[SimulatedAgent], step: str, rounds: int, argument: 
 Figures = dict[str, tuple[float, ...]]  # phase -> (messages/s, CPU ms/msg, p95 ms[, p50 ms])
 
 
-async def run_fleet(port: int, pid: int, args: argparse.Namespace, rows: Callable[[], int] | None) -> Figures:
-    """Every phase against the server at ``port`` (process ``pid``); ``rows``: how many socket rows it holds."""
+async def run_fleet(
+    port: int,
+    pid: int,
+    args: argparse.Namespace,
+    rows: Callable[[], int] | None,
+    settle: Callable[[], None],
+    database_cpu: Callable[[], float | None],
+) -> Figures:
+    """Every phase against the server at ``port`` (process ``pid``); ``rows``: how many socket rows it holds;
+    ``settle``: run once the hosts' sockets are stored, before the deltas; ``database_cpu``: the database
+    server's CPU seconds so far (None when it is not on this machine)."""
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(max(1, args.agents // 50))]
     agents = [SimulatedAgent(i, channels[i % len(channels)]) for i in range(args.agents)]
     await asyncio.gather(*(agent.open() for agent in agents))
@@ -239,15 +249,19 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, rows: Callabl
     churn = max(1, args.sockets // 100)
 
     async def timed(name: str, step: str, rounds: int, argument: int) -> None:
-        cpu, loop = cpu_seconds(pid), cpu_seconds(pid, pid)
+        cpu, loop, server, ours = cpu_seconds(pid), cpu_seconds(pid, pid), database_cpu(), own_cpu()
         wall, lat = await phase(agents, step, rounds, argument)
         count = len(agents) * rounds
         figures[name] = (count / wall, (cpu_seconds(pid) - cpu) / count * 1000, p95(lat) * 1000)
         figures[f"{name} loop"] = ((cpu_seconds(pid, pid) - loop) / count * 1000,)
+        used = database_cpu()
+        database = (used - server) / count * 1000 if used is not None and server is not None else float("nan")
+        figures[f"{name} others"] = (database, (own_cpu() - ours) / count * 1000)
 
     await timed("new", "snapshot", 1, args.snapshot_sockets)
     await timed("known", "snapshot", 1, args.snapshot_sockets)  # as after a reconnection: unchanged
     await phase(agents, "snapshot", 1, args.sockets)  # back to the delta-phase size
+    settle()
     await timed("delta", "delta", args.rounds, churn)
     before = rows() if rows is not None else 0
     await timed("heartbeat", "delta", args.rounds, 0)
@@ -279,6 +293,37 @@ async def run_fleet(port: int, pid: int, args: argparse.Namespace, rows: Callabl
     return figures
 
 
+def analyzed(db_url: str) -> Callable[[], None]:
+    """On PostgreSQL, the tables' statistics brought up to date, as autovacuum does within a minute or so on a
+    running server: the deltas are then measured with the plans of a steady state, not those of a table that
+    looks empty because it was filled a second ago.  SQLite keeps no statistics unless asked (and a collector
+    never asks)."""
+
+    def analyze() -> None:
+        if not db_url.startswith("postgresql"):
+            return
+        engine = create_engine(db_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ANALYZE")
+        finally:
+            engine.dispose()
+
+    return analyze
+
+
+def server_cpu(db_url: str) -> Callable[[], float | None]:
+    """The database server's CPU seconds so far: PostgreSQL's processes on this machine (SQLite: none)."""
+    if not db_url.startswith("postgresql"):
+        return lambda: None
+    engine = create_engine(db_url)
+    try:
+        server = Postgres(engine)
+    finally:
+        engine.dispose()
+    return server.cpu
+
+
 def socket_rows(db_url: str) -> Callable[[], int]:
     def count() -> int:
         engine = create_engine(db_url)
@@ -308,6 +353,14 @@ def report(args: argparse.Namespace, ours: Figures, floor: Figures) -> list[str]
     lines.append(
         "  of the CPU per message, the server's main (event loop) thread's: "
         + ", ".join(f"{key} {ours[key + ' loop'][0]:.2f} ms (floor {floor[key + ' loop'][0]:.2f})" for key in names)
+    )
+    lines.append(
+        "  the database server's CPU per message (this generator's): "
+        + ", ".join(
+            f"{key} {ours[key + ' others'][0]:.2f} ms ({ours[key + ' others'][1]:.2f}; floor "
+            f"{floor[key + ' others'][0]:.2f} ({floor[key + ' others'][1]:.2f}))"
+            for key in names
+        )
     )
     _, cpu, late, median = ours["paced"]
     lines.append(
@@ -345,9 +398,9 @@ def bench(backend: str, args: argparse.Namespace) -> None:
     summary: list[str] = []
     with databases(backend) as (db_url, floor_url):
         with server([*FLOOR, "--db", floor_url], []) as (pid, port):
-            floor = asyncio.run(run_fleet(port, pid, args, None))
+            floor = asyncio.run(run_fleet(port, pid, args, None, analyzed(floor_url), server_cpu(floor_url)))
         with collector(db_url, summary) as (pid, port):
-            ours = asyncio.run(run_fleet(port, pid, args, socket_rows(db_url)))
+            ours = asyncio.run(run_fleet(port, pid, args, socket_rows(db_url), analyzed(db_url), server_cpu(db_url)))
     print(f"{backend}: {args.agents} agents", flush=True)
     print("\n".join(report(args, ours, floor)), flush=True)
     for line in summary:  # over every phase, saturated ones included

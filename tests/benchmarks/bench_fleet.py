@@ -43,7 +43,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text
 
 from tests import postgres
-from tests.benchmarks.fleet_load import MAX_BACKOFF, Agent, Channels, Collectors, Postgres, Tally, own_cpu
+from tests.benchmarks.fleet_load import MAX_BACKOFF, Agent, Channels, Collectors, Tally
+from tests.benchmarks.usage import Postgres, own_cpu
 
 HISTORY = ("sockets", "flows", "observations", "closed_flows")
 WEEK = 7 * 24 * 3600

@@ -8,7 +8,7 @@ failed since the last that answered; every new stream starts with a full snapsho
 other hosts from ephemeral ports, so that they fold into flows as a real host's do.
 
 ``Collectors`` runs K ``sockfleet collector serve`` processes on one database and restarts one on its own
-port; ``Postgres`` sums the CPU of a local server's postmaster and every backend, those that ended included.
+port (``tests.benchmarks.usage`` sums the CPU of a local PostgreSQL server's postmaster and every backend).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -28,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from sqlalchemy import Engine, text
 
 from sockfleet.v1 import fleet_pb2 as pb
 from sockfleet.v1 import fleet_pb2_grpc as pb_grpc
-from tests.benchmarks.bench_collector import ENV, ROOT, TICKS, cpu_seconds, make_socket
+from tests.benchmarks.bench_collector import ENV, ROOT, cpu_seconds, make_socket
 
 LISTENERS = 10  # make_socket's first ten sockets listen
 PEERS = 8  # other hosts each host calls
@@ -311,58 +309,3 @@ class Collectors:
         used = cpu_seconds(proc.pid)
         proc.wait()
         return used
-
-
-class Postgres:
-    """A local PostgreSQL server's CPU, WAL and counters (None where the server is not on this machine)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        with engine.connect() as conn:
-            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-        self.postmaster: int | None = None
-        # A backend's title is "postgres: user database ..."; a server on another machine has none here.
-        with contextlib.suppress(OSError), open(f"/proc/{backend}/cmdline", "rb") as cmdline:
-            if cmdline.read().startswith(b"postgres"):
-                self.postmaster = _parent(backend)
-
-    def cpu(self) -> float | None:
-        """The postmaster's CPU seconds, its ended children's (which it reaped), and each live child's."""
-        if self.postmaster is None:
-            return None
-        fields = _stat(self.postmaster)
-        total = sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):  # a process that just ended
-                    child = _stat(int(entry.name))
-                    if int(child[1]) == self.postmaster:
-                        total += (int(child[11]) + int(child[12])) / TICKS
-        return total
-
-    def counters(self) -> tuple[int, int, int]:
-        """WAL position (bytes), transactions committed, and rows inserted, updated or deleted so far."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'), xact_commit, "
-                    "tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()"
-                )
-            ).one()
-        return int(row[0]), int(row[1]), int(row[2])
-
-
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name: state, ppid, ... (see proc(5))."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        return stat.read().rpartition(")")[2].split()
-
-
-def _parent(pid: int) -> int:
-    return int(_stat(pid)[1])
-
-
-def own_cpu() -> float:
-    """This process's CPU seconds (the generator: every agent, gRPC's threads included)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,271 @@
+"""Deltas of several hosts applied together in one transaction (PostgreSQL group commit, ``store.group``) leave
+exactly the history that applying each alone leaves, and each message gets the outcome it gets alone."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from sockfleet.collector import convert, db
+from sockfleet.collector.commits import GroupCommit
+from sockfleet.collector.errors import RejectedMessage
+from sockfleet.collector.schema import closed_flows, flows, host_state, observations, sockets
+from sockfleet.collector.store import Outcome, Store
+from sockfleet.collector.store import group as grouping
+from sockfleet.collector.store.group import Message, apply_group
+from sockfleet.v1 import fleet_pb2 as pb
+from tests import postgres
+from tests.collector import fleet
+from tests.collector.fleet import at
+
+HOSTS = 6
+
+
+@pytest.fixture
+def two_stores(pg_cluster: postgres.Cluster) -> Iterator[tuple[Store, Store]]:
+    """Two empty databases on one PostgreSQL server: one applies each message alone, the other in groups."""
+    engines = [db.engine(pg_cluster.database(), ping=False) for _ in range(2)]
+    try:
+        for engine in engines:
+            db.migrate(engine)
+        yield Store(engines[0]), Store(engines[1])
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+class Host:
+    """A host whose sockets come and go at random: served and calling connections, listeners that open and close
+    (which changes the role of the host's next connections), owners that change, Unix and UDP sockets."""
+
+    def __init__(self, index: int, rng: random.Random) -> None:
+        self.index, self.rng = index, rng
+        self.inode = 1000 * (index + 1)
+        self.seq = 1
+        self.live: dict[int, pb.Socket] = {}
+        for port in (80, 443):
+            self._add(fleet.inet("tcp", "0.0.0.0", port, None, 0, self._next(), "nginx"))
+        for _ in range(8):
+            self._add(self._connection())
+        self._add(fleet.unix("/run/app.sock", self._next(), 0, "app"))
+        self._add(fleet.udp_bound(53))
+
+    def _next(self) -> int:
+        self.inode += 1
+        return self.inode
+
+    def _add(self, sock: pb.Socket) -> pb.Socket:
+        self.live[sock.key.inode] = sock
+        return sock
+
+    def _connection(self) -> pb.Socket:
+        peer = f"10.1.{self.index}.{self.rng.randint(1, 4)}"
+        if self.rng.random() < 0.5:  # served by the host's web server, or by a port nobody listens on any more
+            port = self.rng.choice((80, 443, 8080))
+            return fleet.inet("tcp", "10.0.0.1", port, peer, self.rng.randint(40000, 60000), self._next(), "nginx")
+        process = self.rng.choice(("app", "worker"))
+        return fleet.inet("tcp", "10.0.0.1", self.rng.randint(40000, 60000), peer, 5432, self._next(), process)
+
+    def snapshot(self, minute: float) -> pb.Snapshot:
+        return fleet.snapshot(1, at(minute), list(self.live.values()))
+
+    def delta(self, minute: float) -> pb.Delta:
+        self.seq += 1
+        added, removed, changed = [], [], []
+        if self.rng.random() < 0.2:  # now and then an unchanged host: a heartbeat
+            return fleet.delta(self.seq, at(minute))
+        for _ in range(self.rng.randint(0, 4)):
+            added.append(self._add(self._connection()))
+        connections = [s for s in self.live.values() if s.key.remote_address and s not in added]
+        for sock in self.rng.sample(connections, min(len(connections), self.rng.randint(0, 3))):
+            removed.append(self.live.pop(sock.key.inode))
+        if self.rng.random() < 0.3:  # the listener on 8080 opens, or closes
+            listener = next((s for s in self.live.values() if s.key.local_port == 8080 and not s.key.remote_address), None)
+            if listener is None:
+                added.append(self._add(fleet.inet("tcp", "0.0.0.0", 8080, None, 0, self._next(), "admin")))
+            else:
+                removed.append(self.live.pop(listener.key.inode))
+        owned = [s for s in self.live.values() if s.key.remote_address and s not in added]
+        if owned and self.rng.random() < 0.3:  # a connection handed to another process
+            moved = pb.Socket()
+            moved.CopyFrom(self.rng.choice(owned))
+            moved.pid, moved.process = moved.pid + 1, "handed"
+            changed.append(self._add(moved))
+        message = fleet.delta(self.seq, at(minute), added=added, removed=removed, changed=changed)
+        if self.rng.random() < 0.3:
+            message.closed.CopyFrom(fleet.closed_calls(at(minute), 3, 1, 100, 200))
+        if self.rng.random() < 0.3:
+            message.coverage.CopyFrom(pb.Coverage(namespaces_scanned=[fleet.NETNS]))
+        return message
+
+
+def history(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every history table's rows, without their ids (which differ with the order of writing) or receipt times."""
+    tables = {"sockets": sockets, "flows": flows, "observations": observations, "closed_flows": closed_flows}
+    found = {}
+    with engine.connect() as conn:
+        for name, table in tables.items():
+            columns = [c for c in table.c if c.name not in ("id", "received_at")]
+            found[name] = sorted(conn.execute(select(*columns)).all(), key=repr)
+        state = [c for c in host_state.c if c.name not in ("first_seen", "last_seen")]  # times of the hello
+        found["host_state"] = sorted(conn.execute(select(*state)).all(), key=repr)
+    return found
+
+
+def greeted(store: Store) -> list[int]:
+    return [store.hello(convert.greeting(fleet.hello(f"web-{index}"))) for index in range(HOSTS)]
+
+
+def test_a_group_writes_what_each_message_alone_writes(
+    two_stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone, together = two_stores
+    rng = random.Random(7)
+    hosts = [Host(index, rng) for index in range(HOSTS)]
+    refs, grouped_refs = greeted(alone), greeted(together)
+    assert refs == grouped_refs
+    for ref, host in zip(refs, hosts, strict=True):
+        for store in two_stores:
+            assert store.apply(ref, convert.scan(host.snapshot(0))).acked
+
+    def no_message_alone(*_: Any) -> Outcome:
+        raise AssertionError("a message of a group was applied alone")
+
+    monkeypatch.setattr(together, "apply", no_message_alone)
+    for minute in range(1, 25):
+        deltas = [host.delta(minute + index / 100) for index, host in enumerate(hosts)]
+        expected = [alone.apply(ref, convert.scan(delta)) for ref, delta in zip(refs, deltas, strict=True)]
+        outcomes = apply_group(together, [Message(ref, delta) for ref, delta in zip(refs, deltas, strict=True)])
+        assert [outcome.acked for outcome in expected] == [True] * HOSTS
+        assert outcomes == expected
+    assert history(together.engine) == history(alone.engine)
+
+
+def test_each_message_of_a_group_gets_its_own_outcome(two_stores: tuple[Store, Store]) -> None:
+    alone, together = two_stores
+    rng = random.Random(11)
+    hosts = [Host(index, rng) for index in range(HOSTS)]
+    refs = greeted(alone)
+    greeted(together)
+    for ref, host in zip(refs, hosts, strict=True):
+        snapshot, first = host.snapshot(0), host.delta(1)
+        for store in two_stores:
+            assert store.apply(ref, convert.scan(snapshot)).acked
+            assert store.apply(ref, convert.scan(first)).acked
+    applied = hosts[0].delta(2)
+    replay = fleet.delta(hosts[1].seq, at(1))  # the last delta again
+    astray = fleet.delta(hosts[2].seq + 5, at(2))  # based on a message the collector never applied
+    older = fleet.delta(1, at(2), epoch=0)
+    older.epoch = 0
+    ahead = fleet.delta(hosts[4].seq + 1, at(2) + timedelta(days=3650))  # dated far in the future
+    applied_too = hosts[5].delta(2)
+    messages = [applied, replay, astray, older, ahead, applied_too]
+    results = apply_group(together, [Message(ref, message) for ref, message in zip(refs, messages, strict=True)])
+    for ref, message, result in zip(refs, messages, results, strict=True):
+        try:
+            expected: Outcome | Exception = alone.apply(ref, convert.scan(message))
+        except RejectedMessage as exc:
+            expected = exc
+        if isinstance(expected, Exception):
+            assert isinstance(result, RejectedMessage) and str(result) == str(expected)
+        else:
+            assert result == expected
+    kinds = ["Outcome", "Outcome", "Outcome", "RejectedMessage", "RejectedMessage", "Outcome"]
+    assert [type(result).__name__ for result in results] == kinds
+    assert results[1].replay and not results[2].acked  # type: ignore[union-attr]
+    assert history(together.engine) == history(alone.engine)
+
+
+def test_a_delta_closing_a_socket_never_held_sends_its_group_one_by_one(two_stores: tuple[Store, Store]) -> None:
+    """Only writing finds a socket the collector does not hold: the group is rolled back and each message
+    applied alone, so that the others are applied and that one alone is answered with a resync."""
+    alone, together = two_stores
+    rng = random.Random(5)
+    hosts = [Host(index, rng) for index in range(HOSTS)]
+    refs = greeted(alone)
+    greeted(together)
+    for ref, host in zip(refs, hosts, strict=True):
+        for store in two_stores:
+            assert store.apply(ref, convert.scan(host.snapshot(0))).acked
+    deltas = [host.delta(1) for host in hosts]
+    stranger = fleet.inet("tcp", "10.0.0.1", 45000, "10.9.9.9", 5432, 99, "ghost")
+    deltas[3].removed.append(stranger.key)
+    results = apply_group(together, [Message(ref, delta) for ref, delta in zip(refs, deltas, strict=True)])
+    expected = [alone.apply(ref, convert.scan(delta)) for ref, delta in zip(refs, deltas, strict=True)]
+    assert results == expected
+    assert not expected[3].acked and all(outcome.acked for index, outcome in enumerate(expected) if index != 3)
+    assert history(together.engine) == history(alone.engine)
+
+
+def test_a_database_error_reaches_each_message_of_the_group(two_stores: tuple[Store, Store]) -> None:
+    _, together = two_stores
+    rng = random.Random(3)
+    hosts = [Host(index, rng) for index in range(2)]
+    refs = [together.hello(convert.greeting(fleet.hello(f"web-{index}"))) for index in range(2)]
+    for ref, host in zip(refs, hosts, strict=True):
+        assert together.apply(ref, convert.scan(host.snapshot(0))).acked
+    with together.engine.begin() as conn:
+        conn.exec_driver_sql("REVOKE INSERT ON observations FROM PUBLIC")  # as the owner: no effect on its rights
+        conn.exec_driver_sql("ALTER TABLE observations ADD CONSTRAINT no_more CHECK (seq < 2) NOT VALID")
+    results = apply_group(together, [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)])
+    assert all(isinstance(result, Exception) and "no_more" in str(result) for result in results), results
+
+
+def test_groups_form_while_the_database_is_busy(two_stores: tuple[Store, Store]) -> None:
+    """With ``GroupCommit``, deltas handed over while a group is being written go together in the next one; each
+    stream's outcome is its own message's."""
+    _, together = two_stores
+    rng = random.Random(13)
+    hosts = [Host(index, rng) for index in range(HOSTS)]
+    refs = greeted(together)
+    for ref, host in zip(refs, hosts, strict=True):
+        assert together.apply(ref, convert.scan(host.snapshot(0))).acked
+    sizes: list[int] = []
+
+    async def stream() -> list[Outcome]:
+        with ThreadPoolExecutor(2) as executor:
+            commits = GroupCommit(together, executor, sizes.append, groups=1)
+            messages = [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)]
+            return await asyncio.gather(*(commits.apply(message) for message in messages))
+
+    outcomes = asyncio.run(stream())
+    assert all(outcome.acked and not outcome.replay for outcome in outcomes)
+    assert sizes == [1, HOSTS - 1]  # the first goes at once; the others wait for its commit and go together
+    with together.engine.connect() as conn:
+        assert conn.execute(select(host_state.c.seq)).scalars().all() == [2] * HOSTS
+
+
+def test_a_group_takes_one_message_of_a_host(two_stores: tuple[Store, Store]) -> None:
+    """Two streams of one host (an agent and its stale stream) never put two of its messages in one group."""
+    _, together = two_stores
+    rng = random.Random(17)
+    host = Host(0, rng)
+    ref = greeted(together)[0]
+    assert together.apply(ref, convert.scan(host.snapshot(0))).acked
+    first, second = host.delta(1), host.delta(2)
+    sizes: list[int] = []
+
+    async def streams() -> list[Outcome]:
+        with ThreadPoolExecutor(2) as executor:
+            commits = GroupCommit(together, executor, sizes.append, groups=1)
+            return await asyncio.gather(commits.apply(Message(ref, first)), commits.apply(Message(ref, second)))
+
+    outcomes = asyncio.run(streams())
+    assert all(outcome.acked for outcome in outcomes) and sizes == [1, 1]
+
+
+def test_a_delta_that_reports_addresses_or_many_sockets_goes_alone() -> None:
+    plain = fleet.delta(2, at(1), added=[fleet.tcp_listener(80)])
+    assert grouping.joins(plain)
+    with_addresses = fleet.delta(2, at(1))
+    with_addresses.addresses.items.add(netns=fleet.NETNS, interface="eth0", address="10.0.0.9")
+    assert not grouping.joins(with_addresses)
+    large = fleet.delta(2, at(1), added=[fleet.tcp_listener(1000 + n) for n in range(grouping.MAX_SOCKETS + 1)])
+    assert not grouping.joins(large)
