@@ -87,7 +87,9 @@ class Host:
         for sock in self.rng.sample(connections, min(len(connections), self.rng.randint(0, 3))):
             removed.append(self.live.pop(sock.key.inode))
         if self.rng.random() < 0.3:  # the listener on 8080 opens, or closes
-            listener = next((s for s in self.live.values() if s.key.local_port == 8080 and not s.key.remote_address), None)
+            listener = next(
+                (s for s in self.live.values() if s.key.local_port == 8080 and not s.key.remote_address), None
+            )
             if listener is None:
                 added.append(self._add(fleet.inet("tcp", "0.0.0.0", 8080, None, 0, self._next(), "admin")))
             else:
