@@ -111,31 +111,36 @@ class Host:
 def history(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Every history table's rows, without their ids (which differ with the order of writing) or receipt times."""
     tables = {"sockets": sockets, "flows": flows, "observations": observations, "closed_flows": closed_flows}
-    found = {}
+    found: dict[str, list[tuple[Any, ...]]] = {}
     with engine.connect() as conn:
         for name, table in tables.items():
             columns = [c for c in table.c if c.name not in ("id", "received_at")]
-            found[name] = sorted(conn.execute(select(*columns)).all(), key=repr)
+            found[name] = sorted((tuple(row) for row in conn.execute(select(*columns))), key=repr)
         state = [c for c in host_state.c if c.name not in ("first_seen", "last_seen")]  # times of the hello
-        found["host_state"] = sorted(conn.execute(select(*state)).all(), key=repr)
+        found["host_state"] = sorted((tuple(row) for row in conn.execute(select(*state))), key=repr)
     return found
 
 
-def greeted(store: Store) -> list[int]:
-    return [store.hello(convert.greeting(fleet.hello(f"web-{index}"))) for index in range(HOSTS)]
+def started(stores: tuple[Store, ...], seed: int, deltas: int = 0, count: int = HOSTS) -> tuple[list[int], list[Host]]:
+    """``count`` hosts greeted by each store, with a snapshot and ``deltas`` deltas applied alone."""
+    hosts = [Host(index, random.Random(seed + index)) for index in range(count)]
+    refs = []
+    for store in stores:
+        refs = [store.hello(convert.greeting(fleet.hello(f"web-{index}"))) for index in range(count)]
+    for ref, host in zip(refs, hosts, strict=True):
+        messages: list[pb.Snapshot | pb.Delta] = [host.snapshot(0)]
+        messages += [host.delta(1 + n) for n in range(deltas)]
+        for store in stores:
+            for message in messages:
+                assert store.apply(ref, convert.scan(message)).acked
+    return refs, hosts
 
 
 def test_a_group_writes_what_each_message_alone_writes(
     two_stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alone, together = two_stores
-    rng = random.Random(7)
-    hosts = [Host(index, rng) for index in range(HOSTS)]
-    refs, grouped_refs = greeted(alone), greeted(together)
-    assert refs == grouped_refs
-    for ref, host in zip(refs, hosts, strict=True):
-        for store in two_stores:
-            assert store.apply(ref, convert.scan(host.snapshot(0))).acked
+    refs, hosts = started(two_stores, 7)
 
     def no_message_alone(*_: Any) -> Outcome:
         raise AssertionError("a message of a group was applied alone")
@@ -152,20 +157,13 @@ def test_a_group_writes_what_each_message_alone_writes(
 
 def test_each_message_of_a_group_gets_its_own_outcome(two_stores: tuple[Store, Store]) -> None:
     alone, together = two_stores
-    rng = random.Random(11)
-    hosts = [Host(index, rng) for index in range(HOSTS)]
-    refs = greeted(alone)
-    greeted(together)
-    for ref, host in zip(refs, hosts, strict=True):
-        snapshot, first = host.snapshot(0), host.delta(1)
-        for store in two_stores:
-            assert store.apply(ref, convert.scan(snapshot)).acked
-            assert store.apply(ref, convert.scan(first)).acked
+    refs, hosts = started(two_stores, 11, deltas=1)
+    for store in two_stores:  # host 3's agent started a new epoch
+        assert store.apply(refs[3], convert.scan(fleet.snapshot(1, at(1.5), [], epoch=2))).acked
     applied = hosts[0].delta(2)
     replay = fleet.delta(hosts[1].seq, at(1))  # the last delta again
     astray = fleet.delta(hosts[2].seq + 5, at(2))  # based on a message the collector never applied
-    older = fleet.delta(1, at(2), epoch=0)
-    older.epoch = 0
+    older = fleet.delta(hosts[3].seq + 1, at(2))  # from the epoch before
     ahead = fleet.delta(hosts[4].seq + 1, at(2) + timedelta(days=3650))  # dated far in the future
     applied_too = hosts[5].delta(2)
     messages = [applied, replay, astray, older, ahead, applied_too]
@@ -189,13 +187,7 @@ def test_a_delta_closing_a_socket_never_held_sends_its_group_one_by_one(two_stor
     """Only writing finds a socket the collector does not hold: the group is rolled back and each message
     applied alone, so that the others are applied and that one alone is answered with a resync."""
     alone, together = two_stores
-    rng = random.Random(5)
-    hosts = [Host(index, rng) for index in range(HOSTS)]
-    refs = greeted(alone)
-    greeted(together)
-    for ref, host in zip(refs, hosts, strict=True):
-        for store in two_stores:
-            assert store.apply(ref, convert.scan(host.snapshot(0))).acked
+    refs, hosts = started(two_stores, 5)
     deltas = [host.delta(1) for host in hosts]
     stranger = fleet.inet("tcp", "10.0.0.1", 45000, "10.9.9.9", 5432, 99, "ghost")
     deltas[3].removed.append(stranger.key)
@@ -208,13 +200,8 @@ def test_a_delta_closing_a_socket_never_held_sends_its_group_one_by_one(two_stor
 
 def test_a_database_error_reaches_each_message_of_the_group(two_stores: tuple[Store, Store]) -> None:
     _, together = two_stores
-    rng = random.Random(3)
-    hosts = [Host(index, rng) for index in range(2)]
-    refs = [together.hello(convert.greeting(fleet.hello(f"web-{index}"))) for index in range(2)]
-    for ref, host in zip(refs, hosts, strict=True):
-        assert together.apply(ref, convert.scan(host.snapshot(0))).acked
+    refs, hosts = started((together,), 3, count=2)
     with together.engine.begin() as conn:
-        conn.exec_driver_sql("REVOKE INSERT ON observations FROM PUBLIC")  # as the owner: no effect on its rights
         conn.exec_driver_sql("ALTER TABLE observations ADD CONSTRAINT no_more CHECK (seq < 2) NOT VALID")
     results = apply_group(together, [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)])
     assert all(isinstance(result, Exception) and "no_more" in str(result) for result in results), results
@@ -224,11 +211,7 @@ def test_groups_form_while_the_database_is_busy(two_stores: tuple[Store, Store])
     """With ``GroupCommit``, deltas handed over while a group is being written go together in the next one; each
     stream's outcome is its own message's."""
     _, together = two_stores
-    rng = random.Random(13)
-    hosts = [Host(index, rng) for index in range(HOSTS)]
-    refs = greeted(together)
-    for ref, host in zip(refs, hosts, strict=True):
-        assert together.apply(ref, convert.scan(host.snapshot(0))).acked
+    refs, hosts = started((together,), 13)
     sizes: list[int] = []
 
     async def stream() -> list[Outcome]:
@@ -247,17 +230,14 @@ def test_groups_form_while_the_database_is_busy(two_stores: tuple[Store, Store])
 def test_a_group_takes_one_message_of_a_host(two_stores: tuple[Store, Store]) -> None:
     """Two streams of one host (an agent and its stale stream) never put two of its messages in one group."""
     _, together = two_stores
-    rng = random.Random(17)
-    host = Host(0, rng)
-    ref = greeted(together)[0]
-    assert together.apply(ref, convert.scan(host.snapshot(0))).acked
+    [ref], [host] = started((together,), 17, count=1)
     first, second = host.delta(1), host.delta(2)
     sizes: list[int] = []
 
     async def streams() -> list[Outcome]:
         with ThreadPoolExecutor(2) as executor:
             commits = GroupCommit(together, executor, sizes.append, groups=1)
-            return await asyncio.gather(commits.apply(Message(ref, first)), commits.apply(Message(ref, second)))
+            return list(await asyncio.gather(commits.apply(Message(ref, first)), commits.apply(Message(ref, second))))
 
     outcomes = asyncio.run(streams())
     assert all(outcome.acked for outcome in outcomes) and sizes == [1, 1]
