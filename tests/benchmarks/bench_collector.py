@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import re
 import statistics
@@ -354,14 +355,15 @@ def report(args: argparse.Namespace, ours: Figures, floor: Figures) -> list[str]
         "  of the CPU per message, the server's main (event loop) thread's: "
         + ", ".join(f"{key} {ours[key + ' loop'][0]:.2f} ms (floor {floor[key + ' loop'][0]:.2f})" for key in names)
     )
-    lines.append(
-        "  the database server's CPU per message (this generator's): "
-        + ", ".join(
-            f"{key} {ours[key + ' others'][0]:.2f} ms ({ours[key + ' others'][1]:.2f}; floor "
-            f"{floor[key + ' others'][0]:.2f} ({floor[key + ' others'][1]:.2f}))"
-            for key in names
+    if not math.isnan(ours["delta others"][0]):  # a server apart from the collector's process (PostgreSQL)
+        lines.append(
+            "  the database server's CPU per message (this generator's): "
+            + ", ".join(
+                f"{key} {ours[key + ' others'][0]:.2f} ms ({ours[key + ' others'][1]:.2f}; floor "
+                f"{floor[key + ' others'][0]:.2f} ({floor[key + ' others'][1]:.2f}))"
+                for key in names
+            )
         )
-    )
     _, cpu, late, median = ours["paced"]
     lines.append(
         f"  paced deltas at {args.paced}/s:{'':<21} p50 send->ack {median:6.1f} ms   "

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sockfleet import monitoring
+from tests import postgres
 from tests.collector.harness import ENV, Agent, Collector, wait_for
 from tests.collector.raw import hello, snapshot, stream
 from tests.conftest import ROOT, run_sockfleet
@@ -191,3 +192,22 @@ def test_a_snapshot_never_loads_prometheus() -> None:
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
     assert "sockfleet.agent.snapshot" in imported
     assert not [name for name in imported if name.startswith(("prometheus_client", "sockfleet.monitoring"))]
+
+
+def test_deltas_on_postgresql_are_counted_by_group(pg_cluster: postgres.Cluster) -> None:
+    """On PostgreSQL each delta goes through group commit: ``sockfleet_collector_group_messages`` counts the groups
+    and, in its sum, the deltas they carried (replays and resyncs included, so at least those applied)."""
+    metrics = free_port()
+    collector = Collector(pg_cluster.database(), 0, "--metrics-listen", f"127.0.0.1:{metrics}")
+    agents = [Agent(collector.port, "group-a"), Agent(collector.port, "group-b")]
+    try:
+        wait_for(lambda: metric(metrics, APPLIED % "heartbeat") + metric(metrics, APPLIED % "delta") >= 4, "deltas")
+        found = scrape(metrics)
+        deltas = found[APPLIED % "heartbeat"] + found[APPLIED % "delta"]
+        assert found["sockfleet_collector_group_messages_sum"] >= deltas
+        assert 1 <= found["sockfleet_collector_group_messages_count"] <= found["sockfleet_collector_group_messages_sum"]
+        assert found["sockfleet_collector_database_errors_total"] == 0
+    finally:
+        for agent in agents:
+            agent.stop()
+        collector.stop()
