@@ -17,14 +17,17 @@ hold is found only by writing: then the group is rolled back and its messages ap
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Executable
+from sqlalchemy.exc import DBAPIError
 
 from sockfleet.collector import convert, flows
+from sockfleet.collector.db import reason
 from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.store import Outcome, Store, us
 from sockfleet.collector.store.leases import Lease
@@ -35,9 +38,18 @@ from sockfleet.collector.store.statements import (
     LISTENING_MANY,
     SOCKETS_BULK,
 )
-from sockfleet.collector.store.writing import Listeners, Moving, connects, open_flow, plan_flows, still_listening
+from sockfleet.collector.store.writing import (
+    Listeners,
+    Moving,
+    Resync,
+    connects,
+    open_flow,
+    plan_flows,
+    still_listening,
+)
 from sockfleet.v1 import fleet_pb2 as pb
 
+log = logging.getLogger("sockfleet.collector")
 MAX_SOCKETS = 1_000  # a delta that opens or closes more goes alone: a group holds its hosts locked while it works
 
 
@@ -97,11 +109,23 @@ def apply_group(store: Store, messages: list[Message]) -> list[Result]:
     elif hosts:
         try:
             _together(store, hosts, results)
-        except Exception:  # a delta to answer with a resync, a lock cycle, a lost connection: one by one
+        except Exception as exc:  # a delta to answer with a resync, a lock cycle, a lost connection: one by one
+            _regrouped(exc, len(hosts))
             for host in hosts:
                 results[host.index] = _alone(store, host)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def _regrouped(exc: Exception, size: int) -> None:
+    """Say why a group's deltas go one by one: expected now and then (a delta the collector must refuse or
+    answer with a resync, the database), a defect otherwise."""
+    if isinstance(exc, (Regroup, Resync, RejectedMessage)):
+        log.debug("a group of %d deltas applied one by one: %s", size, exc)
+    elif isinstance(exc, DBAPIError):
+        log.info("a group of %d deltas applied one by one after a database error: %s", size, reason(exc))
+    else:
+        log.warning("a group of %d deltas applied one by one after an unexpected error", size, exc_info=exc)
 
 
 def _alone(store: Store, host: _Host) -> Result:
