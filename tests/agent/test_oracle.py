@@ -23,6 +23,9 @@ def test_same_sockets_as_ss(zoo: Zoo) -> None:
     stable = before.keys() & after.keys()
     missing = stable - ours.keys()
     extra = ours.keys() - (before.keys() | after.keys())
+    if extra:  # opened after the first read and closed before the second (another process's short connection)?
+        again, now = ss_oracle.keys(snapshot_json("--namespaces", "current")), ss_oracle.run_ss()
+        extra = {key for key in extra if key in again and key not in now}  # still seen by sockfleet alone
     assert not missing, f"ss sees, sockfleet does not: {sorted(missing, key=str)[:10]}"
     assert not extra, f"sockfleet sees, ss does not: {sorted(extra, key=str)[:10]}"
     zoo_inodes = {entry["inode"] for entry in zoo.sockets.values() if entry["inode"]}
