@@ -169,13 +169,11 @@ class Store(Writer):
                     counts, listening = apply_snapshot(self, conn, ref, scan.body, moment, listening)
                     kind = "snapshot"
                 else:
-                    if (scan.epoch, scan.base_seq) != (host.epoch, host.seq):
-                        raise Resync(
-                            f"delta is based on ({scan.epoch}, {scan.base_seq}), "
-                            f"the collector holds ({host.epoch}, {host.seq})"
-                        )
+                    astray = self.off_base(host, scan)
+                    if astray is not None:
+                        raise Resync(astray)
                     counts, listening = apply_delta(self, conn, ref, scan.body, moment, listening)
-                    kind = "delta" if any(counts) or scan.coverage is not None else "heartbeat"
+                    kind = self.delta_kind(scan, counts)
                 self.finish(conn, ref, host, scan, moment, kind, counts, lease)
         except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
@@ -207,6 +205,20 @@ class Store(Writer):
             floor: datetime = host.last_taken_at  # history never runs backwards, even when the agent's clock does
             return floor
         return moment
+
+    @staticmethod
+    def off_base(host: Any, scan: convert.Scan) -> str | None:
+        """Why a delta does not follow the message the collector applied last for the host (``host``: its
+        state), the reason a Resync gives; None when it does."""
+        if (scan.epoch, scan.base_seq) == (host.epoch, host.seq):
+            return None
+        return f"delta is based on ({scan.epoch}, {scan.base_seq}), the collector holds ({host.epoch}, {host.seq})"
+
+    @staticmethod
+    def delta_kind(scan: convert.Scan, counts: Counts) -> str:
+        """An applied delta as observations and metrics count it: one that changes no socket and reports no
+        coverage is a heartbeat."""
+        return "delta" if any(counts) or scan.coverage is not None else "heartbeat"
 
     def finish(
         self,

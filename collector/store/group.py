@@ -161,8 +161,7 @@ def _record(store: Store, conn: Connection, writing: list[_Host]) -> None:
     made: dict[Executable, list[dict[str, Any]]] = {}
     for host in writing:
         counts = _counts(host.scan.body)
-        kind = "delta" if any(counts) or host.scan.coverage is not None else "heartbeat"
-        ref, lease = host.message.ref, host.message.lease
+        ref, lease, kind = host.message.ref, host.message.lease, store.delta_kind(host.scan, counts)
         for statement, params in store.records(ref, host.host, host.scan, host.moment, kind, counts, lease):
             made.setdefault(statement, []).extend(params if isinstance(params, list) else [params])
     for statement, rows in made.items():
@@ -191,9 +190,9 @@ def _checked(store: Store, host: _Host, locked: dict[int, Any], results: list[Re
     if moment is None:
         results[host.index] = Outcome(acked=True, replay=True)
         return False
-    if (scan.epoch, scan.base_seq) != (state.epoch, state.seq):
-        reason = f"delta is based on ({scan.epoch}, {scan.base_seq}), the collector holds ({state.epoch}, {state.seq})"
-        results[host.index] = Outcome(acked=False, resync_reason=reason)
+    astray = store.off_base(state, scan)
+    if astray is not None:
+        results[host.index] = Outcome(acked=False, resync_reason=astray)
         return False
     host.host, host.moment = state, moment
     changes = scan.body
