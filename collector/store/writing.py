@@ -79,7 +79,6 @@ class Writer:
         self.close_keys = CLOSE_KEYS_ANY if self.postgres else CLOSE_KEYS
         self.close_ids = CLOSE_IDS_ANY if self.postgres else CLOSE_IDS
         self.close_flows = CLOSE_FLOWS_ANY if self.postgres else CLOSE_FLOWS
-        self._host_sql = str(HOST_FOR_UPDATE.compile(dialect=engine.dialect)) if self.postgres else ""
         self._texts: dict[tuple[int, tuple[str, ...]], str | None] = {}
 
     @contextmanager
@@ -144,31 +143,27 @@ class Writer:
         PostgreSQL sent with the transaction's BEGIN, in one round trip."""
         if not self.postgres:
             return conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        try:
-            with raw.cursor(row_factory=namedtuple_row) as cursor:
-                with raw.pipeline():
-                    cursor.execute(self._host_sql, {"ref": ref})
-                row = cursor.fetchone()
-        except Exception as exc:
-            _translated(exc, self._host_sql)
-            raise
-        if row is None:
+        rows = self._begun(conn, HOST_FOR_UPDATE, {"ref": ref})
+        if not rows:
             raise LookupError(f"no host with id {ref}")
-        return row
+        return rows[0]
 
     def locked_hosts(self, conn: Connection, refs: list[int]) -> dict[int, Any]:
         """Hosts' states by id (PostgreSQL), locked until the transaction ends, in the order of ``refs``
         (``statements.HOSTS_FOR_UPDATE``); sent with the transaction's BEGIN, in one round trip."""
+        return {row.host_ref: row for row in self._begun(conn, HOSTS_FOR_UPDATE, {"refs": refs})}
+
+    def _begun(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
+        """A statement's rows (named tuples), sent in one pipeline with the BEGIN the driver sends first."""
         raw = conn.connection.driver_connection
         assert raw is not None
-        sql = self._text(HOSTS_FOR_UPDATE)
+        sql = self._text(statement)
         try:
             with raw.cursor(row_factory=namedtuple_row) as cursor:
                 with raw.pipeline():
-                    cursor.execute(sql, {"refs": refs})
-                return {row.host_ref: row for row in cursor.fetchall()}
+                    cursor.execute(sql, params)
+                rows: list[Any] = cursor.fetchall()
+                return rows
         except Exception as exc:
             _translated(exc, sql)
             raise
