@@ -13,6 +13,7 @@ five round trips instead of thirteen, a heartbeat three instead of six.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,27 +155,22 @@ class Writer:
         return {row.host_ref: row for row in self._begun(conn, HOSTS_FOR_UPDATE, {"refs": refs})}
 
     def _begun(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
-        """A statement's rows (named tuples), sent in one pipeline with the BEGIN the driver sends first."""
+        """A statement's rows, sent in one pipeline with the BEGIN the driver sends before it."""
+        return self.fetch(conn, statement, params, with_begin=True)
+
+    def fetch(
+        self, conn: Connection, statement: Executable, params: dict[str, Any], with_begin: bool = False
+    ) -> list[Any]:
+        """A statement's rows (named tuples), straight through the driver (PostgreSQL): for statements whose
+        values need no conversion by SQLAlchemy.  ``with_begin``: the transaction's first statement, sent in one
+        round trip with its BEGIN."""
         raw = conn.connection.driver_connection
         assert raw is not None
         sql = self._text(statement)
         try:
             with raw.cursor(row_factory=namedtuple_row) as cursor:
-                with raw.pipeline():
+                with raw.pipeline() if with_begin else contextlib.nullcontext():
                     cursor.execute(sql, params)
-                rows: list[Any] = cursor.fetchall()
-                return rows
-        except Exception as exc:
-            _translated(exc, sql)
-            raise
-
-    def fetch(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
-        """A statement's rows (named tuples), straight through the driver (PostgreSQL): for statements whose
-        values need no conversion by SQLAlchemy."""
-        sql = self._text(statement)
-        try:
-            with conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
-                cursor.execute(sql, params)
                 rows: list[Any] = cursor.fetchall()
                 return rows
         except Exception as exc:
