@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,6 +110,7 @@ class Collector(pb_grpc.CollectorServicer):
         self.group = None if self.inline else GroupCommit(store, self.executor, self.metrics.group_size.observe)
         self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
         self.open: dict[asyncio.Event, str | None] = {}  # each open stream's stop signal, and its token's hash
+        self.handling: set[asyncio.Task[Any]] = set()  # the task of each stream, from its first message to its end
         self.closing = False
         self.watcher: asyncio.Task[None] | None = None
         self.assembling = 0  # streams whose snapshot is coming in parts
@@ -164,7 +165,19 @@ class Collector(pb_grpc.CollectorServicer):
     async def Stream(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
     ) -> AsyncIterator[pb.CollectorMessage]:
-        reader = aiter(request_iterator)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self.handling.add(handler)
+        try:
+            async with contextlib.aclosing(self._stream(aiter(request_iterator), context)) as replies:
+                async for reply in replies:
+                    yield reply
+        finally:
+            self.handling.discard(handler)
+
+    async def _stream(
+        self, reader: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncGenerator[pb.CollectorMessage]:
         peer, credential = await self._admit(reader, context)
         await context.send_initial_metadata((("sockfleet-features", FEATURES),))
         stop = asyncio.Event()
@@ -776,6 +789,11 @@ async def stop(server: grpc.aio.Server, service: Collector, grace: float = 5.0) 
     if service.watcher is not None:
         service.watcher.cancel()
     await server.stop(grace)
+    # gRPC reports a stream ended once its status is sent, and the stream's task may still be ending (logging,
+    # giving its host's lease back): a task left running when the event loop closes is cancelled, which gRPC
+    # prints as a traceback.  Each gets the grace to end.
+    if service.handling:
+        await asyncio.wait(set(service.handling), timeout=max(grace, 1.0))
     service.executor.shutdown(wait=False)
 
 
