@@ -13,7 +13,7 @@ from datetime import timedelta
 import grpc
 
 from sockfleet import monitoring
-from sockfleet.collector import db, retention
+from sockfleet.collector import db, retention, statistics
 from sockfleet.collector.errors import UsageError
 from sockfleet.collector.server import Collector, credentials, start, stop
 from sockfleet.collector.store import Store
@@ -61,13 +61,16 @@ async def serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    upkeep = asyncio.create_task(retention.keep(engine, retain))
+    upkeep = [asyncio.create_task(retention.keep(engine, retain))]
+    if engine.dialect.name == "postgresql":
+        upkeep.append(asyncio.create_task(statistics.keep(engine)))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    upkeep.cancel()  # a prune under way stops between two batches
+    for task in upkeep:
+        task.cancel()  # a prune under way stops between two batches
     await stop(server, service)  # each stream finishes the message it is applying, then ends
     if endpoint is not None:
         endpoint.close()
