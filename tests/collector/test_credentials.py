@@ -181,6 +181,9 @@ def test_sigterm_stops_a_busy_collector_at_once(db_url: str, tmp_path: Path) -> 
     assert collector.proc.returncode == 0
     assert "Traceback" not in said and "CancelledError" not in said
     assert "host busy (busy) disconnected: the collector is stopping" in said
+    if db_url.startswith("sqlite:///"):  # every connection closed: SQLite folded its write-ahead log back
+        database = Path(db_url.removeprefix("sqlite:///"))
+        assert not [path.name for path in database.parent.glob(database.name + "-*")]
 
 
 def test_stopping_waits_for_each_stream_to_end(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
