@@ -324,7 +324,7 @@ class Collector(pb_grpc.CollectorServicer):
         if outcome.acked:
             if not outcome.replay:
                 self.applied += 1
-                self._count(body, whole[-1])
+                self._count(outcome.kind or body, whole[-1])
             return pb.CollectorMessage(ack=pb.Ack(epoch=payload.epoch, seq=payload.seq))
         log.info("asking %s for a full snapshot: %s", peer.name, outcome.resync_reason)
         return pb.CollectorMessage(resync=pb.Resync(reason=outcome.resync_reason or ""))
@@ -417,11 +417,9 @@ class Collector(pb_grpc.CollectorServicer):
         except DBAPIError as exc:
             await self._database_error(context, exc)
 
-    def _count(self, body: str, payload: pb.Snapshot | pb.Delta) -> None:
-        """Count a message applied: its kind, and the gaps its agent reports."""
-        if isinstance(payload, pb.Delta):
-            body = "delta" if payload.added or payload.changed or payload.removed else "heartbeat"
-        self.metrics.applied_by_kind[body].inc()
+    def _count(self, kind: str, payload: pb.Snapshot | pb.Delta) -> None:
+        """Count a message applied: its kind as the store recorded it, and the gaps its agent reports."""
+        self.metrics.applied_by_kind[kind].inc()
         if payload.HasField("coverage"):
             self.metrics.gaps.inc(len(payload.coverage.gaps))
 

@@ -50,13 +50,15 @@ __all__ = ["STEP_SOCKETS", "Outcome", "Resync", "Store"]
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of one message: acknowledged (maybe as a replay), or a full snapshot is needed; the
-    moment it was stored at (µs since the epoch)."""
+    moment it was stored at (µs since the epoch), and its kind as its observation says (snapshot, delta,
+    heartbeat)."""
 
     acked: bool
     replay: bool = False
     resync_reason: str | None = None
     rows_written: int = 0
     moment_us: int | None = None
+    kind: str | None = None
 
 
 def us(moment: datetime) -> int:
@@ -178,7 +180,7 @@ class Store(Writer):
         except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
         self.remember_listening(ref, scan, moment, listening)
-        return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
+        return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment), kind=kind)
 
     def moment(self, scan: convert.Scan, behind: timedelta = timedelta(0)) -> datetime:
         """The scan's time: the agent's, corrected by how far ``behind`` the collector's clock the agent's

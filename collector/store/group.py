@@ -153,7 +153,10 @@ def _together(store: Store, hosts: list[_Host], results: list[Result | None]) ->
         assert host.moving is not None
         store.remember_listening(host.message.ref, host.scan, host.moment, host.moving.listening)
         counts = _counts(host.scan.body)
-        results[host.index] = Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(host.moment))
+        kind = store.delta_kind(host.scan, counts)
+        results[host.index] = Outcome(
+            acked=True, rows_written=counts[0] + counts[2], moment_us=us(host.moment), kind=kind
+        )
 
 
 def _record(store: Store, conn: Connection, writing: list[_Host]) -> None:

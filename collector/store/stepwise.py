@@ -112,7 +112,7 @@ def apply_in_steps(
         yield Outcome(acked=False, resync_reason=str(resync))
         return
     store.remember_listening(ref, scan, moment, frozenset(listening))
-    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment))
+    yield Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment), kind="snapshot")
 
 
 Group = dict[str, int]  # key digest -> place in the listing

@@ -9,14 +9,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine, text
 
 from sockfleet import monitoring
+from sockfleet.v1 import fleet_pb2 as pb
 from tests import postgres
+from tests.collector import fleet
 from tests.collector.harness import ENV, Agent, Collector, wait_for
 from tests.collector.raw import hello, snapshot, stream
 from tests.conftest import ROOT, run_sockfleet
@@ -211,3 +215,31 @@ def test_deltas_on_postgresql_are_counted_by_group(pg_cluster: postgres.Cluster)
         for agent in agents:
             agent.stop()
         collector.stop()
+
+
+def test_messages_are_counted_by_the_kind_their_observation_records(tmp_path: Path) -> None:
+    """A snapshot, a delta that reports only a change of coverage (a source that failed), and an empty delta:
+    the collector's counter by kind says what the observations say (snapshot, delta, heartbeat)."""
+    metrics = free_port()
+    db_url = f"sqlite:///{tmp_path / 'kinds.db'}"
+    collector = Collector(db_url, 0, "--metrics-listen", f"127.0.0.1:{metrics}")
+    try:
+        moment = datetime.now(UTC).replace(tzinfo=None)
+        coverage_only = fleet.delta(2, moment + timedelta(seconds=1))
+        coverage_only.coverage.sources.add(source="netlink", netns=fleet.NETNS, ok=False, error="EPERM")
+        coverage_only.coverage.namespaces_scanned.append(fleet.NETNS)
+        quiet = fleet.delta(3, moment + timedelta(seconds=2))
+        messages = [pb.AgentMessage(delta=coverage_only), pb.AgentMessage(delta=quiet)]
+        code, details, _ = stream(
+            collector.port, [hello("kinds"), snapshot(), *(m.SerializeToString() for m in messages)]
+        )
+        assert code == grpc.StatusCode.OK, details
+        counted = {kind: int(metric(metrics, APPLIED % kind)) for kind in ("snapshot", "delta", "heartbeat")}
+    finally:
+        collector.stop()
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        kinds = [kind for (kind,) in conn.execute(text("SELECT kind FROM observations ORDER BY id"))]
+    engine.dispose()
+    assert kinds == ["snapshot", "delta", "heartbeat"]
+    assert counted == {"snapshot": 1, "delta": 1, "heartbeat": 1}
