@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, or_, select
 
 from sockfleet.collector import spans
 from sockfleet.collector.queries import SOCKET_FIELDS, Filters, Observed, observed, sockets_at
 from sockfleet.collector.schema import hosts, sockets
-from sockfleet.collector.talks import EDGE_FIELDS, Window, edges
+from sockfleet.collector.talks import EDGE_FIELDS, Edge, Window, edges
 
 HISTORY_FIELDS = (*SOCKET_FIELDS, "valid_from", "valid_to")
 LISTENER_KEY = ("host", "netns", "proto", "type", "local_address", "local_port", "path", "process")
@@ -25,6 +27,7 @@ EDGE_KEY = (
     "server_port",
     "server_process",
 )
+T = TypeVar("T")
 DIFF_FIELDS = ("change", "kind", *SOCKET_FIELDS, *[f for f in EDGE_FIELDS if f not in SOCKET_FIELDS])
 
 
@@ -86,7 +89,7 @@ def diff(
         rows = _listener_changes(conn, start, end, both, host)
         edges_now = _fleet_edges(conn, end, host, set(both.values()))
         edges_then = earlier.result() if earlier else _fleet_edges(conn, start, host, set(both.values()))
-    rows += _changes("edge", edges_then, edges_now)
+    rows += _changes("edge", edges_then, edges_now, Edge.row)
     if short_lived:
         rows += _between(conn, start, end, host, set(both.values()), edges_then.keys() | edges_now.keys())
     rows.sort(
@@ -106,26 +109,26 @@ def _listener_changes(
             then[_key(row, LISTENER_KEY)] = row
         if valid_from <= end and (valid_to is None or valid_to > end):
             now[_key(row, LISTENER_KEY)] = row
-    return _changes("listener", then, now)
+    return _changes("listener", then, now, dict)
 
 
 def _changes(
-    kind: str, then: dict[tuple[Any, ...], dict[str, Any]], now: dict[tuple[Any, ...], dict[str, Any]]
+    kind: str, then: dict[tuple[Any, ...], T], now: dict[tuple[Any, ...], T], row: Callable[[T], dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    closed = [{"change": "closed", "kind": kind, **then[key]} for key in then.keys() - now.keys()]
-    return closed + [{"change": "opened", "kind": kind, **now[key]} for key in now.keys() - then.keys()]
+    """What is at one moment and not the other, each made a row (``row``) only then: most of a fleet's
+    edges and listeners are at both."""
+    closed = [{"change": "closed", "kind": kind, **row(then[key])} for key in then.keys() - now.keys()]
+    return closed + [{"change": "opened", "kind": kind, **row(now[key])} for key in now.keys() - then.keys()]
 
 
-def _fleet_edges(
-    conn: Connection, moment: datetime, host: str | None, names: set[str]
-) -> dict[tuple[Any, ...], dict[str, Any]]:
+def _fleet_edges(conn: Connection, moment: datetime, host: str | None, names: set[str]) -> dict[tuple[Any, ...], Edge]:
     """The edges at ``moment`` between hosts observed at both moments (with ``host``, only its own)."""
-    found = {}
-    for edge in edges(conn, Window(moment), host):
-        if {edge.client_host, edge.server_host} - {None} <= names:
-            row = edge.row()
-            found[_key(row, EDGE_KEY)] = row
-    return found
+    key = attrgetter(*EDGE_KEY)
+    return {
+        key(edge): edge
+        for edge in edges(conn, Window(moment), host)
+        if {edge.client_host, edge.server_host} - {None} <= names
+    }
 
 
 def _between(
@@ -133,20 +136,18 @@ def _between(
 ) -> list[dict[str, Any]]:
     """Edges with connections that opened and closed between the two moments, open at neither."""
     rows = []
+    key = attrgetter(*EDGE_KEY)
     for edge in edges(conn, Window(start, end), host):
-        row = edge.row()
         ours = {edge.client_host, edge.server_host} - {None} <= names
-        if edge.short_lived and ours and _key(row, EDGE_KEY) not in seen:
-            rows.append({"change": "opened and closed", "kind": "edge", **row})
+        if edge.short_lived and ours and key(edge) not in seen:
+            rows.append({"change": "opened and closed", "kind": "edge", **edge.row()})
     return rows
 
 
-def _edges_apart(
-    conn: Connection, moment: datetime, host: str | None, names: set[str]
-) -> dict[tuple[Any, ...], dict[str, Any]]:
+def _edges_apart(conn: Connection, moment: datetime, host: str | None, names: set[str]) -> dict[tuple[Any, ...], Edge]:
     with conn.engine.connect() as other:
         return _fleet_edges(other, moment, host, names)
 
 
 def _key(row: dict[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(row.get(name) for name in fields)
+    return tuple(map(row.get, fields))
