@@ -18,6 +18,7 @@ from sockfleet.collector.store.statements import CLOSE_KEYS_MANY
 from sockfleet.v1 import fleet_pb2 as pb
 from tests import postgres
 from tests.benchmarks.bench_collector import make_socket
+from tests.collector.harness import wait_for
 
 HOSTS, SOCKETS = 15, 1_000
 
@@ -39,6 +40,9 @@ def filled(pg_cluster: postgres.Cluster) -> Iterator[tuple[Engine, list[tuple[in
             taken = time.time_ns() // 1000
             store.apply(ref, convert.snapshot(pb.Snapshot(epoch=1, seq=1, taken_at_us=taken, sockets=live)))
             hosts.append((ref, live))
+        # A backend reports what it changed to the statistics views at most once a second, and when it ends:
+        # ending the connections that wrote makes every change visible to the keeper.
+        engine.dispose()
         yield engine, hosts
     finally:
         engine.dispose()
@@ -68,7 +72,7 @@ def test_open_partitions_outgrown_are_analyzed_once(filled: tuple[Engine, list[t
     keeper = statistics.Keeper(engine)
     before = close_plan(engine, hosts)
     assert "Hash Join" in before, before  # what a never analyzed partition makes PostgreSQL do
-    assert "sockets_open" in keeper.stale()
+    wait_for(lambda: "sockets_open" in keeper.stale(), "the rows written to reach the statistics views")
     analyzed = keeper.refresh()
     assert "sockets_open" in analyzed
     after = close_plan(engine, hosts)
