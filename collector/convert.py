@@ -177,8 +177,9 @@ def _port(value: int, field: str) -> int:
     return value
 
 
-def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, ...]]:
-    """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key."""
+def key_row(key: pb.SocketKey, where: str = "socket", digest: str | None = None) -> tuple[str, tuple[Any, ...]]:
+    """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key (``digest``: its
+    ``key_digest``, when already made)."""
     if key.netns > MAX_BIGINT or key.inode > MAX_BIGINT:
         _number(key.netns, f"{where}.key.netns")
         _number(key.inode, f"{where}.key.inode")
@@ -191,7 +192,7 @@ def key_row(key: pb.SocketKey, where: str = "socket") -> tuple[str, tuple[Any, .
         raise RejectedMessage(f"{where}.key: proto {proto} does not go with family {family}")
     columns = _unix_columns(key, where) if proto == "unix" else _inet_columns(key, proto, family, where)
     identity = (key.netns, proto, family, kind, key.inode or None, *columns)
-    return key_digest(key), identity
+    return digest or key_digest(key), identity
 
 
 def _unix_columns(key: pb.SocketKey, where: str) -> tuple[Any, ...]:
@@ -255,9 +256,10 @@ def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
     )
 
 
-def socket_row(sock: pb.Socket, where: str = "socket") -> SocketRow:
-    """One socket's row; the common case (known state, short names) takes few function calls."""
-    key, identity = key_row(sock.key, where)
+def socket_row(sock: pb.Socket, where: str = "socket", digest: str | None = None) -> SocketRow:
+    """One socket's row; the common case (known state, short names) takes few function calls.  ``digest``:
+    its key's ``key_digest``, when already made."""
+    key, identity = key_row(sock.key, where, digest)
     state = STATES.get(sock.state)
     if state is None:
         raise RejectedMessage(f"{where}.state: {sock.state} is not a known value")
@@ -435,7 +437,7 @@ class Listing:
         changed since their row was stored.  An unchanged socket was checked when it was stored."""
         sockets = self._sockets
         return [
-            socket_row(sockets[number], f"snapshot.sockets[{number}]")
+            socket_row(sockets[number], f"snapshot.sockets[{number}]", digest)
             for digest, number in listed
             if (stored := held.get(digest)) is None or stored[1] != stored_versioned(sockets[number])
         ]

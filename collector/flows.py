@@ -38,6 +38,7 @@ from sockfleet.connections import CALLING, NOT_FOLDED, SERVED, WILDCARDS, epheme
 
 # Identity of a flow within its host, in the order of the flows table's columns.
 IDENTITY_COLUMNS = ("netns", "proto", "role", "process", "local_address", "local_port", "remote_address", "remote_port")
+ANY_IPV4, ANY_IPV6 = WILDCARDS
 # A listener as a flow's role needs it: namespace, protocol, port, address (IPv4-mapped made plain).
 Listener = tuple[int, str, int, str]
 
@@ -65,7 +66,11 @@ def identity(
         return None
     laddr, raddr = plain(local_address), plain(remote_address)
     port = local_port or 0
-    if any(listening((netns, proto, port, address)) for address in (laddr or "", *WILDCARDS)):
+    if (
+        listening((netns, proto, port, laddr or ""))
+        or listening((netns, proto, port, ANY_IPV4))
+        or listening((netns, proto, port, ANY_IPV6))
+    ):
         return (netns, proto, SERVED, process, laddr, local_port, raddr, None)
     if ephemeral(local_port) and not ephemeral(remote_port):
         return (netns, proto, CALLING, process, laddr, None, raddr, remote_port)
