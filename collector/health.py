@@ -39,6 +39,7 @@ class Health:
         self.checked = False  # the first check's answer is no news; a change after it is
         self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         self.task: asyncio.Task[None] | None = None
+        self.stopped = False
 
     def add_to(self, server: aio.Server) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
@@ -49,9 +50,13 @@ class Health:
         self.task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        """NOT_SERVING from now on, for the clients that ask while the server finishes its streams."""
+        """NOT_SERVING from now on, for the clients that ask while the server finishes its streams.  The
+        checks end first: one that a cancellation missed (``wait_for`` may lose one that comes as its check
+        ends) stops at its next round, before the checks' thread is let go."""
+        self.stopped = True
         if self.task is not None:
             self.task.cancel()
+            await asyncio.wait({self.task}, timeout=CHECK_PATIENCE + 1)
         await self.servicer.enter_graceful_shutdown()
         self.checker.shutdown(wait=False, cancel_futures=True)
 
@@ -81,9 +86,10 @@ class Health:
             await self.servicer.set(service, SERVING if problem is None else NOT_SERVING)
 
     async def _watch(self) -> None:
-        while True:
+        while not self.stopped:
             await asyncio.sleep(self.every)
-            await self.check()
+            if not self.stopped:
+                await self.check()
 
     def _select_one(self) -> None:
         with self.engine.connect() as conn:

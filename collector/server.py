@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -169,16 +169,16 @@ class Collector(pb_grpc.CollectorServicer):
         assert handler is not None
         self.handling.add(handler)
         try:
-            async with contextlib.aclosing(self._stream(aiter(request_iterator), context)) as replies:
+            async with contextlib.aclosing(self._stream(request_iterator, context)) as replies:
                 async for reply in replies:
                     yield reply
         finally:
             self.handling.discard(handler)
 
     async def _stream(
-        self, reader: AsyncIterator[pb.AgentMessage], context: Context
+        self, requests: AsyncIterable[pb.AgentMessage], context: Context
     ) -> AsyncGenerator[pb.CollectorMessage]:
-        peer, credential = await self._admit(reader, context)
+        peer, credential, reader = await self._admit(requests, context)
         await context.send_initial_metadata((("sockfleet-features", FEATURES),))
         stop = asyncio.Event()
         self.open[stop] = credential.token_hash if credential is not None else None
@@ -203,7 +203,10 @@ class Collector(pb_grpc.CollectorServicer):
             )
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{exc} within {PART_PATIENCE:g} s")
         except BaseException as exc:
-            ended = ended if stop.is_set() else _ending(exc)
+            if stop.is_set():
+                ended = "the collector is stopping" if self.closing else "its token was revoked"
+            else:
+                ended = _ending(exc)
             raise
         finally:
             self.assembling -= 0 if parts.pending() is None else 1
@@ -218,8 +221,12 @@ class Collector(pb_grpc.CollectorServicer):
             )
             await self._give_back(peer)  # after the log line: a collector that is stopping may cancel it
 
-    async def _admit(self, reader: AsyncIterator[pb.AgentMessage], context: Context) -> tuple[Peer, Credential | None]:
-        """Let a stream in: a free place among the streams waiting to say hello, then a hello the store accepts."""
+    async def _admit(
+        self, requests: AsyncIterable[pb.AgentMessage], context: Context
+    ) -> tuple[Peer, Credential | None, AsyncIterator[pb.AgentMessage]]:
+        """Let a stream in: a free place among the streams waiting to say hello, then a hello the store accepts;
+        the stream's reader.  A stream turned away before reading never makes one (gRPC's reader, made and
+        never read, is reported as a coroutine never awaited)."""
         if self.closing:
             await self._stopped(context)
         if self.pending >= self.max_pending:
@@ -231,6 +238,7 @@ class Collector(pb_grpc.CollectorServicer):
             )
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams waiting to say hello")
         self.pending += 1
+        reader = aiter(requests)
         try:
             hello, credential = await self._greeted(reader, context)
             try:
@@ -258,7 +266,7 @@ class Collector(pb_grpc.CollectorServicer):
             peer.agent,
             extra=peer.fields(),
         )
-        return peer, credential
+        return peer, credential, reader
 
     def _refusal(self, reason: str, context: Context, peer: Peer | None = None) -> dict[str, str]:
         """Count a refusal (``reason``: one of ``metrics.REFUSALS``); the fields its log line carries."""
@@ -384,6 +392,9 @@ class Collector(pb_grpc.CollectorServicer):
                 extra=self._refusal("invalid", context),
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc))
+        if first is None and self.closing:
+            log.info("closed a stream from %s before its hello: the collector is stopping", context.peer())
+            await self._stopped(context)
         if first is None or not first.HasField("hello"):
             log.warning(
                 "refused a stream from %s: its first message is not a hello",

@@ -219,3 +219,76 @@ def test_stopping_waits_for_each_stream_to_end(db_url: str, caplog: pytest.LogCa
 
     assert asyncio.run(storm()) == []
     assert not [record for record in caplog.records if record.name.startswith("grpc")]
+
+
+def test_a_stream_turned_away_while_stopping_leaves_nothing_unread(tmp_path: Path) -> None:
+    """A stream that comes while the collector stops is turned away (UNAVAILABLE) without a reader made for it:
+    gRPC's reader, made and never read, was reported at exit as a coroutine never awaited."""
+    import gc
+    import warnings
+
+    from tests.collector.raw import STREAM, hello
+
+    async def turned_away() -> grpc.StatusCode:
+        engine = db.engine(f"sqlite:///{tmp_path / 'stopping.db'}")
+        db.migrate(engine)
+        server, port, service = await start(Store(engine), "127.0.0.1:0", None, anonymous=True)
+        try:
+            service.close()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                method = channel.stream_stream(
+                    STREAM, request_serializer=lambda b: b, response_deserializer=pb.CollectorMessage.FromString
+                )
+                call = method()  # type: ignore[call-arg]  # the stream is written to below
+                await call.write(hello("late"))
+                code: grpc.StatusCode = await call.code()
+        finally:
+            await stop(server, service)
+            engine.dispose()
+        return code
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = asyncio.run(turned_away())
+        gc.collect()
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_a_stream_still_silent_when_the_collector_stops_is_not_called_invalid(tmp_path: Path) -> None:
+    """A stream that has not said hello when the collector stops is closed with the collector (a line at info),
+    not refused as a stream whose first message is not a hello."""
+    import threading
+
+    from tests.collector.raw import STREAM
+
+    collector = Collector(f"sqlite:///{tmp_path / 'silent.db'}", 0, "--insecure", "--allow-anonymous")
+    release = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        release.wait(60)
+        yield from ()
+
+    statuses: list[grpc.StatusCode] = []
+
+    def silent() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{collector.port}") as channel:
+            call = channel.stream_stream(STREAM, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            try:
+                for _ in call(nothing(), timeout=60):
+                    pass
+            except grpc.RpcError as exc:
+                statuses.append(exc.code())
+
+    caller = threading.Thread(target=silent)
+    caller.start()
+    try:
+        time.sleep(1)  # the stream is open and waits for its hello
+        collector.stop()
+    finally:
+        release.set()
+        caller.join(timeout=60)
+    said = collector.said()
+    assert "before its hello: the collector is stopping" in said
+    assert "is not a hello" not in said and "Traceback" not in said
+    assert statuses == [grpc.StatusCode.UNAVAILABLE]

@@ -11,6 +11,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from sockfleet.collector import convert, db, statistics
 from sockfleet.collector.store import Store
@@ -100,3 +101,34 @@ def test_a_role_that_does_not_own_the_partitions_leaves_them_to_autovacuum(
         reader.dispose()
         with engine.begin() as conn:
             conn.execute(text("DROP ROLE sockfleet_reader"))
+
+
+def test_an_analysis_waits_for_a_lock_at_most_a_second(
+    filled: tuple[Engine, list[tuple[int, list[pb.Socket]]]],
+) -> None:
+    """Another session's VACUUM or index build holds the partition: the analysis gives up after a second and is
+    tried at the next look (a stopping collector waited for it before), then runs once the lock is gone."""
+    engine, _ = filled
+    keeper = statistics.Keeper(engine)
+    wait_for(lambda: "sockets_open" in keeper.stale(), "the rows written to reach the statistics views")
+    with engine.connect() as holder:
+        holder.execute(text("LOCK TABLE sockets_open IN SHARE UPDATE EXCLUSIVE MODE"))
+        with pytest.raises(OperationalError, match="lock timeout"):
+            keeper.refresh()
+        holder.rollback()
+    assert "sockets_open" in keeper.refresh()
+
+
+def test_a_missing_open_partition_is_said_once(pg_cluster: postgres.Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    engine = db.engine(pg_cluster.database(), ping=False)
+    try:
+        db.migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE flows_open RENAME TO flows_open_elsewhere"))
+        keeper = statistics.Keeper(engine)
+        with caplog.at_level(logging.INFO, "sockfleet.collector"):
+            assert keeper.refresh() == [] and keeper.refresh() == []
+        said = [record.getMessage() for record in caplog.records]
+        assert said == ["cannot analyze flows_open (no such table): its statistics are left to autovacuum"]
+    finally:
+        engine.dispose()
