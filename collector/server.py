@@ -111,6 +111,7 @@ class Collector(pb_grpc.CollectorServicer):
         self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
         self.open: dict[asyncio.Event, str | None] = {}  # each open stream's stop signal, and its token's hash
         self.handling: set[asyncio.Task[Any]] = set()  # the task of each stream, from its first message to its end
+        self.greeting: set[asyncio.Event] = set()  # the stop signal of each stream waiting for its hello
         self.closing = False
         self.watcher: asyncio.Task[None] | None = None
         self.assembling = 0  # streams whose snapshot is coming in parts
@@ -132,7 +133,7 @@ class Collector(pb_grpc.CollectorServicer):
     def close(self) -> None:
         """Stop every open stream after the message it is applying."""
         self.closing = True
-        for stop in self.open:
+        for stop in (*self.open, *self.greeting):
             stop.set()
 
     def revoke(self, hashes: set[str]) -> int:
@@ -373,9 +374,13 @@ class Collector(pb_grpc.CollectorServicer):
     async def _greeted(
         self, reader: AsyncIterator[pb.AgentMessage], context: Context
     ) -> tuple[pb.Hello, Credential | None]:
-        """The stream's hello, within the hello timeout, and the credential it came with."""
+        """The stream's hello, within the hello timeout, and the credential it came with.  A collector that
+        stops closes the streams waiting for theirs at once."""
+        stop = asyncio.Event()
+        self.greeting.add(stop)
         try:
-            first = await asyncio.wait_for(anext(reader, None), self.hello_timeout)
+            async with contextlib.aclosing(_until(reader, stop, lambda: self.hello_timeout)) as messages:
+                first = await anext(messages, None)
         except TimeoutError:
             log.info(
                 "closed a stream from %s: no hello within %g s",
@@ -392,6 +397,8 @@ class Collector(pb_grpc.CollectorServicer):
                 extra=self._refusal("invalid", context),
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(exc))
+        finally:
+            self.greeting.discard(stop)
         if first is None and self.closing:
             log.info("closed a stream from %s before its hello: the collector is stopping", context.peer())
             await self._stopped(context)
@@ -585,7 +592,7 @@ def _now() -> datetime:
 
 async def _until(
     reader: AsyncIterator[pb.AgentMessage], stop: asyncio.Event, patience: Callable[[], float | None]
-) -> AsyncIterator[pb.AgentMessage]:
+) -> AsyncGenerator[pb.AgentMessage]:
     """The stream's messages until it ends or ``stop`` is set (the collector stops, the token is revoked).
 
     When ``patience()`` gives a number, the next message must come within that many seconds.
