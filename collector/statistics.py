@@ -51,10 +51,11 @@ class Keeper:
     """What a serving collector knows of the open partitions' statistics between two looks."""
 
     engine: Engine
-    refused: set[str] = field(default_factory=set)  # partitions this role may not analyze, said once
+    refused: set[str] = field(default_factory=set)  # partitions missing or not this role's to analyze, said once
 
     def stale(self) -> list[str]:
-        """The open partitions that changed by more rows than they held when last analyzed."""
+        """The open partitions that changed by more rows than they held when last analyzed, and were not
+        analyzed in the last ``RESTED`` seconds."""
         found = []
         with self.engine.connect() as conn:
             for table in OPEN_PARTITIONS:
