@@ -264,6 +264,8 @@ class Events:
 
     ``hold`` at a scan's start keeps events raw until ``learn`` has the scan's sockets, so that a connection
     that the scan read and that closed while it ran is judged against both scans, and never counted twice.
+    An event read between scans is judged against the last two: it may be of a connection that closed before
+    the last scan and reached the reader only after it.
     """
 
     def __init__(self, receive_buffer: int = RECEIVE_BUFFER, max_flows: int = MAX_FLOWS) -> None:
@@ -274,6 +276,9 @@ class Events:
         self.lock = threading.Lock()
         self.current = Closings()
         self.knowledge = Known({}, {})
+        # What the scan before the last knew: an event read after a scan may be of a connection that closed
+        # before it, while the reader let its batch gather or waited for the processor.
+        self.previous = Known({}, {})
         self.spaces: dict[int, Namespace] = {}
         self.readings: dict[Ends, tuple[int, int]] | None = None  # bytes of open connections at the last scan
         self.read_at = 0.0
@@ -337,7 +342,7 @@ class Events:
                     self._moved(current, fresh, now)
                 self.readings, self.read_at = current, now
                 self.read_spaces = {ends[0] for ends in current} | set(self.spaces)
-            self.knowledge = fresh
+            self.previous, self.knowledge = self.knowledge, fresh
 
     def _read_bytes(self) -> dict[Ends, tuple[int, int]] | None:
         """Bytes sent and received so far by every open TCP connection of the watched namespaces."""
@@ -438,7 +443,7 @@ class Events:
                     if self.held is not None:
                         self.held.append((event, now))
                     else:
-                        self._add(event, now, (self.knowledge,), None)
+                        self._add(event, now, (self.previous, self.knowledge), None)
 
     def _counts(self, key: FlowKey, at: float) -> Counts | None:
         counts = self.current.flows.get(key)

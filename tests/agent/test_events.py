@@ -151,6 +151,33 @@ def test_a_connection_a_scan_saw_is_not_short_lived(watching: tuple[Events, Scan
 
 
 @ROOT_ONLY
+def test_a_connection_the_scan_before_saw_is_not_short_lived_when_its_event_comes_late(
+    watching: tuple[Events, Scanner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection closes just before a scan, and the events reader (busy, or letting events gather) folds its
+    destroy event only after that scan: the scan no longer sees it, the one before did.  It was counted as a
+    connection no scan saw, and so twice over a window (once from its socket rows)."""
+    listener, scanner = watching
+    monkeypatch.setattr(events, "BATCH", 1.0)  # the reader folds a batch of events a second after its first
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    try:
+        scan_between(listener, scanner)  # sees the connection
+        listener.take()
+    finally:
+        client.close()
+        accepted.close()
+        server.close()
+    time.sleep(0.1)  # both ends are destroyed; their events wait in the reader's batch
+    scan_between(listener, scanner)  # the next scan, before the reader folds them
+    time.sleep(2.5)  # the reader's batch under way when the events came, then theirs
+    served = flows_of(listener.take(), port, SERVED)
+    assert [(c.connections, c.short_lived) for c in served] == [(1, 0)]
+
+
+@ROOT_ONLY
 def test_connected_udp_is_counted_without_bytes(watching: tuple[Events, Scanner]) -> None:
     listener, scanner = watching
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
