@@ -88,6 +88,8 @@ class _Host:
     values: list[tuple[Any, ...]] = field(default_factory=list)
     listening: Listeners | None = None
     moving: Moving | None = None
+    counts: tuple[int, int, int] = (0, 0, 0)  # sockets added, removed, changed
+    kind: str = ""  # delta or heartbeat (``Store.delta_kind``)
 
 
 Result = Outcome | Exception
@@ -152,10 +154,9 @@ def _together(store: Store, hosts: list[_Host], results: list[Result | None]) ->
     for host in writing:
         assert host.moving is not None
         store.remember_listening(host.message.ref, host.scan, host.moment, host.moving.listening)
-        counts = _counts(host.scan.body)
-        kind = store.delta_kind(host.scan, counts)
+        added, _, changed = host.counts
         results[host.index] = Outcome(
-            acked=True, rows_written=counts[0] + counts[2], moment_us=us(host.moment), kind=kind
+            acked=True, rows_written=added + changed, moment_us=us(host.moment), kind=host.kind
         )
 
 
@@ -163,17 +164,11 @@ def _record(store: Store, conn: Connection, writing: list[_Host]) -> None:
     """What every message leaves besides sockets (``Store.records``), each statement once for the group."""
     made: dict[Executable, list[dict[str, Any]]] = {}
     for host in writing:
-        counts = _counts(host.scan.body)
-        ref, lease, kind = host.message.ref, host.message.lease, store.delta_kind(host.scan, counts)
-        for statement, params in store.records(ref, host.host, host.scan, host.moment, kind, counts, lease):
+        ref, lease = host.message.ref, host.message.lease
+        for statement, params in store.records(ref, host.host, host.scan, host.moment, host.kind, host.counts, lease):
             made.setdefault(statement, []).extend(params if isinstance(params, list) else [params])
     for statement, rows in made.items():
         store.later(conn, statement, rows)
-
-
-def _counts(body: convert.Listing | convert.Changes) -> tuple[int, int, int]:
-    assert isinstance(body, convert.Changes)
-    return len(body.added), len(body.removed), len(body.changed)
 
 
 def _checked(store: Store, host: _Host, locked: dict[int, Any], results: list[Result | None]) -> bool:
@@ -201,6 +196,8 @@ def _checked(store: Store, host: _Host, locked: dict[int, Any], results: list[Re
     changes = scan.body
     assert isinstance(changes, convert.Changes)
     host.closing = changes.removed + [row.key for row in changes.changed]
+    host.counts = (len(changes.added), len(changes.removed), len(changes.changed))
+    host.kind = store.delta_kind(scan, host.counts)
     host.values = store.socket_values(ref, changes.added + changes.changed, moment)
     return True
 

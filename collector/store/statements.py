@@ -150,9 +150,9 @@ def _close_many(table: Any, returning: tuple[Any, ...]) -> Any:
 
     Each pair is looked up in the open rows' unique index.  (Hosts and keys as two lists, ``host_ref = ANY(...)
     AND key = ANY(...)``, would make the index look up every host with every key: fifty hosts with five keys
-    each, 12,500 look-ups instead of 250.)  The plan relies on the open rows' statistics, which autovacuum keeps;
-    an open partition filled since it was last analyzed looks empty to the planner, which then hashes it whole
-    (a hundred thousand rows for a hundred hosts) until its next analysis, within about a minute."""
+    each, 12,500 look-ups instead of 250.)  The plan relies on the open rows' statistics: an open partition
+    filled since it was last analyzed looks empty to the planner, which then hashes it whole (a hundred thousand
+    rows for a hundred hosts), so a serving collector analyzes it once it outgrows them (collector.statistics)."""
     arrays = func.unnest(
         bindparam("refs", type_=ARRAY(BigInteger)),
         bindparam("keys", type_=ARRAY(String)),
