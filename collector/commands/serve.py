@@ -106,7 +106,8 @@ def steady_collections() -> Iterator[None]:
     """Python's garbage collector set for serving: what start-up made (modules, compiled statements, the
     engine) is left out of collections, and the youngest generation is collected after 20,000 allocations
     rather than 700.  A message allocates thousands of short-lived objects that reference counting frees
-    anyway; scanning them every 700 cost 10 to 30% of the collector's CPU per message (bench_collector).
+    anyway; scanning them every 700 cost a quarter of a snapshot's CPU, little of a small delta's
+    (bench_collector; the figures are in the README).
     Afterwards the collector goes back to the defaults, its start-up objects included, so that what holds a
     database connection is finalized at exit."""
     thresholds = gc.get_threshold()
