@@ -62,7 +62,7 @@ def shown(url: URL) -> str:
     return hidden.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
-IDLE_WRITER = "-c idle_in_transaction_session_timeout=60s"
+IDLE_WRITER = "-c idle_in_transaction_session_timeout=10s"
 
 
 def engine(
@@ -83,7 +83,8 @@ def engine(
         # No JIT: sockfleet's queries are short, and PostgreSQL's JIT compiles a large question's plan for
         # seconds before it runs for a fraction of one.  A question's transactions are read-only.
         # A writer stopped inside a transaction (a collector frozen, or cut off from the database) has its
-        # session ended after a minute, so that the rows it locked (a host's state) go to another collector.
+        # session ended after 10 s (as long as an agent waits for an Ack), so that the rows it locked (a host's
+        # state) go to another collector.  A migration's long steps are not idle: they run in the server.
         options = "-c jit=off " + (IDLE_WRITER if write else "-c default_transaction_read_only=on")
         try:
             eng = create_engine(parsed, pool_pre_ping=ping, connect_args={"options": options, "connect_timeout": 10})

@@ -18,6 +18,7 @@ a collector stuck inside a transaction holds up only that host, never every hell
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sockfleet.collector import convert
 from sockfleet.collector.errors import RejectedMessage
@@ -37,6 +38,26 @@ MAX_HOLD = timedelta(minutes=10)  # a host scanned hourly is not kept from every
 INTERVALS_HELD = 3  # a claim lapses this many of the host's intervals after its last message
 SHORT_LOCK_WAIT = text("SET LOCAL lock_timeout = '2s'")  # while a lease is taken (PostgreSQL)
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
+FROZEN = timedelta(seconds=10)  # a session waiting this long on its collector, inside a transaction, is frozen
+# The session that holds a host's row locked (its transaction id is the row's xmax) and has waited on its
+# client, inside that transaction, for longer than ``waited`` while the host's claim has lapsed: ended.
+FROZEN_HOLDER = text(
+    """
+    SELECT pg_terminate_backend(a.pid, 1000) AS ended, a.pid, extract(epoch FROM now() - a.state_change) AS waited,
+        a.state
+    FROM host_state s
+    JOIN hosts h ON h.id = s.host_ref
+    JOIN pg_stat_activity a ON a.backend_xid = s.xmax
+    WHERE h.host_id = :host_id
+      AND a.datname = current_database()
+      AND a.wait_event = 'ClientRead'
+      AND a.state IN ('idle in transaction', 'active')
+      AND a.state_change < now() - :waited
+      AND (s.lease_until IS NULL OR s.lease_until < timezone('UTC', now()))
+    """
+)
+
+log = logging.getLogger("sockfleet.collector")
 
 STATE = host_state.c
 HOST_LEASE = select(STATE.host_ref.label("id"), STATE.lease, STATE.lease_holder, STATE.lease_until)
@@ -146,9 +167,13 @@ class Lease:
         conn.execute(EXTEND, {"ref": ref, "number": self.number, "until": self.until()})
 
 
-def claim(engine: Engine, host_id: str, holder: str, hold: timedelta, alone: bool = False) -> tuple[int, Lease] | None:
+def claim(
+    engine: Engine, host_id: str, holder: str, hold: timedelta, alone: bool = False, freeing: bool = False
+) -> tuple[int, Lease] | None:
     """Take the lease of the host ``host_id`` for ``holder``, unless another collector holds it, unlapsed and
-    alive (``alone``: no other collector can be, as on SQLite); None for a host not recorded yet."""
+    alive (``alone``: no other collector can be, as on SQLite); None for a host not recorded yet.  When the
+    host's row stays locked by a session frozen inside its transaction, that session is ended and the lease
+    taken (``release_frozen``; ``freeing``: this is the try after it)."""
     try:
         with engine.begin() as conn:
             now, ahead = _clock(conn)
@@ -169,10 +194,41 @@ def claim(engine: Engine, host_id: str, holder: str, hold: timedelta, alone: boo
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
+        if not freeing and release_frozen(engine, host_id):
+            return claim(engine, host_id, holder, hold, alone, freeing=True)
         raise RejectedMessage(
             "another collector is writing this host; connect again later or to another collector", "UNAVAILABLE"
         ) from exc
     return int(row.id), Lease(number, holder, hold, ahead, taken_over=other)
+
+
+def release_frozen(engine: Engine, host_id: str) -> bool:
+    """End the database session that holds the host's row when it has waited on its collector for longer than
+    ``FROZEN`` and the host's claim has lapsed: a collector stopped, or cut off from the database, inside a
+    transaction.  PostgreSQL's own idle-in-transaction timeout does not cover every such session (one that
+    stopped half-way through a pipeline, or after a pipeline's closing flush, waits with no timer).  True if
+    one was ended; False when there was none, or this role may not end it (then the claim waits for the
+    holder's own timeout)."""
+    if engine.dialect.name != "postgresql":
+        return False
+    try:
+        with engine.begin() as conn:
+            found = conn.execute(FROZEN_HOLDER, {"host_id": host_id, "waited": FROZEN}).all()
+    except DBAPIError as exc:
+        said = str(exc.orig).strip().splitlines()[0]
+        log.warning("host %s: could not end the frozen database session holding its row: %s", host_id, said)
+        return False
+    for session in found:
+        log.warning(
+            "host %s: %s database session %d, which held the host's row and had waited %.0f s on its "
+            "collector (%s); the host's claim had lapsed",
+            host_id,
+            "ended" if session.ended else "could not end",
+            session.pid,
+            session.waited,
+            session.state,
+        )
+    return any(session.ended for session in found)
 
 
 def _clock(conn: Connection) -> tuple[datetime, timedelta]:

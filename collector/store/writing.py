@@ -5,15 +5,12 @@ Each socket that opens or closes moves the count of its flow (``collector.flows`
 changes has its open row closed and a new one opened, at the message's time.
 
 On PostgreSQL each statement is a round trip to the server, so a message applied in one transaction
-(``Writer.batched``) saves them: its host's ``host_state`` row is locked in the same round trip as the
-transaction begins (``locked_host``), and the writes whose answer it does not need (a few new rows, the host's state,
-the observation) wait (``later``) and go at the end in one pipeline with the COMMIT.  A delta takes
-five round trips instead of thirteen, a heartbeat three instead of six.
+(``Writer.batched``) saves them: the writes whose answer it does not need (a few new rows, the host's state,
+the observation) wait (``later``) and go at the end in one pipeline with the COMMIT.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,37 +137,33 @@ class Writer:
         return self._texts[key]
 
     def locked_host(self, conn: Connection, ref: int) -> Any:
-        """The host's state (``host_state``), locked until the transaction ends (``HOST_FOR_UPDATE``); on
-        PostgreSQL sent with the transaction's BEGIN, in one round trip."""
+        """The host's state (``host_state``), locked until the transaction ends (``HOST_FOR_UPDATE``)."""
         if not self.postgres:
             return conn.execute(HOST_FOR_UPDATE, {"ref": ref}).one()
-        rows = self._begun(conn, HOST_FOR_UPDATE, {"ref": ref})
+        rows = self.fetch(conn, HOST_FOR_UPDATE, {"ref": ref})
         if not rows:
             raise LookupError(f"no host with id {ref}")
         return rows[0]
 
     def locked_hosts(self, conn: Connection, refs: list[int]) -> dict[int, Any]:
         """Hosts' states by id (PostgreSQL), locked until the transaction ends, in the order of ``refs``
-        (``statements.HOSTS_FOR_UPDATE``); sent with the transaction's BEGIN, in one round trip."""
-        return {row.host_ref: row for row in self._begun(conn, HOSTS_FOR_UPDATE, {"refs": refs})}
+        (``statements.HOSTS_FOR_UPDATE``)."""
+        return {row.host_ref: row for row in self.fetch(conn, HOSTS_FOR_UPDATE, {"refs": refs})}
 
-    def _begun(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
-        """A statement's rows, sent in one pipeline with the BEGIN the driver sends before it."""
-        return self.fetch(conn, statement, params, with_begin=True)
-
-    def fetch(
-        self, conn: Connection, statement: Executable, params: dict[str, Any], with_begin: bool = False
-    ) -> list[Any]:
+    def fetch(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
         """A statement's rows (named tuples), straight through the driver (PostgreSQL): for statements whose
-        values need no conversion by SQLAlchemy.  ``with_begin``: the transaction's first statement, sent in one
-        round trip with its BEGIN."""
+        values need no conversion by SQLAlchemy.
+
+        Never in a pipeline with the transaction's BEGIN, though that would save a round trip: the driver ends
+        a pipeline with a flush request after its sync, and PostgreSQL's idle-in-transaction timer, armed at
+        the sync, is disarmed by that flush until the next statement.  A collector frozen right after locking
+        its hosts would then hold their rows (and keep them from every other collector) until it woke."""
         raw = conn.connection.driver_connection
         assert raw is not None
         sql = self._text(statement)
         try:
             with raw.cursor(row_factory=namedtuple_row) as cursor:
-                with raw.pipeline() if with_begin else contextlib.nullcontext():
-                    cursor.execute(sql, params)
+                cursor.execute(sql, params)
                 rows: list[Any] = cursor.fetchall()
                 return rows
         except Exception as exc:

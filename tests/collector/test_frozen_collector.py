@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, create_engine
 
 from sockfleet.agent.stream import KEEPALIVE_TIME, PING_TIMEOUT, ack_wait
 from tests import postgres
@@ -44,7 +45,10 @@ class Pair:
         began, moment = time.monotonic(), datetime.now(UTC)
         answered = f"connected to the collector at 127.0.0.1:{self.other.port}"
         before = self.log.read_text().count(answered)
-        wait_for(lambda: self.log.read_text().count(answered) > before, "an Ack from the other collector", bound)
+        try:
+            wait_for(lambda: self.log.read_text().count(answered) > before, "an Ack from the other collector", bound)
+        except pytest.fail.Exception:
+            pytest.fail(f"no Ack from the other collector within {bound:g} s; the agent said:\n{self.log.read_text()}")
         took = time.monotonic() - began
         wait_for(lambda: stored_since(self.other, moment), "the scans taken since on the other collector", 60)
         return took
@@ -118,6 +122,47 @@ def test_an_agent_leaves_a_stopped_collector_of_a_shared_database(pg_cluster: po
         finally:
             running.first.proc.send_signal(signal.SIGCONT)
     print(f"stopped collector, shared database: on the other one after {moved:.1f} s: {running.left()}")
+
+
+@pytest.mark.skipif(postgres.binaries() is None, reason="PostgreSQL binaries are not installed")
+def test_an_agent_leaves_a_collector_stopped_inside_a_transaction_of_a_shared_database(
+    pg_cluster: postgres.Cluster, tmp_path: Path
+) -> None:
+    # A collector stopped while its message's transaction holds the host's row: the other collector cannot take
+    # the host until the database ends the stopped collector's session, idle inside its transaction (10 s, as
+    # long as the agent waits for an Ack).  The first statement of a message's transaction was sent in a
+    # pipeline with its BEGIN, whose closing flush left such a session with no idle timer: held for good.
+    db_url = pg_cluster.database()
+    ask(db_url, "collector", "migrate")
+    with pair(tmp_path, shared=db_url) as running:
+        watcher = create_engine(db_url, isolation_level="AUTOCOMMIT")
+        try:
+            with watcher.connect() as lock:
+                # The next message's transaction waits for the host's row, is stopped there, then gets it.
+                lock.exec_driver_sql("BEGIN; SELECT 1 FROM host_state FOR UPDATE")
+                wait_for(lambda: waiting_for_a_lock(watcher), "the collector's message waiting for its host", 30)
+                running.first.proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.2)  # the signal lands before the statement can end
+                lock.exec_driver_sql("ROLLBACK")
+            try:
+                moved = running.moved()
+            finally:
+                running.first.proc.send_signal(signal.SIGCONT)
+            # Woken, the first collector finds its session ended and the agent gone, and says so in a line.
+            wait_for(lambda: f"host {HOST} ({HOST}) disconnected" in running.first.said(), "the stream's end", 30)
+            assert "Traceback" not in running.first.said(), running.first.said()
+        finally:
+            watcher.dispose()
+    print(f"collector stopped inside a transaction: on the other one after {moved:.1f} s: {running.left()}")
+
+
+def waiting_for_a_lock(engine: Engine) -> bool:
+    """Whether a session of ``engine``'s database waits for a lock."""
+    with engine.connect() as conn:
+        waiting = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).scalar_one()
+    return bool(waiting)
 
 
 def test_an_agent_leaves_a_collector_stuck_on_its_database_within_a_few_intervals(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import shutil
@@ -19,7 +20,8 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from sockfleet.agent import targets
 from sockfleet.agent.errors import UsageError
@@ -396,6 +398,107 @@ def test_a_hello_waits_for_a_locked_host_no_more_than_two_seconds(pg_cluster: po
         engine.dispose()
 
 
+def claimed(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return leases.holders(conn)
+
+
+@needs_postgres
+def test_a_session_frozen_holding_a_host_is_ended_once_its_claim_lapsed(
+    pg_cluster: postgres.Cluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector stopped inside a transaction that PostgreSQL's idle timeout does not cover (a session that
+    stopped after a pipeline's closing flush waits with no timer) would keep the host from every collector
+    for as long as it stays stopped: a hello that finds the host's row locked by a session that has waited on
+    its collector longer than ``FROZEN``, and the host's claim lapsed, ends that session and takes the host."""
+    monkeypatch.setattr(leases, "FROZEN", timedelta(seconds=1))
+    engine = db.engine(pg_cluster.database())
+    db.migrate(engine)
+    untimed = create_engine(engine.url)  # no idle timeout: the stopped collector's session
+    hello = fleet.hello("frozen-holder")
+    Store(engine).hello(convert.greeting(hello))
+    try:
+        first = leases.claim(engine, hello.host_id, "collector-a/1/1/x", timedelta(seconds=8))
+        assert first is not None
+        with untimed.connect() as stuck:  # collector A, stopped while its transaction holds the host's row
+            stuck.execute(text(f"{HOLDERS} WHERE h.host_id = :id FOR UPDATE OF s"), {"id": hello.host_id})
+            time.sleep(1.2)
+            # A's claim has not lapsed: its session is left alone, however long it has waited.
+            with pytest.raises(RejectedMessage, match="another collector is writing this host"):
+                leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+            wait_for(lambda: not claimed(engine), "collector A's claim to lapse", 30)
+            with caplog.at_level(logging.WARNING, "sockfleet.collector"):
+                taken = leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+            assert taken is not None and taken[1].taken_over
+            with pytest.raises(DBAPIError, match="terminating connection due to administrator command"):
+                stuck.execute(text("SELECT 1"))
+        with engine.connect() as conn:
+            assert conn.execute(text(HOLDERS)).all() == [("frozen-holder", "collector-b/2/2/x")]
+        assert "which held the host's row and had waited" in caplog.text
+    finally:
+        untimed.dispose()
+        engine.dispose()
+
+
+@needs_postgres
+def test_a_frozen_session_this_role_may_not_end_leaves_the_host_refused(
+    pg_cluster: postgres.Cluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Collector B's role may not end A's session (A connects as a superuser here): B refuses the host as
+    before, saying why when its role may see A's session (pg_read_all_stats); A's own idle timeout is left to
+    free it."""
+    monkeypatch.setattr(leases, "FROZEN", timedelta(seconds=1))
+    engine = db.engine(pg_cluster.database())
+    db.migrate(engine)
+    hello = fleet.hello("frozen-superuser")
+    Store(engine).hello(convert.greeting(hello))
+    with engine.begin() as conn:
+        conn.execute(text("DROP ROLE IF EXISTS sockfleet_other"))
+        conn.execute(text("CREATE ROLE sockfleet_other LOGIN"))
+        conn.execute(text("GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public TO sockfleet_other"))
+    other = create_engine(make_url(engine.url.render_as_string(hide_password=False)).set(username="sockfleet_other"))
+    untimed = create_engine(engine.url)  # no idle timeout: the stopped collector's session
+    try:
+        with untimed.connect() as stuck:
+            stuck.execute(text(f"{HOLDERS} WHERE h.host_id = :id FOR UPDATE OF s"), {"id": hello.host_id})
+            time.sleep(1.5)
+            with caplog.at_level(logging.WARNING, "sockfleet.collector"):
+                with pytest.raises(RejectedMessage, match="another collector is writing this host"):
+                    leases.claim(other, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+                assert caplog.text == ""  # other roles' sessions are hidden from it
+                with engine.begin() as conn:
+                    conn.execute(text("GRANT pg_read_all_stats TO sockfleet_other"))
+                with pytest.raises(RejectedMessage, match="another collector is writing this host"):
+                    leases.claim(other, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+            assert "could not end the frozen database session holding its row: must be a superuser" in caplog.text
+            assert stuck.execute(text("SELECT 1")).scalar_one() == 1
+            stuck.rollback()
+    finally:
+        other.dispose()
+        untimed.dispose()
+        with engine.begin() as conn:
+            conn.execute(text("DROP OWNED BY sockfleet_other"))
+            conn.execute(text("DROP ROLE sockfleet_other"))
+        engine.dispose()
+
+
+@needs_postgres
+def test_a_session_that_just_locked_a_host_is_not_taken_for_frozen(pg_cluster: postgres.Cluster) -> None:
+    engine = db.engine(pg_cluster.database())
+    db.migrate(engine)
+    hello = fleet.hello("busy-holder")
+    Store(engine).hello(convert.greeting(hello))
+    try:
+        with engine.connect() as busy:  # the claim is lapsed, but the session has waited less than FROZEN
+            busy.execute(text(f"{HOLDERS} WHERE h.host_id = :id FOR UPDATE OF s"), {"id": hello.host_id})
+            with pytest.raises(RejectedMessage, match="another collector is writing this host"):
+                leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60))
+            assert busy.execute(text("SELECT 1")).scalar_one() == 1
+            busy.rollback()
+    finally:
+        engine.dispose()
+
+
 def test_collector_lists_are_checked_and_names_resolve_to_every_address(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [t.name for t in targets.parse("a:1, [::1]:50051")] == ["a:1", "[::1]:50051"]
     for bad in (
@@ -477,9 +580,12 @@ def test_an_agent_moves_past_a_collector_that_is_down(tmp_path: Path) -> None:
 
 
 @needs_postgres
-def test_a_writer_stopped_inside_a_transaction_loses_its_session_after_a_minute(pg_cluster: postgres.Cluster) -> None:
+def test_a_writer_stopped_inside_a_transaction_loses_its_session_after_ten_seconds(
+    pg_cluster: postgres.Cluster,
+) -> None:
     """A collector frozen inside a transaction would hold its host's row for as long as it stays frozen; the
-    database ends such a session after a minute (idle in transaction), so another collector can take the host.
+    database ends such a session after 10 s (idle in transaction; an agent waits as long for an Ack before it
+    moves), so another collector can take the host.
     Questions' sessions (read only) keep the server's default."""
     url = pg_cluster.database()
     writer, reader = db.engine(url), None
@@ -487,7 +593,7 @@ def test_a_writer_stopped_inside_a_transaction_loses_its_session_after_a_minute(
         db.migrate(writer)
         reader = db.engine(url, write=False)
         with writer.connect() as conn:
-            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar_one() == "1min"
+            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar_one() == "10s"
         with reader.connect() as conn:
             assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar_one() == "0"
     finally:
