@@ -22,7 +22,7 @@ def apply_delta(
     left: list[Row[Any]] = []
     for chunk in chunks(closing):
         params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
-        left += conn.execute(writer.close_keys, params)
+        left += writer.returning(conn, writer.close_keys, params)
     if len(left) != len(closing):
         raise Resync("delta removes or changes a socket the collector does not hold")
     listening = writer.open_rows(conn, ref, changes.added + changes.changed, moment, left, listening)

@@ -28,7 +28,8 @@ def apply_snapshot(
     closing = [row_id for key, (row_id, _) in held.items() if key not in listed or key in changed_keys]
     left: list[Row[Any]] = []
     for chunk in chunks(closing):
-        left += conn.execute(writer.close_ids, {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)})
+        params = {"ids": list(chunk), "moment": moment, **spans.cutoffs(moment)}
+        left += writer.returning(conn, writer.close_ids, params)
     listening = writer.open_rows(conn, ref, opening, moment, left, listening)
     changed = sum(1 for row in opening if row.key in held)
     return (len(opening) - changed, len(closing) - changed, changed), listening

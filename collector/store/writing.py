@@ -78,6 +78,7 @@ class Writer:
         self.close_ids = CLOSE_IDS_ANY if self.postgres else CLOSE_IDS
         self.close_flows = CLOSE_FLOWS_ANY if self.postgres else CLOSE_FLOWS
         self._texts: dict[tuple[int, tuple[str, ...]], str | None] = {}
+        self._fetched: dict[int, tuple[str, dict[str, Any]]] = {}
 
     @contextmanager
     def batched(self, conn: Connection) -> Iterator[None]:
@@ -160,23 +161,32 @@ class Writer:
         its hosts would then hold their rows (and keep them from every other collector) until it woke."""
         raw = conn.connection.driver_connection
         assert raw is not None
-        sql = self._text(statement)
+        sql, fixed = self._text(statement)
         try:
             with raw.cursor(row_factory=namedtuple_row) as cursor:
-                cursor.execute(sql, params)
+                cursor.execute(sql, {**fixed, **params} if fixed else params)
                 rows: list[Any] = cursor.fetchall()
                 return rows
         except Exception as exc:
             _translated(exc, sql)
             raise
 
-    def _text(self, statement: Executable) -> str:
-        """A statement's text for this database's driver, made once."""
-        key = (id(statement), ())
-        text = self._texts.get(key)
-        if text is None:
-            text = self._texts[key] = str(statement.compile(dialect=self.engine.dialect))  # type: ignore[attr-defined]
-        return text
+    def returning(self, conn: Connection, statement: Executable, params: dict[str, Any]) -> list[Any]:
+        """The rows a statement returns: straight through the driver on PostgreSQL (``fetch``: the statement's
+        values and rows need no conversion by SQLAlchemy), through SQLAlchemy on SQLite."""
+        if self.postgres:
+            return self.fetch(conn, statement, params)
+        return list(conn.execute(statement, params))
+
+    def _text(self, statement: Executable) -> tuple[str, dict[str, Any]]:
+        """A statement's text for this database's driver, and the values of the parameters the statement itself
+        holds (constants SQLAlchemy binds, as a closed row's span class); made once."""
+        made = self._fetched.get(id(statement))
+        if made is None:
+            compiled = statement.compile(dialect=self.engine.dialect)  # type: ignore[attr-defined]
+            fixed = {name: value for name, value in compiled.params.items() if value is not None}
+            made = self._fetched[id(statement)] = (str(compiled), fixed)
+        return made
 
     def open_rows(
         self,
@@ -225,7 +235,7 @@ class Writer:
         current = {}
         for chunk in chunks(moving):
             params = {"ref": ref, "keys": list(chunk), "moment": moment, **spans.cutoffs(moment)}
-            for row in conn.execute(self.close_flows, params):
+            for row in self.returning(conn, self.close_flows, params):
                 current[row[0]] = open_flow(row)
         rows = self.new_flows(ref, current, changes, identities, moment)
         if rows:
