@@ -84,7 +84,7 @@ def engine(
         # seconds before it runs for a fraction of one.  A question's transactions are read-only.
         # A writer stopped inside a transaction (a collector frozen, or cut off from the database) has its
         # session ended after 10 s (as long as an agent waits for an Ack), so that the rows it locked (a host's
-        # state) go to another collector.  A migration's long steps are not idle: they run in the server.
+        # state) go to another collector.  A migration is exempt (``_run``).
         options = "-c jit=off " + (IDLE_WRITER if write else "-c default_transaction_read_only=on")
         try:
             eng = create_engine(parsed, pool_pre_ping=ping, connect_args={"options": options, "connect_timeout": 10})
@@ -291,6 +291,10 @@ def downgrade(eng: Engine, revision: str) -> None:
 def _run(eng: Engine, step: object, revision: str) -> None:
     config = alembic_config()
     with eng.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # A migration may work on rows in Python between two statements for longer than a writer's idle
+            # timeout (``IDLE_WRITER``) allows.
+            conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         config.attributes["connection"] = conn
         step(config, revision)  # type: ignore[operator]
 
