@@ -87,7 +87,8 @@ def _addresses(target: Target) -> list[Target]:
 class Rotation:
     """Which collector to try now.  ``failed`` moves on to the next and tells whether every collector has
     failed since the last stream that worked (``answered``); after the last, ``resolve`` (which may wait for
-    DNS: call it off the event loop) reads the names again and shuffles."""
+    DNS: call it off the event loop) reads the names again and shuffles, the collector that failed last put
+    last (a collector that froze keeps accepting connections, and would hold the agent for its pings again)."""
 
     def __init__(self, targets: list[Target]) -> None:
         self.targets = targets
@@ -96,6 +97,7 @@ class Rotation:
         self.place = 0
         self.misses = 0
         self.stale = True  # the names are to be resolved before the next try
+        self.last_failed: Target | None = None
 
     @property
     def current(self) -> Target:
@@ -103,12 +105,17 @@ class Rotation:
 
     def resolve(self) -> None:
         if self.stale:
-            self.order, self.place, self.stale = expand(self.targets), 0, False
+            order = expand(self.targets)
+            if self.last_failed in order and len(order) > 1:
+                order.remove(self.last_failed)
+                order.append(self.last_failed)
+            self.order, self.place, self.stale = order, 0, False
 
     def answered(self) -> None:
         self.misses = 0
 
     def failed(self) -> bool:
+        self.last_failed = self.current
         self.misses += 1
         self.place += 1
         if self.place >= len(self.order):

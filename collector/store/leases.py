@@ -38,12 +38,15 @@ MAX_HOLD = timedelta(minutes=10)  # a host scanned hourly is not kept from every
 INTERVALS_HELD = 3  # a claim lapses this many of the host's intervals after its last message
 SHORT_LOCK_WAIT = text("SET LOCAL lock_timeout = '2s'")  # while a lease is taken (PostgreSQL)
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
-FROZEN = timedelta(seconds=10)  # a session waiting this long on its collector, inside a transaction, is frozen
+# A session waiting this long on its collector, inside a transaction, is frozen.  (A COPY that still sends rows,
+# slowly, waits on its collector too between them: it could be taken for frozen once its host's claim has
+# lapsed, which means its agent has left already.  The collector's COPYs are one message's rows.)
+FROZEN = timedelta(seconds=10)
 # The session that holds a host's row locked (its transaction id is the row's xmax) and has waited on its
 # client, inside that transaction, for longer than ``waited`` while the host's claim has lapsed: ended.
 FROZEN_HOLDER = text(
     """
-    SELECT pg_terminate_backend(a.pid, 1000) AS ended, a.pid, extract(epoch FROM now() - a.state_change) AS waited,
+    SELECT pg_terminate_backend(a.pid) AS ended, a.pid, extract(epoch FROM now() - a.state_change) AS waited,
         a.state
     FROM host_state s
     JOIN hosts h ON h.id = s.host_ref
@@ -213,8 +216,11 @@ def release_frozen(engine: Engine, host_id: str) -> bool:
         return False
     try:
         with engine.begin() as conn:
+            conn.execute(SHORT_LOCK_WAIT)  # a table lock (a migration) holds this look no longer than the claim
             found = conn.execute(FROZEN_HOLDER, {"host_id": host_id, "waited": FROZEN}).all()
     except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            return False
         said = str(exc.orig).strip().splitlines()[0]
         log.warning("host %s: could not end the frozen database session holding its row: %s", host_id, said)
         return False

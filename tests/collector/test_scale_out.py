@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -400,6 +401,40 @@ def test_a_hello_waits_for_a_locked_host_no_more_than_two_seconds(pg_cluster: po
         engine.dispose()
 
 
+@needs_postgres
+def test_a_hello_that_meets_a_table_lock_is_refused_after_its_lock_waits(pg_cluster: postgres.Cluster) -> None:
+    """A migration (or VACUUM FULL) holding host_state: the hello waits 2 s for the row, then as long again to
+    look for a frozen holder, and is refused; it never waits for the lock's holder."""
+    engine = db.engine(pg_cluster.database())
+    db.migrate(engine)
+    untimed = create_engine(engine.url)
+    hello = fleet.hello("table-locked")
+    Store(engine).hello(convert.greeting(hello))
+    answers: queue.Queue[object] = queue.Queue()
+
+    def hello_now() -> None:
+        try:
+            answers.put(leases.claim(engine, hello.host_id, "collector-b/2/2/x", timedelta(seconds=60)))
+        except RejectedMessage as exc:
+            answers.put(exc)
+
+    try:
+        with untimed.connect() as migrating:
+            migrating.execute(text("LOCK TABLE host_state IN ACCESS EXCLUSIVE MODE"))
+            asking = threading.Thread(target=hello_now)
+            asking.start()
+            asking.join(60)  # not a bound on its speed: a hello waiting for this lock would wait until it goes
+            waited_for_the_lock = asking.is_alive()
+            migrating.rollback()
+        asking.join()
+        assert not waited_for_the_lock
+        refused = answers.get_nowait()
+        assert isinstance(refused, RejectedMessage) and refused.code == "UNAVAILABLE", refused
+    finally:
+        untimed.dispose()
+        engine.dispose()
+
+
 def claimed(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return leases.holders(conn)
@@ -524,6 +559,23 @@ def test_collector_lists_are_checked_and_names_resolve_to_every_address(monkeypa
     rotation.answered()
     assert not rotation.failed()
     assert seen <= {"10.0.0.1:50051", "10.0.0.2:50051", "[fd00::3]:50051"}
+
+
+def test_a_new_round_never_starts_with_the_collector_that_just_failed() -> None:
+    """After the last collector of a round fails, the names are read again and shuffled; the one that just failed
+    goes last, or an agent would go straight back to a collector that froze (and wait out its pings again)."""
+    rotation = targets.Rotation(targets.parse("127.0.0.1:50051,127.0.0.2:50051,127.0.0.3:50051"))
+    rotation.resolve()
+    for _ in range(200):
+        failing = rotation.current
+        rotation.failed()
+        rotation.resolve()
+        assert rotation.current != failing
+    single = targets.Rotation(targets.parse("127.0.0.1:50051"))
+    single.resolve()
+    single.failed()
+    single.resolve()
+    assert single.current.address == "127.0.0.1:50051"  # the only one is tried again
 
 
 def test_an_agent_moves_past_a_collector_that_is_down(tmp_path: Path) -> None:
