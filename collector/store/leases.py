@@ -12,7 +12,9 @@ interleave one host's history.  A stream's end gives its lease back at once.
 
 Lapse times are in the database's clock (PostgreSQL's ``now()``), so collectors whose clocks disagree
 still agree on when a claim lapses.  Taking a lease waits at most 2 s for that row:
-a collector stuck inside a transaction holds up only that host, never every hello.
+a collector stuck inside a transaction holds up only that host, never every hello; and once the host's
+claim has lapsed and the stuck session has waited on its collector for 10 s, the hello ends that session
+(``release_frozen``) and takes the host.
 """
 
 from __future__ import annotations
