@@ -37,6 +37,7 @@ from sockfleet.collector.store.statements import (
     HOSTS_FOR_UPDATE,
     LISTENING,
     SOCKETS_BULK,
+    Bulk,
     chunks,
 )
 
@@ -260,23 +261,24 @@ class Writer:
         writes (and binds) times, so that text comparisons in queries hold at equal times too."""
         return moment if self.postgres else moment.isoformat(" ", timespec="microseconds")
 
-    def write(self, conn: Connection, statements: tuple[str, str], values: list[tuple[Any, ...]]) -> None:
+    def write(self, conn: Connection, statements: Bulk, values: list[tuple[Any, ...]]) -> None:
         """New rows in bulk: ``executemany`` of one constant INSERT on SQLite, ``COPY`` on PostgreSQL (a few
         rows in a ``batched`` transaction: an INSERT in its closing pipeline)."""
         pending: list[Callable[[], object]] | None = conn.info.get(_PENDING) if self.postgres else None
         if pending is not None and len(values) < COPY_ROWS:
-            insert = statements[0].replace("?", "%s")  # the text holds no other "?": column names and marks
+            insert = statements.insert.replace("?", "%s")  # the text holds no other "?": column names and marks
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             pending.append(lambda: cursor.executemany(insert, values))
             return
         try:
             if self.postgres:
                 cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                with cursor.copy(statements[1]) as copy:
+                with cursor.copy(statements.copy) as copy:
+                    copy.set_types(statements.types)
                     for value in values:
                         copy.write_row(value)
             else:
-                conn.exec_driver_sql(statements[0], values)
+                conn.exec_driver_sql(statements.insert, values)
         except DBAPIError as exc:
             if isinstance(exc, IntegrityError):  # uq_sockets_open_key: the message opens a socket held open
                 raise Resync("a message opens a socket the collector already holds") from exc
@@ -284,7 +286,7 @@ class Writer:
                 raise RejectedMessage(f"the database refused a value: {' '.join(str(exc.orig).split())[:300]}") from exc
             raise
         except Exception as exc:
-            _translated(exc, statements[1])
+            _translated(exc, statements.copy)
             raise
 
 

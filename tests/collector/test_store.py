@@ -14,6 +14,7 @@ from sockfleet.collector.errors import RejectedMessage
 from sockfleet.collector.schema import observations, sockets
 from sockfleet.collector.store import Store
 from sockfleet.v1 import fleet_pb2 as pb
+from sockfleet.v1 import limits
 from tests.collector import fleet
 from tests.collector.fleet import at
 
@@ -315,6 +316,42 @@ def test_values_no_database_can_hold_are_refused_by_field(
         store.apply(web, convert.scan(fleet.snapshot(1, at(0), [fleet.tcp_listener(80), bad])))
     assert message in str(caught.value)
     assert socket_rows(engine) == 0
+
+
+def _at_the_limits(number: int) -> pb.Socket:
+    """A socket whose every field is at the largest, or the oddest, value a database must keep as sent."""
+    sock = fleet.inet("tcp", "fd00::1", 65535, "fd00::ffff:2", 60000 - number, number + 1, "ünïcödé\t\\N")
+    sock.key.netns = sock.peer_inode = 2**63 - 1
+    sock.key.inode = 2**63 - 1 - number
+    sock.uid = sock.rx_queue = sock.tx_queue = 2**32 - 1
+    sock.pid = sock.owners = limits.MAX_PID
+    sock.user = "u" * limits.MAX_NAME
+    sock.cmdline = "a\nb\\.\r" + "é" * (limits.MAX_TEXT - 6)
+    return sock
+
+
+@pytest.mark.parametrize("count", [2, 100])  # a few rows go as one INSERT, many as a COPY (on PostgreSQL)
+def test_values_at_their_limits_are_stored_as_sent(store: Store, engine: Engine, count: int) -> None:
+    web = store.hello(convert.greeting(fleet.hello()))
+    sent = [_at_the_limits(number) for number in range(count)]
+    assert store.apply(web, convert.scan(fleet.snapshot(1, at(0), sent))).acked
+    columns = [sockets.c[name] for name in ("netns", "inode", "local_port", "remote_address", "remote_port")]
+    columns += [sockets.c[name] for name in ("peer_inode", "uid", "user", "pid", "process", "cmdline", "owners")]
+    with engine.connect() as conn:
+        stored = conn.execute(select(*columns, sockets.c.rx_queue, sockets.c.tx_queue, sockets.c.flow)).all()
+    assert sorted(tuple(row[:-1]) for row in stored) == sorted(
+        (
+            sock.key.netns,
+            sock.key.inode,
+            65535,
+            "fd00::ffff:2",
+            sock.key.remote_port,
+            *(sock.peer_inode, sock.uid, sock.user, sock.pid, sock.process, sock.cmdline, sock.owners),
+            *(sock.rx_queue, sock.tx_queue),
+        )
+        for sock in sent
+    )
+    assert all(row.flow for row in stored)
 
 
 @pytest.mark.parametrize(
