@@ -78,8 +78,13 @@ def identity(
 
 
 def digest(flow: tuple[Any, ...]) -> str:
-    """The flow's key within its host (``flows.key``, ``sockets.flow``)."""
-    text = "\x1f".join("" if value is None else str(value) for value in flow)
+    """The flow's key within its host (``flows.key``, ``sockets.flow``): its fields as text (none as empty),
+    joined by \x1f.  Namespace, protocol and role are never empty; one f-string is faster than a join."""
+    netns, proto, role, process, laddr, lport, raddr, rport = flow
+    text = (
+        f"{netns}\x1f{proto}\x1f{role}\x1f{'' if process is None else process}\x1f{'' if laddr is None else laddr}"
+        f"\x1f{'' if lport is None else lport}\x1f{'' if raddr is None else raddr}\x1f{'' if rport is None else rport}"
+    )
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
