@@ -217,10 +217,14 @@ def test_prefetched_owners_equal_a_plain_walk(zoo: Zoo) -> None:
         assert plain.owners.get(inode) == prefetched.owners.get(inode), inode
     inode = zoo.sockets["tcp_prefork_listen"]["inode"]
     assert prefetched.owners[inode] == (zoo.pid, zoo.worker)
-    # The next scan of the same scanner is warm: it reads links in-process, few of them.
-    before = scanner.owners.links_read
-    scanner.snapshot()
-    assert scanner.owners.links_read - before < 50
+    # The next scans of the same scanner are warm: they read the links of processes new since, few of them.
+    # Other tests start processes meanwhile: the quietest of five scans is the one to judge.
+    read = []
+    for _ in range(5):
+        before = scanner.owners.links_read
+        scanner.snapshot()
+        read.append(scanner.owners.links_read - before)
+    assert min(read) < 50, read
 
 
 def test_a_walk_shared_with_a_child_equals_a_plain_walk(zoo: Zoo) -> None:
