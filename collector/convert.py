@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, TypeAlias
 
 from sockfleet.collector.errors import RejectedMessage
@@ -96,17 +97,23 @@ VOLATILE_COLUMNS = ("rx_queue", "tx_queue")
 ROW_COLUMNS = ("key", *IDENTITY_COLUMNS, *VERSIONED_COLUMNS, *VOLATILE_COLUMNS)
 
 
-@dataclass(frozen=True, slots=True)
 class SocketRow:
-    """One socket as stored: digest ``key``, identity, versioned and volatile attributes, in ``ROW_COLUMNS`` order."""
+    """One socket as stored: its ``values`` in ``ROW_COLUMNS`` order (digest ``key``, identity, versioned and
+    volatile attributes)."""
 
-    key: str
-    identity: tuple[Any, ...]
-    versioned: tuple[Any, ...]
-    volatile: tuple[int, int]
+    __slots__ = ("key", "values")
 
-    def values(self) -> tuple[Any, ...]:
-        return (self.key, *self.identity, *self.versioned, *self.volatile)
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.key: str = values[0]
+        self.values = values
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        return self.values[1 : 1 + len(IDENTITY_COLUMNS)]
+
+    @property
+    def versioned(self) -> tuple[Any, ...]:
+        return self.values[1 + len(IDENTITY_COLUMNS) : 1 + len(IDENTITY_COLUMNS) + len(VERSIONED_COLUMNS)]
 
 
 def text(value: str, field: str, limit: int = MAX_NAME, required: bool = False) -> str | None:
@@ -177,36 +184,46 @@ def _port(value: int, field: str) -> int:
     return value
 
 
-def key_row(key: pb.SocketKey, where: str = "socket", digest: str | None = None) -> tuple[str, tuple[Any, ...]]:
-    """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key (``digest``: its
-    ``key_digest``, when already made)."""
-    if key.netns > MAX_BIGINT or key.inode > MAX_BIGINT:
-        _number(key.netns, f"{where}.key.netns")
-        _number(key.inode, f"{where}.key.inode")
-    proto, family, kind = PROTOS.get(key.proto), FAMILIES.get(key.family), TYPES.get(key.type)
+# A key's fields as ``key_digest`` joins them, read from the message in one call.
+_KEY_FIELDS: Callable[[pb.SocketKey], tuple[Any, ...]] = attrgetter(
+    "netns", "proto", "family", "type", "inode", "local_address", "local_port", "remote_address", "remote_port", "path"
+)
+_KEY_TEXT = "\x1f".join(["%s"] * 10)
+
+
+def key_row(key: pb.SocketKey, where: str = "socket", digest: str | None = None) -> tuple[Any, ...]:
+    """The digest and identity columns (``IDENTITY_COLUMNS`` order) of one socket key, as one tuple
+    (``digest``: its ``key_digest``, when already made)."""
+    fields = _KEY_FIELDS(key)
+    netns, proto_number, family_number, type_number, inode = fields[:5]
+    if netns > MAX_BIGINT or inode > MAX_BIGINT:
+        _number(netns, f"{where}.key.netns")
+        _number(inode, f"{where}.key.inode")
+    proto, family, kind = PROTOS.get(proto_number), FAMILIES.get(family_number), TYPES.get(type_number)
     if proto is None or family is None or kind is None:  # the refusal names the first unknown field
-        proto = _enum(PROTOS, key.proto, f"{where}.key.proto")
-        family = _enum(FAMILIES, key.family, f"{where}.key.family")
-        kind = _enum(TYPES, key.type, f"{where}.key.type")
+        proto = _enum(PROTOS, proto_number, f"{where}.key.proto")
+        family = _enum(FAMILIES, family_number, f"{where}.key.family")
+        kind = _enum(TYPES, type_number, f"{where}.key.type")
     if (proto == "unix") != (family == "unix"):
         raise RejectedMessage(f"{where}.key: proto {proto} does not go with family {family}")
-    columns = _unix_columns(key, where) if proto == "unix" else _inet_columns(key, proto, family, where)
-    identity = (key.netns, proto, family, kind, key.inode or None, *columns)
-    return digest or key_digest(key), identity
+    columns = _unix_columns(fields, where) if proto == "unix" else _inet_columns(fields, proto, family, where)
+    return (digest or _digest(fields), netns, proto, family, kind, inode or None, *columns)
 
 
-def _unix_columns(key: pb.SocketKey, where: str) -> tuple[Any, ...]:
-    """Address, ports and path of a Unix socket's key: only the path."""
-    if key.local_address or key.remote_address or key.local_port or key.remote_port:
+def _unix_columns(fields: tuple[Any, ...], where: str) -> tuple[Any, ...]:
+    """Address, ports and path of a Unix socket's key (``_KEY_FIELDS``): only the path."""
+    _, _, _, _, _, local, local_port, remote, remote_port, path = fields
+    if local or remote or local_port or remote_port:
         raise RejectedMessage(f"{where}.key: a unix socket has no addresses or ports")
-    return (None, None, None, None, text(key.path, f"{where}.key.path", MAX_TEXT))
+    return (None, None, None, None, text(path, f"{where}.key.path", MAX_TEXT))
 
 
-def _inet_columns(key: pb.SocketKey, proto: str, family: str, where: str) -> tuple[Any, ...]:
-    """Address, ports and path of an internet socket's key: no path, and a remote port only with an address."""
-    if key.path:
+def _inet_columns(fields: tuple[Any, ...], proto: str, family: str, where: str) -> tuple[Any, ...]:
+    """Address, ports and path of an internet socket's key (``_KEY_FIELDS``): no path, and a remote port only
+    with an address."""
+    _, _, _, _, _, local, local_port, remote, remote_port, path = fields
+    if path:
         raise RejectedMessage(f"{where}.key.path: an {proto} socket has no path")
-    local, local_port, remote, remote_port = key.local_address, key.local_port, key.remote_address, key.remote_port
     # Field names are made for a refusal only: the common socket passes without formatting any.
     if remote and _VERSIONS.get(remote) != _FAMILY_VERSION[family]:
         _address(remote, family, f"{where}.key.remote_address")
@@ -227,12 +244,12 @@ def key_digest(key: pb.SocketKey) -> str:
     Made from the key's known fields only, by value, so that fields a newer agent adds to the key never
     make one socket look like two.  Migration 0011 made the digests of stored rows the same way.
     """
-    # The fields as text, joined by \x1f; one f-string makes them a third faster than joining a tuple.
-    identity = (
-        f"{key.netns}\x1f{key.proto}\x1f{key.family}\x1f{key.type}\x1f{key.inode}\x1f{key.local_address}"
-        f"\x1f{key.local_port}\x1f{key.remote_address}\x1f{key.remote_port}\x1f{key.path}"
-    )
-    return hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+    return _digest(_KEY_FIELDS(key))
+
+
+def _digest(fields: tuple[Any, ...]) -> str:
+    """``key_digest`` of a key's fields: as text, joined by \x1f."""
+    return hashlib.blake2b((_KEY_TEXT % fields).encode(), digest_size=16).hexdigest()
 
 
 def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
@@ -252,17 +269,17 @@ def stored_versioned(sock: pb.Socket) -> tuple[Any, ...]:
 def socket_row(sock: pb.Socket, where: str = "socket", digest: str | None = None) -> SocketRow:
     """One socket's row; the common case (known state, short names) takes few function calls.  ``digest``:
     its key's ``key_digest``, when already made."""
-    key, identity = key_row(sock.key, where, digest)
+    key = key_row(sock.key, where, digest)
     state = STATES.get(sock.state)
     if state is None:
         raise RejectedMessage(f"{where}.state: {sock.state} is not a known value")
-    if sock.peer_inode > MAX_BIGINT:
-        _number(sock.peer_inode, f"{where}.peer_inode")
+    peer_inode, owners, user, process, cmdline = sock.peer_inode, sock.owners, sock.user, sock.process, sock.cmdline
+    if peer_inode > MAX_BIGINT:
+        _number(peer_inode, f"{where}.peer_inode")
     pid = sock.pid if sock.HasField("pid") else None
-    if (pid or 0) > MAX_PID or sock.owners > MAX_PID:
+    if (pid or 0) > MAX_PID or owners > MAX_PID:
         _number(pid or 0, f"{where}.pid", MAX_PID)
-        _number(sock.owners, f"{where}.owners", MAX_PID)
-    user, process, cmdline = sock.user, sock.process, sock.cmdline
+        _number(owners, f"{where}.owners", MAX_PID)
     if (
         len(user) > MAX_NAME
         or len(process) > MAX_NAME
@@ -274,17 +291,22 @@ def socket_row(sock: pb.Socket, where: str = "socket", digest: str | None = None
         text(user, f"{where}.user")
         text(process, f"{where}.process")
         text(cmdline, f"{where}.cmdline", MAX_TEXT)
-    versioned = (
-        state,
-        sock.peer_inode or None,
-        sock.uid if sock.HasField("uid") else None,
-        user or None,
-        pid,
-        process or None,
-        cmdline or None,
-        sock.owners,
+    uid = sock.uid if sock.HasField("uid") else None
+    return SocketRow(
+        (
+            *key,
+            state,
+            peer_inode or None,
+            uid,
+            user or None,
+            pid,
+            process or None,
+            cmdline or None,
+            owners,
+            sock.rx_queue,
+            sock.tx_queue,
+        )
     )
-    return SocketRow(key, identity, versioned, (sock.rx_queue, sock.tx_queue))
 
 
 def coverage_json(cov: pb.Coverage, where: str = "coverage") -> tuple[str, bool]:

@@ -32,7 +32,7 @@ CHUNK = 500  # keys per IN (...) list
 STEP_SOCKETS = 500  # sockets a step of a large snapshot writes, about 20 ms of work (collector.stepwise)
 VERSIONED = tuple(sockets.c[name] for name in convert.VERSIONED_COLUMNS)
 INSERT_COLUMNS = ("host_ref", "valid_from", *convert.ROW_COLUMNS, "flow")
-# Where a stored row's fields are, in (ref, moment, *row.values()), for its flow.
+# Where a stored row's fields are, in (ref, moment, *row.values), for its flow.
 AT = {
     name: 2 + convert.ROW_COLUMNS.index(name)
     for name in ("netns", "proto", "state", "process", "local_address", "local_port", "remote_address", "remote_port")

@@ -194,7 +194,7 @@ class _Steps:
                 if left.flow is not None:
                     self.changes[left.flow] = self.changes.get(left.flow, 0) - 1
         stamp = self.store.stamp(self.moment)
-        values = [(self.ref, stamp, *row.values()) for row in opening]
+        values = [(self.ref, stamp, *row.values) for row in opening]
         if values:
             keys = file_flows(values, self.listening, self.changes, self.identities)
             self.store.write(conn, SOCKETS_BULK, [(*value, key) for value, key in zip(values, keys, strict=True)])

@@ -218,7 +218,7 @@ class Writer:
     def socket_values(self, ref: int, rows: Sequence[convert.SocketRow], moment: datetime) -> list[tuple[Any, ...]]:
         """New socket rows of host ``ref`` opening at ``moment``, as written (``statements.AT``) but for their flow."""
         stamp = self.stamp(moment)
-        return [(ref, stamp, *row.values()) for row in rows]
+        return [(ref, stamp, *row.values) for row in rows]
 
     @staticmethod
     def listeners(conn: Connection, ref: int) -> Listeners:

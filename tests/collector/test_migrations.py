@@ -141,7 +141,7 @@ KEYS = [
 
 def _row(key: pb.SocketKey) -> SimpleNamespace:
     """A stored row's identity columns, as the store writes them."""
-    _, identity = convert.key_row(key)
+    _, *identity = convert.key_row(key)
     return SimpleNamespace(**dict(zip(convert.IDENTITY_COLUMNS, identity, strict=True)))
 
 
