@@ -32,15 +32,15 @@ class GroupCommit:
     def __init__(
         self,
         store: Store,
-        executor: Executor,
+        executor: Executor | None,
         observe: Callable[[int], object] = lambda size: None,
         groups: int = GROUPS,
         largest: int = LARGEST,
     ) -> None:
         self.store = store
-        self.executor = executor
+        self.executor = executor  # None: groups are applied in the event loop's thread, one at a time
         self.observe = observe
-        self.groups = groups
+        self.groups = groups if executor is not None else 1
         self.largest = largest
         self.waiting: deque[_Waiting] = deque()
         self.running = 0
@@ -53,6 +53,12 @@ class GroupCommit:
         return await outcome
 
     def _start(self) -> None:
+        if self.executor is None:
+            if self.waiting and not self.running:
+                # Applied once the streams whose messages are in already have handed them over.
+                self.running = 1
+                asyncio.get_running_loop().call_soon(self._in_loop)
+            return
         while self.waiting and self.running < self.groups:
             group = self._next_group()
             if not group:
@@ -62,6 +68,18 @@ class GroupCommit:
             loop = asyncio.get_running_loop()
             applying = loop.run_in_executor(self.executor, apply_group, self.store, [message for message, _ in group])
             applying.add_done_callback(partial(self._finished, group))
+
+    def _in_loop(self) -> None:
+        """The next group, applied in the event loop's thread (SQLite)."""
+        group = self._next_group()
+        results: list[Result] = []
+        if group:
+            self.observe(len(group))
+            try:
+                results = apply_group(self.store, [message for message, _ in group])
+            except Exception as exc:  # apply_group answers each message itself; this is a defect
+                results = [exc] * len(group)
+        self._answer(group, results)
 
     def _next_group(self) -> list[_Waiting]:
         """The deltas waiting, in order, at most one per host (a host's next delta waits for the next group);
@@ -83,11 +101,15 @@ class GroupCommit:
         return group
 
     def _finished(self, group: list[_Waiting], applying: asyncio.Future[list[Result]]) -> None:
-        self.running -= 1
         try:
             results: list[Result] = applying.result()
         except Exception as exc:  # apply_group answers each message itself; this is a defect, told to each stream
             results = [exc] * len(group)
+        self._answer(group, results)
+
+    def _answer(self, group: list[_Waiting], results: list[Result]) -> None:
+        """Give each stream of a group its message's outcome; start the next group."""
+        self.running -= 1
         for (_, outcome), result in zip(group, results, strict=True):
             if outcome.cancelled():
                 continue

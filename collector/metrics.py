@@ -91,7 +91,7 @@ class CollectorMetrics:
         )
         self.group_size = Histogram(
             "sockfleet_collector_group_messages",
-            "Deltas of different hosts applied in one transaction (group commit, PostgreSQL): one while the "
+            "Deltas of different hosts applied in one transaction (group commit): one while the "
             "collector keeps up, more as the load grows.",
             buckets=GROUP_BUCKETS,
             registry=self.registry,

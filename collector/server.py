@@ -106,8 +106,9 @@ class Collector(pb_grpc.CollectorServicer):
         self.inline = store.engine.dialect.name == "sqlite"
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
         self.metrics = CollectorMetrics()
-        # Deltas of several hosts are committed together on PostgreSQL (``collector.commits``).
-        self.group = None if self.inline else GroupCommit(store, self.executor, self.metrics.group_size.observe)
+        # Deltas of several hosts are committed together (``collector.commits``): on SQLite in the event loop's
+        # thread too, a group at a time.
+        self.group = GroupCommit(store, None if self.inline else self.executor, self.metrics.group_size.observe)
         self.apply_seconds: deque[float] = deque(maxlen=100_000)  # receipt to acknowledgement, recent messages
         self.open: dict[asyncio.Event, str | None] = {}  # each open stream's stop signal, and its token's hash
         self.handling: set[asyncio.Task[Any]] = set()  # the task of each stream, from its first message to its end
@@ -417,7 +418,7 @@ class Collector(pb_grpc.CollectorServicer):
         in steps that let other agents' messages through between them."""
         try:
             if isinstance(messages[-1], pb.Delta):
-                if self.group is not None and joins(messages[-1]):
+                if joins(messages[-1]):
                     return await self.group.apply(Message(peer.ref, messages[-1], peer.behind, peer.lease))
                 return await self._run(self._applied, peer, messages[-1])
             scan = convert.snapshot(messages)  # its sockets are checked as they are written

@@ -160,27 +160,45 @@ class Store(Writer):
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
             with self.engine.begin() as conn, self.batched(conn):
-                host = self.locked_host(conn, ref)
-                if lease is not None:
-                    lease.check(host)
-                moment = self.check_host(host, scan, at)
-                if moment is None:
-                    return Outcome(acked=True, replay=True)
-                listening = self.listening_of(ref, host, known)
-                if isinstance(scan.body, convert.Listing):
-                    counts, listening = apply_snapshot(self, conn, ref, scan.body, moment, listening)
-                    kind = "snapshot"
-                else:
-                    astray = self.off_base(host, scan)
-                    if astray is not None:
-                        raise Resync(astray)
-                    counts, listening = apply_delta(self, conn, ref, scan.body, moment, listening)
-                    kind = self.delta_kind(scan, counts)
-                self.finish(conn, ref, host, scan, moment, kind, counts, lease)
+                outcome, moment, listening = self.written(conn, ref, scan, at, lease, known)
         except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
-        self.remember_listening(ref, scan, moment, listening)
-        return Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment), kind=kind)
+        if moment is not None:
+            self.remember_listening(ref, scan, moment, listening)
+        return outcome
+
+    def written(
+        self,
+        conn: Connection,
+        ref: int,
+        scan: convert.Scan,
+        at: datetime,
+        lease: Lease | None,
+        known: _Listening | None = None,
+    ) -> tuple[Outcome, datetime | None, Listeners | None]:
+        """Apply one message in the transaction of ``conn`` (``at``: its time, from ``moment``; ``known``: the
+        host's listeners as the store kept them before the transaction); its outcome, and, unless it was a
+        replay, the moment it was stored at and the host's open listeners after it, to keep
+        (``remember_listening``) once the transaction commits.  Raises ``Resync``."""
+        host = self.locked_host(conn, ref)
+        if lease is not None:
+            lease.check(host)
+        moment = self.check_host(host, scan, at)
+        if moment is None:
+            return Outcome(acked=True, replay=True), None, None
+        listening = self.listening_of(ref, host, known)
+        if isinstance(scan.body, convert.Listing):
+            counts, listening = apply_snapshot(self, conn, ref, scan.body, moment, listening)
+            kind = "snapshot"
+        else:
+            astray = self.off_base(host, scan)
+            if astray is not None:
+                raise Resync(astray)
+            counts, listening = apply_delta(self, conn, ref, scan.body, moment, listening)
+            kind = self.delta_kind(scan, counts)
+        self.finish(conn, ref, host, scan, moment, kind, counts, lease)
+        outcome = Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment), kind=kind)
+        return outcome, moment, listening
 
     def moment(self, scan: convert.Scan, behind: timedelta = timedelta(0)) -> datetime:
         """The scan's time: the agent's, corrected by how far ``behind`` the collector's clock the agent's

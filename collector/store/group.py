@@ -1,4 +1,4 @@
-"""Deltas of several hosts applied in one transaction on PostgreSQL: group commit.
+"""Deltas of several hosts applied in one transaction: group commit.
 
 A collector of a large fleet applies hundreds of deltas a second, most of a few sockets, and on PostgreSQL
 each message applied alone costs its own transaction and four round trips, with their statements' work in
@@ -110,7 +110,7 @@ def apply_group(store: Store, messages: list[Message]) -> list[Result]:
         results[hosts[0].index] = _alone(store, hosts[0])
     elif hosts:
         try:
-            _together(store, hosts, results)
+            (_together if store.postgres else _in_turn)(store, hosts, results)
         except Exception as exc:  # a delta to answer with a resync, a lock cycle, a lost connection: one by one
             _regrouped(exc, len(hosts))
             for host in hosts:
@@ -158,6 +158,20 @@ def _together(store: Store, hosts: list[_Host], results: list[Result | None]) ->
         results[host.index] = Outcome(
             acked=True, rows_written=added + changed, moment_us=us(host.moment), kind=host.kind
         )
+
+
+def _in_turn(store: Store, hosts: list[_Host], results: list[Result | None]) -> None:
+    """SQLite: each message applied as it is alone, one after the other in one transaction with one commit
+    (SQLite takes one writer, so the hosts' messages cannot interleave; what a commit costs is paid once)."""
+    applied = []
+    with store.engine.begin() as conn:
+        for host in hosts:
+            message = host.message
+            applied.append(store.written(conn, message.ref, host.scan, host.at, message.lease))
+    for host, (outcome, moment, listening) in zip(hosts, applied, strict=True):
+        if moment is not None:
+            store.remember_listening(host.message.ref, host.scan, moment, listening)
+        results[host.index] = outcome
 
 
 def _record(store: Store, conn: Connection, writing: list[_Host]) -> None:

@@ -1,5 +1,6 @@
-"""Deltas of several hosts applied together in one transaction (PostgreSQL group commit, ``store.group``) leave
-exactly the history that applying each alone leaves, and each message gets the outcome it gets alone."""
+"""Deltas of several hosts applied together in one transaction (group commit, ``store.group``) leave exactly the
+history that applying each alone leaves, and each message gets the outcome it gets alone: on PostgreSQL (one
+statement of each kind for the whole group) and on SQLite (each message as alone, one commit)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,10 +30,16 @@ from tests.collector.fleet import at
 HOSTS = 6
 
 
-@pytest.fixture
-def two_stores(pg_cluster: postgres.Cluster) -> Iterator[tuple[Store, Store]]:
-    """Two empty databases on one PostgreSQL server: one applies each message alone, the other in groups."""
-    engines = [db.engine(pg_cluster.database(), ping=False) for _ in range(2)]
+@pytest.fixture(params=["postgresql", "sqlite"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """Two empty databases (on one PostgreSQL server, or two SQLite files): one applies each message alone, the
+    other in groups."""
+    if request.param == "sqlite":
+        urls = [f"sqlite:///{tmp_path / name}.db" for name in ("alone", "together")]
+    else:
+        cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
+        urls = [cluster.database() for _ in range(2)]
+    engines = [db.engine(url, ping=False, init=True) for url in urls]
     try:
         for engine in engines:
             db.migrate(engine)
@@ -202,32 +210,44 @@ def test_a_database_error_reaches_each_message_of_the_group(two_stores: tuple[St
     _, together = two_stores
     refs, hosts = started((together,), 3, count=2)
     with together.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE observations ADD CONSTRAINT no_more CHECK (seq < 2) NOT VALID")
+        if together.postgres:
+            conn.exec_driver_sql("ALTER TABLE observations ADD CONSTRAINT no_more CHECK (seq < 2) NOT VALID")
+        else:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER no_more BEFORE INSERT ON observations WHEN NEW.seq >= 2 "
+                "BEGIN SELECT RAISE(ABORT, 'no_more'); END"
+            )
     results = apply_group(together, [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)])
     assert all(isinstance(result, Exception) and "no_more" in str(result) for result in results), results
 
 
-def test_groups_form_while_the_database_is_busy(two_stores: tuple[Store, Store]) -> None:
+@pytest.mark.parametrize("threads", [2, 0])
+def test_groups_form_while_the_database_is_busy(two_stores: tuple[Store, Store], threads: int) -> None:
     """With ``GroupCommit``, deltas handed over while a group is being written go together in the next one; each
-    stream's outcome is its own message's."""
+    stream's outcome is its own message's.  Applied in the event loop's thread (``threads`` 0, as on SQLite),
+    the deltas handed over in one turn of the loop go together."""
     _, together = two_stores
     refs, hosts = started((together,), 13)
     sizes: list[int] = []
 
     async def stream() -> list[Outcome]:
-        with ThreadPoolExecutor(2) as executor:
-            commits = GroupCommit(together, executor, sizes.append, groups=1)
+        with ThreadPoolExecutor(max(1, threads)) as executor:
+            commits = GroupCommit(together, executor if threads else None, sizes.append, groups=1)
             messages = [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)]
             return await asyncio.gather(*(commits.apply(message) for message in messages))
 
     outcomes = asyncio.run(stream())
     assert all(outcome.acked and not outcome.replay for outcome in outcomes)
-    assert sizes == [1, HOSTS - 1]  # the first goes at once; the others wait for its commit and go together
+    if threads:
+        assert sizes == [1, HOSTS - 1]  # the first goes at once; the others wait for its commit and go together
+    else:
+        assert sizes == [HOSTS]
     with together.engine.connect() as conn:
         assert conn.execute(select(host_state.c.seq)).scalars().all() == [2] * HOSTS
 
 
-def test_a_group_takes_one_message_of_a_host(two_stores: tuple[Store, Store]) -> None:
+@pytest.mark.parametrize("threads", [2, 0])
+def test_a_group_takes_one_message_of_a_host(two_stores: tuple[Store, Store], threads: int) -> None:
     """Two streams of one host (an agent and its stale stream) never put two of its messages in one group."""
     _, together = two_stores
     [ref], [host] = started((together,), 17, count=1)
@@ -235,8 +255,8 @@ def test_a_group_takes_one_message_of_a_host(two_stores: tuple[Store, Store]) ->
     sizes: list[int] = []
 
     async def streams() -> list[Outcome]:
-        with ThreadPoolExecutor(2) as executor:
-            commits = GroupCommit(together, executor, sizes.append, groups=1)
+        with ThreadPoolExecutor(max(1, threads)) as executor:
+            commits = GroupCommit(together, executor if threads else None, sizes.append, groups=1)
             return list(await asyncio.gather(commits.apply(Message(ref, first)), commits.apply(Message(ref, second))))
 
     outcomes = asyncio.run(streams())

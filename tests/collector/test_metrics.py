@@ -19,7 +19,6 @@ from sqlalchemy import create_engine, text
 
 from sockfleet import monitoring
 from sockfleet.v1 import fleet_pb2 as pb
-from tests import postgres
 from tests.collector import fleet
 from tests.collector.harness import ENV, Agent, Collector, wait_for
 from tests.collector.raw import hello, snapshot, stream
@@ -198,11 +197,11 @@ def test_a_snapshot_never_loads_prometheus() -> None:
     assert not [name for name in imported if name.startswith(("prometheus_client", "sockfleet.monitoring"))]
 
 
-def test_deltas_on_postgresql_are_counted_by_group(pg_cluster: postgres.Cluster) -> None:
-    """On PostgreSQL each delta goes through group commit: ``sockfleet_collector_group_messages`` counts the groups
-    and, in its sum, the deltas they carried (replays and resyncs included, so at least those applied)."""
+def test_deltas_are_counted_by_group(db_url: str) -> None:
+    """Each delta goes through group commit: ``sockfleet_collector_group_messages`` counts the groups and, in its
+    sum, the deltas they carried (replays and resyncs included, so at least those applied)."""
     metrics = free_port()
-    collector = Collector(pg_cluster.database(), 0, "--metrics-listen", f"127.0.0.1:{metrics}")
+    collector = Collector(db_url, 0, "--metrics-listen", f"127.0.0.1:{metrics}")
     agents = [Agent(collector.port, "group-a"), Agent(collector.port, "group-b")]
     try:
         wait_for(lambda: metric(metrics, APPLIED % "heartbeat") + metric(metrics, APPLIED % "delta") >= 4, "deltas")
