@@ -1,7 +1,9 @@
-"""Group commit on PostgreSQL: deltas of several hosts applied in one transaction (``store.group``).
+"""Group commit: deltas of several hosts applied in one transaction (``store.group``).
 
 A delta that arrives while ``GROUPS`` groups are being applied waits; when one of them commits, the deltas
-waiting by then (up to ``LARGEST``, one per host) go together as the next group.  A collector with little
+waiting by then (up to ``LARGEST``, one per host) go together as the next group.  On PostgreSQL groups are
+applied in worker threads; on SQLite, which takes one writer, in the event loop's thread, one at a time,
+each once the streams whose messages had come in by then have handed them over.  A collector with little
 to do applies each delta at once, alone, as before; under load its groups grow with the load, and so does
 what each transaction carries, instead of the time messages wait in line.  Each stream gets its own
 message's outcome after the group's commit: its Ack, a Resync, or the refusal or database error it would
