@@ -5,8 +5,10 @@ each message applied alone costs its own transaction and four round trips, with 
 the collector's process, for a few rows.  A group of deltas of different hosts is applied in one transaction
 of as many round trips: the hosts' states locked in one statement, their closed sockets and flows each closed
 in one statement at their own message's time, the new rows in one ``COPY``, the hosts' states and
-observations in the closing pipeline with the COMMIT.  Every message of the group is acknowledged after
-that commit, and each host's history is exactly what applying its message alone writes.
+observations in the closing pipeline with the COMMIT.  On SQLite, where a statement costs no round trip but a
+commit writes every page it changed, the group's messages are applied one after the other, each as it is
+alone, in one transaction.  Every message of the group is acknowledged after that commit, and each host's
+history is exactly what applying its message alone writes.
 
 What a message alone would refuse, or answer with a request for a snapshot, it does so in a group too,
 without touching the other messages: a replay, an older epoch, a delta not based on the host's last
