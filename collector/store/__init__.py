@@ -79,6 +79,8 @@ class Store(Writer):
         self.max_skew = max_skew
         # Saves a query per message that opens connections; kept only after the message's commit.
         self._listening: dict[int, _Listening] = {}
+        # Hosts whose delta only writing found astray in a group (``store.group``): their next delta goes alone.
+        self.apart: set[int] = set()
 
     def hello(self, greeting: convert.Greeting, credential: Credential | None = None) -> int:
         """Record the host (new or known) and its addresses; returns the host's row id.
@@ -160,45 +162,55 @@ class Store(Writer):
         known = self._listening.get(ref)  # a message rolled back or replayed leaves it valid
         try:
             with self.engine.begin() as conn, self.batched(conn):
-                outcome, moment, listening = self.written(conn, ref, scan, at, lease, known)
+                host = self.locked_host(conn, ref)
+                moment = self.admitted(host, scan, at, lease)
+                if moment is None:
+                    return Outcome(acked=True, replay=True)
+                outcome, listening = self.written(conn, ref, host, scan, moment, lease, known)
         except Resync as resync:
             return Outcome(acked=False, resync_reason=str(resync))
-        if moment is not None:
-            self.remember_listening(ref, scan, moment, listening)
+        self.remember_listening(ref, scan, moment, listening)
         return outcome
+
+    def admitted(self, host: Any, scan: convert.Scan, at: datetime, lease: Lease | None) -> datetime | None:
+        """The moment a message of a host (``host``: its state, locked; ``at``: the message's time, from
+        ``moment``) is stored at, or None for a message already applied (a replay).  Raises, before the
+        message writes anything, ``RejectedMessage`` for a stream whose host another stream took or an older
+        epoch, and ``Resync`` for a delta not based on the host's last message."""
+        if lease is not None:
+            lease.check(host)
+        moment = self.check_host(host, scan, at)
+        if moment is not None and isinstance(scan.body, convert.Changes):
+            astray = self.off_base(host, scan)
+            if astray is not None:
+                raise Resync(astray)
+        return moment
 
     def written(
         self,
         conn: Connection,
         ref: int,
+        host: Any,
         scan: convert.Scan,
-        at: datetime,
+        moment: datetime,
         lease: Lease | None,
         known: _Listening | None = None,
-    ) -> tuple[Outcome, datetime | None, Listeners | None]:
-        """Apply one message in the transaction of ``conn`` (``at``: its time, from ``moment``; ``known``: the
-        host's listeners as the store kept them before the transaction); its outcome, and, unless it was a
-        replay, the moment it was stored at and the host's open listeners after it, to keep
-        (``remember_listening``) once the transaction commits.  Raises ``Resync``."""
-        host = self.locked_host(conn, ref)
-        if lease is not None:
-            lease.check(host)
-        moment = self.check_host(host, scan, at)
-        if moment is None:
-            return Outcome(acked=True, replay=True), None, None
+    ) -> tuple[Outcome, Listeners | None]:
+        """Write an ``admitted`` message at ``moment`` in the transaction of ``conn`` (``known``: the host's
+        listeners as the store kept them before the transaction); its outcome, and the host's open listeners
+        after it, to keep (``remember_listening``) once the transaction commits.  Raises ``Resync`` (a delta
+        that closes a socket the collector does not hold) or ``RejectedMessage`` (a value the database
+        refuses), having written part of the message."""
         listening = self.listening_of(ref, host, known)
         if isinstance(scan.body, convert.Listing):
             counts, listening = apply_snapshot(self, conn, ref, scan.body, moment, listening)
             kind = "snapshot"
         else:
-            astray = self.off_base(host, scan)
-            if astray is not None:
-                raise Resync(astray)
             counts, listening = apply_delta(self, conn, ref, scan.body, moment, listening)
             kind = self.delta_kind(scan, counts)
         self.finish(conn, ref, host, scan, moment, kind, counts, lease)
         outcome = Outcome(acked=True, rows_written=counts[0] + counts[2], moment_us=us(moment), kind=kind)
-        return outcome, moment, listening
+        return outcome, listening
 
     def moment(self, scan: convert.Scan, behind: timedelta = timedelta(0)) -> datetime:
         """The scan's time: the agent's, corrected by how far ``behind`` the collector's clock the agent's

@@ -13,8 +13,12 @@ history is exactly what applying its message alone writes.
 What a message alone would refuse, or answer with a request for a snapshot, it does so in a group too,
 without touching the other messages: a replay, an older epoch, a delta not based on the host's last
 message, a stream whose host another stream took.  A delta that closes a socket the collector does not
-hold is found only by writing: then the group is rolled back and its messages applied one by one
-(``Store.apply``), as are all of them when the group's transaction fails for any other reason.
+hold is found only by writing: then the group is rolled back, that message applied alone (``Store.apply``)
+and the others together again; that host's next delta goes alone too, so that an agent that keeps sending
+such deltas costs the others nothing.  A database that stays locked past the wait (another writer on a
+SQLite file, a lock timeout on PostgreSQL) or cannot be reached fails every message of the group with its
+error, after one wait: applied one by one, each would wait as long again.  After a deadlock, or any other
+error, the group's messages are applied one by one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Executable
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sockfleet.collector import convert, flows
 from sockfleet.collector.db import reason
@@ -97,28 +101,59 @@ class _Host:
 Result = Outcome | Exception
 
 
+class Apart(Exception):
+    """Messages of the group that only writing found must go alone (``refs``: their hosts): roll back."""
+
+    def __init__(self, refs: set[int], why: str) -> None:
+        super().__init__(why)
+        self.refs = refs
+
+
 def apply_group(store: Store, messages: list[Message]) -> list[Result]:
     """Apply deltas of distinct hosts (each ``joins``) together; the outcome of each, or the exception that
     applying it alone raises (a refusal, a database error)."""
     results: list[Result | None] = [None] * len(messages)
-    hosts = []
+    together: list[_Host] = []
+    alone: list[_Host] = []
     for index, message in enumerate(messages):
         try:
             scan = convert.delta(message.delta)
-            hosts.append(_Host(index, message, scan, store.moment(scan, message.behind)))
+            host = _Host(index, message, scan, store.moment(scan, message.behind))
         except RejectedMessage as exc:
             results[index] = exc
-    if len(hosts) == 1:
-        results[hosts[0].index] = _alone(store, hosts[0])
-    elif hosts:
+            continue
+        (alone if message.ref in store.apart else together).append(host)
+    while len(together) > 1:
         try:
-            (_together if store.postgres else _in_turn)(store, hosts, results)
-        except Exception as exc:  # a delta to answer with a resync, a lock cycle, a lost connection: one by one
-            _regrouped(exc, len(hosts))
-            for host in hosts:
-                results[host.index] = _alone(store, host)
+            (_together if store.postgres else _in_turn)(store, together, results)
+            together = []
+        except Apart as exc:  # those go alone, the others together again
+            log.debug("%d of a group of %d deltas go alone: %s", len(exc.refs), len(together), exc)
+            store.apart |= exc.refs
+            alone += [host for host in together if host.message.ref in exc.refs]
+            together = [host for host in together if host.message.ref not in exc.refs]
+        except OperationalError as exc:
+            if _retried_alone(exc):
+                _regrouped(exc, len(together))
+                break
+            log.info("a group of %d deltas failed: %s", len(together), reason(exc))
+            for host in together:
+                results[host.index] = exc
+            together = []
+        except Exception as exc:  # a host gone, a resync or a refusal of no single host: one by one
+            _regrouped(exc, len(together))
+            break
+    for host in alone + together:
+        results[host.index] = _alone(store, host)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def _retried_alone(exc: OperationalError) -> bool:
+    """Whether the messages of a group its error failed are applied again one by one: after a deadlock or a
+    serialization failure (PostgreSQL's class 40), which a smaller transaction avoids, not after a wait for a
+    lock that timed out or a database that cannot be reached, where each would fail as the group did."""
+    return str(getattr(exc.orig, "sqlstate", "") or "").startswith("40")
 
 
 def _regrouped(exc: Exception, size: int) -> None:
@@ -133,11 +168,16 @@ def _regrouped(exc: Exception, size: int) -> None:
 
 
 def _alone(store: Store, host: _Host) -> Result:
+    """Apply a message alone; once a delta of a host whose delta went astray is applied, the host joins groups
+    again."""
     message = host.message
     try:
-        return store.apply(message.ref, host.scan, message.behind, message.lease)
+        outcome = store.apply(message.ref, host.scan, message.behind, message.lease)
     except Exception as exc:  # the stream answers it as it answers a message applied alone
         return exc
+    if outcome.acked:
+        store.apart.discard(message.ref)
+    return outcome
 
 
 def _together(store: Store, hosts: list[_Host], results: list[Result | None]) -> None:
@@ -169,10 +209,15 @@ def _in_turn(store: Store, hosts: list[_Host], results: list[Result | None]) -> 
     with store.engine.begin() as conn:
         for host in hosts:
             message = host.message
-            applied.append(store.written(conn, message.ref, host.scan, host.at, message.lease))
-    for host, (outcome, moment, listening) in zip(hosts, applied, strict=True):
-        if moment is not None:
-            store.remember_listening(host.message.ref, host.scan, moment, listening)
+            if not _admitted(store, host, store.locked_host(conn, message.ref), results):
+                continue
+            try:
+                written = store.written(conn, message.ref, host.host, host.scan, host.moment, message.lease)
+                applied.append((host, *written))
+            except (Resync, RejectedMessage) as exc:
+                raise Apart({message.ref}, str(exc)) from exc
+    for host, outcome, listening in applied:
+        store.remember_listening(host.message.ref, host.scan, host.moment, listening)
         results[host.index] = outcome
 
 
@@ -187,34 +232,39 @@ def _record(store: Store, conn: Connection, writing: list[_Host]) -> None:
         store.later(conn, statement, rows)
 
 
-def _checked(store: Store, host: _Host, locked: dict[int, Any], results: list[Result | None]) -> bool:
-    """Whether the message is to be written; otherwise its result is set: a replay acknowledged, a resync asked,
-    or a refusal (``Store.apply`` decides each the same way)."""
-    ref, scan = host.message.ref, host.scan
-    state = locked.get(ref)
-    if state is None:
-        raise Regroup(f"no host with id {ref}")
+def _admitted(store: Store, host: _Host, state: Any, results: list[Result | None]) -> bool:
+    """Whether the message is to be written (then its host's state and moment are set); otherwise its result
+    is set: a replay acknowledged, a resync asked, or a refusal (``Store.admitted``)."""
+    message = host.message
     try:
-        if host.message.lease is not None:
-            host.message.lease.check(state)
-        moment = store.check_host(state, scan, host.at)
+        moment = store.admitted(state, host.scan, host.at, message.lease)
     except RejectedMessage as exc:
         results[host.index] = exc
+        return False
+    except Resync as exc:
+        results[host.index] = Outcome(acked=False, resync_reason=str(exc))
         return False
     if moment is None:
         results[host.index] = Outcome(acked=True, replay=True)
         return False
-    astray = store.off_base(state, scan)
-    if astray is not None:
-        results[host.index] = Outcome(acked=False, resync_reason=astray)
-        return False
     host.host, host.moment = state, moment
-    changes = scan.body
+    return True
+
+
+def _checked(store: Store, host: _Host, locked: dict[int, Any], results: list[Result | None]) -> bool:
+    """Whether the message is to be written, prepared for it (``_admitted``)."""
+    state = locked.get(host.message.ref)
+    if state is None:
+        raise Regroup(f"no host with id {host.message.ref}")
+    if not _admitted(store, host, state, results):
+        return False
+    changes = host.scan.body
     assert isinstance(changes, convert.Changes)
+    host.left = []
     host.closing = changes.removed + [row.key for row in changes.changed]
     host.counts = (len(changes.added), len(changes.removed), len(changes.changed))
-    host.kind = store.delta_kind(scan, host.counts)
-    host.values = store.socket_values(ref, changes.added + changes.changed, moment)
+    host.kind = store.delta_kind(host.scan, host.counts)
+    host.values = store.socket_values(host.message.ref, changes.added + changes.changed, host.moment)
     return True
 
 
@@ -227,8 +277,9 @@ def _close_sockets(store: Store, conn: Connection, writing: list[_Host]) -> None
     params = _arrays(closing)
     for row in store.fetch(conn, CLOSE_KEYS_MANY, params):
         by_ref[row.host_ref].left.append(row)
-    if any(len(host.left) != len(host.closing) for host in writing):
-        raise Regroup("a delta removes or changes a socket the collector does not hold")
+    astray = {host.message.ref for host in writing if len(host.left) != len(host.closing)}
+    if astray:
+        raise Apart(astray, "a delta removes or changes a socket the collector does not hold")
 
 
 def _listen(store: Store, conn: Connection, writing: list[_Host]) -> None:

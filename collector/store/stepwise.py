@@ -86,9 +86,7 @@ def apply_in_steps(
     at = store.moment(scan, behind)
     with store.engine.connect() as conn:
         host = conn.execute(HOST, {"ref": ref}).one()
-    if lease is not None:
-        lease.check(host)
-    moment = store.check_host(host, scan, at)
+    moment = store.admitted(host, scan, at, lease)
     if moment is None:
         yield Outcome(acked=True, replay=True)
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select, text
+from sqlalchemy.exc import OperationalError
 
 from sockfleet.collector import convert, db
 from sockfleet.collector.commits import GroupCommit
@@ -163,7 +165,11 @@ def test_a_group_writes_what_each_message_alone_writes(
     assert history(together.engine) == history(alone.engine)
 
 
-def test_each_message_of_a_group_gets_its_own_outcome(two_stores: tuple[Store, Store]) -> None:
+def test_each_message_of_a_group_gets_its_own_outcome(
+    two_stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal, a replay or a resync decided before writing leaves the rest of the group as it is: no message
+    of the group is applied alone."""
     alone, together = two_stores
     refs, hosts = started(two_stores, 11, deltas=1)
     for store in two_stores:  # host 3's agent started a new epoch
@@ -175,6 +181,7 @@ def test_each_message_of_a_group_gets_its_own_outcome(two_stores: tuple[Store, S
     ahead = fleet.delta(hosts[4].seq + 1, at(2) + timedelta(days=3650))  # dated far in the future
     applied_too = hosts[5].delta(2)
     messages = [applied, replay, astray, older, ahead, applied_too]
+    applied_alone = alone_calls(together, monkeypatch)
     results = apply_group(together, [Message(ref, message) for ref, message in zip(refs, messages, strict=True)])
     for ref, message, result in zip(refs, messages, results, strict=True):
         try:
@@ -188,21 +195,47 @@ def test_each_message_of_a_group_gets_its_own_outcome(two_stores: tuple[Store, S
     kinds = ["Outcome", "Outcome", "Outcome", "RejectedMessage", "RejectedMessage", "Outcome"]
     assert [type(result).__name__ for result in results] == kinds
     assert results[1].replay and not results[2].acked  # type: ignore[union-attr]
+    assert applied_alone == []
     assert history(together.engine) == history(alone.engine)
 
 
-def test_a_delta_closing_a_socket_never_held_sends_its_group_one_by_one(two_stores: tuple[Store, Store]) -> None:
-    """Only writing finds a socket the collector does not hold: the group is rolled back and each message
-    applied alone, so that the others are applied and that one alone is answered with a resync."""
+def alone_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The hosts whose messages ``store`` applies alone from now on, in order."""
+    calls: list[int] = []
+    apply = store.apply
+
+    def recorded(ref: int, *args: Any) -> Outcome:
+        calls.append(ref)
+        return apply(ref, *args)
+
+    monkeypatch.setattr(store, "apply", recorded)
+    return calls
+
+
+def test_a_delta_closing_a_socket_never_held_goes_alone(
+    two_stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only writing finds a socket the collector does not hold: the group is rolled back, that message is applied
+    alone (and answered with a resync) and the others together again.  Its host's next delta goes alone too, and
+    once that one is applied, the host joins groups again."""
     alone, together = two_stores
     refs, hosts = started(two_stores, 5)
-    deltas = [host.delta(1) for host in hosts]
+    applied_alone = alone_calls(together, monkeypatch)
     stranger = fleet.inet("tcp", "10.0.0.1", 45000, "10.9.9.9", 5432, 99, "ghost")
-    deltas[3].removed.append(stranger.key)
-    results = apply_group(together, [Message(ref, delta) for ref, delta in zip(refs, deltas, strict=True)])
-    expected = [alone.apply(ref, convert.scan(delta)) for ref, delta in zip(refs, deltas, strict=True)]
-    assert results == expected
-    assert not expected[3].acked and all(outcome.acked for index, outcome in enumerate(expected) if index != 3)
+    for minute in (1, 2, 3):
+        deltas = [host.delta(minute) for host in hosts]
+        if minute == 1:
+            deltas[3].removed.append(stranger.key)
+        results = apply_group(together, [Message(ref, delta) for ref, delta in zip(refs, deltas, strict=True)])
+        expected = [alone.apply(ref, convert.scan(delta)) for ref, delta in zip(refs, deltas, strict=True)]
+        assert results == expected
+        assert [outcome.acked for outcome in expected] == [index != 3 or minute > 1 for index in range(HOSTS)]
+        if minute == 1:  # the agent answers the resync with a snapshot
+            hosts[3].seq += 1
+            snapshot = fleet.snapshot(hosts[3].seq, at(1.5), list(hosts[3].live.values()))
+            for store in two_stores:
+                assert store.apply(refs[3], convert.scan(snapshot)).acked
+    assert applied_alone == [refs[3], refs[3], refs[3]]  # its delta, its snapshot, its next delta
     assert history(together.engine) == history(alone.engine)
 
 
@@ -219,6 +252,36 @@ def test_a_database_error_reaches_each_message_of_the_group(two_stores: tuple[St
             )
     results = apply_group(together, [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)])
     assert all(isinstance(result, Exception) and "no_more" in str(result) for result in results), results
+
+
+def test_a_locked_database_answers_the_whole_group_after_one_wait(two_stores: tuple[Store, Store]) -> None:
+    """A database another writer keeps locked past the store's wait fails the group, and each of its messages with
+    the same error: applied one by one, each would wait as long again before its stream is answered."""
+    _, together = two_stores
+    refs, hosts = started((together,), 23, count=3)
+    engine = together.engine
+    holder: Any = None
+    if together.postgres:
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER DATABASE "{engine.url.database}" SET lock_timeout = 200'))
+    else:
+        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout = 200"))
+    engine.dispose()
+    transactions: list[int] = []
+    try:
+        if together.postgres:
+            holder = engine.connect()
+            holder.execute(select(host_state).with_for_update()).all()
+        else:
+            holder = sqlite3.connect(engine.url.database or "", isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+        event.listen(engine, "begin", lambda _: transactions.append(1))
+        results = apply_group(together, [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)])
+    finally:
+        if holder is not None:
+            holder.close()
+    assert all(isinstance(result, OperationalError) for result in results), results
+    assert len({str(result) for result in results}) == 1 and len(transactions) == 1
 
 
 @pytest.mark.parametrize("threads", [2, 0])
