@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 from sockfleet.v1 import fleet_pb2 as pb
@@ -219,3 +220,70 @@ def closed_calls(
         last_us=us(moment - timedelta(minutes=10)),
     )
     return pb.Closings(flows=[flow], lost=lost)
+
+
+class Churning:
+    """A host whose sockets come and go at random: served and calling connections, listeners that open and close
+    (which changes the role of the host's next connections), owners that change, Unix and UDP sockets."""
+
+    def __init__(self, index: int, rng: random.Random) -> None:
+        self.index, self.rng = index, rng
+        self.inode = 1000 * (index + 1)
+        self.seq = 1
+        self.live: dict[int, pb.Socket] = {}
+        for port in (80, 443):
+            self._add(inet("tcp", "0.0.0.0", port, None, 0, self._next(), "nginx"))
+        for _ in range(8):
+            self._add(self._connection())
+        self._add(unix("/run/app.sock", self._next(), 0, "app"))
+        self._add(udp_bound(53))
+
+    def _next(self) -> int:
+        self.inode += 1
+        return self.inode
+
+    def _add(self, sock: pb.Socket) -> pb.Socket:
+        self.live[sock.key.inode] = sock
+        return sock
+
+    def _connection(self) -> pb.Socket:
+        peer = f"10.1.{self.index}.{self.rng.randint(1, 4)}"
+        if self.rng.random() < 0.5:  # served by the host's web server, or by a port nobody listens on any more
+            port = self.rng.choice((80, 443, 8080))
+            return inet("tcp", "10.0.0.1", port, peer, self.rng.randint(40000, 60000), self._next(), "nginx")
+        process = self.rng.choice(("app", "worker"))
+        return inet("tcp", "10.0.0.1", self.rng.randint(40000, 60000), peer, 5432, self._next(), process)
+
+    def snapshot(self, minute: float) -> pb.Snapshot:
+        return snapshot(1, at(minute), list(self.live.values()))
+
+    def delta(self, minute: float) -> pb.Delta:
+        self.seq += 1
+        added, removed, changed = [], [], []
+        if self.rng.random() < 0.2:  # now and then an unchanged host: a heartbeat
+            return delta(self.seq, at(minute))
+        for _ in range(self.rng.randint(0, 4)):
+            added.append(self._add(self._connection()))
+        connections = [s for s in self.live.values() if s.key.remote_address and s not in added]
+        for sock in self.rng.sample(connections, min(len(connections), self.rng.randint(0, 3))):
+            removed.append(self.live.pop(sock.key.inode))
+        if self.rng.random() < 0.3:  # the listener on 8080 opens, or closes
+            listener = next(
+                (s for s in self.live.values() if s.key.local_port == 8080 and not s.key.remote_address), None
+            )
+            if listener is None:
+                added.append(self._add(inet("tcp", "0.0.0.0", 8080, None, 0, self._next(), "admin")))
+            else:
+                removed.append(self.live.pop(listener.key.inode))
+        owned = [s for s in self.live.values() if s.key.remote_address and s not in added]
+        if owned and self.rng.random() < 0.3:  # a connection handed to another process
+            moved = pb.Socket()
+            moved.CopyFrom(self.rng.choice(owned))
+            moved.pid, moved.process = moved.pid + 1, "handed"
+            changed.append(self._add(moved))
+        message = delta(self.seq, at(minute), added=added, removed=removed, changed=changed)
+        if self.rng.random() < 0.3:
+            message.closed.CopyFrom(closed_calls(at(minute), 3, 1, 100, 200))
+        if self.rng.random() < 0.3:
+            message.coverage.CopyFrom(pb.Coverage(namespaces_scanned=[NETNS]))
+        return message

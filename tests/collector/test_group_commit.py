@@ -51,73 +51,6 @@ def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
             engine.dispose()
 
 
-class Host:
-    """A host whose sockets come and go at random: served and calling connections, listeners that open and close
-    (which changes the role of the host's next connections), owners that change, Unix and UDP sockets."""
-
-    def __init__(self, index: int, rng: random.Random) -> None:
-        self.index, self.rng = index, rng
-        self.inode = 1000 * (index + 1)
-        self.seq = 1
-        self.live: dict[int, pb.Socket] = {}
-        for port in (80, 443):
-            self._add(fleet.inet("tcp", "0.0.0.0", port, None, 0, self._next(), "nginx"))
-        for _ in range(8):
-            self._add(self._connection())
-        self._add(fleet.unix("/run/app.sock", self._next(), 0, "app"))
-        self._add(fleet.udp_bound(53))
-
-    def _next(self) -> int:
-        self.inode += 1
-        return self.inode
-
-    def _add(self, sock: pb.Socket) -> pb.Socket:
-        self.live[sock.key.inode] = sock
-        return sock
-
-    def _connection(self) -> pb.Socket:
-        peer = f"10.1.{self.index}.{self.rng.randint(1, 4)}"
-        if self.rng.random() < 0.5:  # served by the host's web server, or by a port nobody listens on any more
-            port = self.rng.choice((80, 443, 8080))
-            return fleet.inet("tcp", "10.0.0.1", port, peer, self.rng.randint(40000, 60000), self._next(), "nginx")
-        process = self.rng.choice(("app", "worker"))
-        return fleet.inet("tcp", "10.0.0.1", self.rng.randint(40000, 60000), peer, 5432, self._next(), process)
-
-    def snapshot(self, minute: float) -> pb.Snapshot:
-        return fleet.snapshot(1, at(minute), list(self.live.values()))
-
-    def delta(self, minute: float) -> pb.Delta:
-        self.seq += 1
-        added, removed, changed = [], [], []
-        if self.rng.random() < 0.2:  # now and then an unchanged host: a heartbeat
-            return fleet.delta(self.seq, at(minute))
-        for _ in range(self.rng.randint(0, 4)):
-            added.append(self._add(self._connection()))
-        connections = [s for s in self.live.values() if s.key.remote_address and s not in added]
-        for sock in self.rng.sample(connections, min(len(connections), self.rng.randint(0, 3))):
-            removed.append(self.live.pop(sock.key.inode))
-        if self.rng.random() < 0.3:  # the listener on 8080 opens, or closes
-            listener = next(
-                (s for s in self.live.values() if s.key.local_port == 8080 and not s.key.remote_address), None
-            )
-            if listener is None:
-                added.append(self._add(fleet.inet("tcp", "0.0.0.0", 8080, None, 0, self._next(), "admin")))
-            else:
-                removed.append(self.live.pop(listener.key.inode))
-        owned = [s for s in self.live.values() if s.key.remote_address and s not in added]
-        if owned and self.rng.random() < 0.3:  # a connection handed to another process
-            moved = pb.Socket()
-            moved.CopyFrom(self.rng.choice(owned))
-            moved.pid, moved.process = moved.pid + 1, "handed"
-            changed.append(self._add(moved))
-        message = fleet.delta(self.seq, at(minute), added=added, removed=removed, changed=changed)
-        if self.rng.random() < 0.3:
-            message.closed.CopyFrom(fleet.closed_calls(at(minute), 3, 1, 100, 200))
-        if self.rng.random() < 0.3:
-            message.coverage.CopyFrom(pb.Coverage(namespaces_scanned=[fleet.NETNS]))
-        return message
-
-
 def history(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Every history table's rows, without their ids (which differ with the order of writing) or receipt times."""
     tables = {"sockets": sockets, "flows": flows, "observations": observations, "closed_flows": closed_flows}
@@ -131,9 +64,11 @@ def history(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     return found
 
 
-def started(stores: tuple[Store, ...], seed: int, deltas: int = 0, count: int = HOSTS) -> tuple[list[int], list[Host]]:
+def started(
+    stores: tuple[Store, ...], seed: int, deltas: int = 0, count: int = HOSTS
+) -> tuple[list[int], list[fleet.Churning]]:
     """``count`` hosts greeted by each store, with a snapshot and ``deltas`` deltas applied alone."""
-    hosts = [Host(index, random.Random(seed + index)) for index in range(count)]
+    hosts = [fleet.Churning(index, random.Random(seed + index)) for index in range(count)]
     refs = []
     for store in stores:
         refs = [store.hello(convert.greeting(fleet.hello(f"web-{index}"))) for index in range(count)]
