@@ -17,8 +17,9 @@ hold is found only by writing: then the group is rolled back, that message appli
 and the others together again; that host's next delta goes alone too, so that an agent that keeps sending
 such deltas costs the others nothing.  A database that stays locked past the wait (another writer on a
 SQLite file, a lock timeout on PostgreSQL) or cannot be reached fails every message of the group with its
-error, after one wait: applied one by one, each would wait as long again.  After a deadlock, or any other
-error, the group's messages are applied one by one.
+error, after one wait: applied one by one, each would wait as long again.  A pooled connection the database
+closed since its last use fails the group before it writes anything: the group goes again on a new one.
+After a deadlock, or any other error, the group's messages are applied one by one.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def apply_group(store: Store, messages: list[Message]) -> list[Result]:
             results[index] = exc
             continue
         (alone if message.ref in store.apart else together).append(host)
+    reconnected = False
     while len(together) > 1:
         try:
             (_together if store.postgres else _in_turn)(store, together, results)
@@ -133,6 +135,9 @@ def apply_group(store: Store, messages: list[Message]) -> list[Result]:
             alone += [host for host in together if host.message.ref in exc.refs]
             together = [host for host in together if host.message.ref not in exc.refs]
         except OperationalError as exc:
+            if exc.connection_invalidated and not reconnected:  # nothing was written (see ``Store.apply``)
+                reconnected = True
+                continue
             if _retried_alone(exc):
                 _regrouped(exc, len(together))
                 break

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.exc import OperationalError
 
 from sockfleet.collector import convert, db
@@ -217,6 +217,36 @@ def test_a_locked_database_answers_the_whole_group_after_one_wait(two_stores: tu
             holder.close()
     assert all(isinstance(result, OperationalError) for result in results), results
     assert len({str(result) for result in results}) == 1 and len(transactions) == 1
+
+
+def test_a_group_on_a_connection_the_database_closed_goes_again_on_a_new_one(
+    pg_cluster: postgres.Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection whose session ended since its last use (a PostgreSQL restart, an administrator's
+    ``pg_terminate_backend``) fails the group's first statement, before anything is written: the group goes
+    again, together, on a new connection."""
+    engine = db.engine(pg_cluster.database(), ping=False, init=True)
+    killer = create_engine(engine.url)
+    try:
+        db.migrate(engine)
+        together = Store(engine)
+        refs, hosts = started((together,), 29, count=3)
+        with killer.connect() as conn:
+            ended = conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            assert list(ended) == [True]  # the store's one pooled connection
+        applied_alone = alone_calls(together, monkeypatch)
+        messages = [Message(ref, host.delta(1)) for ref, host in zip(refs, hosts, strict=True)]
+        results = apply_group(together, messages)
+        assert all(isinstance(result, Outcome) and result.acked for result in results), results
+        assert applied_alone == []
+    finally:
+        killer.dispose()
+        engine.dispose()
 
 
 @pytest.mark.parametrize("threads", [2, 0])
