@@ -114,16 +114,7 @@ def apply_group(store: Store, messages: list[Message]) -> list[Result]:
     """Apply deltas of distinct hosts (each ``joins``) together; the outcome of each, or the exception that
     applying it alone raises (a refusal, a database error)."""
     results: list[Result | None] = [None] * len(messages)
-    together: list[_Host] = []
-    alone: list[_Host] = []
-    for index, message in enumerate(messages):
-        try:
-            scan = convert.delta(message.delta)
-            host = _Host(index, message, scan, store.moment(scan, message.behind))
-        except RejectedMessage as exc:
-            results[index] = exc
-            continue
-        (alone if message.ref in store.apart else together).append(host)
+    together, alone = _sorted(store, messages, results)
     reconnected = False
     while len(together) > 1:
         try:
@@ -152,6 +143,22 @@ def apply_group(store: Store, messages: list[Message]) -> list[Result]:
         results[host.index] = _alone(store, host)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def _sorted(store: Store, messages: list[Message], results: list[Result | None]) -> tuple[list[_Host], list[_Host]]:
+    """The messages to apply together and those that go alone (their host's delta went astray); a message
+    that cannot be read has its refusal as its result."""
+    together: list[_Host] = []
+    alone: list[_Host] = []
+    for index, message in enumerate(messages):
+        try:
+            scan = convert.delta(message.delta)
+            host = _Host(index, message, scan, store.moment(scan, message.behind))
+        except RejectedMessage as exc:
+            results[index] = exc
+            continue
+        (alone if message.ref in store.apart else together).append(host)
+    return together, alone
 
 
 def _retried_alone(exc: OperationalError) -> bool:
